@@ -1,0 +1,364 @@
+"""ARPG: autoregressive image generation with randomized parallel decoding (arXiv 2503.10568).
+
+A two-pass decoder. Self-attention layers read the known tokens (class token first) causally in
+generation order; their output gives one shared key/value set. Guided cross-attention layers are
+queried by [MASK] embeddings rotated with the 2-D RoPE of the *target* positions, so the model predicts
+the token at any position given any set of known ones.
+
+Quirks of the released checkpoints that we reproduce on purpose (each is what the weights expect):
+- One embedding table for everything: rows [0, V) image tokens, V the [MASK] token, V+1+c class c,
+  V+K+1 the "no class" token of classifier-free guidance, V+K+2 an unused row (V vocab, K classes).
+- The RoPE rows of the class token are zeros, so its rotated query and key are exactly zero: other
+  tokens attend to it with score 0 and it reaches them only through its value.
+- Keys of the shared cross-attention set are rotated, values are not; queries of every cross layer are
+  rotated with the target positions. Rotation runs in float32 and casts back.
+- RMSNorm normalises in float32; the head's logits are returned in float32.
+- At inference the tokens fed in one step (those sampled together in the previous step) see each other
+  in the self-attention layers; training is causal in generation order (see autoregressive/generate.py).
+- SwiGLU width: 2/3 * 4 * dim rounded up to a multiple of 256; the head starts at zero.
+
+Not in the release: `learned_pos_embed` adds a learned absolute embedding to each known token and each
+target query. The relative RoPE alone makes the model translation invariant, which is fatal on tiny
+centred images (the 8x8 digits demo); it is off for ARPG-L/XL/XXL so their state dicts stay official.
+"""
+import math
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from autoregressive.models.kv_cache import KVCache
+from autoregressive.models.rope import apply_rope, rope_table_2d
+
+
+@dataclass(frozen=True)
+class ARPGConfig:
+    dim: int
+    n_layer: int  # self-attention + cross-attention layers, half each
+    n_head: int
+    vocab_size: int = 16384
+    num_classes: int = 1000
+    block_size: int = 256  # image tokens, a square grid
+    cls_token_num: int = 1
+    multiple_of: int = 256  # SwiGLU width rounding
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-5
+    initializer_range: float = 0.02
+    token_dropout_p: float = 0.1
+    attn_dropout_p: float = 0.0
+    resid_dropout_p: float = 0.1
+    ffn_dropout_p: float = 0.1
+    class_dropout_prob: float = 0.1  # label dropped to "no class" in training, for guidance
+    learned_pos_embed: bool = False  # absolute positions; not in the released models (see above)
+
+    def __post_init__(self):
+        if self.dim % self.n_head:
+            raise ValueError(f"dim {self.dim} is not divisible by n_head {self.n_head}")
+        if self.n_layer % 2:
+            raise ValueError(f"n_layer must be even (half self, half cross layers), got {self.n_layer}")
+        if math.isqrt(self.block_size) ** 2 != self.block_size:
+            raise ValueError(f"block_size must be a square number of tokens, got {self.block_size}")
+        if self.head_dim % 4:
+            raise ValueError(f"head dim {self.head_dim} must be divisible by 4 for 2-D RoPE")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_head
+
+    @property
+    def grid_size(self) -> int:
+        return math.isqrt(self.block_size)
+
+    @property
+    def ffn_hidden(self) -> int:
+        hidden = int(2 * 4 * self.dim / 3)
+        return -(-hidden // self.multiple_of) * self.multiple_of
+
+    @property
+    def mask_token_id(self) -> int:
+        return self.vocab_size
+
+    @property
+    def null_class_id(self) -> int:
+        return self.vocab_size + self.num_classes + 1
+
+    @property
+    def embedding_rows(self) -> int:
+        return self.vocab_size + 1 + self.num_classes + 1 + 1
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return normed.type_as(x) * self.weight
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, config: ARPGConfig):
+        super().__init__()
+        self.w1 = nn.Linear(config.dim, config.ffn_hidden, bias=False)
+        self.w3 = nn.Linear(config.dim, config.ffn_hidden, bias=False)
+        self.w2 = nn.Linear(config.ffn_hidden, config.dim, bias=False)
+
+    def forward(self, x):
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+def attend(q, k, v, causal: bool, dropout_p: float = 0.0):
+    """Attention of q (B, H, n_q, d) over k, v (B, H, n_k, d).
+
+    causal: query i sees keys j <= i + n_k - n_q (aligned at the end: the queries are the newest
+    entries, or, in cross-attention, the targets after the class tokens).
+    """
+    n_q, n_k = q.shape[2], k.shape[2]
+    if not causal or n_q == n_k:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout_p)
+    allowed = torch.ones(n_q, n_k, dtype=torch.bool, device=q.device).tril(diagonal=n_k - n_q)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)
+
+
+def split_heads(x, n_head: int):
+    """(B, n, H*d) -> (B, n, H, d)."""
+    return x.view(*x.shape[:2], n_head, -1)
+
+
+def merge_heads(x):
+    """(B, H, n, d) -> (B, n, H*d)."""
+    return x.transpose(1, 2).flatten(2)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: ARPGConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.to_q = nn.Linear(config.dim, config.dim, bias=False)
+        self.to_k = nn.Linear(config.dim, config.dim, bias=False)
+        self.to_v = nn.Linear(config.dim, config.dim, bias=False)
+        self.proj = nn.Linear(config.dim, config.dim, bias=False)
+
+    def forward(self, x, rope, causal: bool, dropout_p: float, cache: Optional[KVCache], cache_index: int):
+        q, k, v = (split_heads(lin(x), self.n_head) for lin in (self.to_q, self.to_k, self.to_v))
+        q, k = apply_rope(q, rope), apply_rope(k, rope)  # (B, n, H, d)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, n, d)
+        if cache is not None:
+            k, v = cache.write(cache_index, k, v)  # (B, H, cached + n, d)
+        return self.proj(merge_heads(attend(q, k, v, causal, dropout_p)))
+
+
+class CrossAttention(nn.Module):
+    """Queries from the [MASK] stream; keys/values are the shared set, already in (B, H, n, d)."""
+
+    def __init__(self, config: ARPGConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.to_q = nn.Linear(config.dim, config.dim, bias=False)
+        self.proj = nn.Linear(config.dim, config.dim, bias=False)
+
+    def forward(self, x, k, v, query_rope, causal: bool, dropout_p: float):
+        q = apply_rope(split_heads(self.to_q(x), self.n_head), query_rope).transpose(1, 2)
+        return self.proj(merge_heads(attend(q, k, v, causal, dropout_p)))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm block: x + attn(norm(x)), then + ffn(norm(.)), with residual dropout."""
+
+    def __init__(self, config: ARPGConfig, attention: nn.Module):
+        super().__init__()
+        self.attn = attention
+        self.ffn = FeedForward(config)
+        self.attn_norm = RMSNorm(config.dim, config.norm_eps)
+        self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
+        self.resid_dropout_p = config.resid_dropout_p
+        self.ffn_dropout_p = config.ffn_dropout_p
+
+    def forward(self, x, training: bool, **attn_kwargs):
+        h = x + F.dropout(self.attn(self.attn_norm(x), **attn_kwargs), self.resid_dropout_p, training)
+        return h + F.dropout(self.ffn(self.ffn_norm(h)), self.ffn_dropout_p, training)
+
+
+class TwoPassDecoder(nn.Module):
+    """Self-attention layers over the known tokens, then cross-attention layers over their shared K/V."""
+
+    def __init__(self, config: ARPGConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.attn_dropout_p = config.attn_dropout_p
+        num_each = config.n_layer // 2
+        self.self_dec = nn.ModuleList([DecoderLayer(config, SelfAttention(config)) for _ in range(num_each)])
+        self.cross_dec = nn.ModuleList([DecoderLayer(config, CrossAttention(config)) for _ in range(num_each)])
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.to_k = nn.Linear(config.dim, config.dim, bias=False)
+        self.to_v = nn.Linear(config.dim, config.dim, bias=False)
+
+    def forward(self, x, queries, known_rope, query_rope, causal: bool, training: bool,
+                cache: Optional[KVCache] = None):
+        """x (B, n, D) known tokens; queries (B, m, D) [MASK] stream. Returns (B, m, D).
+
+        causal: the known tokens attend causally among themselves (always to the cached ones).
+        """
+        attn_p = self.attn_dropout_p if training else 0.0
+        for i, layer in enumerate(self.self_dec):
+            x = layer(x, training, rope=known_rope, causal=causal, dropout_p=attn_p, cache=cache, cache_index=i)
+        x = self.norm(x)
+        k = apply_rope(split_heads(self.to_k(x), self.n_head), known_rope).transpose(1, 2)  # (B, H, n, d)
+        v = split_heads(self.to_v(x), self.n_head).transpose(1, 2)
+        if cache is not None:
+            k, v = cache.write(len(self.self_dec), k, v)
+            cache.advance(x.shape[1])
+        # Targets see the known tokens before them only in teacher forcing; at inference the
+        # queries of a step see every cached token.
+        cross_causal = causal and cache is None
+        for layer in self.cross_dec:
+            queries = layer(queries, training, k=k, v=v, query_rope=query_rope, causal=cross_causal, dropout_p=attn_p)
+        return queries
+
+
+class ARPG(nn.Module):
+    """The ARPG transformer. Positions are handled as *slots*: 0..C-1 the class tokens, C + p image
+    position p (raster order). Slots index the RoPE table and, when enabled, the position embedding."""
+
+    def __init__(self, config: ARPGConfig):
+        super().__init__()
+        self.config = config
+        self.embeddings = nn.Embedding(config.embedding_rows, config.dim)
+        if config.learned_pos_embed:
+            self.pos_embeddings = nn.Embedding(config.block_size, config.dim)
+        self.layers = TwoPassDecoder(config)
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.head = nn.Linear(config.dim, config.vocab_size, bias=False)
+        # A plain attribute, not a buffer: it stays float32 when the model is cast to bf16, and out of
+        # the state dict, which must hold exactly the released names.
+        self.rope_cpu = rope_table_2d(config.grid_size, config.head_dim, config.rope_base, config.cls_token_num)
+        self._rope_on_device = {}
+        self.initialize_weights()
+
+    def initialize_weights(self):
+        """Normal(0, initializer_range) for linear and embedding weights; the output head starts at zero."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+        nn.init.zeros_(self.head.weight)
+
+    def rope(self, slots: torch.Tensor) -> torch.Tensor:
+        """(B, n) long slots -> (B, n, head_dim // 2, 2) float32 rotations."""
+        table = self._rope_on_device.get(slots.device)
+        if table is None:
+            table = self._rope_on_device[slots.device] = self.rope_cpu.to(slots.device)
+        return table[slots]
+
+    def embed(self, token_ids: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """Embed (B, n) ids at (B, n) slots; class slots get no position embedding."""
+        x = self.embeddings(token_ids)
+        if self.config.learned_pos_embed:
+            image_pos = (slots - self.config.cls_token_num).clamp(min=0)
+            is_image = (slots >= self.config.cls_token_num).unsqueeze(-1)
+            x = x + self.pos_embeddings(image_pos) * is_image
+        return x
+
+    def class_token_ids(self, condition: torch.Tensor, drop_prob: float = 0.0) -> torch.Tensor:
+        """(B,) class ids -> (B, C) embedding rows, each label dropped to "no class" with drop_prob."""
+        ids = condition.long() + self.config.vocab_size + 1
+        if drop_prob > 0:
+            dropped = torch.rand(ids.shape, device=ids.device) < drop_prob
+            ids = torch.where(dropped, torch.full_like(ids, self.config.null_class_id), ids)
+        return ids.unsqueeze(1).expand(-1, self.config.cls_token_num)
+
+    def class_slots(self, batch_size: int, device) -> torch.Tensor:
+        return torch.arange(self.config.cls_token_num, device=device).expand(batch_size, -1)
+
+    def decode(self, known_ids, known_slots, query_slots, causal: bool, training: bool = False,
+               cache: Optional[KVCache] = None):
+        """Logits (B, m, V) float32 for the targets at query_slots (B, m), given the known tokens
+        known_ids (B, n) at known_slots (B, n) (plus whatever `cache` already holds)."""
+        x = self.embed(known_ids, known_slots)
+        x = F.dropout(x, self.config.token_dropout_p, training)
+        mask_ids = torch.full_like(query_slots, self.config.mask_token_id)
+        queries = self.embed(mask_ids, query_slots)
+        out = self.layers(x, queries, self.rope(known_slots), self.rope(query_slots), causal, training, cache)
+        return self.head(self.norm(out)).float()
+
+    def forward(self, input_ids, condition, targets=None, orders=None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Teacher forcing in a random order.
+
+        input_ids (B, N) long image tokens in raster order; condition (B,) long class ids;
+        targets (B, N) long in raster order or None; orders (B, N) long, each row a permutation of
+        0..N-1 (None: a fresh random one per row). Returns logits (B, N, V) in generation order
+        (logits[b, i] predicts input_ids[b, orders[b, i]] from the class and input_ids[b, orders[b, :i]])
+        and the mean cross-entropy against targets (None without targets).
+        """
+        batch, num_tokens = input_ids.shape
+        if orders is None:
+            orders = torch.rand(batch, num_tokens, device=input_ids.device).argsort(dim=1)
+        drop_prob = self.config.class_dropout_prob if self.training else 0.0
+        class_ids = self.class_token_ids(condition, drop_prob)  # (B, C)
+        ordered_ids = input_ids.gather(1, orders)  # (B, N) in generation order
+        target_slots = orders + self.config.cls_token_num  # (B, N)
+        known_ids = torch.cat([class_ids, ordered_ids[:, :-1]], dim=1)  # (B, C + N - 1)
+        known_slots = torch.cat([self.class_slots(batch, input_ids.device), target_slots[:, :-1]], dim=1)
+        logits = self.decode(known_ids, known_slots, target_slots, causal=True, training=self.training)
+        loss = None
+        if targets is not None:
+            ordered_targets = targets.gather(1, orders)
+            loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), ordered_targets.reshape(-1))
+        return logits, loss
+
+    def new_cache(self, batch_size: int, dtype=None, device=None) -> KVCache:
+        """An empty cache for batch_size rows and every token of one image."""
+        weight = self.embeddings.weight
+        return KVCache(len(self.layers.self_dec) + 1, batch_size, self.config.n_head,
+                       self.config.cls_token_num + self.config.block_size, self.config.head_dim,
+                       dtype or weight.dtype, device or weight.device)
+
+    @torch.inference_mode()
+    def generate(self, condition, num_steps: int = 64, cfg_scale: float = 4.0, cfg_schedule: str = "linear",
+                 sample_schedule: str = "arccos", temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                 orders=None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Sample (B, N) long tokens in raster order for (B,) class ids; see autoregressive/generate.py."""
+        from autoregressive.generate import generate
+
+        return generate(self, condition, num_steps=num_steps, cfg_scale=cfg_scale, cfg_schedule=cfg_schedule,
+                        sample_schedule=sample_schedule, temperature=temperature, top_k=top_k, top_p=top_p,
+                        orders=orders, generator=generator)
+
+
+def ARPG_L(**overrides):
+    return ARPG(ARPGConfig(**{"dim": 1024, "n_layer": 24, "n_head": 16, **overrides}))
+
+
+def ARPG_XL(**overrides):
+    return ARPG(ARPGConfig(**{"dim": 1280, "n_layer": 36, "n_head": 20, **overrides}))
+
+
+def ARPG_XXL(**overrides):
+    return ARPG(ARPGConfig(**{"dim": 1536, "n_layer": 48, "n_head": 24, **overrides}))
+
+
+def ARPG_tiny(**overrides):
+    """For tests: 2 + 2 layers, dim 64."""
+    return ARPG(ARPGConfig(**{"dim": 64, "n_layer": 4, "n_head": 4, "multiple_of": 32, **overrides}))
+
+
+def ARPG_digits(**overrides):
+    """The CPU demo on 8x8 digits: ~0.2 M parameters, learned absolute positions."""
+    defaults = {"dim": 64, "n_layer": 4, "n_head": 4, "multiple_of": 32, "vocab_size": 17, "num_classes": 10,
+                "block_size": 64, "learned_pos_embed": True}
+    return ARPG(ARPGConfig(**{**defaults, **overrides}))
+
+
+ARPG_models = {
+    "ARPG-L": ARPG_L,
+    "ARPG-XL": ARPG_XL,
+    "ARPG-XXL": ARPG_XXL,
+    "ARPG-tiny": ARPG_tiny,
+    "ARPG-digits": ARPG_digits,
+}

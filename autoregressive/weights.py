@@ -1,0 +1,103 @@
+"""Load released or our own weights into a model, strictly, with errors that say what to do.
+
+Accepted files: .safetensors, or a torch .pt/.pth holding a bare state dict or one under "model",
+"ema", "module" or "state_dict" (the official layouts). Keys saved through DDP ("module.") or
+torch.compile ("_orig_mod.") are accepted too.
+"""
+import argparse
+import os
+import pickle
+import zipfile
+from typing import Dict, Optional
+
+import torch
+
+STATE_DICT_ENTRIES = ("model", "ema", "module", "state_dict")
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def read_checkpoint(path: str):
+    """Read a checkpoint file with weights_only=True; official training checkpoints carry an
+    argparse.Namespace under "args", which is allowed as plain data."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            return load_file(path, device="cpu")
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError, ValueError) as error:
+        raise ValueError(f"could not read checkpoint {path}: {error}. The file is corrupt or incomplete; "
+                         "download or copy it again.") from error
+
+
+def extract_state_dict(checkpoint, entry: Optional[str] = None) -> Dict[str, torch.Tensor]:
+    """The state dict inside a loaded checkpoint: `entry` if given, else the first official entry found."""
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"checkpoint holds a {type(checkpoint).__name__}, not a state dict")
+    if entry is not None:
+        if entry not in checkpoint:
+            raise ValueError(f"checkpoint has no entry {entry!r}; it has {sorted(checkpoint)}")
+        state = checkpoint[entry]
+    else:
+        state = next((checkpoint[name] for name in STATE_DICT_ENTRIES if name in checkpoint), checkpoint)
+    if not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise ValueError(f"no state dict found in the checkpoint (entries: {sorted(checkpoint)[:8]}); "
+                         f"expected tensors at the top level or under one of {STATE_DICT_ENTRIES}")
+    return {strip_wrapper_prefixes(key): value for key, value in state.items()}
+
+
+def strip_wrapper_prefixes(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in WRAPPER_PREFIXES:
+            if key.startswith(prefix):
+                key, changed = key[len(prefix):], True
+    return key
+
+
+def describe_arpg_size(state: Dict[str, torch.Tensor]) -> str:
+    """Which ARPG size a state dict looks like, e.g. "ARPG-XL (36 layers, dim 1280)"."""
+    from autoregressive.models.arpg import ARPG_models
+
+    if "embeddings.weight" not in state:
+        return "not an ARPG checkpoint (no embeddings.weight)"
+    dim = state["embeddings.weight"].shape[1]
+    num_self = len({key.split(".")[2] for key in state if key.startswith("layers.self_dec.")})
+    layers = 2 * num_self
+    for name, build in ARPG_models.items():
+        with torch.device("meta"):
+            config = build().config
+        if (config.dim, config.n_layer) == (dim, layers):
+            return f"{name} ({layers} layers, dim {dim}); pass --gpt-model {name}"
+    return f"an ARPG model with {layers} layers and dim {dim}, which matches no known size"
+
+
+def check_state_dict(model: torch.nn.Module, state: Dict[str, torch.Tensor]) -> None:
+    """Raise a ValueError naming missing, unexpected and mis-shaped keys, if any."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    misshaped = sorted(key for key in set(expected) & set(state) if expected[key].shape != state[key].shape)
+    if not (missing or unexpected or misshaped):
+        return
+    lines = [f"the checkpoint does not fit this {type(model).__name__}:"]
+    for label, keys in (("missing", missing), ("unexpected", unexpected)):
+        if keys:
+            lines.append(f"  {len(keys)} {label} keys: {', '.join(keys[:6])}{' ...' if len(keys) > 6 else ''}")
+    for key in misshaped[:6]:
+        lines.append(f"  {key}: checkpoint {tuple(state[key].shape)}, model {tuple(expected[key].shape)}")
+    if hasattr(model, "config") and hasattr(model.config, "n_layer"):
+        lines.append(f"  the checkpoint looks like {describe_arpg_size(state)}")
+    raise ValueError("\n".join(lines))
+
+
+def load_model_weights(model: torch.nn.Module, path: str, entry: Optional[str] = None) -> torch.nn.Module:
+    """Fill `model` from the file at `path` with strict=True; returns the model."""
+    state = extract_state_dict(read_checkpoint(path), entry)
+    check_state_dict(model, state)
+    model.load_state_dict(state, strict=True)
+    return model

@@ -1,0 +1,60 @@
+import argparse
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from autoregressive.models.arpg import ARPG_models
+from autoregressive.weights import load_model_weights
+from conftest import build_tiny
+
+
+@pytest.mark.parametrize("layout", ["bare", "model", "ema", "module", "state_dict", "ddp-prefixed"])
+def test_loads_every_official_layout(tmp_path, layout):
+    source = build_tiny(seed=1)
+    state = source.state_dict()
+    if layout == "ddp-prefixed":
+        payload = {"model": {f"module._orig_mod.{k}": v for k, v in state.items()}}
+    else:
+        payload = state if layout == "bare" else {layout: state, "steps": 10}
+    path = tmp_path / "ckpt.pt"
+    torch.save(payload, path)
+    target = load_model_weights(build_tiny(seed=2), str(path))
+    assert all(torch.equal(a, b) for a, b in zip(target.state_dict().values(), state.values()))
+
+
+def test_loads_checkpoints_carrying_argparse_args_and_safetensors(tmp_path):
+    source = build_tiny(seed=1)
+    torch.save({"model": source.state_dict(), "args": argparse.Namespace(lr=1e-4)}, tmp_path / "official.pt")
+    save_file(source.state_dict(), str(tmp_path / "w.safetensors"))
+    for name in ("official.pt", "w.safetensors"):
+        target = load_model_weights(build_tiny(seed=2), str(tmp_path / name))
+        assert torch.equal(target.head.weight, source.head.weight)
+
+
+def test_wrong_size_names_the_keys_and_the_size(tmp_path):
+    with torch.device("meta"):
+        xl_keys = ARPG_models["ARPG-XL"]().state_dict()
+    fake_xl = {k: torch.zeros(v.shape[:1] + (1,) * (v.ndim - 1)) for k, v in xl_keys.items()}
+    fake_xl["embeddings.weight"] = torch.zeros(17387, 1280)
+    path = tmp_path / "xl.pt"
+    torch.save({"model": fake_xl}, path)
+    with pytest.raises(ValueError) as error:
+        load_model_weights(build_tiny(), str(path))
+    message = str(error.value)
+    assert "256 unexpected keys" in message and "layers.cross_dec.10" in message
+    assert "ARPG-XL (36 layers, dim 1280); pass --gpt-model ARPG-XL" in message
+    assert "embeddings.weight: checkpoint (17387, 1280), model (40, 64)" in message
+
+
+def test_corrupt_and_missing_files_are_explained(tmp_path):
+    path = tmp_path / "broken.pt"
+    torch.save({"model": build_tiny().state_dict()}, path)
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="corrupt or incomplete"):
+        load_model_weights(build_tiny(), str(path))
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_model_weights(build_tiny(), str(tmp_path / "nope.pt"))
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="corrupt"):
+        load_model_weights(build_tiny(), str(tmp_path / "junk.pt"))
