@@ -1,0 +1,66 @@
+"""Process-group helpers that work the same under torchrun (NCCL on GPUs, gloo on CPUs) and in one
+plain process (no process group at all)."""
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Join the torchrun process group if there is one; pick the device.
+
+    device: "auto" (CUDA if available, else CPU), "cuda" or "cpu". NCCL serves CUDA, gloo the CPU.
+    """
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if use_cuda and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but no CUDA device is visible")
+    rank = int(os.environ.get("RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        torch_device = torch.device("cuda", local_rank)
+    else:
+        torch_device = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if use_cuda else "gloo"
+        kwargs = {"device_id": torch_device} if use_cuda else {}
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30), **kwargs)
+    return DistInfo(rank, world_size, local_rank, torch_device)
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
+    """Mean of a tensor over ranks (the tensor itself in one process)."""
+    if is_distributed():
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= dist.get_world_size()
+    return value
+
+
+def cleanup() -> None:
+    if is_distributed():
+        dist.destroy_process_group()
