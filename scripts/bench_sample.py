@@ -1,0 +1,117 @@
+"""Sampling throughput: the reference loop (autoregressive/generate.py) against the CUDA-graph fast path.
+
+Random bf16 weights (throughput does not depend on them; the head gets random weights so the tokens
+vary), 64 steps, CFG 4.5 constant, arccos schedule. Repetitions of the two paths are interleaved and
+the medians reported. End-to-end adds the VQ-16 decode of the tokens (bf16, channels_last).
+
+    python scripts/bench_sample.py --models ARPG-L ARPG-XL ARPG-XXL --batch-sizes 64 256
+"""
+import argparse
+import dataclasses
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from autoregressive.fast_generate import FastSampler  # noqa: E402
+from autoregressive.generate import SamplingConfig, generate  # noqa: E402
+from autoregressive.models.arpg import ARPG_models  # noqa: E402
+
+
+def timed(fn):
+    """Run fn once; return (result, seconds, peak GiB since the call began)."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    result = fn()
+    torch.cuda.synchronize()
+    return result, time.perf_counter() - start, torch.cuda.max_memory_allocated() / 2**30
+
+
+def build_model(name: str, device):
+    torch.manual_seed(0)
+    model = ARPG_models[name]().to(device=device, dtype=torch.bfloat16).eval()
+    torch.nn.init.normal_(model.head.weight, std=0.02)
+    return model
+
+
+def bench_model(name, batch_sizes, sampling, reps, vq, device):
+    model = build_model(name, device)
+    fast = FastSampler(model)
+    rows = []
+    for batch in batch_sizes:
+        labels = torch.arange(batch, device=device) % model.config.num_classes
+        grid = model.config.grid_size
+        paths = {
+            "plain": lambda g: generate(model, labels, sampling, generator=g),
+            "fast": lambda g: fast.generate(labels, sampling, generator=g),
+        }
+        greedy = dataclasses.replace(sampling, temperature=0.0)
+        order = torch.randperm(model.config.block_size, device=device)
+        same = torch.equal(generate(model, labels, greedy, orders=order), fast.generate(labels, greedy, orders=order))
+        seeded = [fast.generate(labels, sampling, generator=torch.Generator(device).manual_seed(3)) for _ in range(2)]
+        times = {key: [] for key in paths}
+        decode_times, peaks = [], {key: 0.0 for key in paths}
+        for key, path in paths.items():  # warm-up (graph capture for the fast path)
+            path(torch.Generator(device).manual_seed(0))
+        for rep in range(reps):
+            for key, path in paths.items():
+                tokens, seconds, peak = timed(lambda: path(torch.Generator(device).manual_seed(rep)))
+                times[key].append(seconds)
+                peaks[key] = max(peaks[key], peak)
+            if vq is not None:
+                shape = (batch, vq.config.codebook_embed_dim, grid, grid)
+                with torch.inference_mode():
+                    _, seconds, _ = timed(lambda: vq.decode_code(tokens, shape=shape))
+                decode_times.append(seconds)
+        decode = statistics.median(decode_times) if decode_times else float("nan")
+        for key in paths:
+            token_s = statistics.median(times[key])
+            rows.append((name, batch, key, batch / token_s, batch / (token_s + decode), peaks[key]))
+        rows.append((name, batch, "fast/plain", rows[-1][3] / rows[-2][3], rows[-1][4] / rows[-2][4], float("nan")))
+        print(f"{name} batch {batch}: greedy fast == plain: {same}; same seed same tokens: "
+              f"{torch.equal(seeded[0], seeded[1])}", flush=True)
+    del fast, model
+    torch.cuda.empty_cache()
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["ARPG-L", "ARPG-XL", "ARPG-XXL"], choices=list(ARPG_models))
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[64, 256])
+    parser.add_argument("--step", type=int, default=64)
+    parser.add_argument("--cfg-scale", type=float, default=4.5)
+    parser.add_argument("--cfg-schedule", default="constant")
+    parser.add_argument("--sample-schedule", default="arccos")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--no-decode", action="store_true", help="tokens only, no VQ decode column")
+    args = parser.parse_args()
+    device = torch.device("cuda")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    sampling = SamplingConfig(num_steps=args.step, cfg_scale=args.cfg_scale, cfg_schedule=args.cfg_schedule,
+                              sample_schedule=args.sample_schedule)
+    vq = None
+    if not args.no_decode:
+        from tokenizer.vq_model import VQ_models
+
+        vq = VQ_models["VQ-16"]().to(device=device, dtype=torch.bfloat16, memory_format=torch.channels_last).eval()
+    rows = []
+    for name in args.models:
+        rows += bench_model(name, args.batch_sizes, sampling, args.reps, vq, device)
+    print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, {args.step} steps, "
+          f"CFG {args.cfg_scale} {args.cfg_schedule}, {args.sample_schedule}, bf16, medians of {args.reps}")
+    print("| model | batch | path | img/s tokens | img/s with decode | peak GiB |")
+    print("|---|---|---|---|---|---|")
+    for name, batch, key, tok, e2e, peak in rows:
+        fmt = (lambda v: f"{v:.2f}x") if key == "fast/plain" else (lambda v: f"{v:.1f}")
+        print(f"| {name} | {batch} | {key} | {fmt(tok)} | {fmt(e2e)} | {'' if peak != peak else f'{peak:.2f}'} |")
+
+
+if __name__ == "__main__":
+    main()
