@@ -58,3 +58,15 @@ def test_corrupt_and_missing_files_are_explained(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="corrupt"):
         load_model_weights(build_tiny(), str(tmp_path / "junk.pt"))
+
+
+def test_fused_projections_keep_official_names():
+    model = build_tiny(seed=3)
+    state = model.state_dict()
+    qkv = model.layers.self_dec[0].attn.qkv.weight
+    assert torch.equal(state["layers.self_dec.0.attn.to_k.weight"], qkv[64:128])
+    assert torch.equal(state["layers.cross_dec.1.ffn.w3.weight"], model.layers.cross_dec[1].ffn.w13.weight[192:])
+    assert torch.equal(state["layers.to_v.weight"], model.layers.to_kv.weight[64:])
+    fresh = build_tiny(seed=4)
+    fresh.load_state_dict(state, strict=True)
+    assert torch.equal(fresh.layers.self_dec[0].attn.qkv.weight, qkv)

@@ -96,22 +96,42 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)  # in float32, as released
         return normed.type_as(x) * self.weight
 
 
+def keep_official_names(module: nn.Module, fused: str, parts: Tuple[str, ...]) -> None:
+    """`module.<fused>` computes the bias-free projections `parts` of one input as one matmul; its
+    weight is their row-wise concatenation. The state dict still holds `<part>.weight` tensors, so the
+    released checkpoints load unchanged and ours keep their format."""
+
+    def split_on_save(mod, state_dict, prefix, local_metadata):
+        fused_weight = state_dict.pop(prefix + fused + ".weight")
+        for name, piece in zip(parts, fused_weight.chunk(len(parts))):
+            state_dict[prefix + name + ".weight"] = piece.detach().clone()  # own storage, for safetensors
+        return state_dict
+
+    def merge_on_load(state_dict, prefix, *args):
+        keys = [prefix + name + ".weight" for name in parts]
+        if all(key in state_dict for key in keys):
+            state_dict[prefix + fused + ".weight"] = torch.cat([state_dict.pop(key) for key in keys])
+
+    module._register_state_dict_hook(split_on_save)
+    module._register_load_state_dict_pre_hook(merge_on_load)
+
+
 class FeedForward(nn.Module):
-    """SwiGLU: w2(silu(w1 x) * w3 x)."""
+    """SwiGLU: w2(silu(w1 x) * w3 x), with w1 and w3 stored as one matrix `w13`."""
 
     def __init__(self, config: ARPGConfig):
         super().__init__()
-        self.w1 = nn.Linear(config.dim, config.ffn_hidden, bias=False)
-        self.w3 = nn.Linear(config.dim, config.ffn_hidden, bias=False)
+        self.w13 = nn.Linear(config.dim, 2 * config.ffn_hidden, bias=False)
         self.w2 = nn.Linear(config.ffn_hidden, config.dim, bias=False)
+        keep_official_names(self, "w13", ("w1", "w3"))
 
     def forward(self, x):
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        gate, up = self.w13(x).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)
 
 
 def attend(q, k, v, causal: bool, dropout_p: float = 0.0):
@@ -138,16 +158,17 @@ def merge_heads(x):
 
 
 class SelfAttention(nn.Module):
+    """to_q, to_k, to_v stored as one matrix `qkv`."""
+
     def __init__(self, config: ARPGConfig):
         super().__init__()
         self.n_head = config.n_head
-        self.to_q = nn.Linear(config.dim, config.dim, bias=False)
-        self.to_k = nn.Linear(config.dim, config.dim, bias=False)
-        self.to_v = nn.Linear(config.dim, config.dim, bias=False)
+        self.qkv = nn.Linear(config.dim, 3 * config.dim, bias=False)
         self.proj = nn.Linear(config.dim, config.dim, bias=False)
+        keep_official_names(self, "qkv", ("to_q", "to_k", "to_v"))
 
     def forward(self, x, rope, causal: bool, dropout_p: float, cache: Optional[KVCache], cache_index: int):
-        q, k, v = (split_heads(lin(x), self.n_head) for lin in (self.to_q, self.to_k, self.to_v))
+        q, k, v = (split_heads(part, self.n_head) for part in self.qkv(x).chunk(3, dim=-1))
         q, k = apply_rope(q, rope), apply_rope(k, rope)  # (B, n, H, d)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, n, d)
         if cache is not None:
@@ -197,8 +218,8 @@ class TwoPassDecoder(nn.Module):
         self.self_dec = nn.ModuleList([DecoderLayer(config, SelfAttention(config)) for _ in range(num_each)])
         self.cross_dec = nn.ModuleList([DecoderLayer(config, CrossAttention(config)) for _ in range(num_each)])
         self.norm = RMSNorm(config.dim, config.norm_eps)
-        self.to_k = nn.Linear(config.dim, config.dim, bias=False)
-        self.to_v = nn.Linear(config.dim, config.dim, bias=False)
+        self.to_kv = nn.Linear(config.dim, 2 * config.dim, bias=False)  # the shared set's to_k, to_v
+        keep_official_names(self, "to_kv", ("to_k", "to_v"))
 
     def forward(self, x, queries, known_rope, query_rope, causal: bool, training: bool,
                 cache: Optional[KVCache] = None):
@@ -209,9 +230,8 @@ class TwoPassDecoder(nn.Module):
         attn_p = self.attn_dropout_p if training else 0.0
         for i, layer in enumerate(self.self_dec):
             x = layer(x, training, rope=known_rope, causal=causal, dropout_p=attn_p, cache=cache, cache_index=i)
-        x = self.norm(x)
-        k = apply_rope(split_heads(self.to_k(x), self.n_head), known_rope).transpose(1, 2)  # (B, H, n, d)
-        v = split_heads(self.to_v(x), self.n_head).transpose(1, 2)
+        k, v = (split_heads(part, self.n_head) for part in self.to_kv(self.norm(x)).chunk(2, dim=-1))
+        k, v = apply_rope(k, known_rope).transpose(1, 2), v.transpose(1, 2)  # (B, H, n, d)
         if cache is not None:
             k, v = cache.write(len(self.self_dec), k, v)
             cache.advance(x.shape[1])
@@ -236,7 +256,7 @@ class ARPG(nn.Module):
         self.layers = TwoPassDecoder(config)
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.head = nn.Linear(config.dim, config.vocab_size, bias=False)
-        # A plain attribute, not a buffer: it stays float32 when the model is cast to bf16, and out of
+        # A plain attribute, not a buffer: it stays complex64 when the model is cast to bf16, and out of
         # the state dict, which must hold exactly the released names.
         self.rope_cpu = rope_table_2d(config.grid_size, config.head_dim, config.rope_base, config.cls_token_num)
         self._rope_on_device = {}
@@ -250,7 +270,7 @@ class ARPG(nn.Module):
         nn.init.zeros_(self.head.weight)
 
     def rope(self, slots: torch.Tensor) -> torch.Tensor:
-        """(B, n) long slots -> (B, n, head_dim // 2, 2) float32 rotations."""
+        """(B, n) long slots -> (B, n, head_dim // 2) complex64 rotations."""
         table = self._rope_on_device.get(slots.device)
         if table is None:
             table = self._rope_on_device[slots.device] = self.rope_cpu.to(slots.device)
