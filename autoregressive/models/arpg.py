@@ -96,8 +96,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)  # in float32, as released
-        return normed.type_as(x) * self.weight
+        # Normalised in float32 and rounded to x's dtype once, as released; then scaled in x's dtype.
+        return F.rms_norm(x, (x.shape[-1],), eps=self.eps) * self.weight
 
 
 def keep_official_names(module: nn.Module, fused: str, parts: Tuple[str, ...]) -> None:
