@@ -12,8 +12,8 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from autoregressive.generate import SamplingConfig, check_class_ids, prepare_orders
-from autoregressive.sampling import draw_tokens, guidance_scale, step_sizes
+from autoregressive.generate import DecodingStart, SamplingConfig, guide, start_decoding
+from autoregressive.sampling import draw_tokens
 
 
 class GraphedSteps:
@@ -23,42 +23,34 @@ class GraphedSteps:
     is how the tests check the buffer bookkeeping against the reference loop.
     """
 
-    def __init__(self, model, batch_size: int, plan: List[int], sampling: SamplingConfig, use_graphs: bool = True):
-        config = model.config
+    def __init__(self, model, batch_size: int, first_fed: int, plan: List[int], sampling: SamplingConfig,
+                 use_graphs: bool = True):
         self.model, self.plan, self.sampling = model, plan, sampling
-        self.batch_size = batch_size
-        self.rows = 2 * batch_size if sampling.uses_guidance else batch_size
-        device = model.embeddings.weight.device
-        max_fed = max(config.cls_token_num, max(plan))
-        self.fed_ids = torch.zeros(self.rows, max_fed, dtype=torch.long, device=device)
-        self.fed_slots = torch.zeros(self.rows, max_fed, dtype=torch.long, device=device)
-        self.query_slots = torch.zeros(self.rows, max(plan), dtype=torch.long, device=device)
-        self.cache = model.new_cache(self.rows)
+        self.batch_size, self.first_fed = batch_size, first_fed
+        self.copies = 2 if sampling.uses_guidance else 1
+        rows, device = self.copies * batch_size, model.embeddings.weight.device
+        max_fed = max(first_fed, max(plan))
+        self.fed_ids = torch.zeros(rows, max_fed, dtype=torch.long, device=device)
+        self.fed_slots = torch.zeros(rows, max_fed, dtype=torch.long, device=device)
+        self.query_slots = torch.zeros(rows, max(plan), dtype=torch.long, device=device)
+        self.cache = model.new_cache(rows)
         # One output buffer for all steps: step outputs held in the graph pool would never be reused.
-        self.guided_logits = torch.zeros(batch_size, max(plan), config.vocab_size, device=device)
+        self.guided_logits = torch.zeros(batch_size, max(plan), model.config.vocab_size, device=device)
         self.graphs: List[torch.cuda.CUDAGraph] = []
         if use_graphs:
             self._capture()
 
-    def _fed_count(self, step: int) -> int:
-        return self.model.config.cls_token_num if step == 0 else self.plan[step - 1]
-
-    def _cached_before(self, step: int) -> int:
-        return self.model.config.cls_token_num * (step > 0) + sum(self.plan[:max(step - 1, 0)])
-
     def _step(self, step: int) -> None:
         """One network pass on the static buffers, into guided_logits[:, :plan[step]] (float32)."""
-        num_fed, size = self._fed_count(step), self.plan[step]
-        self.cache.length = self._cached_before(step)
+        num_fed = self.first_fed if step == 0 else self.plan[step - 1]
+        size = self.plan[step]
+        self.cache.length = self.first_fed * (step > 0) + sum(self.plan[:max(step - 1, 0)])
+        # The first step's known tokens (editing) enter the cache causally, as in generate().
+        causal = step == 0 and self.first_fed > self.model.config.cls_token_num
         logits = self.model.decode(self.fed_ids[:, :num_fed], self.fed_slots[:, :num_fed],
-                                   self.query_slots[:, :size], causal=False, cache=self.cache)
-        if self.sampling.uses_guidance:
-            done_after = sum(self.plan[:step + 1])
-            scale = guidance_scale(self.sampling.cfg_scale, self.sampling.cfg_schedule, done_after,
-                                   self.model.config.block_size)
-            cond, uncond = logits.chunk(2)
-            logits = uncond + (cond - uncond) * scale
-        self.guided_logits[:, :size].copy_(logits)
+                                   self.query_slots[:, :size], causal=causal, cache=self.cache)
+        num_generated = sum(self.plan)
+        self.guided_logits[:, :size].copy_(guide(logits, self.sampling, sum(self.plan[:step + 1]), num_generated))
 
     def _capture(self) -> None:
         # Warm up on a side stream (cuBLAS and attention pick their kernels), then capture each step
@@ -78,17 +70,15 @@ class GraphedSteps:
                 self.graphs.append(graph)
 
     @torch.inference_mode()
-    def run(self, class_ids: torch.Tensor, target_slots: torch.Tensor, generator) -> torch.Tensor:
-        """class_ids (rows, C) first-step tokens; target_slots (B, N). Returns (B, N) in generation order."""
-        sampling, batch = self.sampling, self.batch_size
-        tokens = torch.empty(batch, target_slots.shape[1], dtype=torch.long, device=target_slots.device)
-        num_class = class_ids.shape[1]
-        self.fed_ids[:, :num_class].copy_(class_ids)
-        self.fed_slots[:, :num_class].copy_(self.model.class_slots(self.rows, class_ids.device))
+    def run(self, start: DecodingStart, target_slots: torch.Tensor, generator) -> torch.Tensor:
+        """target_slots (B, M) slots to generate; returns their (B, M) tokens in generation order."""
+        sampling = self.sampling
+        tokens = torch.empty_like(target_slots)
+        self.fed_ids[:, :self.first_fed].copy_(start.fed_ids)
+        self.fed_slots[:, :self.first_fed].copy_(start.fed_slots)
         done = 0
         for step, size in enumerate(self.plan):
-            query_slots = target_slots[:, done:done + size]
-            self.query_slots[:, :size].copy_(query_slots.repeat(self.rows // batch, 1))
+            self.query_slots[:, :size].copy_(target_slots[:, done:done + size].repeat(self.copies, 1))
             if self.graphs:
                 self.graphs[step].replay()
             else:
@@ -97,7 +87,7 @@ class GraphedSteps:
             sampled = draw_tokens(logits, sampling.temperature, sampling.top_k, sampling.top_p, generator)
             tokens[:, done:done + size] = sampled
             done += size
-            self.fed_ids[:, :size].copy_(sampled.repeat(self.rows // batch, 1))
+            self.fed_ids[:, :size].copy_(sampled.repeat(self.copies, 1))
             self.fed_slots[:, :size].copy_(self.query_slots[:, :size])
         return tokens
 
@@ -114,30 +104,27 @@ class FastSampler:
         self._steps: Optional[GraphedSteps] = None
         self._key: Optional[Tuple] = None
 
-    def _graphed_steps(self, batch_size: int, plan: List[int], sampling: SamplingConfig) -> GraphedSteps:
-        key = (batch_size, tuple(plan), sampling.uses_guidance, sampling.cfg_scale, sampling.cfg_schedule)
+    def _graphed_steps(self, batch_size: int, start: DecodingStart, sampling: SamplingConfig) -> GraphedSteps:
+        first_fed = start.fed_ids.shape[1]
+        key = (batch_size, first_fed, tuple(start.plan), sampling.cfg_scale, sampling.cfg_schedule)
         if key != self._key:
             self._steps = None  # free the old cache and graphs before allocating new ones
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            self._steps = GraphedSteps(self.model, batch_size, plan, sampling, self.use_graphs)
+            self._steps = GraphedSteps(self.model, batch_size, first_fed, start.plan, sampling, self.use_graphs)
             self._key = key
         return self._steps
 
     @torch.inference_mode()
     def generate(self, condition: torch.Tensor, sampling: Optional[SamplingConfig] = None,
                  orders: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
+                 known: Optional[torch.Tensor] = None, known_mask: Optional[torch.Tensor] = None,
                  **sampling_kwargs) -> torch.Tensor:
         """Same arguments and result as autoregressive.generate.generate."""
         sampling = sampling or SamplingConfig(**sampling_kwargs)
-        config = self.model.config
-        check_class_ids(condition, config.num_classes)
-        batch, num_tokens, device = condition.shape[0], config.block_size, condition.device
-        orders = prepare_orders(orders, batch, num_tokens, generator, device)
-        plan = step_sizes(num_tokens, sampling.num_steps, sampling.sample_schedule)
-        steps = self._graphed_steps(batch, plan, sampling)
-        class_ids = self.model.class_token_ids(condition)
-        if sampling.uses_guidance:
-            class_ids = torch.cat([class_ids, torch.full_like(class_ids, config.null_class_id)])
-        tokens = steps.run(class_ids, orders + config.cls_token_num, generator)
-        return torch.empty_like(tokens).scatter_(1, orders, tokens)
+        start = start_decoding(self.model, condition, sampling, orders, generator, known, known_mask)
+        target_positions = start.orders[:, start.num_known:]
+        steps = self._graphed_steps(condition.shape[0], start, sampling)
+        tokens = steps.run(start, target_positions + self.model.config.cls_token_num, generator)
+        out = known.clone() if known is not None else torch.empty_like(start.orders)
+        return out.scatter_(1, target_positions, tokens)

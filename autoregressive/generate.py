@@ -6,7 +6,7 @@ with [MASK] embeddings rotated to those positions. With guidance, the batch is d
 carries the "no class" token, and logits combine as uncond + (cond - uncond) * scale.
 """
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional
 
 import torch
 
@@ -64,44 +64,106 @@ def prepare_orders(orders: Optional[torch.Tensor], batch_size: int, num_tokens: 
     return orders
 
 
+def known_first(orders: torch.Tensor, known_mask: torch.Tensor) -> torch.Tensor:
+    """Reorder each (B, N) order so the known positions come first; both groups keep their order."""
+    is_unknown = (~known_mask).gather(1, orders).to(torch.uint8)
+    return orders.gather(1, is_unknown.sort(dim=1, stable=True).indices)
+
+
+def check_known(known: torch.Tensor, known_mask: torch.Tensor, batch_size: int, num_tokens: int,
+                vocab_size: int) -> int:
+    """Validate (B, N) known tokens and mask; return the number of known tokens per sample."""
+    for name, value in (("known", known), ("known_mask", known_mask)):
+        if value.shape != (batch_size, num_tokens):
+            raise ValueError(f"{name} must be ({batch_size}, {num_tokens}), got {tuple(value.shape)}")
+    counts = known_mask.sum(dim=1)
+    if not torch.all(counts == counts[0]):
+        raise ValueError("every sample must have the same number of known tokens; edit one mask per batch")
+    num_known = int(counts[0])
+    if num_known == num_tokens:
+        raise ValueError("known_mask marks every token as known: there is nothing to generate")
+    picked = known[known_mask]
+    if picked.numel() and (picked.min() < 0 or picked.max() >= vocab_size):
+        raise ValueError(f"known tokens must be image tokens in [0, {vocab_size})")
+    return num_known
+
+
+@dataclass
+class DecodingStart:
+    """What every decoding loop needs before its first step."""
+    orders: torch.Tensor  # (B, N) raster positions in generation order, known positions first
+    num_known: int  # known tokens per sample, fed with the class token in the first step
+    plan: List[int]  # tokens generated per step, over the unknown positions
+    fed_ids: torch.Tensor  # (rows, C + num_known) first-step tokens; rows = 2B with guidance
+    fed_slots: torch.Tensor  # (rows, C + num_known)
+
+
+def start_decoding(model, condition, sampling: SamplingConfig, orders=None, generator=None,
+                   known=None, known_mask=None) -> DecodingStart:
+    """Check the inputs and lay out the first step: class token (and known tokens), orders, plan."""
+    config = model.config
+    check_class_ids(condition, config.num_classes)
+    batch, num_tokens, device = condition.shape[0], config.block_size, condition.device
+    orders = prepare_orders(orders, batch, num_tokens, generator, device)
+    num_known = 0
+    if known_mask is not None:
+        if known is None:
+            raise ValueError("known_mask needs the known tokens too (known=...)")
+        num_known = check_known(known, known_mask, batch, num_tokens, config.vocab_size)
+        orders = known_first(orders, known_mask)
+    fed_ids = model.class_token_ids(condition)  # (B, C)
+    null_ids = torch.full_like(fed_ids, config.null_class_id)
+    fed_slots = model.class_slots(batch, device)
+    if num_known:
+        known_positions = orders[:, :num_known]
+        fed_ids = torch.cat([fed_ids, known.gather(1, known_positions)], dim=1)
+        null_ids = torch.cat([null_ids, fed_ids[:, config.cls_token_num:]], dim=1)
+        fed_slots = torch.cat([fed_slots, known_positions + config.cls_token_num], dim=1)
+    if sampling.uses_guidance:
+        fed_ids, fed_slots = torch.cat([fed_ids, null_ids]), fed_slots.repeat(2, 1)
+    plan = step_sizes(num_tokens - num_known, sampling.num_steps, sampling.sample_schedule)
+    return DecodingStart(orders, num_known, plan, fed_ids, fed_slots)
+
+
+def guide(logits: torch.Tensor, sampling: SamplingConfig, done_after: int, num_generated: int) -> torch.Tensor:
+    """Combine (2B, n, V) cond/uncond logits into (B, n, V); pass (B, n, V) through without guidance."""
+    if not sampling.uses_guidance:
+        return logits
+    cond, uncond = logits.chunk(2)
+    return uncond + (cond - uncond) * guidance_scale(sampling.cfg_scale, sampling.cfg_schedule, done_after,
+                                                     num_generated)
+
+
 @torch.inference_mode()
 def generate(model, condition: torch.Tensor, sampling: Optional[SamplingConfig] = None,
              orders: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
+             known: Optional[torch.Tensor] = None, known_mask: Optional[torch.Tensor] = None,
              **sampling_kwargs) -> torch.Tensor:
     """Sample image tokens for (B,) class ids; returns (B, N) long in raster order.
 
     sampling: a SamplingConfig, or its fields as keyword arguments. orders: (N,) or (B, N) generation
     orders (orders[..., i] is the raster index of the i-th generated token); None draws one per sample
     from `generator`, which also drives the draws of tokens.
+    known, known_mask: (B, N) long tokens and bool mask of the positions to keep (editing). The known
+    tokens enter the cache first, in one causal pass (the cache teacher forcing would build); the
+    other positions are generated in the order's sequence, the schedules running over them alone.
     """
     sampling = sampling or SamplingConfig(**sampling_kwargs)
-    config = model.config
-    check_class_ids(condition, config.num_classes)
-    batch, num_tokens, device = condition.shape[0], config.block_size, condition.device
-    orders = prepare_orders(orders, batch, num_tokens, generator, device)
-    plan = step_sizes(num_tokens, sampling.num_steps, sampling.sample_schedule)
-    rows = 2 * batch if sampling.uses_guidance else batch
-
-    fed_ids = model.class_token_ids(condition)  # (B, C)
-    if sampling.uses_guidance:
-        fed_ids = torch.cat([fed_ids, torch.full_like(fed_ids, config.null_class_id)])
-    fed_slots = model.class_slots(rows, device)
-    target_slots = orders + config.cls_token_num
-    cache = model.new_cache(rows)
-    tokens = torch.empty(batch, num_tokens, dtype=torch.long, device=device)  # generation order
-    done = 0
-    for size in plan:
-        query_slots = target_slots[:, done:done + size]
-        if sampling.uses_guidance:
-            query_slots = query_slots.repeat(2, 1)
-        logits = model.decode(fed_ids, fed_slots, query_slots, causal=False, cache=cache)  # (rows, size, V)
-        if sampling.uses_guidance:
-            cond, uncond = logits.chunk(2)
-            scale = guidance_scale(sampling.cfg_scale, sampling.cfg_schedule, done + size, num_tokens)
-            logits = uncond + (cond - uncond) * scale
+    start = start_decoding(model, condition, sampling, orders, generator, known, known_mask)
+    cls_num, num_known = model.config.cls_token_num, start.num_known
+    target_slots = start.orders[:, num_known:] + cls_num  # (B, M) the positions to generate
+    batch, num_generated = target_slots.shape
+    copies = 2 if sampling.uses_guidance else 1
+    cache = model.new_cache(copies * batch)
+    tokens = torch.empty_like(target_slots)  # generation order
+    fed_ids, fed_slots, causal, done = start.fed_ids, start.fed_slots, num_known > 0, 0
+    for size in start.plan:
+        query_slots = target_slots[:, done:done + size].repeat(copies, 1)
+        logits = model.decode(fed_ids, fed_slots, query_slots, causal=causal, cache=cache)  # (rows, size, V)
+        logits = guide(logits, sampling, done + size, num_generated)
         sampled = draw_tokens(logits, sampling.temperature, sampling.top_k, sampling.top_p, generator)
         tokens[:, done:done + size] = sampled
         done += size
-        fed_ids = sampled.repeat(2, 1) if sampling.uses_guidance else sampled
-        fed_slots = query_slots
-    return torch.empty_like(tokens).scatter_(1, orders, tokens)
+        fed_ids, fed_slots, causal = sampled.repeat(copies, 1), query_slots, False
+    out = known.clone() if known is not None else torch.empty_like(start.orders)
+    return out.scatter_(1, start.orders[:, num_known:], tokens)
