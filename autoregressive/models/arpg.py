@@ -168,9 +168,9 @@ class SelfAttention(nn.Module):
         keep_official_names(self, "qkv", ("to_q", "to_k", "to_v"))
 
     def forward(self, x, rope, causal: bool, dropout_p: float, cache: Optional[KVCache], cache_index: int):
-        q, k, v = (split_heads(part, self.n_head) for part in self.qkv(x).chunk(3, dim=-1))
-        q, k = apply_rope(q, rope), apply_rope(k, rope)  # (B, n, H, d)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, n, d)
+        qkv = self.qkv(x).unflatten(-1, (3, self.n_head, -1))  # (B, n, 3, H, d)
+        qk = apply_rope(qkv[:, :, :2], rope)  # q and k rotated in one pass
+        q, k, v = qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)  # (B, H, n, d)
         if cache is not None:
             k, v = cache.write(cache_index, k, v)  # (B, H, cached + n, d)
         return self.proj(merge_heads(attend(q, k, v, causal, dropout_p)))

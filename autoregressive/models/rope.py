@@ -34,7 +34,9 @@ def rope_table_2d(grid_size: int, head_dim: int, base: float, num_class_tokens: 
 
 
 def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
-    """Rotate x (B, n, H, head_dim) by rope (B or 1, n, head_dim // 2) complex, in float32, back to
-    x's dtype. Adjacent channels (2i, 2i+1) form rotation plane i, as in the released checkpoints."""
-    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (B, n, H, head_dim/2)
-    return torch.view_as_real(pairs * rope.unsqueeze(2)).flatten(3).type_as(x)
+    """Rotate x (B, n, ..., head_dim) by rope (B or 1, n, head_dim // 2) complex, in float32, back to
+    x's dtype; the middle dims (heads, or q/k and heads) share the rotation. Adjacent channels
+    (2i, 2i+1) form rotation plane i, as in the released checkpoints."""
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (B, n, ..., head_dim/2)
+    rope = rope.view(*rope.shape[:2], *([1] * (x.ndim - 3)), rope.shape[-1])
+    return torch.view_as_real(pairs * rope).flatten(-2).type_as(x)
