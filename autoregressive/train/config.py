@@ -1,0 +1,51 @@
+"""The training configuration: one typed place for every setting and its default."""
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+
+@dataclass
+class TrainConfig:
+    code_path: str
+    gpt_model: str = "ARPG-L"
+    dataset: str = "imagenet_code"
+    results_dir: str = "results"
+    epochs: int = 300
+    max_steps: Optional[int] = None  # stop after this many optimizer steps (the schedule still follows epochs)
+    global_batch_size: int = 256
+    gradient_accumulation_steps: int = 1
+    lr: float = 1e-4
+    min_lr: float = 1e-5
+    warmup_epochs: float = 100
+    lr_schedule: str = "cosine"
+    weight_decay: float = 5e-2
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
+    max_grad_norm: float = 1.0
+    ema: bool = False
+    ema_decay: float = 0.9999
+    dropout_p: float = 0.1
+    token_dropout_p: float = 0.1
+    compile: bool = True
+    mixed_precision: str = "bf16"  # on CUDA: autocast dtype ('none', 'bf16', 'fp16')
+    ckpt_every: int = 5000
+    log_every: int = 100
+    num_workers: int = 24
+    global_seed: int = 0
+    vocab_size: int = 16384
+    num_classes: int = 1000
+    image_size: int = 256
+    downsample_size: int = 16
+    cls_token_num: int = 1
+    resume: Optional[str] = None  # 'latest', a checkpoint file or a run folder
+    wandb: bool = False
+    num_threads: Optional[int] = None
+    device: str = "auto"
+
+    def __post_init__(self):
+        if self.gradient_accumulation_steps < 1:
+            raise ValueError("--gradient-accumulation-steps must be >= 1")
+        if self.image_size % self.downsample_size:
+            raise ValueError(f"--image-size {self.image_size} is not a multiple of --downsample-size {self.downsample_size}")
+
+    @property
+    def block_size(self) -> int:
+        return (self.image_size // self.downsample_size) ** 2

@@ -1,0 +1,239 @@
+"""The training loop: one optimizer step, the epoch loop, checkpoints and exact resume."""
+import contextlib
+import dataclasses
+import glob
+import os
+import time
+from typing import Optional
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+from autoregressive.models.arpg import ARPG_models
+from autoregressive.train.checkpoint import (checkpoint_path, gather_rng_states, latest_checkpoint, load_checkpoint,
+                                             save_atomic, set_rng_state)
+from autoregressive.train.config import TrainConfig
+from autoregressive.train.ema import create_ema, update_ema
+from autoregressive.train.optim import build_optimizer, learning_rate_at, set_learning_rate
+from autoregressive.utils.dist import DistInfo, all_reduce_mean, barrier
+from autoregressive.utils.logger import get_logger
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler that can start an epoch at a given sample of this rank's share."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.start = 0
+
+    def __iter__(self):
+        return iter(list(super().__iter__())[self.start:])
+
+
+@dataclasses.dataclass
+class Progress:
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    batch_in_epoch: int = 0  # optimizer steps done in `epoch`
+
+
+def build_model(cfg: TrainConfig) -> torch.nn.Module:
+    return ARPG_models[cfg.gpt_model](vocab_size=cfg.vocab_size, num_classes=cfg.num_classes, block_size=cfg.block_size,
+                                      cls_token_num=cfg.cls_token_num, resid_dropout_p=cfg.dropout_p,
+                                      ffn_dropout_p=cfg.dropout_p, token_dropout_p=cfg.token_dropout_p)
+
+
+def find_resume_checkpoint(cfg: TrainConfig) -> Optional[str]:
+    """'latest' -> newest run of this model in results_dir; a folder -> its latest checkpoint; a file."""
+    if cfg.resume is None:
+        return None
+    if cfg.resume == "latest":
+        runs = sorted(glob.glob(os.path.join(cfg.results_dir, f"*-{cfg.gpt_model}")))
+        found = [latest_checkpoint(run) for run in reversed(runs)]
+        found = [path for path in found if path]
+        if not found:
+            raise FileNotFoundError(f"--resume: no checkpoint of {cfg.gpt_model} under {cfg.results_dir}")
+        return found[0]
+    if os.path.isdir(cfg.resume):
+        path = latest_checkpoint(cfg.resume) or latest_checkpoint(os.path.dirname(cfg.resume.rstrip("/")))
+        if path is None:
+            raise FileNotFoundError(f"--resume: no checkpoint in {cfg.resume}")
+        return path
+    return cfg.resume
+
+
+def new_run_dir(cfg: TrainConfig, info: DistInfo) -> str:
+    """Numbered experiment folder results_dir/NNN-model, made by rank 0 and agreed on by all ranks."""
+    index = len(glob.glob(os.path.join(cfg.results_dir, "[0-9][0-9][0-9]-*")))
+    if info.world_size > 1:
+        box = [index]
+        torch.distributed.broadcast_object_list(box, src=0)
+        index = box[0]
+    run_dir = os.path.join(cfg.results_dir, f"{index:03d}-{cfg.gpt_model}")
+    if info.is_main:
+        os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
+    barrier()
+    return run_dir
+
+
+class Trainer:
+    """Holds the model, optimizer, EMA, data and progress of one run."""
+
+    def __init__(self, cfg: TrainConfig, info: DistInfo, dataset):
+        self.cfg, self.info, self.dataset = cfg, info, dataset
+        if cfg.global_batch_size % (info.world_size * cfg.gradient_accumulation_steps):
+            raise ValueError(f"--global-batch-size {cfg.global_batch_size} must divide by world size "
+                             f"{info.world_size} x --gradient-accumulation-steps {cfg.gradient_accumulation_steps}")
+        self.micro_batch = cfg.global_batch_size // (info.world_size * cfg.gradient_accumulation_steps)
+        self.model = build_model(cfg).to(info.device)
+        self.ema = create_ema(self.model) if cfg.ema else None
+        self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, cfg.betas, info.device.type == "cuda")
+        self.sampler = ResumableSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                        seed=cfg.global_seed, drop_last=True)
+        self.loader = DataLoader(dataset, batch_size=self.micro_batch, sampler=self.sampler, drop_last=True,
+                                 num_workers=cfg.num_workers, pin_memory=info.device.type == "cuda",
+                                 # its own generator: creating an iterator must not draw from the global
+                                 # RNG, or a run resumed mid-epoch would drift from an uninterrupted one
+                                 generator=torch.Generator().manual_seed(cfg.global_seed))
+        self.steps_per_epoch = len(self.loader) // cfg.gradient_accumulation_steps
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"the dataset ({len(dataset)} samples) is smaller than one global batch "
+                             f"({cfg.global_batch_size}); lower --global-batch-size")
+        self.progress = Progress()
+        use_amp = info.device.type == "cuda" and cfg.mixed_precision != "none"
+        dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float16
+        self.autocast = (lambda: torch.autocast("cuda", dtype=dtype)) if use_amp else contextlib.nullcontext
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_amp and cfg.mixed_precision == "fp16")
+        self.train_model = self.model
+        if cfg.compile and info.device.type == "cuda":
+            self.train_model = torch.compile(self.model)
+        if info.world_size > 1:
+            ids = [info.device.index] if info.device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.train_model, device_ids=ids)
+
+    def state(self) -> dict:
+        cfg = self.cfg
+        payload = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                   "step": self.progress.step, "epoch": self.progress.epoch,
+                   "batch_in_epoch": self.progress.batch_in_epoch, "config": dataclasses.asdict(cfg),
+                   "model_name": cfg.gpt_model, "rng": gather_rng_states(self.info.device)}
+        if self.ema is not None:
+            payload["ema"] = self.ema.state_dict()
+        return payload
+
+    def restore(self, path: str) -> None:
+        checkpoint = load_checkpoint(path)
+        self.model.load_state_dict(checkpoint["model"], strict=True)
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        if self.ema is not None:
+            self.ema.load_state_dict(checkpoint.get("ema", checkpoint["model"]), strict=True)
+        self.progress = Progress(checkpoint["step"], checkpoint["epoch"], checkpoint["batch_in_epoch"])
+        states = checkpoint["rng"]
+        if len(states) != self.info.world_size:
+            raise ValueError(f"{path} was written by {len(states)} processes; resume with the same number "
+                             f"(got {self.info.world_size}) for an exact continuation")
+        set_rng_state(states[self.info.rank], self.info.device)
+
+    def save(self, run_dir: str) -> str:
+        payload = self.state()  # every rank takes part in gathering the RNG states
+        path = checkpoint_path(run_dir, self.progress.step)
+        if self.info.is_main:
+            save_atomic(payload, path)
+        barrier()
+        return path
+
+    def optimizer_step(self, batches) -> torch.Tensor:
+        """Forward/backward over the micro-batches of one step, clip, step, EMA; returns the mean loss."""
+        cfg, total = self.cfg, torch.zeros((), device=self.info.device)
+        for index, (codes, labels) in enumerate(batches):
+            codes = codes.to(self.info.device, non_blocking=True)
+            labels = labels.to(self.info.device, non_blocking=True)
+            last = index == len(batches) - 1
+            sync = contextlib.nullcontext() if last or self.info.world_size == 1 else self.train_model.no_sync()
+            with sync:
+                with self.autocast():
+                    _, loss = self.train_model(codes, labels, targets=codes)
+                self.scaler.scale(loss / len(batches)).backward()
+            total += loss.detach() / len(batches)
+        if cfg.max_grad_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            update_ema(self.ema, self.model, cfg.ema_decay)
+        return total
+
+
+def train(cfg: TrainConfig, info: DistInfo, dataset, run_dir: str, resume_path: Optional[str]) -> Trainer:
+    """Run (or continue) training until cfg.epochs or cfg.max_steps; returns the trainer."""
+    logger = get_logger("arpg.train", run_dir, info.rank)
+    trainer = Trainer(cfg, info, dataset)
+    if resume_path:
+        trainer.restore(resume_path)
+        logger.info(f"resumed from {resume_path} at step {trainer.progress.step}")
+    logger.info(f"{cfg.gpt_model}: {sum(p.numel() for p in trainer.model.parameters()):,} parameters, "
+                f"{len(dataset):,} samples, {trainer.steps_per_epoch} steps per epoch, run folder {run_dir}")
+    wandb_run = start_wandb(cfg, run_dir, logger) if info.is_main and cfg.wandb else None
+    total_steps = min(cfg.max_steps or 10**12, cfg.epochs * trainer.steps_per_epoch)
+    progress_bar = make_progress_bar(info, total_steps, trainer.progress.step)
+    running, logged_steps, start_time = torch.zeros((), device=info.device), 0, time.time()
+    while trainer.progress.step < total_steps:
+        progress, accum = trainer.progress, cfg.gradient_accumulation_steps
+        trainer.sampler.set_epoch(progress.epoch)
+        dataset.set_epoch(progress.epoch)
+        trainer.sampler.start = progress.batch_in_epoch * accum * trainer.micro_batch
+        batches = iter(trainer.loader)
+        while progress.batch_in_epoch < trainer.steps_per_epoch and progress.step < total_steps:
+            epoch_float = progress.epoch + progress.batch_in_epoch / trainer.steps_per_epoch
+            lr = learning_rate_at(epoch_float, cfg.lr, cfg.min_lr, cfg.warmup_epochs, cfg.epochs, cfg.lr_schedule)
+            set_learning_rate(trainer.optimizer, lr)
+            running += trainer.optimizer_step([next(batches) for _ in range(accum)])
+            progress.step, progress.batch_in_epoch, logged_steps = progress.step + 1, progress.batch_in_epoch + 1, logged_steps + 1
+            if progress.batch_in_epoch == trainer.steps_per_epoch:
+                progress.epoch, progress.batch_in_epoch = progress.epoch + 1, 0
+            if progress_bar is not None:
+                progress_bar.update(1)
+            if progress.step % cfg.log_every == 0 or progress.step == total_steps:
+                seconds = time.time() - start_time
+                log_step(logger, wandb_run, trainer, running / logged_steps, lr, logged_steps * cfg.global_batch_size / seconds)
+                running, logged_steps, start_time = torch.zeros((), device=info.device), 0, time.time()
+            if progress.step % cfg.ckpt_every == 0 or progress.step == total_steps:
+                logger.info(f"saved {trainer.save(run_dir)}")
+            if progress.batch_in_epoch == 0:
+                break
+    if progress_bar is not None:
+        progress_bar.close()
+    return trainer
+
+
+def log_step(logger, wandb_run, trainer: Trainer, loss: torch.Tensor, lr: float, images_per_second: float) -> None:
+    loss_value = all_reduce_mean(loss).item()
+    memory = ""
+    if trainer.info.device.type == "cuda":
+        memory = f", peak memory {torch.cuda.max_memory_allocated(trainer.info.device) / 2**30:.1f} GiB"
+    logger.info(f"step {trainer.progress.step:07d} loss {loss_value:.4f} lr {lr:.2e} "
+                f"{images_per_second:.1f} img/s{memory}")
+    if wandb_run is not None:
+        wandb_run.log({"loss": loss_value, "lr": lr, "img_per_s": images_per_second}, step=trainer.progress.step)
+
+
+def make_progress_bar(info: DistInfo, total: int, done: int):
+    if not info.is_main:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=done, desc="train", unit="step", dynamic_ncols=True, mininterval=5)
+
+
+def start_wandb(cfg: TrainConfig, run_dir: str, logger):
+    """wandb only when asked for; a missing package or no network must not stop training."""
+    try:
+        import wandb
+
+        return wandb.init(project="arpg", name=os.path.basename(run_dir), dir=run_dir, config=dataclasses.asdict(cfg))
+    except Exception as error:  # wandb raises many kinds of errors offline
+        logger.warning(f"wandb disabled: {error}")
+        return None

@@ -1,0 +1,65 @@
+"""The embedded dataset of the CPU demo: scikit-learn's handwritten digits as ARPG tokens.
+
+1,797 images of 8x8 pixels with grey levels 0..16, used directly as 17 tokens, 10 classes. A fixed
+stratified 80/20 split; both parts are written in the RandAR layout `{split}/{class}/{index}.npy`
+with one augmentation, (1, 64): no flip, since a mirrored digit is another shape.
+
+    python -m dataset.digits --out data/digits
+"""
+import argparse
+import os
+from typing import Tuple
+
+import numpy as np
+
+DIGITS_VOCAB_SIZE = 17
+DIGITS_NUM_CLASSES = 10
+DIGITS_GRID = 8
+SPLIT_SEED = 0
+
+
+def load_digits_split(split: str) -> Tuple[np.ndarray, np.ndarray]:
+    """('train' | 'val') -> images (M, 64) int64 in 0..16, labels (M,) int64."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    if split not in ("train", "val"):
+        raise ValueError(f"unknown digits split {split!r}; choose 'train' or 'val'")
+    images, labels = load_digits(return_X_y=True)
+    parts = train_test_split(images.astype(np.int64), labels.astype(np.int64), test_size=0.2,
+                             stratify=labels, random_state=SPLIT_SEED)
+    train_images, val_images, train_labels, val_labels = parts
+    return (train_images, train_labels) if split == "train" else (val_images, val_labels)
+
+
+def save_atomic(path: str, array: np.ndarray) -> None:
+    tmp = f"{path}.tmp{os.getpid()}.npy"
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+def write_digits(out_dir: str) -> Tuple[str, str]:
+    """Write both splits under out_dir; returns (train_dir, val_dir). Rewriting gives the same files."""
+    dirs = []
+    for split in ("train", "val"):
+        images, labels = load_digits_split(split)
+        split_dir = os.path.join(out_dir, split)
+        for index, (image, label) in enumerate(zip(images, labels)):
+            class_dir = os.path.join(split_dir, str(int(label)))
+            os.makedirs(class_dir, exist_ok=True)
+            save_atomic(os.path.join(class_dir, f"{index}.npy"), image.reshape(1, -1))
+        dirs.append(split_dir)
+    return dirs[0], dirs[1]
+
+
+def main():
+    parser = argparse.ArgumentParser(description="Write the digits demo dataset in the RandAR code layout.")
+    parser.add_argument("--out", default="data/digits", help="output folder (gets train/ and val/)")
+    args = parser.parse_args()
+    train_dir, val_dir = write_digits(args.out)
+    print(f"digits written: {train_dir} ({len(load_digits_split('train')[1])} images), "
+          f"{val_dir} ({len(load_digits_split('val')[1])} images)")
+
+
+if __name__ == "__main__":
+    main()

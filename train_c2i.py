@@ -1,0 +1,122 @@
+"""Train ARPG on pre-encoded VQ codes: flags -> TrainConfig -> autoregressive/train/loop.py.
+
+The official command lines work unchanged, e.g.
+    torchrun --nproc_per_node=8 train_c2i.py --gpt-model ARPG-L --code-path /data/imagenet-llamagen-adm-256_codes \\
+        --epochs 400 --global-batch-size 1024 --lr 4e-4
+"""
+import argparse
+import dataclasses
+import os
+
+import torch
+
+from autoregressive.models.arpg import ARPG_models
+from autoregressive.train.config import TrainConfig
+from autoregressive.train.loop import find_resume_checkpoint, new_run_dir, train
+from autoregressive.utils.dist import cleanup, init_distributed
+
+DEFAULTS = TrainConfig(code_path="")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    d = DEFAULTS
+    parser = argparse.ArgumentParser(description="Train ARPG (class-conditional) on VQ codes.")
+    parser.add_argument("--gpt-model", choices=list(ARPG_models), default=d.gpt_model)
+    parser.add_argument("--code-path", required=True, help="folder of code files (see --dataset)")
+    parser.add_argument("--dataset", choices=["imagenet_code", "llamagen_code", "digits"], default=d.dataset,
+                        help="imagenet_code: RandAR layout {class}/{i}.npy; llamagen_code: *_codes/ + *_labels/; "
+                             "digits: the embedded demo set (python -m dataset.digits)")
+    parser.add_argument("--results-dir", default=d.results_dir)
+    parser.add_argument("--epochs", type=int, default=d.epochs)
+    parser.add_argument("--max-steps", type=int, default=d.max_steps, help="stop after this many optimizer steps")
+    parser.add_argument("--global-batch-size", type=int, default=d.global_batch_size)
+    parser.add_argument("--gradient-accumulation-steps", type=int, default=d.gradient_accumulation_steps)
+    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--min-lr", type=float, default=d.min_lr)
+    parser.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
+    parser.add_argument("--lr-schedule", choices=["cosine", "constant"], default=d.lr_schedule)
+    parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    parser.add_argument("--beta1", type=float, default=d.betas[0])
+    parser.add_argument("--beta2", type=float, default=d.betas[1])
+    parser.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm, help="0 disables clipping")
+    parser.add_argument("--ema", action="store_true", help="keep an EMA of the weights (decay 0.9999)")
+    parser.add_argument("--dropout-p", type=float, default=d.dropout_p, help="residual and FFN dropout")
+    parser.add_argument("--token-dropout-p", type=float, default=d.token_dropout_p, help="input token dropout")
+    parser.add_argument("--no-compile", action="store_true", help="do not torch.compile the model (CUDA only)")
+    parser.add_argument("--mixed-precision", choices=["none", "fp16", "bf16"], default=d.mixed_precision)
+    parser.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
+    parser.add_argument("--log-every", type=int, default=d.log_every)
+    parser.add_argument("--num-workers", type=int, default=d.num_workers)
+    parser.add_argument("--global-seed", type=int, default=d.global_seed)
+    parser.add_argument("--vocab-size", type=int, default=d.vocab_size)
+    parser.add_argument("--num-classes", type=int, default=d.num_classes)
+    parser.add_argument("--image-size", type=int, default=d.image_size)
+    parser.add_argument("--downsample-size", type=int, default=d.downsample_size)
+    parser.add_argument("--cls-token-num", type=int, default=d.cls_token_num)
+    parser.add_argument("--gpt-ckpt", default=None, help="resume from this checkpoint (the official flag)")
+    parser.add_argument("--resume", nargs="?", const="latest", default=None,
+                        help="resume: bare = latest checkpoint of the newest run of --gpt-model in --results-dir; "
+                             "or a checkpoint file or run folder")
+    parser.add_argument("--wandb", action="store_true", help="log to Weights & Biases (off by default)")
+    parser.add_argument("--num-threads", type=int, default=None, help="torch CPU threads (matters on small CPUs)")
+    parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default=d.device)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    cfg = TrainConfig(
+        code_path=args.code_path, gpt_model=args.gpt_model, dataset=args.dataset, results_dir=args.results_dir,
+        epochs=args.epochs, max_steps=args.max_steps, global_batch_size=args.global_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps, lr=args.lr, min_lr=args.min_lr,
+        warmup_epochs=args.warmup_epochs, lr_schedule=args.lr_schedule, weight_decay=args.weight_decay,
+        betas=[args.beta1, args.beta2], max_grad_norm=args.max_grad_norm, ema=args.ema, dropout_p=args.dropout_p,
+        token_dropout_p=args.token_dropout_p, compile=not args.no_compile, mixed_precision=args.mixed_precision,
+        ckpt_every=args.ckpt_every, log_every=args.log_every, num_workers=args.num_workers,
+        global_seed=args.global_seed, vocab_size=args.vocab_size, num_classes=args.num_classes,
+        image_size=args.image_size, downsample_size=args.downsample_size, cls_token_num=args.cls_token_num,
+        resume=args.gpt_ckpt or args.resume, wandb=args.wandb, num_threads=args.num_threads, device=args.device)
+    return apply_dataset_shape(cfg)
+
+
+def apply_dataset_shape(cfg: TrainConfig) -> TrainConfig:
+    """The digits set fixes vocabulary, classes and grid; contradicting flags are an error."""
+    if cfg.dataset != "digits":
+        return cfg
+    from dataset.digits import DIGITS_GRID, DIGITS_NUM_CLASSES, DIGITS_VOCAB_SIZE
+
+    wanted = {"vocab_size": DIGITS_VOCAB_SIZE, "num_classes": DIGITS_NUM_CLASSES, "image_size": DIGITS_GRID,
+              "downsample_size": 1}
+    for name, value in wanted.items():
+        given = getattr(cfg, name)
+        if given not in (value, getattr(DEFAULTS, name)):
+            raise ValueError(f"--dataset digits has {name.replace('_', '-')} {value}, but {given} was passed")
+    return dataclasses.replace(cfg, **wanted)
+
+
+def run_dir_for(resume_path, cfg, info) -> str:
+    """A resumed run keeps writing into its own folder; a fresh one gets a new numbered folder."""
+    if resume_path and os.path.basename(os.path.dirname(resume_path)) == "checkpoints":
+        return os.path.dirname(os.path.dirname(resume_path))
+    return new_run_dir(cfg, info)
+
+
+def main(cfg: TrainConfig) -> None:
+    from dataset.build import build_dataset
+
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    info = init_distributed(cfg.device)
+    if info.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    # Per-rank seed; a resumed run overwrites it with the saved RNG states.
+    torch.manual_seed(cfg.global_seed * info.world_size + info.rank)
+    dataset = build_dataset(cfg.dataset, cfg.code_path, seed=cfg.global_seed)
+    resume_path = find_resume_checkpoint(cfg)
+    run_dir = run_dir_for(resume_path, cfg, info)
+    train(cfg, info, dataset, run_dir, resume_path)
+    cleanup()
+
+
+if __name__ == "__main__":
+    main(config_from_args(get_args_parser().parse_args()))
