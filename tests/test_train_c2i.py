@@ -1,0 +1,100 @@
+"""train_c2i.py: the official flags, a 2-process gloo run, and exact resume after SIGKILL."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from train_c2i import config_from_args, get_args_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+OFFICIAL = ("--gpt-model ARPG-L --code-path /data/codes --epochs 400 --global-batch-size 1024 --lr 4e-4 --min-lr 1e-5 "
+            "--warmup-epochs 100 --lr-schedule cosine --weight-decay 5e-2 --beta1 0.9 --beta2 0.95 --max-grad-norm 1.0 "
+            "--ema --dropout-p 0.1 --token-dropout-p 0.1 --no-compile --mixed-precision bf16 --results-dir results "
+            "--ckpt-every 5000 --log-every 100 --num-workers 24 --global-seed 0 --vocab-size 16384 --num-classes 1000 "
+            "--image-size 256 --downsample-size 16 --gradient-accumulation-steps 1")
+
+
+def test_official_flags_parse_into_the_config():
+    cfg = config_from_args(get_args_parser().parse_args(OFFICIAL.split()))
+    assert (cfg.gpt_model, cfg.epochs, cfg.global_batch_size, cfg.lr, cfg.block_size) == ("ARPG-L", 400, 1024, 4e-4, 256)
+    assert cfg.ema and not cfg.compile and cfg.betas == [0.9, 0.95]
+
+
+def test_digits_flags_that_contradict_the_dataset_are_refused():
+    args = get_args_parser().parse_args("--dataset digits --code-path x --vocab-size 100".split())
+    with pytest.raises(ValueError, match="vocab-size 17"):
+        config_from_args(args)
+
+
+def write_codes(root: Path, num_per_class=12, num_classes=3, tokens=16):
+    rng = np.random.default_rng(0)
+    for label in range(num_classes):
+        (root / str(label)).mkdir(parents=True)
+        for index in range(num_per_class):
+            np.save(root / str(label) / f"{index}.npy", rng.integers(0, 32, (2, tokens)).astype(np.int64))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(codes: Path, results: Path, extra=()):
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+               str(ROOT / "train_c2i.py"), "--gpt-model", "ARPG-tiny", "--code-path", str(codes),
+               "--results-dir", str(results), "--vocab-size", "32", "--num-classes", "3", "--image-size", "64",
+               "--global-batch-size", "8", "--gradient-accumulation-steps", "2", "--epochs", "4",
+               "--warmup-epochs", "1", "--lr", "1e-3", "--ckpt-every", "3", "--log-every", "3", "--num-workers", "0",
+               "--num-threads", "1", "--device", "cpu", "--ema", *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(process, timeout=240):
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output
+    return output
+
+
+def final_state(results: Path):
+    checkpoints = sorted((results / "000-ARPG-tiny" / "checkpoints").glob("*.pt"))
+    return torch.load(checkpoints[-1], weights_only=True)
+
+
+def test_two_process_run_killed_and_resumed_equals_uninterrupted(tmp_path):
+    """9 steps of 2 gloo processes: uninterrupted vs SIGKILL after the step-3 checkpoint and --resume."""
+    codes = tmp_path / "codes"
+    write_codes(codes)  # 36 samples, 8 per step: 4 steps per epoch, so the kill lands mid-epoch
+    finish(launch(codes, tmp_path / "a", ["--max-steps", "9"]))
+
+    killed = launch(codes, tmp_path / "b", ["--max-steps", "9"])
+    first = tmp_path / "b" / "000-ARPG-tiny" / "checkpoints" / "0000003.pt"
+    deadline = time.time() + 240
+    while not first.exists() and time.time() < deadline and killed.poll() is None:
+        time.sleep(0.05)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.communicate()
+    assert first.exists()
+    for later in first.parent.glob("*.pt"):
+        if later != first:
+            later.unlink()  # as if the kill came right after the first checkpoint
+    output = finish(launch(codes, tmp_path / "b", ["--max-steps", "9", "--resume"]))
+    assert "resumed from" in output and "step 3" in output
+
+    a, b = final_state(tmp_path / "a"), final_state(tmp_path / "b")
+    assert a["step"] == b["step"] == 9 and (a["epoch"], a["batch_in_epoch"]) == (b["epoch"], b["batch_in_epoch"])
+    for part in ("model", "ema"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), f"{part} {key} differs after resume"
+    for key, state in a["optimizer"]["state"].items():
+        assert torch.equal(state["exp_avg"], b["optimizer"]["state"][key]["exp_avg"])
+    assert len(a["rng"]) == 2

@@ -1,0 +1,65 @@
+import math
+
+import pytest
+import torch
+
+from autoregressive.train.checkpoint import latest_checkpoint, load_checkpoint, save_atomic
+from autoregressive.train.ema import create_ema, update_ema
+from autoregressive.train.optim import build_optimizer, learning_rate_at
+from autoregressive.weights import load_model_weights
+from conftest import build_tiny
+
+
+def test_learning_rate_schedule_values():
+    at = lambda epoch, schedule="cosine": learning_rate_at(epoch, 4e-4, 1e-5, 100, 400, schedule)
+    assert at(0) == 0 and at(50) == pytest.approx(2e-4) and at(100) == pytest.approx(4e-4)
+    assert at(250) == pytest.approx(1e-5 + (4e-4 - 1e-5) * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert at(400) == pytest.approx(1e-5) and at(300, "constant") == 4e-4
+    with pytest.raises(ValueError, match="lr-schedule"):
+        at(200, "step")
+
+
+def test_weight_decay_only_on_matrices():
+    model = build_tiny()
+    optimizer = build_optimizer(model, 1e-3, 0.05, (0.9, 0.95), fused=False)
+    decayed, plain = optimizer.param_groups
+    assert decayed["weight_decay"] == 0.05 and all(p.ndim >= 2 for p in decayed["params"])
+    assert plain["weight_decay"] == 0.0 and all(p.ndim == 1 for p in plain["params"]) and plain["params"]
+
+
+def test_checkpoint_round_trip_is_plain_data_and_loads_as_weights(tmp_path):
+    model = build_tiny(seed=1)
+    payload = {"model": model.state_dict(), "step": 7, "config": {"lr": 1e-4, "betas": [0.9, 0.95]}}
+    path = tmp_path / "run" / "checkpoints" / "0000007.pt"
+    save_atomic(payload, str(path))
+    assert latest_checkpoint(str(tmp_path / "run")) == str(path)
+    loaded = load_checkpoint(str(path))  # weights_only=True inside
+    assert loaded["step"] == 7 and loaded["config"]["betas"] == [0.9, 0.95]
+    fresh = load_model_weights(build_tiny(seed=2), str(path))
+    assert torch.equal(fresh.head.weight, model.head.weight)
+
+
+def test_atomic_save_leaves_no_partial_file(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pt"
+    save_atomic({"step": 1}, str(path))
+
+    def broken_save(obj, file):
+        open(file, "wb").write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        save_atomic({"step": 2}, str(path))
+    assert load_checkpoint(str(path))["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+def test_ema_starts_equal_and_moves_toward_the_model():
+    model = build_tiny()
+    ema = create_ema(model)
+    assert all(torch.equal(a, b) for a, b in zip(ema.parameters(), model.parameters()))
+    with torch.no_grad():
+        model.head.weight.add_(1.0)
+    before = ema.head.weight.clone()
+    update_ema(ema, model, decay=0.9)
+    assert torch.allclose(ema.head.weight, before + 0.1)
