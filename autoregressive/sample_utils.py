@@ -1,0 +1,60 @@
+"""Shared pieces of the sampling scripts: loading the models, generating, tokens to images."""
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from autoregressive.generate import SamplingConfig, generate
+from autoregressive.models.arpg import ARPG_models
+from autoregressive.weights import load_model_weights
+
+PRECISIONS = {"none": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def load_gpt(name: str, ckpt: Optional[str], device, precision: str = "none", **overrides):
+    """Build ARPG_models[name](**overrides), fill it strictly from ckpt, cast, eval mode."""
+    model = ARPG_models[name](**overrides)
+    if ckpt:
+        load_model_weights(model, ckpt)
+    return model.to(device=device, dtype=PRECISIONS[precision]).eval()
+
+
+def load_vq(name: str, ckpt: str, device, dtype=torch.float32):
+    """The VQ tokenizer, filled strictly from ckpt ("model" entry or bare), in channels_last."""
+    from tokenizer.vq_model import VQ_models
+
+    vq = load_model_weights(VQ_models[name](), ckpt)
+    return vq.to(device=device, dtype=dtype, memory_format=torch.channels_last).eval()
+
+
+def make_sampler(model, use_fast: bool = True):
+    """A function (labels, sampling, generator) -> tokens: the CUDA-graph path on CUDA, else the loop."""
+    if use_fast and model.embeddings.weight.is_cuda:
+        from autoregressive.fast_generate import FastSampler
+
+        fast = FastSampler(model)
+        return lambda labels, sampling, generator: fast.generate(labels, sampling, generator=generator)
+    return lambda labels, sampling, generator: generate(model, labels, sampling, generator=generator)
+
+
+def batch_generator(device, global_seed: int, first_index: int) -> torch.Generator:
+    """The randomness of a batch: a function of (global seed, index of its first sample) only."""
+    return torch.Generator(device).manual_seed(global_seed * 1_000_003 + first_index)
+
+
+@torch.inference_mode()
+def tokens_to_images(tokens: torch.Tensor, grid: int, vq=None, vocab_size: int = 17,
+                     out_size: Optional[int] = None) -> torch.Tensor:
+    """(B, N) tokens -> (B, H, W, 3) uint8. With a VQ: decode; without: tokens are grey levels
+    0..vocab_size-1 (the digits demo). A non-finite decoder output is an error, not a black image."""
+    if vq is None:
+        pixels = tokens.float().view(-1, 1, grid, grid) / (vocab_size - 1) * 2 - 1
+        pixels = pixels.expand(-1, 3, -1, -1)
+    else:
+        shape = (tokens.shape[0], vq.config.codebook_embed_dim, grid, grid)
+        pixels = vq.decode_code(tokens, shape=shape).float()
+    if not torch.isfinite(pixels).all():
+        raise ValueError("the decoder produced NaN or inf; check the VQ checkpoint and --precision")
+    if out_size is not None and out_size != pixels.shape[-1]:
+        pixels = F.interpolate(pixels, size=(out_size, out_size), mode="bicubic")
+    return torch.clamp(127.5 * pixels + 128.0, 0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu()

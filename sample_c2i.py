@@ -1,0 +1,68 @@
+"""Sample a grid of images for a few classes (one process, CPU or GPU).
+
+    python sample_c2i.py --gpt-model ARPG-L --gpt-ckpt arpg_300m.pt --vq-ckpt vq_ds16_c2i.pt \\
+        --class-labels 207 360 387 974 88 979 417 279 --cfg-scale 4.5 --step 64
+A digits model needs no --vq-ckpt: its tokens are the pixels.
+"""
+import argparse
+import os
+
+import torch
+from torchvision.utils import save_image
+
+from autoregressive.generate import SamplingConfig, check_class_ids
+from autoregressive.models.arpg import ARPG_models
+from autoregressive.sample_utils import PRECISIONS, load_gpt, load_vq, make_sampler, tokens_to_images
+
+DEFAULTS = SamplingConfig()
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Sample a PNG grid from an ARPG checkpoint.")
+    parser.add_argument("--gpt-model", choices=list(ARPG_models), default="ARPG-L")
+    parser.add_argument("--gpt-ckpt", required=True)
+    parser.add_argument("--vq-model", default="VQ-16")
+    parser.add_argument("--vq-ckpt", default=None, help="VQ tokenizer checkpoint; none for the digits model")
+    parser.add_argument("--class-labels", type=int, nargs="+", default=[207, 360, 387, 974, 88, 979, 417, 279])
+    parser.add_argument("--samples-per-class", type=int, default=1)
+    parser.add_argument("--cfg-scale", type=float, default=DEFAULTS.cfg_scale)
+    parser.add_argument("--cfg-schedule", choices=["linear", "constant"], default=DEFAULTS.cfg_schedule)
+    parser.add_argument("--sample-schedule", choices=["arccos", "cosine"], default=DEFAULTS.sample_schedule)
+    parser.add_argument("--step", type=int, default=DEFAULTS.num_steps, help="decoding steps")
+    parser.add_argument("--temperature", type=float, default=DEFAULTS.temperature, help="0 = greedy")
+    parser.add_argument("--top-k", type=int, default=DEFAULTS.top_k)
+    parser.add_argument("--top-p", type=float, default=DEFAULTS.top_p)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", choices=list(PRECISIONS), default="none")
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--downsample-size", type=int, default=16)
+    parser.add_argument("--num-classes", type=int, default=None, help="default: the model size's")
+    parser.add_argument("--codebook-size", type=int, default=None, help="default: the model size's")
+    parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    parser.add_argument("--out", default="samples/grid.png")
+    return parser
+
+def main(args) -> None:
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    overrides = {k: v for k, v in (("num_classes", args.num_classes), ("vocab_size", args.codebook_size)) if v}
+    if args.vq_ckpt:
+        overrides["block_size"] = (args.image_size // args.downsample_size) ** 2
+    model = load_gpt(args.gpt_model, args.gpt_ckpt, device, args.precision, **overrides)
+    labels = torch.tensor(args.class_labels, device=device).repeat_interleave(args.samples_per_class)
+    check_class_ids(labels, model.config.num_classes)
+    sampling = SamplingConfig(num_steps=args.step, cfg_scale=args.cfg_scale, cfg_schedule=args.cfg_schedule,
+                              sample_schedule=args.sample_schedule, temperature=args.temperature,
+                              top_k=args.top_k, top_p=args.top_p)
+    tokens = make_sampler(model)(labels, sampling, torch.Generator(device).manual_seed(args.seed))
+    vq = load_vq(args.vq_model, args.vq_ckpt, device) if args.vq_ckpt else None
+    images = tokens_to_images(tokens, model.config.grid_size, vq, model.config.vocab_size)
+
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    pixels = images.permute(0, 3, 1, 2).float() / 255
+    if vq is None:  # 8x8 digits: enlarge for viewing
+        pixels = torch.nn.functional.interpolate(pixels, scale_factor=4, mode="nearest")
+    save_image(pixels, args.out, nrow=args.samples_per_class if args.samples_per_class > 1 else len(labels), padding=2)
+    print(f"saved {len(labels)} samples to {args.out}")
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

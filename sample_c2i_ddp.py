@@ -1,0 +1,149 @@
+"""Sample many images with one or more processes into PNGs and an .npz for the ADM evaluator.
+
+    torchrun --nproc_per_node=8 sample_c2i_ddp.py --gpt-model ARPG-L --gpt-ckpt arpg_300m.pt \\
+        --vq-ckpt vq_ds16_c2i.pt --sample-schedule arccos --cfg-scale 5.0 --step 64
+
+Sample i has class i mod num_classes. Batch k holds samples [k*B, (k+1)*B) (B = --per-proc-batch-size)
+and runs on rank k mod world size with randomness drawn from (--global-seed, k*B): at a fixed B the
+images do not depend on the number of processes. Each PNG is written atomically and a rerun skips
+finished batches, so a killed run resumes. Rank 0 finally packs arr_0 (N, H, W, 3) uint8 and labels.
+"""
+import argparse
+import math
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+
+from autoregressive.generate import SamplingConfig
+from autoregressive.models.arpg import ARPG_models
+from autoregressive.sample_utils import (PRECISIONS, batch_generator, load_gpt, load_vq, make_sampler,
+                                         tokens_to_images)
+from autoregressive.utils.dist import barrier, cleanup, init_distributed
+from autoregressive.utils.logger import get_logger
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="DDP sampling into PNGs and an ADM .npz.")
+    parser.add_argument("--gpt-model", choices=list(ARPG_models), default="ARPG-L")
+    parser.add_argument("--gpt-ckpt", required=True)
+    parser.add_argument("--gpt-type", choices=["c2i"], default="c2i", help="class-conditional only")
+    parser.add_argument("--from-fsdp", action="store_true",
+                        help="the checkpoint is a bare state dict (detected anyway; kept for official commands)")
+    parser.add_argument("--cls-token-num", type=int, default=1)
+    parser.add_argument("--precision", choices=list(PRECISIONS), default="bf16", help="weights dtype")
+    parser.add_argument("--compile", action="store_true", default=True,
+                        help="the CUDA-graph fast sampler (default; same tokens as the reference loop)")
+    parser.add_argument("--no-compile", dest="compile", action="store_false", help="use the reference loop")
+    parser.add_argument("--vq-model", default="VQ-16")
+    parser.add_argument("--vq-ckpt", default=None, help="VQ checkpoint; not needed for the digits model")
+    parser.add_argument("--codebook-size", type=int, default=None, help="default: the model size's (16384)")
+    parser.add_argument("--codebook-embed-dim", type=int, default=8)
+    parser.add_argument("--image-size", type=int, default=None, help="default: the model size's grid x 16")
+    parser.add_argument("--image-size-eval", type=int, default=None, help="resize (bicubic) before saving")
+    parser.add_argument("--downsample-size", type=int, default=16)
+    parser.add_argument("--num-classes", type=int, default=None, help="default: the model size's (1000)")
+    parser.add_argument("--cfg-scale", type=float, default=2.0)
+    parser.add_argument("--cfg-schedule", choices=["linear", "constant"], default="linear")
+    parser.add_argument("--sample-schedule", choices=["arccos", "cosine"], default="arccos")
+    parser.add_argument("--step", type=int, default=256, help="decoding steps")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--sample-dir", default="samples")
+    parser.add_argument("--per-proc-batch-size", type=int, default=32)
+    parser.add_argument("--num-fid-samples", type=int, default=50000)
+    parser.add_argument("--global-seed", type=int, default=0)
+    parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    return parser
+
+
+def folder_name(args, image_size: int, image_size_eval: int) -> str:
+    ckpt = os.path.basename(args.gpt_ckpt).replace(".safetensors", "").replace(".pth", "").replace(".pt", "")
+    vq = args.vq_model if args.vq_ckpt else "no-vq"
+    return (f"{args.gpt_model}-{ckpt}-size-{image_size}-size-{image_size_eval}-{vq}-topk-{args.top_k}-topp-{args.top_p}-"
+            f"temperature-{args.temperature}-cfg-{args.cfg_scale}-cfg-schedule-{args.cfg_schedule}-"
+            f"sample-schedule-{args.sample_schedule}-step-{args.step}-seed-{args.global_seed}")
+
+
+def save_png_atomic(image: np.ndarray, path: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    Image.fromarray(image).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def pack_npz(folder: str, num_samples: int, num_classes: int) -> str:
+    """Stack PNGs 0..num_samples-1 into {folder}.npz (arr_0 uint8 NHWC, labels), written atomically."""
+    images = [np.asarray(Image.open(os.path.join(folder, f"{i:06d}.png")).convert("RGB")) for i in range(num_samples)]
+    shapes = {image.shape for image in images}
+    if len(shapes) != 1:
+        raise ValueError(f"{folder} holds images of several sizes {sorted(shapes)}; delete it and sample again")
+    arr = np.stack(images).astype(np.uint8)
+    labels = np.arange(num_samples, dtype=np.int64) % num_classes
+    path, tmp = f"{folder}.npz", f"{folder}.tmp.npz"
+    np.savez(tmp, arr_0=arr, labels=labels)
+    os.replace(tmp, path)
+    return path
+
+
+def model_overrides(args) -> dict:
+    overrides = {"cls_token_num": args.cls_token_num}
+    if args.codebook_size:
+        overrides["vocab_size"] = args.codebook_size
+    if args.num_classes:
+        overrides["num_classes"] = args.num_classes
+    if args.image_size:
+        overrides["block_size"] = (args.image_size // args.downsample_size) ** 2
+    return overrides
+
+
+def main(args) -> None:
+    torch.set_grad_enabled(False)
+    info = init_distributed(args.device)
+    logger = get_logger("arpg.sample", rank=info.rank)
+    if info.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    model = load_gpt(args.gpt_model, args.gpt_ckpt, info.device, args.precision, **model_overrides(args))
+    config = model.config
+    vq = load_vq(args.vq_model, args.vq_ckpt, info.device, PRECISIONS[args.precision]) if args.vq_ckpt else None
+    if vq is None and config.vocab_size > 256:
+        raise ValueError("--vq-ckpt is required to turn image tokens into pixels (LlamaGen's vq_ds16_c2i.pt)")
+    scale = args.downsample_size if vq is not None else 1
+    image_size = config.grid_size * scale
+    image_size_eval = args.image_size_eval or image_size
+    folder = os.path.join(args.sample_dir, folder_name(args, image_size, image_size_eval))
+    os.makedirs(folder, exist_ok=True)
+    sampling = SamplingConfig(num_steps=args.step, cfg_scale=args.cfg_scale, cfg_schedule=args.cfg_schedule,
+                              sample_schedule=args.sample_schedule, temperature=args.temperature,
+                              top_k=args.top_k, top_p=args.top_p)
+    sampler = make_sampler(model, use_fast=args.compile)
+    batch, total = args.per_proc_batch_size, args.num_fid_samples
+    my_batches = range(info.rank, math.ceil(total / batch), info.world_size)
+    logger.info(f"sampling {total} images into {folder} ({len(my_batches)} batches of {batch} on rank 0)")
+    progress = my_batches
+    if info.is_main:
+        from tqdm import tqdm
+
+        progress = tqdm(my_batches, desc="sample", unit="batch", dynamic_ncols=True)
+    for k in progress:
+        first = k * batch
+        indices = [i for i in range(first, first + batch) if i < total]
+        if all(os.path.exists(os.path.join(folder, f"{i:06d}.png")) for i in indices):
+            continue
+        labels = torch.arange(first, first + batch, device=info.device) % config.num_classes
+        tokens = sampler(labels, sampling, batch_generator(info.device, args.global_seed, first))
+        images = tokens_to_images(tokens, config.grid_size, vq, config.vocab_size, image_size_eval).numpy()
+        for i in indices:
+            save_png_atomic(images[i - first], os.path.join(folder, f"{i:06d}.png"))
+    barrier()
+    if info.is_main:
+        path = pack_npz(folder, total, config.num_classes)
+        logger.info(f"saved {path}")
+    barrier()
+    cleanup()
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

@@ -1,0 +1,98 @@
+"""sample_c2i_ddp.py on CPU with a tiny random digits model: npz layout, resume, process count."""
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from autoregressive.models.arpg import ARPG_models
+from autoregressive.sample_utils import tokens_to_images
+from sample_c2i_ddp import get_args_parser, main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def digits_ckpt(tmp_path):
+    torch.manual_seed(0)
+    model = ARPG_models["ARPG-digits"]()
+    torch.nn.init.normal_(model.head.weight, std=0.5)
+    path = tmp_path / "digits.pt"
+    torch.save({"model": model.state_dict()}, path)
+    return path
+
+
+def flags(ckpt, out, num=26, extra=()):
+    return ["--gpt-model", "ARPG-digits", "--gpt-ckpt", str(ckpt), "--sample-dir", str(out), "--num-fid-samples",
+            str(num), "--per-proc-batch-size", "4", "--step", "8", "--cfg-scale", "2.0", "--precision", "none",
+            "--device", "cpu", *extra]
+
+
+def run_inline(argv):
+    main(get_args_parser().parse_args(argv))
+
+
+def the_npz(out: Path):
+    [path] = out.glob("*.npz")
+    with np.load(path) as data:
+        return data["arr_0"], data["labels"]
+
+
+def test_npz_shape_dtype_and_label_balance(digits_ckpt, tmp_path):
+    run_inline(flags(digits_ckpt, tmp_path / "s", num=30))
+    arr, labels = the_npz(tmp_path / "s")
+    assert arr.shape == (30, 8, 8, 3) and arr.dtype == np.uint8
+    assert labels.tolist() == [i % 10 for i in range(30)]
+    assert np.all(arr[..., 0] == arr[..., 2])  # grey levels rendered to 3 channels
+
+
+def test_a_run_killed_midway_resumes_to_the_same_npz(digits_ckpt, tmp_path):
+    run_inline(flags(digits_ckpt, tmp_path / "full"))
+    reference, _ = the_npz(tmp_path / "full")
+    run_inline(flags(digits_ckpt, tmp_path / "partial"))
+    [folder] = [p for p in (tmp_path / "partial").iterdir() if p.is_dir()]
+    for name in ("000009.png", "000010.png", "000021.png"):  # as if the run died before these batches
+        (folder / name).unlink()
+    (folder.parent / f"{folder.name}.npz").unlink()
+    (folder / "000001.png").write_bytes((folder / "000001.png").read_bytes())  # finished files stay
+    run_inline(flags(digits_ckpt, tmp_path / "partial"))
+    resumed, _ = the_npz(tmp_path / "partial")
+    assert np.array_equal(reference, resumed)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_gloo_processes_give_the_images_of_one(digits_ckpt, tmp_path):
+    run_inline(flags(digits_ckpt, tmp_path / "one"))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+               str(ROOT / "sample_c2i_ddp.py"), *flags(digits_ckpt, tmp_path / "two")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert np.array_equal(the_npz(tmp_path / "one")[0], the_npz(tmp_path / "two")[0])
+
+
+def test_bad_inputs_are_explained(digits_ckpt, tmp_path):
+    tiny = tmp_path / "tiny.pt"
+    torch.save({"model": ARPG_models["ARPG-tiny"]().state_dict()}, tiny)
+    with pytest.raises(ValueError, match="does not fit"):
+        run_inline(flags(tiny, tmp_path / "x"))
+    with pytest.raises(ValueError, match="NaN"):
+        tokens_to_images(torch.zeros(1, 4, dtype=torch.long), 2, vq=NaNDecoder(), vocab_size=17)
+
+
+class NaNDecoder:
+    class config:
+        codebook_embed_dim = 8
+
+    @staticmethod
+    def decode_code(tokens, shape):
+        return torch.full((tokens.shape[0], 3, 32, 32), float("nan"))
