@@ -11,6 +11,7 @@ finished batches, so a killed run resumes. Rank 0 finally packs arr_0 (N, H, W, 
 import argparse
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -127,6 +128,7 @@ def main(args) -> None:
         from tqdm import tqdm
 
         progress = tqdm(my_batches, desc="sample", unit="batch", dynamic_ncols=True)
+    writers = ThreadPoolExecutor(max_workers=8)  # PNG encoding, not the GPU, limits a batch otherwise
     for k in progress:
         first = k * batch
         indices = [i for i in range(first, first + batch) if i < total]
@@ -135,8 +137,8 @@ def main(args) -> None:
         labels = torch.arange(first, first + batch, device=info.device) % config.num_classes
         tokens = sampler(labels, sampling, batch_generator(info.device, args.global_seed, first))
         images = tokens_to_images(tokens, config.grid_size, vq, config.vocab_size, image_size_eval).numpy()
-        for i in indices:
-            save_png_atomic(images[i - first], os.path.join(folder, f"{i:06d}.png"))
+        list(writers.map(lambda i: save_png_atomic(images[i - first], os.path.join(folder, f"{i:06d}.png")), indices))
+    writers.shutdown()
     barrier()
     if info.is_main:
         path = pack_npz(folder, total, config.num_classes)
