@@ -33,7 +33,7 @@ class GraphedSteps:
         self.fed_ids = torch.zeros(rows, max_fed, dtype=torch.long, device=device)
         self.fed_slots = torch.zeros(rows, max_fed, dtype=torch.long, device=device)
         self.query_slots = torch.zeros(rows, max(plan), dtype=torch.long, device=device)
-        self.cache = model.new_cache(rows)
+        self.cache = model.new_cache(rows, first_fed + sum(plan[:-1]))
         # One output buffer for all steps: step outputs held in the graph pool would never be reused.
         self.guided_logits = torch.zeros(batch_size, max(plan), model.config.vocab_size, device=device)
         self.graphs: List[torch.cuda.CUDAGraph] = []

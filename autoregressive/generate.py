@@ -125,6 +125,11 @@ def start_decoding(model, condition, sampling: SamplingConfig, orders=None, gene
     return DecodingStart(orders, num_known, plan, fed_ids, fed_slots)
 
 
+def fed_capacity(start: DecodingStart) -> int:
+    """Cache positions a decoding needs: the last step's tokens are drawn but never fed back."""
+    return start.fed_ids.shape[1] + sum(start.plan[:-1])
+
+
 def guide(logits: torch.Tensor, sampling: SamplingConfig, done_after: int, num_generated: int) -> torch.Tensor:
     """Combine (2B, n, V) cond/uncond logits into (B, n, V); pass (B, n, V) through without guidance."""
     if not sampling.uses_guidance:
@@ -154,7 +159,7 @@ def generate(model, condition: torch.Tensor, sampling: Optional[SamplingConfig] 
     target_slots = start.orders[:, num_known:] + cls_num  # (B, M) the positions to generate
     batch, num_generated = target_slots.shape
     copies = 2 if sampling.uses_guidance else 1
-    cache = model.new_cache(copies * batch)
+    cache = model.new_cache(copies * batch, fed_capacity(start))
     tokens = torch.empty_like(target_slots)  # generation order
     fed_ids, fed_slots, causal, done = start.fed_ids, start.fed_slots, num_known > 0, 0
     for size in start.plan:

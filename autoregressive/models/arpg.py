@@ -332,12 +332,12 @@ class ARPG(nn.Module):
             loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), ordered_targets.reshape(-1))
         return logits, loss
 
-    def new_cache(self, batch_size: int, dtype=None, device=None) -> KVCache:
-        """An empty cache for batch_size rows and every token of one image."""
+    def new_cache(self, batch_size: int, max_len: Optional[int] = None) -> KVCache:
+        """An empty cache for batch_size rows and max_len tokens (default: class tokens + every image token)."""
         weight = self.embeddings.weight
-        return KVCache(len(self.layers.self_dec) + 1, batch_size, self.config.n_head,
-                       self.config.cls_token_num + self.config.block_size, self.config.head_dim,
-                       dtype or weight.dtype, device or weight.device)
+        max_len = max_len or self.config.cls_token_num + self.config.block_size
+        return KVCache(len(self.layers.self_dec) + 1, batch_size, self.config.n_head, max_len,
+                       self.config.head_dim, weight.dtype, weight.device)
 
     @torch.inference_mode()
     def generate(self, condition, num_steps: int = 64, cfg_scale: float = 4.0, cfg_schedule: str = "linear",
