@@ -1,0 +1,73 @@
+"""FID, sFID, Inception Score, precision and recall from Inception features, by the ADM definitions
+(openai/guided-diffusion evaluations/evaluator.py)."""
+from typing import Tuple
+
+import numpy as np
+from scipy import linalg
+
+
+def statistics(features: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(M, d) features -> mean (d,), covariance (d, d), in float64."""
+    features = np.asarray(features, dtype=np.float64)
+    return features.mean(axis=0), np.cov(features, rowvar=False)
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+    """Frechet distance of two Gaussians, with ADM's fallback when sqrtm(sigma1 sigma2) is singular."""
+    mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
+    sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
+        raise ValueError(f"statistics of different sizes: {mu1.shape} vs {mu2.shape}")
+    diff = mu1 - mu2
+    covmean = linalg.sqrtm(sigma1.dot(sigma2))
+    if not np.isfinite(covmean).all():
+        offset = np.eye(sigma1.shape[0]) * eps
+        covmean = linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            raise ValueError(f"imaginary component {np.max(np.abs(covmean.imag))} in sqrtm: statistics are degenerate")
+        covmean = covmean.real
+    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+def inception_score(logits: np.ndarray, split_size: int = 5000) -> float:
+    """Mean over splits of exp(E[KL(p(y|x) || p(y))]), p(y|x) = softmax of the bias-free logits."""
+    logits = np.asarray(logits, dtype=np.float64)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    scores = []
+    for start in range(0, len(probs), split_size):
+        part = probs[start:start + split_size]
+        kl = part * (np.log(part + 1e-30) - np.log(part.mean(axis=0, keepdims=True) + 1e-30))
+        scores.append(np.exp(kl.sum(axis=1).mean()))
+    return float(np.mean(scores))
+
+
+def squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T, 0.0)
+
+
+def manifold_radii(features: np.ndarray, k: int = 3, batch: int = 10000) -> np.ndarray:
+    """Squared distance of each point to its k-th nearest neighbour (the point itself not counted)."""
+    radii = np.empty(len(features))
+    for start in range(0, len(features), batch):
+        distances = squared_distances(features[start:start + batch], features)
+        radii[start:start + batch] = np.partition(distances, kth=k, axis=1)[:, k]
+    return radii
+
+
+def fraction_inside(points: np.ndarray, manifold: np.ndarray, radii: np.ndarray, batch: int = 10000) -> float:
+    """Fraction of points within the radius of at least one manifold point."""
+    inside = np.zeros(len(points), dtype=bool)
+    for start in range(0, len(points), batch):
+        distances = squared_distances(points[start:start + batch], manifold)
+        inside[start:start + batch] = (distances <= radii[None, :]).any(axis=1)
+    return float(inside.mean())
+
+
+def precision_recall(reference: np.ndarray, samples: np.ndarray, k: int = 3) -> Tuple[float, float]:
+    """Precision: samples inside the reference manifold; recall: references inside the sample manifold."""
+    precision = fraction_inside(samples, reference, manifold_radii(reference, k))
+    recall = fraction_inside(reference, samples, manifold_radii(samples, k))
+    return precision, recall
