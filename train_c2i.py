@@ -55,8 +55,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cls-token-num", type=int, default=d.cls_token_num)
     parser.add_argument("--gpt-ckpt", default=None, help="resume from this checkpoint (the official flag)")
     parser.add_argument("--resume", nargs="?", const="latest", default=None,
-                        help="resume: bare = latest checkpoint of the newest run of --gpt-model in --results-dir; "
-                             "or a checkpoint file or run folder")
+                        help="resume: bare = latest checkpoint of the newest run of --gpt-model in --results-dir "
+                             "(a new run if there is none); or a checkpoint file or run folder")
     parser.add_argument("--wandb", action="store_true", help="log to Weights & Biases (off by default)")
     parser.add_argument("--num-threads", type=int, default=None, help="torch CPU threads (matters on small CPUs)")
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default=d.device)

@@ -48,13 +48,10 @@ def find_resume_checkpoint(cfg: TrainConfig) -> Optional[str]:
     """'latest' -> newest run of this model in results_dir; a folder -> its latest checkpoint; a file."""
     if cfg.resume is None:
         return None
-    if cfg.resume == "latest":
+    if cfg.resume == "latest":  # a preempted job restarts with the same command: fresh if nothing to resume
         runs = sorted(glob.glob(os.path.join(cfg.results_dir, f"*-{cfg.gpt_model}")))
-        found = [latest_checkpoint(run) for run in reversed(runs)]
-        found = [path for path in found if path]
-        if not found:
-            raise FileNotFoundError(f"--resume: no checkpoint of {cfg.gpt_model} under {cfg.results_dir}")
-        return found[0]
+        found = [path for path in map(latest_checkpoint, reversed(runs)) if path]
+        return found[0] if found else None
     if os.path.isdir(cfg.resume):
         path = latest_checkpoint(cfg.resume) or latest_checkpoint(os.path.dirname(cfg.resume.rstrip("/")))
         if path is None:
