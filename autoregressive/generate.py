@@ -121,7 +121,9 @@ def start_decoding(model, condition, sampling: SamplingConfig, orders=None, gene
         fed_slots = torch.cat([fed_slots, known_positions + config.cls_token_num], dim=1)
     if sampling.uses_guidance:
         fed_ids, fed_slots = torch.cat([fed_ids, null_ids]), fed_slots.repeat(2, 1)
-    plan = step_sizes(num_tokens - num_known, sampling.num_steps, sampling.sample_schedule)
+    # An edit may leave fewer tokens to generate than steps: then one token per step.
+    num_steps = min(sampling.num_steps, num_tokens - num_known) if num_known else sampling.num_steps
+    plan = step_sizes(num_tokens - num_known, num_steps, sampling.sample_schedule)
     return DecodingStart(orders, num_known, plan, fed_ids, fed_slots)
 
 

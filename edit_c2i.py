@@ -1,0 +1,134 @@
+"""Zero-shot editing: inpaint, outpaint, class-edit or expand an image (or token grid) with ARPG.
+
+    python edit_c2i.py --task inpaint --gpt-model ARPG-L --gpt-ckpt arpg_300m.pt --vq-ckpt vq_ds16_c2i.pt \\
+        --image photo.png --shape center --class-label 207 --num-samples 4 --out edit.png
+    python edit_c2i.py --task inpaint --gpt-model ARPG-digits --gpt-ckpt digits.pt --digit-index 3 --shape bottom
+
+Writes one PNG row: the input, the mask (regenerated area darkened) and the results.
+"""
+import argparse
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.utils import save_image
+
+from autoregressive import editing
+from autoregressive.generate import SamplingConfig, generate
+from autoregressive.models.arpg import ARPG_models
+from autoregressive.sample_utils import PRECISIONS, load_gpt, load_vq, tokens_to_images
+
+TASKS = ("inpaint", "outpaint", "class-edit", "expand")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Zero-shot editing with ARPG.")
+    parser.add_argument("--task", choices=TASKS, required=True)
+    parser.add_argument("--gpt-model", choices=list(ARPG_models), default="ARPG-L")
+    parser.add_argument("--gpt-ckpt", required=True)
+    parser.add_argument("--vq-model", default="VQ-16")
+    parser.add_argument("--vq-ckpt", default=None, help="needed for --image and to render ImageNet tokens")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image", help="a picture, ADM centre-cropped to --image-size and encoded")
+    source.add_argument("--codes", help="a .npy of (N,) or (g, g) tokens")
+    source.add_argument("--digit-index", type=int, help="digits model: the i-th held-out real digit")
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--box", type=int, nargs=4, metavar=("X0", "Y0", "X1", "Y1"), help="region to regenerate")
+    parser.add_argument("--box-units", choices=["tokens", "pixels"], default="tokens")
+    parser.add_argument("--mask-png", help="grey-scale PNG, white = regenerate")
+    parser.add_argument("--shape", choices=editing.SHAPES, help="built-in region to regenerate")
+    parser.add_argument("--border-width", type=int, default=1, help="tokens, for --shape border")
+    parser.add_argument("--class-label", type=int, default=None, help="class to generate under (digits: the digit's own)")
+    parser.add_argument("--out-size", type=int, default=None, help="expand: tokens per side of the new canvas")
+    parser.add_argument("--num-samples", type=int, default=4)
+    parser.add_argument("--cfg-scale", type=float, default=4.0)
+    parser.add_argument("--cfg-schedule", choices=["linear", "constant"], default="linear")
+    parser.add_argument("--sample-schedule", choices=["arccos", "cosine"], default="arccos")
+    parser.add_argument("--step", type=int, default=16)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", choices=list(PRECISIONS), default="none")
+    parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    parser.add_argument("--out", default="samples/edit.png")
+    return parser
+
+
+def load_source(args, model, vq, device):
+    """-> (tokens (g, g) long, class label or None)."""
+    grid = model.config.grid_size
+    if args.digit_index is not None:
+        from dataset.digits import load_digits_split
+
+        images, labels = load_digits_split("val")
+        return torch.from_numpy(images[args.digit_index]).view(grid, grid).to(device), int(labels[args.digit_index])
+    if args.codes:
+        return torch.from_numpy(np.load(args.codes)).long().view(grid, grid).to(device), None
+    if vq is None:
+        raise ValueError("--image needs --vq-ckpt to encode the picture into tokens")
+    from PIL import Image
+
+    from dataset.transforms import center_crop_adm, to_model_input
+
+    pixels = torch.from_numpy(to_model_input(center_crop_adm(Image.open(args.image).convert("RGB"), args.image_size)))
+    return vq.encode_to_indices(pixels[None].to(device)).view(grid, grid), None
+
+
+def keep_mask(args, grid: int, downsample: int) -> torch.Tensor:
+    if sum(x is not None for x in (args.box, args.mask_png, args.shape)) != 1:
+        raise ValueError("give exactly one mask: --box, --mask-png or --shape")
+    if args.box:
+        box = editing.pixel_box_to_tokens(args.box, downsample) if args.box_units == "pixels" else args.box
+        return editing.box_mask(grid, *box)
+    if args.mask_png:
+        return editing.mask_from_png(args.mask_png, grid)
+    return editing.shape_mask(args.shape, grid, args.border_width)
+
+
+def render(tokens: torch.Tensor, vq, model) -> torch.Tensor:
+    """(B, g, g) tokens -> (B, 3, H, W) floats in [0, 1] (digits enlarged for viewing)."""
+    grid = tokens.shape[-1]
+    images = tokens_to_images(tokens.reshape(len(tokens), -1), grid, vq, model.config.vocab_size)
+    pixels = images.permute(0, 3, 1, 2).float() / 255
+    return F.interpolate(pixels, scale_factor=4, mode="nearest") if vq is None else pixels
+
+
+def main(args) -> None:
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    model = load_gpt(args.gpt_model, args.gpt_ckpt, device, args.precision)
+    vq = load_vq(args.vq_model, args.vq_ckpt, device) if args.vq_ckpt else None
+    tokens, own_label = load_source(args, model, vq, device)
+    label = args.class_label if args.class_label is not None else own_label
+    if label is None:
+        raise ValueError("--class-label is required for this input")
+    sampling = SamplingConfig(num_steps=args.step, cfg_scale=args.cfg_scale, cfg_schedule=args.cfg_schedule,
+                              sample_schedule=args.sample_schedule, temperature=args.temperature,
+                              top_k=args.top_k, top_p=args.top_p)
+    generator = torch.Generator(device).manual_seed(args.seed)
+    sample = lambda labels, known, known_mask: generate(model, labels, sampling, generator=generator,
+                                                        known=known, known_mask=known_mask)
+    grid = model.config.grid_size
+    if args.task == "expand":
+        results = editing.expand(sample, tokens, args.out_size or grid * 3 // 2, label, args.num_samples)
+        canvases = render(results, vq, model)
+        original = render(tokens[None], vq, model)
+        scale, size = original.shape[-1] // grid, results.shape[-1]
+        before, after = (size - grid) // 2 * scale, (size - grid - (size - grid) // 2) * scale
+        tiles = [F.pad(original, [before, after, before, after]), canvases]  # the input where expand put it
+    else:
+        keep = keep_mask(args, grid, args.image_size // grid if vq is not None else 1).to(device)
+        results = editing.fill(sample, tokens, keep, label, args.num_samples).view(-1, grid, grid)
+        original = render(tokens[None], vq, model)
+        scale = original.shape[-1] // grid
+        shade = F.interpolate(keep[None, None].float(), scale_factor=scale, mode="nearest")
+        tiles = [original, original * (0.25 + 0.75 * shade), render(results, vq, model)]
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    save_image(torch.cat(tiles), args.out, nrow=len(torch.cat(tiles)), padding=2)
+    print(f"saved {args.task} of {args.num_samples} samples to {args.out}")
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
