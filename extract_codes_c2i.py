@@ -1,0 +1,88 @@
+"""Encode an ImageNet-style folder ({root}/{synset}/{image}) into VQ codes in RandAR's layout
+{code_path}/{class}/{index}.npy, each (A, N) int64: A = 2 (ADM centre crop, its horizontal flip) or
+10 with --ten-crop. Shards over torchrun ranks (rank r takes images r, r+W, ...) and skips files
+already written, so a killed run resumes.
+
+    torchrun --nproc_per_node=8 extract_codes_c2i.py --data-path /data/imagenet/train \\
+        --code-path data/imagenet-llamagen-adm-256_codes --vq-ckpt vq_ds16_c2i.pt
+"""
+import argparse
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.datasets import ImageFolder
+from torchvision.transforms import functional as TF
+
+from autoregressive.utils.dist import cleanup, init_distributed
+from autoregressive.utils.logger import get_logger
+from dataset.transforms import center_crop_adm, to_model_input
+
+
+def augmentations(image: Image.Image, size: int, ten_crop: bool, crop_range: float):
+    """The views to encode: [centre crop, its flip], or TenCrop of a crop_range-larger centre crop."""
+    if ten_crop:
+        return list(TF.ten_crop(center_crop_adm(image, int(size * crop_range)), size))
+    crop = center_crop_adm(image, size)
+    return [crop, crop.transpose(Image.FLIP_LEFT_RIGHT)]
+
+
+def code_file(code_path: str, label: int, index: int) -> str:
+    return os.path.join(code_path, str(label), f"{index}.npy")
+
+
+@torch.no_grad()
+def encode_views(vq, views, device) -> np.ndarray:
+    """PIL views -> (A, N) int64 codes."""
+    pixels = torch.from_numpy(np.stack([to_model_input(view.convert("RGB")) for view in views])).to(device)
+    return vq.encode_to_indices(pixels).cpu().numpy().astype(np.int64)
+
+
+def save_atomic(path: str, codes: np.ndarray) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}.npy"
+    np.save(tmp, codes)
+    os.replace(tmp, path)
+
+
+def extract(vq, folder: ImageFolder, code_path: str, rank: int, world_size: int, device, image_size: int,
+            ten_crop: bool = False, crop_range: float = 1.1) -> int:
+    """Encode this rank's share of the folder; returns how many files it wrote."""
+    written = 0
+    for index in range(rank, len(folder), world_size):
+        path, label = folder.samples[index]
+        target = code_file(code_path, label, index)
+        if os.path.exists(target):
+            continue
+        views = augmentations(Image.open(path).convert("RGB"), image_size, ten_crop, crop_range)
+        save_atomic(target, encode_views(vq, views, device))
+        written += 1
+    return written
+
+
+def main():
+    parser = argparse.ArgumentParser(description="Encode an image folder into VQ codes (RandAR layout).")
+    parser.add_argument("--data-path", required=True, help="ImageNet-style folder: {root}/{synset}/{image}")
+    parser.add_argument("--code-path", required=True)
+    parser.add_argument("--vq-model", default="VQ-16")
+    parser.add_argument("--vq-ckpt", required=True)
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--ten-crop", action="store_true", help="10 views (5 crops and flips) instead of 2")
+    parser.add_argument("--crop-range", type=float, default=1.1, help="--ten-crop: centre crop size factor")
+    parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    args = parser.parse_args()
+    from autoregressive.sample_utils import load_vq
+
+    info = init_distributed(args.device)
+    logger = get_logger("arpg.extract", rank=info.rank)
+    folder = ImageFolder(args.data_path)
+    vq = load_vq(args.vq_model, args.vq_ckpt, info.device)
+    written = extract(vq, folder, args.code_path, info.rank, info.world_size, info.device, args.image_size,
+                      args.ten_crop, args.crop_range)
+    logger.info(f"rank {info.rank}: wrote {written} code files to {args.code_path} ({len(folder)} images in all)")
+    cleanup()
+
+
+if __name__ == "__main__":
+    main()
