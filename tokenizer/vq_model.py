@@ -92,6 +92,15 @@ def middle(channels: int, config: VQConfig) -> nn.ModuleList:
                           ResnetBlock(channels, channels, config)])
 
 
+def run_level(block: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """The residual blocks of one resolution, each followed by its attention block if the level has them."""
+    for i, res in enumerate(block.res):
+        h = res(h)
+        if len(block.attn):
+            h = block.attn[i](h)
+    return h
+
+
 class Encoder(nn.Module):
     def __init__(self, config: VQConfig):
         super().__init__()
@@ -115,10 +124,7 @@ class Encoder(nn.Module):
     def forward(self, x):
         h = self.conv_in(x)
         for block in self.conv_blocks:
-            for i, res in enumerate(block.res):
-                h = res(h)
-                if len(block.attn):
-                    h = block.attn[i](h)
+            h = run_level(block, h)
             if hasattr(block, "downsample"):
                 h = block.downsample(h)
         for layer in self.mid:
@@ -151,10 +157,7 @@ class Decoder(nn.Module):
         for layer in self.mid:
             h = layer(h)
         for block in self.conv_blocks:
-            for i, res in enumerate(block.res):
-                h = res(h)
-                if len(block.attn):
-                    h = block.attn[i](h)
+            h = run_level(block, h)
             if hasattr(block, "upsample"):
                 h = block.upsample(h)
         return self.conv_out(F.silu(self.norm_out(h)))
