@@ -4,7 +4,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from autoregressive.generate import SamplingConfig, generate
+from autoregressive.generate import generate
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.weights import load_model_weights
 

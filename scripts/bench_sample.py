@@ -75,7 +75,6 @@ def bench_model(name, batch_sizes, sampling, reps, vq, device):
         rows.append((name, batch, "fast/plain", rows[-1][3] / rows[-2][3], rows[-1][4] / rows[-2][4], float("nan")))
         print(f"{name} batch {batch}: greedy fast == plain: {same}; same seed same tokens: "
               f"{torch.equal(seeded[0], seeded[1])}", flush=True)
-    del fast, model
     torch.cuda.empty_cache()
     return rows
 

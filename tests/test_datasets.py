@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from dataset.build import build_dataset
-from dataset.codes import FolderCodes, LlamaGenCodes, augmentation_index
+from dataset.codes import FolderCodes, augmentation_index
 from dataset.digits import DIGITS_NUM_CLASSES, load_digits_split, write_digits
 
 

@@ -3,7 +3,6 @@ import torch
 
 from autoregressive.generate import generate
 from autoregressive.sampling import step_sizes
-from conftest import build_tiny
 
 
 def test_every_position_is_generated_exactly_once(tiny_model, monkeypatch):

@@ -4,7 +4,6 @@ import torch
 
 from autoregressive.fast_generate import FastSampler
 from autoregressive.generate import SamplingConfig, generate, known_first
-from conftest import build_tiny
 
 GREEDY = SamplingConfig(num_steps=4, cfg_scale=2.0, temperature=0)
 
