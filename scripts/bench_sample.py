@@ -75,7 +75,6 @@ def bench_model(name, batch_sizes, sampling, reps, vq, device):
         rows.append((name, batch, "fast/plain", rows[-1][3] / rows[-2][3], rows[-1][4] / rows[-2][4], float("nan")))
         print(f"{name} batch {batch}: greedy fast == plain: {same}; same seed same tokens: "
               f"{torch.equal(seeded[0], seeded[1])}", flush=True)
-    torch.cuda.empty_cache()
     return rows
 
 
@@ -103,6 +102,7 @@ def main():
     rows = []
     for name in args.models:
         rows += bench_model(name, args.batch_sizes, sampling, args.reps, vq, device)
+        torch.cuda.empty_cache()  # the model of this size is gone once bench_model returns
     print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, {args.step} steps, "
           f"CFG {args.cfg_scale} {args.cfg_schedule}, {args.sample_schedule}, bf16, medians of {args.reps}")
     print("| model | batch | path | img/s tokens | img/s with decode | peak GiB |")
