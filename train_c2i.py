@@ -43,6 +43,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dropout-p", type=float, default=d.dropout_p, help="residual and FFN dropout")
     parser.add_argument("--token-dropout-p", type=float, default=d.token_dropout_p, help="input token dropout")
     parser.add_argument("--no-compile", action="store_true", help="do not torch.compile the model (CUDA only)")
+    parser.add_argument("--grad-checkpointing", action="store_true",
+                        help="recompute every layer in the backward pass (less activation memory)")
+    parser.add_argument("--chunked-loss", action="store_true",
+                        help="cross-entropy chunk by chunk without keeping the float32 logits (less memory)")
     parser.add_argument("--mixed-precision", choices=["none", "fp16", "bf16"], default=d.mixed_precision)
     parser.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
     parser.add_argument("--log-every", type=int, default=d.log_every)
@@ -71,6 +75,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         warmup_epochs=args.warmup_epochs, lr_schedule=args.lr_schedule, weight_decay=args.weight_decay,
         betas=[args.beta1, args.beta2], max_grad_norm=args.max_grad_norm, ema=args.ema, dropout_p=args.dropout_p,
         token_dropout_p=args.token_dropout_p, compile=not args.no_compile, mixed_precision=args.mixed_precision,
+        grad_checkpointing=args.grad_checkpointing, chunked_loss=args.chunked_loss,
         ckpt_every=args.ckpt_every, log_every=args.log_every, num_workers=args.num_workers,
         global_seed=args.global_seed, vocab_size=args.vocab_size, num_classes=args.num_classes,
         image_size=args.image_size, downsample_size=args.downsample_size, cls_token_num=args.cls_token_num,

@@ -33,12 +33,14 @@ def main():
     parser.add_argument("--steps", type=int, default=20, help="timed steps per repetition")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--chunked-loss", action="store_true", help="cross-entropy without keeping the logits")
+    parser.add_argument("--grad-checkpointing", action="store_true", help="recompute layers in the backward pass")
     args = parser.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     device = torch.device("cuda")
     torch.manual_seed(0)
-    model = ARPG_models[args.gpt_model]().to(device)
+    model = ARPG_models[args.gpt_model](grad_checkpointing=args.grad_checkpointing).to(device)
     torch.nn.init.normal_(model.head.weight, std=0.02)
     config = model.config
     codes = torch.randint(0, config.vocab_size, (args.batch_size, config.block_size), device=device)
@@ -52,7 +54,7 @@ def main():
 
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            _, loss = train_model(codes, labels, targets=codes)
+            _, loss = train_model(codes, labels, targets=codes, return_logits=not args.chunked_loss)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -73,9 +75,10 @@ def main():
         rates.append(args.steps * args.batch_size / (time.perf_counter() - start))
     peak = torch.cuda.max_memory_allocated() / 2**30
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
-    print("| model | batch | compiled | img/s (median) | peak GiB |")
-    print("|---|---|---|---|---|")
-    print(f"| {args.gpt_model} | {args.batch_size} | {not args.no_compile} | {statistics.median(rates):.0f} | {peak:.1f} |")
+    print("| model | batch | compiled | chunked loss | grad checkpointing | img/s (median) | peak GiB |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| {args.gpt_model} | {args.batch_size} | {not args.no_compile} | {args.chunked_loss} | "
+          f"{args.grad_checkpointing} | {statistics.median(rates):.0f} | {peak:.1f} |")
     print(f"loss of a fixed batch: eager float32 {eager_fp32:.5f}, eager bf16 {eager_bf16:.5f}, "
           f"compiled bf16 {compiled_bf16:.5f}")
 

@@ -28,8 +28,10 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from autoregressive.models.kv_cache import KVCache
+from autoregressive.models.loss import chunked_cross_entropy
 from autoregressive.models.rope import apply_rope, rope_table_2d
 
 
@@ -52,6 +54,7 @@ class ARPGConfig:
     ffn_dropout_p: float = 0.1
     class_dropout_prob: float = 0.1  # label dropped to "no class" in training, for guidance
     learned_pos_embed: bool = False  # absolute positions; not in the released models (see above)
+    grad_checkpointing: bool = False  # recompute each layer in the backward pass (training memory)
 
     def __post_init__(self):
         if self.dim % self.n_head:
@@ -214,6 +217,7 @@ class TwoPassDecoder(nn.Module):
         super().__init__()
         self.n_head = config.n_head
         self.attn_dropout_p = config.attn_dropout_p
+        self.grad_checkpointing = config.grad_checkpointing
         num_each = config.n_layer // 2
         self.self_dec = nn.ModuleList([DecoderLayer(config, SelfAttention(config)) for _ in range(num_each)])
         self.cross_dec = nn.ModuleList([DecoderLayer(config, CrossAttention(config)) for _ in range(num_each)])
@@ -229,7 +233,8 @@ class TwoPassDecoder(nn.Module):
         """
         attn_p = self.attn_dropout_p if training else 0.0
         for i, layer in enumerate(self.self_dec):
-            x = layer(x, training, rope=known_rope, causal=causal, dropout_p=attn_p, cache=cache, cache_index=i)
+            x = self.run(layer, x, training, rope=known_rope, causal=causal, dropout_p=attn_p, cache=cache,
+                         cache_index=i)
         k, v = (split_heads(part, self.n_head) for part in self.to_kv(self.norm(x)).chunk(2, dim=-1))
         k, v = apply_rope(k, known_rope).transpose(1, 2), v.transpose(1, 2)  # (B, H, n, d)
         if cache is not None:
@@ -239,8 +244,15 @@ class TwoPassDecoder(nn.Module):
         # queries of a step see every cached token.
         cross_causal = causal and cache is None
         for layer in self.cross_dec:
-            queries = layer(queries, training, k=k, v=v, query_rope=query_rope, causal=cross_causal, dropout_p=attn_p)
+            queries = self.run(layer, queries, training, k=k, v=v, query_rope=query_rope, causal=cross_causal,
+                               dropout_p=attn_p)
         return queries
+
+    def run(self, layer: nn.Module, x, training: bool, **kwargs):
+        """One layer, recomputed in the backward pass when training with grad_checkpointing."""
+        if training and self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(layer, x, training, use_reentrant=False, **kwargs)
+        return layer(x, training, **kwargs)
 
 
 class ARPG(nn.Module):
@@ -296,25 +308,32 @@ class ARPG(nn.Module):
     def class_slots(self, batch_size: int, device) -> torch.Tensor:
         return torch.arange(self.config.cls_token_num, device=device).expand(batch_size, -1)
 
-    def decode(self, known_ids, known_slots, query_slots, causal: bool, training: bool = False,
-               cache: Optional[KVCache] = None):
-        """Logits (B, m, V) float32 for the targets at query_slots (B, m), given the known tokens
+    def decode_features(self, known_ids, known_slots, query_slots, causal: bool, training: bool = False,
+                        cache: Optional[KVCache] = None):
+        """Normalised features (B, m, D) of the targets at query_slots (B, m), given the known tokens
         known_ids (B, n) at known_slots (B, n) (plus whatever `cache` already holds)."""
         x = self.embed(known_ids, known_slots)
         x = F.dropout(x, self.config.token_dropout_p, training)
         mask_ids = torch.full_like(query_slots, self.config.mask_token_id)
         queries = self.embed(mask_ids, query_slots)
         out = self.layers(x, queries, self.rope(known_slots), self.rope(query_slots), causal, training, cache)
-        return self.head(self.norm(out)).float()
+        return self.norm(out)
 
-    def forward(self, input_ids, condition, targets=None, orders=None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def decode(self, known_ids, known_slots, query_slots, causal: bool, training: bool = False,
+               cache: Optional[KVCache] = None):
+        """Logits (B, m, V) float32; the arguments of decode_features."""
+        return self.head(self.decode_features(known_ids, known_slots, query_slots, causal, training, cache)).float()
+
+    def forward(self, input_ids, condition, targets=None, orders=None,
+                return_logits: bool = True) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         """Teacher forcing in a random order.
 
         input_ids (B, N) long image tokens in raster order; condition (B,) long class ids;
         targets (B, N) long in raster order or None; orders (B, N) long, each row a permutation of
         0..N-1 (None: a fresh random one per row). Returns logits (B, N, V) in generation order
         (logits[b, i] predicts input_ids[b, orders[b, i]] from the class and input_ids[b, orders[b, :i]])
-        and the mean cross-entropy against targets (None without targets).
+        and the mean cross-entropy against targets (None without targets). return_logits=False (with
+        targets): the loss is computed chunk by chunk without keeping the logits, which come back None.
         """
         batch, num_tokens = input_ids.shape
         if orders is None:
@@ -325,12 +344,15 @@ class ARPG(nn.Module):
         target_slots = orders + self.config.cls_token_num  # (B, N)
         known_ids = torch.cat([class_ids, ordered_ids[:, :-1]], dim=1)  # (B, C + N - 1)
         known_slots = torch.cat([self.class_slots(batch, input_ids.device), target_slots[:, :-1]], dim=1)
-        logits = self.decode(known_ids, known_slots, target_slots, causal=True, training=self.training)
-        loss = None
-        if targets is not None:
-            ordered_targets = targets.gather(1, orders)
-            loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), ordered_targets.reshape(-1))
-        return logits, loss
+        features = self.decode_features(known_ids, known_slots, target_slots, causal=True, training=self.training)
+        if targets is None or return_logits:
+            logits = self.head(features).float()
+            loss = None
+            if targets is not None:
+                loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.gather(1, orders).reshape(-1))
+            return logits, loss
+        loss = chunked_cross_entropy(features.flatten(0, 1), self.head.weight, targets.gather(1, orders).reshape(-1))
+        return None, loss
 
     def new_cache(self, batch_size: int, max_len: Optional[int] = None) -> KVCache:
         """An empty cache for batch_size rows and max_len tokens (default: class tokens + every image token)."""

@@ -25,6 +25,8 @@ class TrainConfig:
     dropout_p: float = 0.1
     token_dropout_p: float = 0.1
     compile: bool = True
+    grad_checkpointing: bool = False  # recompute layers in the backward pass: less memory, more compute
+    chunked_loss: bool = False  # cross-entropy chunk by chunk, never keeping the (B, N, V) float32 logits
     mixed_precision: str = "bf16"  # on CUDA: autocast dtype ('none', 'bf16', 'fp16')
     ckpt_every: int = 5000
     log_every: int = 100

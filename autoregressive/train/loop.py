@@ -41,7 +41,8 @@ class Progress:
 def build_model(cfg: TrainConfig) -> torch.nn.Module:
     return ARPG_models[cfg.gpt_model](vocab_size=cfg.vocab_size, num_classes=cfg.num_classes, block_size=cfg.block_size,
                                       cls_token_num=cfg.cls_token_num, resid_dropout_p=cfg.dropout_p,
-                                      ffn_dropout_p=cfg.dropout_p, token_dropout_p=cfg.token_dropout_p)
+                                      ffn_dropout_p=cfg.dropout_p, token_dropout_p=cfg.token_dropout_p,
+                                      grad_checkpointing=cfg.grad_checkpointing)
 
 
 def find_resume_checkpoint(cfg: TrainConfig) -> Optional[str]:
@@ -150,7 +151,7 @@ class Trainer:
             sync = contextlib.nullcontext() if last or self.info.world_size == 1 else self.train_model.no_sync()
             with sync:
                 with self.autocast():
-                    _, loss = self.train_model(codes, labels, targets=codes)
+                    _, loss = self.train_model(codes, labels, targets=codes, return_logits=not cfg.chunked_loss)
                 self.scaler.scale(loss / len(batches)).backward()
             total += loss.detach() / len(batches)
         if cfg.max_grad_norm > 0:
