@@ -100,7 +100,6 @@ def model_overrides(args) -> dict:
 
 
 def main(args) -> None:
-    torch.set_grad_enabled(False)
     info = init_distributed(args.device)
     logger = get_logger("arpg.sample", rank=info.rank)
     if info.device.type == "cuda":
