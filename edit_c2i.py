@@ -19,7 +19,7 @@ from autoregressive import editing
 from autoregressive.fast_generate import FastSampler
 from autoregressive.generate import SamplingConfig, generate
 from autoregressive.models.arpg import ARPG_models
-from autoregressive.sample_utils import PRECISIONS, load_gpt, load_vq, tokens_to_images
+from autoregressive.sample_utils import PRECISIONS, load_gpt, load_vq, resolve_device, tokens_to_images
 
 TASKS = ("inpaint", "outpaint", "class-edit", "expand")
 
@@ -98,8 +98,7 @@ def render(tokens: torch.Tensor, vq, model) -> torch.Tensor:
 
 
 def main(args) -> None:
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device)
     model = load_gpt(args.gpt_model, args.gpt_ckpt, device, args.precision)
     vq = load_vq(args.vq_model, args.vq_ckpt, device) if args.vq_ckpt else None
     tokens, own_label = load_source(args, model, vq, device)

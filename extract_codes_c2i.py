@@ -17,6 +17,7 @@ from torchvision.transforms import functional as TF
 
 from autoregressive.utils.dist import cleanup, init_distributed
 from autoregressive.utils.logger import get_logger
+from dataset.codes import save_npy_atomic
 from dataset.transforms import center_crop_adm, to_model_input
 
 
@@ -39,13 +40,6 @@ def encode_views(vq, views, device) -> np.ndarray:
     return vq.encode_to_indices(pixels).cpu().numpy().astype(np.int64)
 
 
-def save_atomic(path: str, codes: np.ndarray) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}.npy"
-    np.save(tmp, codes)
-    os.replace(tmp, path)
-
-
 def extract(vq, folder: ImageFolder, code_path: str, rank: int, world_size: int, device, image_size: int,
             ten_crop: bool = False, crop_range: float = 1.1) -> int:
     """Encode this rank's share of the folder; returns how many files it wrote."""
@@ -56,7 +50,7 @@ def extract(vq, folder: ImageFolder, code_path: str, rank: int, world_size: int,
         if os.path.exists(target):
             continue
         views = augmentations(Image.open(path).convert("RGB"), image_size, ten_crop, crop_range)
-        save_atomic(target, encode_views(vq, views, device))
+        save_npy_atomic(target, encode_views(vq, views, device))
         written += 1
     return written
 

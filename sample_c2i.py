@@ -12,7 +12,7 @@ from torchvision.utils import save_image
 
 from autoregressive.generate import SamplingConfig, check_class_ids
 from autoregressive.models.arpg import ARPG_models
-from autoregressive.sample_utils import PRECISIONS, load_gpt, load_vq, make_sampler, tokens_to_images
+from autoregressive.sample_utils import PRECISIONS, load_gpt, load_vq, make_sampler, resolve_device, tokens_to_images
 
 DEFAULTS = SamplingConfig()
 
@@ -42,8 +42,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 def main(args) -> None:
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device)
     overrides = {k: v for k, v in (("num_classes", args.num_classes), ("vocab_size", args.codebook_size)) if v}
     if args.vq_ckpt:
         overrides["block_size"] = (args.image_size // args.downsample_size) ** 2

@@ -11,6 +11,13 @@ from autoregressive.weights import load_model_weights
 PRECISIONS = {"none": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def resolve_device(name: str) -> torch.device:
+    """'auto' (CUDA when available), 'cuda' or 'cpu'."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def load_gpt(name: str, ckpt: Optional[str], device, precision: str = "none", **overrides):
     """Build ARPG_models[name](**overrides), fill it strictly from ckpt, cast, eval mode."""
     model = ARPG_models[name](**overrides)

@@ -36,6 +36,14 @@ def read_codes(path: str, expected_ndim: int) -> np.ndarray:
     return codes
 
 
+def save_npy_atomic(path: str, array: np.ndarray) -> None:
+    """np.save to a temporary file beside path, then rename: readers never see half a file."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}.npy"
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
 def list_npy(folder: str) -> List[str]:
     return sorted((name for name in os.listdir(folder) if name.endswith(".npy")), key=numeric_key)
 

@@ -12,6 +12,8 @@ from typing import Tuple
 
 import numpy as np
 
+from dataset.codes import save_npy_atomic
+
 DIGITS_VOCAB_SIZE = 17
 DIGITS_NUM_CLASSES = 10
 DIGITS_GRID = 8
@@ -32,12 +34,6 @@ def load_digits_split(split: str) -> Tuple[np.ndarray, np.ndarray]:
     return (train_images, train_labels) if split == "train" else (val_images, val_labels)
 
 
-def save_atomic(path: str, array: np.ndarray) -> None:
-    tmp = f"{path}.tmp{os.getpid()}.npy"
-    np.save(tmp, array)
-    os.replace(tmp, path)
-
-
 def write_digits(out_dir: str) -> Tuple[str, str]:
     """Write both splits under out_dir; returns (train_dir, val_dir). Rewriting gives the same files."""
     dirs = []
@@ -45,9 +41,7 @@ def write_digits(out_dir: str) -> Tuple[str, str]:
         images, labels = load_digits_split(split)
         split_dir = os.path.join(out_dir, split)
         for index, (image, label) in enumerate(zip(images, labels)):
-            class_dir = os.path.join(split_dir, str(int(label)))
-            os.makedirs(class_dir, exist_ok=True)
-            save_atomic(os.path.join(class_dir, f"{index}.npy"), image.reshape(1, -1))
+            save_npy_atomic(os.path.join(split_dir, str(int(label)), f"{index}.npy"), image.reshape(1, -1))
         dirs.append(split_dir)
     return dirs[0], dirs[1]
 
