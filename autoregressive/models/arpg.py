@@ -338,6 +338,8 @@ class ARPG(nn.Module):
         batch, num_tokens = input_ids.shape
         if orders is None:
             orders = torch.rand(batch, num_tokens, device=input_ids.device).argsort(dim=1)
+        input_ids, orders = input_ids.long(), orders.long().to(input_ids.device)
+        targets = targets.long() if targets is not None else None
         drop_prob = self.config.class_dropout_prob if self.training else 0.0
         class_ids = self.class_token_ids(condition, drop_prob)  # (B, C)
         ordered_ids = input_ids.gather(1, orders)  # (B, N) in generation order
