@@ -100,3 +100,18 @@ def test_two_process_run_killed_and_resumed_equals_uninterrupted(tmp_path):
     for key, state in a["optimizer"]["state"].items():
         assert torch.equal(state["exp_avg"], b["optimizer"]["state"][key]["exp_avg"])
     assert len(a["rng"]) == 2
+
+
+def test_bare_resume_without_checkpoints_starts_a_new_run(tmp_path):
+    from autoregressive.train.loop import find_resume_checkpoint
+
+    args = get_args_parser().parse_args(["--code-path", "x", "--results-dir", str(tmp_path), "--resume"])
+    cfg = config_from_args(args)
+    assert cfg.resume == "latest" and find_resume_checkpoint(cfg) is None
+    run = tmp_path / "003-ARPG-L" / "checkpoints"
+    run.mkdir(parents=True)
+    for step in (5, 40, 12):
+        torch.save({"step": step}, run / f"{step:07d}.pt")
+    assert find_resume_checkpoint(cfg).endswith("0000040.pt")
+    explicit = config_from_args(get_args_parser().parse_args(["--code-path", "x", "--gpt-ckpt", str(run / "0000012.pt")]))
+    assert find_resume_checkpoint(explicit).endswith("0000012.pt")
