@@ -27,7 +27,7 @@ def test_builders_accept_overrides():
         model = ARPG_models["ARPG-L"](vocab_size=4096, num_classes=10, block_size=576, cls_token_num=1)
     assert model.embeddings.weight.shape == (4096 + 1 + 10 + 1 + 1, 1024)
     assert model.head.weight.shape == (4096, 1024)
-    assert model.rope_cpu.shape == (1 + 576, 32)
+    assert model.rope_cpu.shape == (1 + 576, 32, 2)
 
 
 @pytest.mark.parametrize("bad,match", [(dict(block_size=200), "square"), (dict(dim=100), "divisible"),
@@ -41,7 +41,7 @@ def test_class_token_rope_rows_are_zero_and_image_rows_rotate():
     model = build_tiny()
     table = model.rope_cpu
     assert torch.all(table[0] == 0)
-    assert torch.allclose(table[1:].abs(), torch.ones(16, 8))  # pure rotations
+    assert torch.allclose(table[1:].pow(2).sum(-1), torch.ones(16, 8))  # cos^2 + sin^2 = 1
     # first half of the planes follow the row, the second half the column of a 4x4 grid
     row_of, col_of = lambda slot: (slot - 1) // 4, lambda slot: (slot - 1) % 4
     assert torch.equal(table[1 + 1, :4], table[1 + 2, :4]) and row_of(2) == row_of(3)

@@ -268,7 +268,7 @@ class ARPG(nn.Module):
         self.layers = TwoPassDecoder(config)
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.head = nn.Linear(config.dim, config.vocab_size, bias=False)
-        # A plain attribute, not a buffer: it stays complex64 when the model is cast to bf16, and out of
+        # A plain attribute, not a buffer: it stays float32 when the model is cast to bf16, and out of
         # the state dict, which must hold exactly the released names.
         self.rope_cpu = rope_table_2d(config.grid_size, config.head_dim, config.rope_base, config.cls_token_num)
         self._rope_on_device = {}
@@ -282,7 +282,7 @@ class ARPG(nn.Module):
         nn.init.zeros_(self.head.weight)
 
     def rope(self, slots: torch.Tensor) -> torch.Tensor:
-        """(B, n) long slots -> (B, n, head_dim // 2) complex64 rotations."""
+        """(B, n) long slots -> (B, n, head_dim // 2, 2) float32 (cos, sin) rotations."""
         table = self._rope_on_device.get(slots.device)
         if table is None:
             table = self._rope_on_device[slots.device] = self.rope_cpu.to(slots.device)

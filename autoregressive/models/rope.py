@@ -1,14 +1,14 @@
 """2-D rotary position embedding with the class-token rows of the released ARPG models.
 
 The table has one row per *slot*: slots 0..C-1 are the C class tokens, slot C + p is image position p
-(raster order on a square grid). Each row holds cos + i sin for head_dim // 2 rotation planes:
+(raster order on a square grid). Each row holds (cos, sin) for head_dim // 2 rotation planes:
 the first half of the planes rotate with the token's row index, the second half with its column index.
 """
 import torch
 
 
 def rope_table_2d(grid_size: int, head_dim: int, base: float, num_class_tokens: int) -> torch.Tensor:
-    """Return the complex64 table (num_class_tokens + grid_size**2, head_dim // 2) of cos + i sin.
+    """Return the float32 table (num_class_tokens + grid_size**2, head_dim // 2, 2) of (cos, sin).
 
     The class-token rows are all zeros (not cos=1, sin=0), so rotating a class token's query or key
     gives exactly zero: a quirk of the released checkpoints that we keep, since they were trained with it.
@@ -28,15 +28,22 @@ def rope_table_2d(grid_size: int, head_dim: int, base: float, num_class_tokens: 
         ],
         dim=-1,
     ).reshape(grid_size * grid_size, axis_dim)
-    image_rows = torch.polar(torch.ones_like(angles), angles)  # (g*g, head_dim/2) complex64
-    class_rows = torch.zeros(num_class_tokens, axis_dim, dtype=torch.complex64, device="cpu")
+    image_rows = torch.stack([torch.cos(angles), torch.sin(angles)], dim=-1)  # (g*g, head_dim/2, 2)
+    class_rows = torch.zeros(num_class_tokens, axis_dim, 2, device="cpu")
     return torch.cat([class_rows, image_rows], dim=0)
 
 
 def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
-    """Rotate x (B, n, ..., head_dim) by rope (B or 1, n, head_dim // 2) complex, in float32, back to
-    x's dtype; the middle dims (heads, or q/k and heads) share the rotation. Adjacent channels
+    """Rotate x (B, n, ..., head_dim) by rope (B or 1, n, head_dim // 2, 2) of (cos, sin), in float32,
+    back to x's dtype; the middle dims (heads, or q/k and heads) share the rotation. Adjacent channels
     (2i, 2i+1) form rotation plane i, as in the released checkpoints."""
-    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (B, n, ..., head_dim/2)
-    rope = rope.view(*rope.shape[:2], *([1] * (x.ndim - 3)), rope.shape[-1])
-    return torch.view_as_real(pairs * rope).flatten(-2).type_as(x)
+    rope = rope.view(*rope.shape[:2], *([1] * (x.ndim - 3)), *rope.shape[-2:])
+    pairs = x.float().unflatten(-1, (-1, 2))  # (B, n, ..., head_dim/2, 2)
+    if torch.compiler.is_compiling():
+        # Inductor fuses this real arithmetic into one kernel; it cannot generate code for complex ops.
+        even, odd, cos, sin = pairs[..., 0], pairs[..., 1], rope[..., 0], rope[..., 1]
+        rotated = torch.stack([even * cos - odd * sin, odd * cos + even * sin], dim=-1)
+    else:
+        # Eagerly (and in the CUDA graphs of decoding) one complex product is one kernel instead of six.
+        rotated = torch.view_as_real(torch.view_as_complex(pairs) * torch.view_as_complex(rope))
+    return rotated.flatten(-2).type_as(x)
