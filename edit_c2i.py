@@ -8,7 +8,6 @@ Writes one PNG row: the input, the mask (regenerated area darkened) and the resu
 """
 import argparse
 import os
-from functools import partial
 
 import numpy as np
 import torch
@@ -16,10 +15,9 @@ import torch.nn.functional as F
 from torchvision.utils import save_image
 
 from autoregressive import editing
-from autoregressive.fast_generate import FastSampler
-from autoregressive.generate import SamplingConfig, generate
+from autoregressive.generate import SamplingConfig
 from autoregressive.models.arpg import ARPG_models
-from autoregressive.sample_utils import PRECISIONS, load_gpt, load_vq, resolve_device, tokens_to_images
+from autoregressive.sample_utils import PRECISIONS, load_gpt, load_vq, make_sampler, resolve_device, tokens_to_images
 
 TASKS = ("inpaint", "outpaint", "class-edit", "expand")
 
@@ -109,9 +107,8 @@ def main(args) -> None:
                               sample_schedule=args.sample_schedule, temperature=args.temperature,
                               top_k=args.top_k, top_p=args.top_p)
     generator = torch.Generator(device).manual_seed(args.seed)
-    decode = FastSampler(model).generate if device.type == "cuda" else partial(generate, model)
-    sample = lambda labels, known, known_mask: decode(labels, sampling, generator=generator, known=known,
-                                                      known_mask=known_mask)
+    decode = make_sampler(model)
+    sample = lambda labels, known, known_mask: decode(labels, sampling, generator, known=known, known_mask=known_mask)
     grid = model.config.grid_size
     if args.task == "expand":
         results = editing.expand(sample, tokens, args.out_size or grid * 3 // 2, label, args.num_samples)

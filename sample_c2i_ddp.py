@@ -22,6 +22,7 @@ from autoregressive.models.arpg import ARPG_models
 from autoregressive.sample_utils import (PRECISIONS, batch_generator, load_gpt, load_vq, make_sampler,
                                          tokens_to_images)
 from autoregressive.utils.dist import barrier, cleanup, init_distributed
+from autoregressive.utils.files import write_atomic
 from autoregressive.utils.logger import get_logger
 
 
@@ -69,9 +70,7 @@ def folder_name(args, image_size: int, image_size_eval: int) -> str:
 
 
 def save_png_atomic(image: np.ndarray, path: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    Image.fromarray(image).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
 
 
 def pack_npz(folder: str, num_samples: int, num_classes: int) -> str:
@@ -82,9 +81,8 @@ def pack_npz(folder: str, num_samples: int, num_classes: int) -> str:
         raise ValueError(f"{folder} holds images of several sizes {sorted(shapes)}; delete it and sample again")
     arr = np.stack(images).astype(np.uint8)
     labels = np.arange(num_samples, dtype=np.int64) % num_classes
-    path, tmp = f"{folder}.npz", f"{folder}.tmp.npz"
-    np.savez(tmp, arr_0=arr, labels=labels)
-    os.replace(tmp, path)
+    path = f"{folder}.npz"
+    write_atomic(path, lambda tmp: np.savez(tmp, arr_0=arr, labels=labels))
     return path
 
 

@@ -1,4 +1,5 @@
 """Shared pieces of the sampling scripts: loading the models, generating, tokens to images."""
+from functools import partial
 from typing import Optional
 
 import torch
@@ -35,13 +36,15 @@ def load_vq(name: str, ckpt: str, device, dtype=torch.float32):
 
 
 def make_sampler(model, use_fast: bool = True):
-    """A function (labels, sampling, generator) -> tokens: the CUDA-graph path on CUDA, else the loop."""
+    """A function (labels, sampling, generator, **known tokens) -> tokens: the CUDA-graph path on CUDA,
+    else the reference loop; keyword arguments (known, known_mask) go to either."""
     if use_fast and model.embeddings.weight.is_cuda:
         from autoregressive.fast_generate import FastSampler
 
-        fast = FastSampler(model)
-        return lambda labels, sampling, generator: fast.generate(labels, sampling, generator=generator)
-    return lambda labels, sampling, generator: generate(model, labels, sampling, generator=generator)
+        decode = FastSampler(model).generate
+    else:
+        decode = partial(generate, model)
+    return lambda labels, sampling, generator, **kwargs: decode(labels, sampling, generator=generator, **kwargs)
 
 
 def batch_generator(device, global_seed: int, first_index: int) -> torch.Generator:
@@ -50,7 +53,7 @@ def batch_generator(device, global_seed: int, first_index: int) -> torch.Generat
 
 
 @torch.inference_mode()
-def tokens_to_images(tokens: torch.Tensor, grid: int, vq=None, vocab_size: int = 17,
+def tokens_to_images(tokens: torch.Tensor, grid: int, vq, vocab_size: int,
                      out_size: Optional[int] = None) -> torch.Tensor:
     """(B, N) tokens -> (B, H, W, 3) uint8. With a VQ: decode; without: tokens are grey levels
     0..vocab_size-1 (the digits demo). A non-finite decoder output is an error, not a black image."""

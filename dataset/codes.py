@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from autoregressive.utils.files import write_atomic
+
 
 def augmentation_index(seed: int, epoch: int, index: int, num_augmentations: int) -> int:
     """The augmentation a sample uses in an epoch: a pure function of (seed, epoch, index)."""
@@ -37,11 +39,8 @@ def read_codes(path: str, expected_ndim: int) -> np.ndarray:
 
 
 def save_npy_atomic(path: str, array: np.ndarray) -> None:
-    """np.save to a temporary file beside path, then rename: readers never see half a file."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}.npy"
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    """np.save, atomically: readers never see half a file."""
+    write_atomic(path, lambda tmp: np.save(tmp, array))
 
 
 def list_npy(folder: str) -> List[str]:

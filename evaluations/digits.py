@@ -7,9 +7,8 @@ import argparse
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import linalg
-
 from dataset.digits import DIGITS_VOCAB_SIZE, load_digits_split
+from evaluations.c2i import metrics
 
 
 def to_pixels(images: np.ndarray) -> np.ndarray:
@@ -30,10 +29,7 @@ def class_accuracy(classifier, images: np.ndarray, labels: np.ndarray) -> float:
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Frechet distance between Gaussians fitted to feature sets a (M, d) and b (K, d)."""
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean = linalg.sqrtm(cov_a @ cov_b)
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * np.real(covmean)))
+    return metrics.frechet_distance(*metrics.statistics(a), *metrics.statistics(b))
 
 
 @dataclass

@@ -8,6 +8,7 @@ import torch
 import torch.distributed as dist
 
 from autoregressive.utils.dist import is_distributed
+from autoregressive.utils.files import write_atomic
 
 
 def rng_state(device: torch.device) -> Dict[str, torch.Tensor]:
@@ -34,15 +35,8 @@ def gather_rng_states(device: torch.device) -> List[Dict[str, torch.Tensor]]:
 
 
 def save_atomic(payload: Dict[str, Any], path: str) -> None:
-    """torch.save to a temporary file in the same folder, then rename: never a half-written file."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """torch.save, atomically: never a half-written checkpoint."""
+    write_atomic(path, lambda tmp: torch.save(payload, tmp))
 
 
 def checkpoint_path(run_dir: str, step: int) -> str:
