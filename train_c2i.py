@@ -43,8 +43,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dropout-p", type=float, default=d.dropout_p, help="residual and FFN dropout")
     parser.add_argument("--token-dropout-p", type=float, default=d.token_dropout_p, help="input token dropout")
     parser.add_argument("--no-compile", action="store_true", help="do not torch.compile the model (CUDA only)")
-    parser.add_argument("--grad-checkpointing", action="store_true",
-                        help="recompute every layer in the backward pass (less activation memory)")
+    parser.add_argument("--grad-checkpointing", nargs="?", const="all", default=d.grad_checkpointing,
+                        metavar="LAYERS", help="recompute layers in the backward pass (less activation memory): "
+                        "bare or 'all', 'self', 'cross' (one layer kind), or a number n (the first n layers)")
+    parser.add_argument("--data-parallel", choices=["ddp", "fsdp"], default=d.data_parallel,
+                        help="ddp: every GPU holds the model; fsdp: parameters, gradients and optimizer state "
+                             "sharded over GPUs (FSDP2), checkpoints sharded (scripts/convert_checkpoint.py)")
     parser.add_argument("--chunked-loss", action="store_true",
                         help="cross-entropy chunk by chunk without keeping the float32 logits (less memory)")
     parser.add_argument("--mixed-precision", choices=["none", "fp16", "bf16"], default=d.mixed_precision)
@@ -75,7 +79,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         warmup_epochs=args.warmup_epochs, lr_schedule=args.lr_schedule, weight_decay=args.weight_decay,
         betas=[args.beta1, args.beta2], max_grad_norm=args.max_grad_norm, ema=args.ema, dropout_p=args.dropout_p,
         token_dropout_p=args.token_dropout_p, compile=not args.no_compile, mixed_precision=args.mixed_precision,
-        grad_checkpointing=args.grad_checkpointing, chunked_loss=args.chunked_loss,
+        grad_checkpointing=args.grad_checkpointing, data_parallel=args.data_parallel, chunked_loss=args.chunked_loss,
         ckpt_every=args.ckpt_every, log_every=args.log_every, num_workers=args.num_workers,
         global_seed=args.global_seed, vocab_size=args.vocab_size, num_classes=args.num_classes,
         image_size=args.image_size, downsample_size=args.downsample_size, cls_token_num=args.cls_token_num,
@@ -110,7 +114,7 @@ def main(cfg: TrainConfig) -> None:
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    info = init_distributed(cfg.device)
+    info = init_distributed(cfg.device, always_group=cfg.data_parallel == "fsdp")
     if info.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

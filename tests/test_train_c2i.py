@@ -1,5 +1,6 @@
 """train_c2i.py: the official flags, a 2-process gloo run, and exact resume after SIGKILL."""
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -65,41 +66,88 @@ def finish(process, timeout=240):
     return output
 
 
-def final_state(results: Path):
-    checkpoints = sorted((results / "000-ARPG-tiny" / "checkpoints").glob("*.pt"))
-    return torch.load(checkpoints[-1], weights_only=True)
+def final_state(results: Path, tmp_path: Path):
+    """The last checkpoint of the run as one dict; a sharded one is converted to a file first."""
+    from autoregressive.train.checkpoint import convert_sharded_checkpoint, latest_checkpoint, load_checkpoint
+
+    path = latest_checkpoint(str(results / "000-ARPG-tiny"))
+    if path.endswith(".pt"):
+        return torch.load(path, weights_only=True)
+    converted = convert_sharded_checkpoint(path, str(tmp_path / f"{results.name}.pt"))
+    return {**converted, **load_checkpoint(path)}
 
 
-def test_two_process_run_killed_and_resumed_equals_uninterrupted(tmp_path):
-    """9 steps of 2 gloo processes: uninterrupted vs SIGKILL after the step-3 checkpoint and --resume."""
-    codes = tmp_path / "codes"
-    write_codes(codes)  # 36 samples, 8 per step: 4 steps per epoch, so the kill lands mid-epoch
-    finish(launch(codes, tmp_path / "a", ["--max-steps", "9"]))
-
-    killed = launch(codes, tmp_path / "b", ["--max-steps", "9"])
-    first = tmp_path / "b" / "000-ARPG-tiny" / "checkpoints" / "0000003.pt"
+def run_killed_and_resumed(codes: Path, results: Path, extra) -> str:
+    """SIGKILL the run right after its step-3 checkpoint (any later one is removed), then --resume."""
+    killed = launch(codes, results, ["--max-steps", "9", *extra])
+    checkpoints = results / "000-ARPG-tiny" / "checkpoints"
+    first = checkpoints / ("0000003" if "fsdp" in extra else "0000003.pt")
     deadline = time.time() + 240
     while not first.exists() and time.time() < deadline and killed.poll() is None:
         time.sleep(0.05)
     os.killpg(killed.pid, signal.SIGKILL)
     # torchrun's workers may sit in process groups of their own: kill whatever trains into this folder
-    subprocess.run(["pkill", "-9", "-f", str(tmp_path / "b")], check=False)
+    subprocess.run(["pkill", "-9", "-f", str(results)], check=False)
     killed.communicate()
     assert first.exists()
-    for later in first.parent.glob("*.pt"):
+    for later in checkpoints.iterdir():
         if later != first:
-            later.unlink()  # as if the kill came right after the first checkpoint
-    output = finish(launch(codes, tmp_path / "b", ["--max-steps", "9", "--resume"]))
+            shutil.rmtree(later) if later.is_dir() else later.unlink()  # as if killed right after the first
+    return finish(launch(codes, results, ["--max-steps", "9", "--resume", *extra]))
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_process_run_killed_and_resumed_equals_uninterrupted(tmp_path, mode):
+    """9 steps of 2 gloo processes: uninterrupted vs SIGKILL after the step-3 checkpoint and --resume.
+    fsdp: sharded checkpoints, converted to one file at the end."""
+    codes = tmp_path / "codes"
+    write_codes(codes)  # 36 samples, 8 per step: 4 steps per epoch, so the kill lands mid-epoch
+    extra = ["--data-parallel", mode]
+    finish(launch(codes, tmp_path / "a", ["--max-steps", "9", *extra]))
+    output = run_killed_and_resumed(codes, tmp_path / "b", extra)
     assert "resumed from" in output and "step 3" in output
 
-    a, b = final_state(tmp_path / "a"), final_state(tmp_path / "b")
+    a, b = final_state(tmp_path / "a", tmp_path), final_state(tmp_path / "b", tmp_path)
     assert a["step"] == b["step"] == 9 and (a["epoch"], a["batch_in_epoch"]) == (b["epoch"], b["batch_in_epoch"])
     for part in ("model", "ema"):
         for key in a[part]:
             assert torch.equal(a[part][key], b[part][key]), f"{part} {key} differs after resume"
-    for key, state in a["optimizer"]["state"].items():
-        assert torch.equal(state["exp_avg"], b["optimizer"]["state"][key]["exp_avg"])
+    if mode == "ddp":
+        for key, state in a["optimizer"]["state"].items():
+            assert torch.equal(state["exp_avg"], b["optimizer"]["state"][key]["exp_avg"])
     assert len(a["rng"]) == 2
+
+
+def test_fsdp_trains_what_ddp_trains_and_converts_to_a_strictly_loading_file(tmp_path):
+    from autoregressive.models.arpg import ARPG_models
+    from autoregressive.weights import load_model_weights
+
+    codes = tmp_path / "codes"
+    write_codes(codes)
+    finish(launch(codes, tmp_path / "ddp", ["--max-steps", "6"]))
+    finish(launch(codes, tmp_path / "fsdp", ["--max-steps", "6", "--data-parallel", "fsdp"]))
+    sharded = tmp_path / "fsdp" / "000-ARPG-tiny" / "checkpoints" / "0000006"
+    converted = tmp_path / "converted.pt"
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "convert_checkpoint.py"), str(sharded),
+                             str(converted)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    ddp = torch.load(tmp_path / "ddp" / "000-ARPG-tiny" / "checkpoints" / "0000006.pt", weights_only=True)
+    fsdp = torch.load(converted, weights_only=True)
+    assert fsdp["model"].keys() == ddp["model"].keys() and "layers.self_dec.0.attn.to_q.weight" in fsdp["model"]
+    for part in ("model", "ema"):
+        for key in ddp[part]:  # the same run; only the gradient reduction differs
+            assert torch.allclose(fsdp[part][key], ddp[part][key], atol=1e-5), (part, key)
+    model = ARPG_models["ARPG-tiny"](vocab_size=32, num_classes=3, block_size=16)
+    load_model_weights(model, str(converted), entry="ema")  # strict
+    assert torch.equal(model.state_dict()["head.weight"], fsdp["ema"]["head.weight"])
+
+
+def test_a_checkpoint_resumes_only_with_the_data_parallel_mode_that_wrote_it(tmp_path):
+    codes = tmp_path / "codes"
+    write_codes(codes)
+    finish(launch(codes, tmp_path / "a", ["--max-steps", "3", "--data-parallel", "fsdp"]))
+    output, _ = launch(codes, tmp_path / "a", ["--max-steps", "6", "--resume"]).communicate(timeout=240)
+    assert "resume it with --data-parallel fsdp" in output
 
 
 def test_bare_resume_without_checkpoints_starts_a_new_run(tmp_path):

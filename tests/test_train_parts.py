@@ -63,3 +63,18 @@ def test_ema_starts_equal_and_moves_toward_the_model():
     before = ema.head.weight.clone()
     update_ema(ema, model, decay=0.9)
     assert torch.allclose(ema.head.weight, before + 0.1)
+
+
+def test_latest_checkpoint_takes_files_and_complete_sharded_folders(tmp_path):
+    from autoregressive.train.checkpoint import TRAINER_FILE, latest_checkpoint
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    torch.save({}, folder / "0000010.pt")
+    (folder / "0000020").mkdir()
+    (folder / "0000020" / TRAINER_FILE).write_bytes(b"")
+    assert latest_checkpoint(str(tmp_path)).endswith("0000020")
+    (folder / "0000030.tmp").mkdir()  # a save that was killed half-way
+    (folder / "0000040").mkdir()  # no trainer.pt: incomplete
+    (folder / "0000050.tmp123.pt").write_bytes(b"")
+    assert latest_checkpoint(str(tmp_path)).endswith("0000020")

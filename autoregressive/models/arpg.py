@@ -21,9 +21,11 @@ Not in the release: `learned_pos_embed` adds a learned absolute embedding to eac
 target query. The relative RoPE alone makes the model translation invariant, which is fatal on tiny
 centred images (the 8x8 digits demo); it is off for ARPG-L/XL/XXL so their state dicts stay official.
 """
+import contextlib
 import math
+import threading
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -54,7 +56,9 @@ class ARPGConfig:
     ffn_dropout_p: float = 0.1
     class_dropout_prob: float = 0.1  # label dropped to "no class" in training, for guidance
     learned_pos_embed: bool = False  # absolute positions; not in the released models (see above)
-    grad_checkpointing: bool = False  # recompute each layer in the backward pass (training memory)
+    # Layers recomputed in the backward pass (training memory): "none", "all", "self" (the
+    # self-attention layers), "cross", or a number n: the first n layers in compute order.
+    grad_checkpointing: Union[str, bool] = "none"
 
     def __post_init__(self):
         if self.dim % self.n_head:
@@ -65,6 +69,18 @@ class ARPGConfig:
             raise ValueError(f"block_size must be a square number of tokens, got {self.block_size}")
         if self.head_dim % 4:
             raise ValueError(f"head dim {self.head_dim} must be divisible by 4 for 2-D RoPE")
+        spec = {True: "all", False: "none"}.get(self.grad_checkpointing, str(self.grad_checkpointing))
+        if spec not in ("none", "all", "self", "cross") and not (spec.isdigit() and int(spec) <= self.n_layer):
+            raise ValueError(f"grad_checkpointing must be none, all, self, cross or a number of layers "
+                             f"0..{self.n_layer}, got {self.grad_checkpointing!r}")
+        object.__setattr__(self, "grad_checkpointing", spec)
+
+    def checkpoints_layer(self, index: int) -> bool:
+        """Whether layer `index` in compute order (self-attention layers first) is recomputed."""
+        spec, num_self = self.grad_checkpointing, self.n_layer // 2
+        if spec.isdigit():
+            return index < int(spec)
+        return spec == "all" or (spec == "self" and index < num_self) or (spec == "cross" and index >= num_self)
 
     @property
     def head_dim(self) -> int:
@@ -103,12 +119,29 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), eps=self.eps) * self.weight
 
 
+_NAMES = threading.local()
+
+
+@contextlib.contextmanager
+def fused_state_dict_names():
+    """State dicts taken or loaded inside keep the fused weights (`qkv`, `w13`, `to_kv`) as they are:
+    what sharded (FSDP) checkpoints hold, since splitting a sharded tensor would gather it."""
+    previous = getattr(_NAMES, "fused", False)
+    _NAMES.fused = True
+    try:
+        yield
+    finally:
+        _NAMES.fused = previous
+
+
 def keep_official_names(module: nn.Module, fused: str, parts: Tuple[str, ...]) -> None:
     """`module.<fused>` computes the bias-free projections `parts` of one input as one matmul; its
     weight is their row-wise concatenation. The state dict still holds `<part>.weight` tensors, so the
     released checkpoints load unchanged and ours keep their format."""
 
     def split_on_save(mod, state_dict, prefix, local_metadata):
+        if getattr(_NAMES, "fused", False):
+            return state_dict
         fused_weight = state_dict.pop(prefix + fused + ".weight")
         for name, piece in zip(parts, fused_weight.chunk(len(parts))):
             state_dict[prefix + name + ".weight"] = piece.detach().clone()  # own storage, for safetensors
@@ -116,7 +149,7 @@ def keep_official_names(module: nn.Module, fused: str, parts: Tuple[str, ...]) -
 
     def merge_on_load(state_dict, prefix, *args):
         keys = [prefix + name + ".weight" for name in parts]
-        if all(key in state_dict for key in keys):
+        if not getattr(_NAMES, "fused", False) and all(key in state_dict for key in keys):
             state_dict[prefix + fused + ".weight"] = torch.cat([state_dict.pop(key) for key in keys])
 
     module._register_state_dict_hook(split_on_save)
@@ -217,13 +250,14 @@ class TwoPassDecoder(nn.Module):
         super().__init__()
         self.n_head = config.n_head
         self.attn_dropout_p = config.attn_dropout_p
-        self.grad_checkpointing = config.grad_checkpointing
         num_each = config.n_layer // 2
         self.self_dec = nn.ModuleList([DecoderLayer(config, SelfAttention(config)) for _ in range(num_each)])
         self.cross_dec = nn.ModuleList([DecoderLayer(config, CrossAttention(config)) for _ in range(num_each)])
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.to_kv = nn.Linear(config.dim, 2 * config.dim, bias=False)  # the shared set's to_k, to_v
         keep_official_names(self, "to_kv", ("to_k", "to_v"))
+        for index, layer in enumerate([*self.self_dec, *self.cross_dec]):
+            layer.recompute = config.checkpoints_layer(index)
 
     def forward(self, x, queries, known_rope, query_rope, causal: bool, training: bool,
                 cache: Optional[KVCache] = None):
@@ -249,8 +283,8 @@ class TwoPassDecoder(nn.Module):
         return queries
 
     def run(self, layer: nn.Module, x, training: bool, **kwargs):
-        """One layer, recomputed in the backward pass when training with grad_checkpointing."""
-        if training and self.grad_checkpointing and torch.is_grad_enabled():
+        """One layer, recomputed in the backward pass if the config says so (training only)."""
+        if training and layer.recompute and torch.is_grad_enabled():
             return checkpoint(layer, x, training, use_reentrant=False, **kwargs)
         return layer(x, training, **kwargs)
 

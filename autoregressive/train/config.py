@@ -25,7 +25,8 @@ class TrainConfig:
     dropout_p: float = 0.1
     token_dropout_p: float = 0.1
     compile: bool = True
-    grad_checkpointing: bool = False  # recompute layers in the backward pass: less memory, more compute
+    grad_checkpointing: str = "none"  # layers recomputed in the backward pass: none, all, self, cross or a number
+    data_parallel: str = "ddp"  # 'ddp' (replicated) or 'fsdp' (sharded parameters, gradients, optimizer state)
     chunked_loss: bool = False  # cross-entropy chunk by chunk, never keeping the (B, N, V) float32 logits
     mixed_precision: str = "bf16"  # on CUDA: autocast dtype ('none', 'bf16', 'fp16')
     ckpt_every: int = 5000
@@ -43,6 +44,8 @@ class TrainConfig:
     device: str = "auto"
 
     def __post_init__(self):
+        if self.data_parallel not in ("ddp", "fsdp"):
+            raise ValueError(f"--data-parallel must be ddp or fsdp, got {self.data_parallel!r}")
         if self.gradient_accumulation_steps < 1:
             raise ValueError("--gradient-accumulation-steps must be >= 1")
         if self.image_size % self.downsample_size:

@@ -7,15 +7,16 @@ import time
 from typing import Optional
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from autoregressive.models.arpg import ARPG_models
-from autoregressive.train.checkpoint import (checkpoint_path, gather_rng_states, latest_checkpoint, load_checkpoint,
-                                             save_atomic, set_rng_state)
+from autoregressive.train.checkpoint import (checkpoint_path, gather_rng_states, is_sharded_checkpoint,
+                                             latest_checkpoint, load_checkpoint, load_sharded, save_atomic,
+                                             save_sharded, set_rng_state)
 from autoregressive.train.config import TrainConfig
 from autoregressive.train.ema import create_ema, update_ema
 from autoregressive.train.optim import build_optimizer, learning_rate_at, set_learning_rate
+from autoregressive.train.parallel import shard_model, skip_gradient_sync, wrap_for_training
 from autoregressive.utils.dist import DistInfo, all_reduce_mean, barrier
 from autoregressive.utils.logger import get_logger
 
@@ -84,8 +85,18 @@ class Trainer:
             raise ValueError(f"--global-batch-size {cfg.global_batch_size} must divide by world size "
                              f"{info.world_size} x --gradient-accumulation-steps {cfg.gradient_accumulation_steps}")
         self.micro_batch = cfg.global_batch_size // (info.world_size * cfg.gradient_accumulation_steps)
-        self.model = build_model(cfg).to(info.device)
+        # The same initial weights on every rank (FSDP keeps each rank's shard of its own copy; DDP
+        # would broadcast rank 0's), without touching the per-rank random stream.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.global_seed)
+            self.model = build_model(cfg).to(info.device)
         self.ema = create_ema(self.model) if cfg.ema else None
+        self.sharded = cfg.data_parallel == "fsdp"
+        # Compile and wrap before the optimizer exists: FSDP replaces the parameters by sharded ones.
+        self.train_model = wrap_for_training(self.model, cfg.data_parallel, info,
+                                             compile_model=cfg.compile and info.device.type == "cuda")
+        if self.sharded and self.ema is not None:
+            shard_model(self.ema)
         self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, cfg.betas, info.device.type == "cuda")
         self.sampler = ResumableSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
                                         seed=cfg.global_seed, drop_last=True)
@@ -103,29 +114,35 @@ class Trainer:
         dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float16
         self.autocast = (lambda: torch.autocast("cuda", dtype=dtype)) if use_amp else contextlib.nullcontext
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_amp and cfg.mixed_precision == "fp16")
-        self.train_model = self.model
-        if cfg.compile and info.device.type == "cuda":
-            self.train_model = torch.compile(self.model)
-        if info.world_size > 1:
-            ids = [info.device.index] if info.device.type == "cuda" else None
-            self.train_model = DistributedDataParallel(self.train_model, device_ids=ids)
+
+    def trainer_state(self) -> dict:
+        """Everything but the weights and optimizer: progress, config and every rank's RNG (collective)."""
+        cfg = self.cfg
+        return {"step": self.progress.step, "epoch": self.progress.epoch,
+                "batch_in_epoch": self.progress.batch_in_epoch, "config": dataclasses.asdict(cfg),
+                "model_name": cfg.gpt_model, "rng": gather_rng_states(self.info.device)}
 
     def state(self) -> dict:
-        cfg = self.cfg
-        payload = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                   "step": self.progress.step, "epoch": self.progress.epoch,
-                   "batch_in_epoch": self.progress.batch_in_epoch, "config": dataclasses.asdict(cfg),
-                   "model_name": cfg.gpt_model, "rng": gather_rng_states(self.info.device)}
+        """The single-file checkpoint of a DDP run."""
+        payload = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), **self.trainer_state()}
         if self.ema is not None:
             payload["ema"] = self.ema.state_dict()
         return payload
 
     def restore(self, path: str) -> None:
+        sharded_file = is_sharded_checkpoint(path)
+        if sharded_file != self.sharded:
+            written, wanted = ("fsdp", "ddp") if sharded_file else ("ddp", "fsdp")
+            raise ValueError(f"{path} was written by a --data-parallel {written} run; resume it with "
+                             f"--data-parallel {written} (this run uses {wanted})")
         checkpoint = load_checkpoint(path)
-        self.model.load_state_dict(checkpoint["model"], strict=True)
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
-        if self.ema is not None:
-            self.ema.load_state_dict(checkpoint.get("ema", checkpoint["model"]), strict=True)
+        if self.sharded:
+            load_sharded(path, self.model, self.optimizer, self.ema)
+        else:
+            self.model.load_state_dict(checkpoint["model"], strict=True)
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+            if self.ema is not None:
+                self.ema.load_state_dict(checkpoint.get("ema", checkpoint["model"]), strict=True)
         self.progress = Progress(checkpoint["step"], checkpoint["epoch"], checkpoint["batch_in_epoch"])
         states = checkpoint["rng"]
         if len(states) != self.info.world_size:
@@ -134,8 +151,11 @@ class Trainer:
         set_rng_state(states[self.info.rank], self.info.device)
 
     def save(self, run_dir: str) -> str:
+        path = checkpoint_path(run_dir, self.progress.step, sharded=self.sharded)
+        if self.sharded:
+            save_sharded(path, self.model, self.optimizer, self.ema, self.trainer_state(), self.info.is_main)
+            return path
         payload = self.state()  # every rank takes part in gathering the RNG states
-        path = checkpoint_path(run_dir, self.progress.step)
         if self.info.is_main:
             save_atomic(payload, path)
         barrier()
@@ -147,9 +167,7 @@ class Trainer:
         for index, (codes, labels) in enumerate(batches):
             codes = codes.to(self.info.device, non_blocking=True)
             labels = labels.to(self.info.device, non_blocking=True)
-            last = index == len(batches) - 1
-            sync = contextlib.nullcontext() if last or self.info.world_size == 1 else self.train_model.no_sync()
-            with sync:
+            with skip_gradient_sync(self.train_model, skip=index < len(batches) - 1):
                 with self.autocast():
                     _, loss = self.train_model(codes, labels, targets=codes, return_logits=not cfg.chunked_loss)
                 self.scaler.scale(loss / len(batches)).backward()

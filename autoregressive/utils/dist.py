@@ -20,10 +20,11 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed(device: str = "auto") -> DistInfo:
+def init_distributed(device: str = "auto", always_group: bool = False) -> DistInfo:
     """Join the torchrun process group if there is one; pick the device.
 
     device: "auto" (CUDA if available, else CPU), "cuda" or "cpu". NCCL serves CUDA, gloo the CPU.
+    always_group: under torchrun, make a process group even for one process (FSDP needs one).
     """
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda and not torch.cuda.is_available():
@@ -36,7 +37,8 @@ def init_distributed(device: str = "auto") -> DistInfo:
         torch_device = torch.device("cuda", local_rank)
     else:
         torch_device = torch.device("cpu")
-    if world_size > 1 and not dist.is_initialized():
+    launched = "MASTER_ADDR" in os.environ and "RANK" in os.environ
+    if (world_size > 1 or (always_group and launched)) and not dist.is_initialized():
         backend = "nccl" if use_cuda else "gloo"
         kwargs = {"device_id": torch_device} if use_cuda else {}
         dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30), **kwargs)

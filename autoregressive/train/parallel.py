@@ -1,0 +1,86 @@
+"""Data parallelism for training: DDP (every rank holds the whole model) or FSDP2 (parameters,
+gradients and optimizer state sharded over ranks, gathered layer by layer).
+
+FSDP keeps float32 parameters and the trainer keeps its bf16 autocast, so a sharded run computes what
+the DDP run computes; only the order of the gradient reduction differs.
+"""
+import contextlib
+from typing import List
+
+import torch
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+
+from autoregressive.utils.dist import DistInfo, is_distributed
+
+DATA_PARALLEL_MODES = ("ddp", "fsdp")
+
+
+def _fully_shard():
+    try:
+        from torch.distributed.fsdp import fully_shard  # torch >= 2.6
+    except ImportError:  # torch 2.4 / 2.5 ship FSDP2 under its first name
+        from torch.distributed._composable.fsdp import fully_shard
+    return fully_shard
+
+
+def decoder_layers(model: nn.Module) -> List[nn.Module]:
+    """The transformer blocks of an ARPG model, in compute order: the units of sharding and compile."""
+    return [*model.layers.self_dec, *model.layers.cross_dec]
+
+
+def shard_model(model: nn.Module, compile_layers: bool = False) -> nn.Module:
+    """Apply FSDP2 in place: one unit per decoder layer, the rest (embeddings, head, norms) at the root.
+    compile_layers: torch.compile each layer before sharding (whole-model compile of an FSDP2 model
+    needs newer torch than we support)."""
+    fully_shard = _fully_shard()
+    for layer in decoder_layers(model):
+        if compile_layers:
+            layer.compile()
+        fully_shard(layer)
+    fully_shard(model)
+    return model
+
+
+def is_sharded(model: nn.Module) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch < 2.5
+        from torch.distributed._tensor import DTensor
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def wrap_for_training(model: nn.Module, mode: str, info: DistInfo, compile_model: bool) -> nn.Module:
+    """The module the training step calls. ddp: compile, then DDP when there are several ranks.
+    fsdp: shard `model` in place (compiling its layers); the returned module is `model` itself."""
+    if mode not in DATA_PARALLEL_MODES:
+        raise ValueError(f"--data-parallel must be one of {DATA_PARALLEL_MODES}, got {mode!r}")
+    if mode == "fsdp":
+        if not is_distributed():
+            raise ValueError("--data-parallel fsdp needs a process group: launch with torchrun "
+                             "(torchrun --nproc_per_node=1 works on one GPU)")
+        return shard_model(model, compile_layers=compile_model)
+    train_model = torch.compile(model) if compile_model else model
+    if info.world_size > 1:
+        ids = [info.device.index] if info.device.type == "cuda" else None
+        train_model = DistributedDataParallel(train_model, device_ids=ids)
+    return train_model
+
+
+@contextlib.contextmanager
+def skip_gradient_sync(train_model: nn.Module, skip: bool):
+    """Accumulate gradients locally (no reduction across ranks) inside, when `skip`: the micro-batches
+    before the last one of an optimizer step."""
+    if not skip:
+        yield
+    elif isinstance(train_model, DistributedDataParallel):
+        with train_model.no_sync():
+            yield
+    elif hasattr(train_model, "set_requires_gradient_sync"):  # FSDP2
+        train_model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            train_model.set_requires_gradient_sync(True)
+    else:  # one process: nothing is reduced anyway
+        yield
