@@ -1,10 +1,18 @@
-"""Training throughput on one GPU: forward, backward and fused AdamW step on random codes, bf16
-autocast, compiled, as train_c2i.py runs it. Prints img/s and peak memory, and checks numerics: the
-loss of one fixed batch (fixed orders, eval mode: no dropout) in bf16 against the eager float32 path.
+"""Training throughput on one GPU: forward, backward, gradient clipping and fused AdamW on random codes,
+bf16 autocast, compiled, as train_c2i.py runs it. Prints, per model, batch and data-parallel mode,
+img/s (median of the repetitions), peak memory and MFU (model FLOPs: recomputation not counted), and
+checks numerics: the loss of one fixed batch (fixed orders, eval mode: no dropout) in bf16, eager and
+compiled, against the eager float32 path.
 
-    python scripts/bench_train.py --gpt-model ARPG-L --batch-size 128
+    python scripts/bench_train.py --models ARPG-L --batch-sizes 128
+    python scripts/bench_train.py --models ARPG-L,ARPG-XL,ARPG-XXL --batch-sizes 64,128 --modes ddp,fsdp
+    python scripts/bench_train.py --models ARPG-XXL --batch-sizes 128 --chunked-loss --grad-checkpointing 32
+
+ddp at world size 1 is the compiled model itself (train_c2i.py wraps DDP only for several ranks);
+fsdp is FSDP2 with every layer compiled and sharded over a one-process group.
 """
 import argparse
+import gc
 import os
 import statistics
 import sys
@@ -16,6 +24,24 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from autoregressive.models.arpg import ARPG_models  # noqa: E402
 from autoregressive.train.optim import build_optimizer  # noqa: E402
+from autoregressive.train.parallel import shard_model  # noqa: E402
+
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, SXM
+
+
+def peak_tflops() -> float:
+    name = torch.cuda.get_device_name()
+    return next((value for key, value in PEAK_BF16_TFLOPS.items() if key in name), float("nan"))
+
+
+def flops_per_image(model) -> float:
+    """Forward + backward model FLOPs of one image: 6 x (parameters used in matmuls) x tokens, plus
+    the causal attention scores and weighted sums of every layer."""
+    config = model.config
+    matmul_params = sum(p.numel() for name, p in model.named_parameters() if p.ndim == 2 and "embeddings" not in name)
+    tokens = config.block_size
+    attention = config.n_layer * 2 * tokens * tokens * config.dim  # causal: half of 2 matmuls x 2 n^2 D
+    return 6 * matmul_params * tokens + 3 * attention
 
 
 def fixed_batch_loss(model, codes, labels, orders, autocast: bool) -> float:
@@ -26,31 +52,26 @@ def fixed_batch_loss(model, codes, labels, orders, autocast: bool) -> float:
     return loss.item()
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--gpt-model", default="ARPG-L", choices=list(ARPG_models))
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per repetition")
-    parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--no-compile", action="store_true")
-    parser.add_argument("--chunked-loss", action="store_true", help="cross-entropy without keeping the logits")
-    parser.add_argument("--grad-checkpointing", action="store_true", help="recompute layers in the backward pass")
-    args = parser.parse_args()
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
+def bench_one(name: str, batch: int, mode: str, args) -> dict:
     device = torch.device("cuda")
     torch.manual_seed(0)
-    model = ARPG_models[args.gpt_model](grad_checkpointing=args.grad_checkpointing).to(device)
+    model = ARPG_models[name](grad_checkpointing=args.grad_checkpointing).to(device)
     torch.nn.init.normal_(model.head.weight, std=0.02)
     config = model.config
-    codes = torch.randint(0, config.vocab_size, (args.batch_size, config.block_size), device=device)
-    labels = torch.randint(0, config.num_classes, (args.batch_size,), device=device)
-    orders = torch.rand(args.batch_size, config.block_size, device=device).argsort(1)
-    eager_fp32 = fixed_batch_loss(model, codes, labels, orders, autocast=False)
-    eager_bf16 = fixed_batch_loss(model, codes, labels, orders, autocast=True)
-
+    codes = torch.randint(0, config.vocab_size, (batch, config.block_size), device=device)
+    labels = torch.randint(0, config.num_classes, (batch,), device=device)
+    result = {"model": name, "batch": batch, "mode": mode, "flops": flops_per_image(model)}
+    if args.check_loss:
+        orders = torch.rand(batch, config.block_size, device=device).argsort(1)
+        result["loss_fp32"] = fixed_batch_loss(model, codes, labels, orders, autocast=False)
+        result["loss_bf16"] = fixed_batch_loss(model, codes, labels, orders, autocast=True)
+    if mode == "fsdp":
+        train_model = shard_model(model, compile_layers=not args.no_compile)
+    else:
+        train_model = model if args.no_compile else torch.compile(model)
+    if args.check_loss:
+        result["loss_compiled"] = fixed_batch_loss(train_model, codes, labels, orders, autocast=True)
     optimizer = build_optimizer(model, 1e-4, 0.05, (0.9, 0.95), fused=True)
-    train_model = model if args.no_compile else torch.compile(model)
 
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -60,27 +81,77 @@ def main():
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    compiled_bf16 = fixed_batch_loss(train_model, codes, labels, orders, autocast=True)
-    for _ in range(3):  # compile and warm up
-        step()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    rates = []
-    for _ in range(args.reps):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(args.steps):
+    try:
+        for _ in range(3):  # compile and warm up
             step()
         torch.cuda.synchronize()
-        rates.append(args.steps * args.batch_size / (time.perf_counter() - start))
-    peak = torch.cuda.max_memory_allocated() / 2**30
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
-    print("| model | batch | compiled | chunked loss | grad checkpointing | img/s (median) | peak GiB |")
-    print("|---|---|---|---|---|---|---|")
-    print(f"| {args.gpt_model} | {args.batch_size} | {not args.no_compile} | {args.chunked_loss} | "
-          f"{args.grad_checkpointing} | {statistics.median(rates):.0f} | {peak:.1f} |")
-    print(f"loss of a fixed batch: eager float32 {eager_fp32:.5f}, eager bf16 {eager_bf16:.5f}, "
-          f"compiled bf16 {compiled_bf16:.5f}")
+        torch.cuda.reset_peak_memory_stats()
+        rates = []
+        for _ in range(args.reps):
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                step()
+            torch.cuda.synchronize()
+            rates.append(args.steps * batch / (time.perf_counter() - start))
+        result["img_s"] = statistics.median(rates)
+        result["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    except torch.OutOfMemoryError:
+        result["img_s"], result["peak_gib"] = None, None
+    del model, train_model, optimizer
+    gc.collect()
+    torch._dynamo.reset()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    return result
+
+
+def init_one_process_group() -> None:
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29517")
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    torch.distributed.init_process_group("nccl", device_id=torch.device("cuda", 0))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="ARPG-L", help="comma-separated, from " + ", ".join(ARPG_models))
+    parser.add_argument("--batch-sizes", default="128", help="comma-separated batch sizes per GPU")
+    parser.add_argument("--modes", default="ddp", help="comma-separated: ddp, fsdp")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per repetition")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--chunked-loss", action="store_true", help="cross-entropy without keeping the logits")
+    parser.add_argument("--grad-checkpointing", default="none",
+                        help="layers recomputed in the backward pass: none, all, self, cross or a number")
+    parser.add_argument("--no-check-loss", dest="check_loss", action="store_false",
+                        help="skip the fixed-batch loss check (saves the memory of the float32 forward)")
+    args = parser.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.cuda.set_device(0)
+    modes = args.modes.split(",")
+    if "fsdp" in modes:
+        init_one_process_group()
+    results = [bench_one(name, int(batch), mode, args) for name in args.models.split(",")
+               for batch in args.batch_sizes.split(",") for mode in modes]
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, bf16 autocast, "
+          f"{'eager' if args.no_compile else 'compiled'}, chunked loss {args.chunked_loss}, "
+          f"grad checkpointing {args.grad_checkpointing}")
+    print("| model | batch / GPU | mode | img/s (median) | peak GiB | MFU |")
+    print("|---|---|---|---|---|---|")
+    for r in results:
+        if r["img_s"] is None:
+            print(f"| {r['model']} | {r['batch']} | {r['mode']} | out of memory | - | - |")
+            continue
+        mfu = r["img_s"] * r["flops"] / (peak_tflops() * 1e12)
+        print(f"| {r['model']} | {r['batch']} | {r['mode']} | {r['img_s']:.0f} | {r['peak_gib']:.1f} | {100 * mfu:.1f}% |")
+    for r in results:
+        if "loss_fp32" in r:
+            print(f"{r['model']} b{r['batch']} {r['mode']}: loss of a fixed batch: eager float32 {r['loss_fp32']:.5f}, "
+                  f"eager bf16 {r['loss_bf16']:.5f}, compiled bf16 {r['loss_compiled']:.5f}")
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
