@@ -30,6 +30,7 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
 from autoregressive.models.kv_cache import KVCache
@@ -177,6 +178,12 @@ def attend(q, k, v, causal: bool, dropout_p: float = 0.0):
     entries, or, in cross-attention, the targets after the class tokens).
     """
     n_q, n_k = q.shape[2], k.shape[2]
+    if not causal and q.is_cuda and n_q <= 8 and n_k <= 128:
+        # Decoding reads a short cache with a few queries per row: the memory-efficient kernel does
+        # that 1.3-1.45x faster than cuDNN's on an H100 (equal from ~160 keys on). A fixed rule of the
+        # shapes, so the reference loop and the CUDA-graph path pick the same kernel and agree exactly.
+        with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION]):
+            return F.scaled_dot_product_attention(q, k, v)
     if not causal or n_q == n_k:
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout_p)
     allowed = torch.ones(n_q, n_k, dtype=torch.bool, device=q.device).tril(diagonal=n_k - n_q)
