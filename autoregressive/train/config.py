@@ -27,7 +27,7 @@ class TrainConfig:
     compile: bool = True
     grad_checkpointing: str = "none"  # layers recomputed in the backward pass: none, all, self, cross or a number
     data_parallel: str = "ddp"  # 'ddp' (replicated) or 'fsdp' (sharded parameters, gradients, optimizer state)
-    chunked_loss: bool = False  # cross-entropy chunk by chunk, never keeping the (B, N, V) float32 logits
+    chunked_loss: bool = True  # cross-entropy chunk by chunk, never keeping the (B, N, V) float32 logits
     mixed_precision: str = "bf16"  # on CUDA: autocast dtype ('none', 'bf16', 'fp16')
     ckpt_every: int = 5000
     log_every: int = 100
