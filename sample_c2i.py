@@ -39,6 +39,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--codebook-size", type=int, default=None, help="default: the model size's")
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     parser.add_argument("--out", default="samples/grid.png")
+    parser.add_argument("--fused", action="store_true",
+                        help="compile the layers too (CUDA): faster, logits close to, not equal to, the reference's")
     return parser
 
 def main(args) -> None:
@@ -52,7 +54,7 @@ def main(args) -> None:
     sampling = SamplingConfig(num_steps=args.step, cfg_scale=args.cfg_scale, cfg_schedule=args.cfg_schedule,
                               sample_schedule=args.sample_schedule, temperature=args.temperature,
                               top_k=args.top_k, top_p=args.top_p)
-    tokens = make_sampler(model)(labels, sampling, torch.Generator(device).manual_seed(args.seed))
+    tokens = make_sampler(model, fuse=args.fused)(labels, sampling, torch.Generator(device).manual_seed(args.seed))
     vq = load_vq(args.vq_model, args.vq_ckpt, device) if args.vq_ckpt else None
     images = tokens_to_images(tokens, model.config.grid_size, vq, model.config.vocab_size)
 

@@ -38,6 +38,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compile", action="store_true", default=True,
                         help="the CUDA-graph fast sampler (default; same tokens as the reference loop)")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="use the reference loop")
+    parser.add_argument("--fused", action="store_true",
+                        help="also compile the layers: faster (ARPG-L 1.2-1.25x on an H100), logits close to but "
+                             "not bitwise equal to the reference loop's, so samples differ where tokens nearly tie")
     parser.add_argument("--vq-model", default="VQ-16")
     parser.add_argument("--vq-ckpt", default=None, help="VQ checkpoint; not needed for the digits model")
     parser.add_argument("--codebook-size", type=int, default=None, help="default: the model size's (16384)")
@@ -116,7 +119,7 @@ def main(args) -> None:
     sampling = SamplingConfig(num_steps=args.step, cfg_scale=args.cfg_scale, cfg_schedule=args.cfg_schedule,
                               sample_schedule=args.sample_schedule, temperature=args.temperature,
                               top_k=args.top_k, top_p=args.top_p)
-    sampler = make_sampler(model, use_fast=args.compile)
+    sampler = make_sampler(model, use_fast=args.compile, fuse=args.fused)
     batch, total = args.per_proc_batch_size, args.num_fid_samples
     my_batches = range(info.rank, math.ceil(total / batch), info.world_size)
     logger.info(f"sampling {total} images into {folder} ({len(my_batches)} batches of {batch} on rank 0)")

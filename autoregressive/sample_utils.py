@@ -35,13 +35,14 @@ def load_vq(name: str, ckpt: str, device, dtype=torch.float32):
     return vq.to(device=device, dtype=dtype, memory_format=torch.channels_last).eval()
 
 
-def make_sampler(model, use_fast: bool = True):
+def make_sampler(model, use_fast: bool = True, fuse: bool = False):
     """A function (labels, sampling, generator, **known tokens) -> tokens: the CUDA-graph path on CUDA,
-    else the reference loop; keyword arguments (known, known_mask) go to either."""
+    else the reference loop; keyword arguments (known, known_mask) go to either. fuse: compile the
+    layers too (faster; logits close to, not equal to, the reference loop's)."""
     if use_fast and model.embeddings.weight.is_cuda:
         from autoregressive.fast_generate import FastSampler
 
-        decode = FastSampler(model).generate
+        decode = FastSampler(model, fuse=fuse).generate
     else:
         decode = partial(generate, model)
     return lambda labels, sampling, generator, **kwargs: decode(labels, sampling, generator=generator, **kwargs)

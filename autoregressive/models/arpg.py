@@ -210,13 +210,18 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(config.dim, config.dim, bias=False)
         keep_official_names(self, "qkv", ("to_q", "to_k", "to_v"))
 
-    def forward(self, x, rope, causal: bool, dropout_p: float, cache: Optional[KVCache], cache_index: int):
+    def project(self, x, rope):
+        """Normalised input (B, n, D) -> rotated q, k and plain v, each (B, H, n, d)."""
         qkv = self.qkv(x).unflatten(-1, (3, self.n_head, -1))  # (B, n, 3, H, d)
         qk = apply_rope(qkv[:, :, :2], rope)  # q and k rotated in one pass
-        q, k, v = qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)  # (B, H, n, d)
+        return qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
+
+    def attend(self, projected, causal: bool, dropout_p: float, cache: Optional[KVCache] = None,
+               cache_index: int = 0):
+        q, k, v = projected
         if cache is not None:
             k, v = cache.write(cache_index, k, v)  # (B, H, cached + n, d)
-        return self.proj(merge_heads(attend(q, k, v, causal, dropout_p)))
+        return attend(q, k, v, causal, dropout_p)
 
 
 class CrossAttention(nn.Module):
@@ -228,13 +233,21 @@ class CrossAttention(nn.Module):
         self.to_q = nn.Linear(config.dim, config.dim, bias=False)
         self.proj = nn.Linear(config.dim, config.dim, bias=False)
 
-    def forward(self, x, k, v, query_rope, causal: bool, dropout_p: float):
-        q = apply_rope(split_heads(self.to_q(x), self.n_head), query_rope).transpose(1, 2)
-        return self.proj(merge_heads(attend(q, k, v, causal, dropout_p)))
+    def project(self, x, rope):
+        """Normalised queries (B, m, D) rotated with their targets' positions -> (B, H, m, d)."""
+        return apply_rope(split_heads(self.to_q(x), self.n_head), rope).transpose(1, 2)
+
+    def attend(self, q, k, v, causal: bool, dropout_p: float):
+        return attend(q, k, v, causal, dropout_p)
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm block: x + attn(norm(x)), then + ffn(norm(.)), with residual dropout."""
+    """Pre-norm block: x + proj(attn(norm(x))), then + ffn(norm(.)), with residual dropout.
+
+    Split in three for decoding: `before_attention` (norm, projections, RoPE) and `after_attention`
+    (output projection, residuals, FFN) touch no cache, so `fuse_for_decoding` can compile them; the
+    attention with its cache writes stays between them.
+    """
 
     def __init__(self, config: ARPGConfig, attention: nn.Module):
         super().__init__()
@@ -244,10 +257,19 @@ class DecoderLayer(nn.Module):
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
         self.resid_dropout_p = config.resid_dropout_p
         self.ffn_dropout_p = config.ffn_dropout_p
+        self.fused = None  # (before, after) compiled for decoding, see fuse_for_decoding
 
-    def forward(self, x, training: bool, **attn_kwargs):
-        h = x + F.dropout(self.attn(self.attn_norm(x), **attn_kwargs), self.resid_dropout_p, training)
+    def before_attention(self, x, rope):
+        return self.attn.project(self.attn_norm(x), rope)
+
+    def after_attention(self, x, attended, training: bool):
+        h = x + F.dropout(self.attn.proj(merge_heads(attended)), self.resid_dropout_p, training)
         return h + F.dropout(self.ffn(self.ffn_norm(h)), self.ffn_dropout_p, training)
+
+    def forward(self, x, training: bool, rope, **attn_kwargs):
+        before, after = self.fused or (self.before_attention, self.after_attention)
+        attended = self.attn.attend(before(x, rope), **attn_kwargs)
+        return after(x, attended, training)
 
 
 class TwoPassDecoder(nn.Module):
@@ -285,7 +307,7 @@ class TwoPassDecoder(nn.Module):
         # queries of a step see every cached token.
         cross_causal = causal and cache is None
         for layer in self.cross_dec:
-            queries = self.run(layer, queries, training, k=k, v=v, query_rope=query_rope, causal=cross_causal,
+            queries = self.run(layer, queries, training, rope=query_rope, k=k, v=v, causal=cross_causal,
                                dropout_p=attn_p)
         return queries
 
