@@ -124,12 +124,18 @@ def main():
     parser.add_argument("--chunked-loss", action="store_true", help="cross-entropy without keeping the logits")
     parser.add_argument("--grad-checkpointing", default="none",
                         help="layers recomputed in the backward pass: none, all, self, cross or a number")
+    parser.add_argument("--activation-memory-budget", type=float, default=None,
+                        help="torch.compile's partitioner budget: below 1 it recomputes cheap ops to save memory")
     parser.add_argument("--no-check-loss", dest="check_loss", action="store_false",
                         help="skip the fixed-batch loss check (saves the memory of the float32 forward)")
     args = parser.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     torch.cuda.set_device(0)
+    if args.activation_memory_budget is not None:
+        from torch._functorch import config as functorch_config
+
+        functorch_config.activation_memory_budget = args.activation_memory_budget
     modes = args.modes.split(",")
     if "fsdp" in modes:
         init_one_process_group()
@@ -137,7 +143,7 @@ def main():
                for batch in args.batch_sizes.split(",") for mode in modes]
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, bf16 autocast, "
           f"{'eager' if args.no_compile else 'compiled'}, chunked loss {args.chunked_loss}, "
-          f"grad checkpointing {args.grad_checkpointing}")
+          f"grad checkpointing {args.grad_checkpointing}, activation memory budget {args.activation_memory_budget}")
     print("| model | batch / GPU | mode | img/s (median) | peak GiB | MFU |")
     print("|---|---|---|---|---|---|")
     for r in results:
