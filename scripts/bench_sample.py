@@ -66,10 +66,30 @@ def fused_logits_check(model, device) -> str:
             f"{against_float32(eager)}; fused bf16 {against_float32(fused)}")
 
 
+@torch.inference_mode()
+def decode_kernel_check(model, device) -> str:
+    """The Triton decoding attention against float32 SDPA, beside SDPA's own bf16 kernel, at this
+    model's head shape (512 rows, 4 queries, 100 of 257 cached keys)."""
+    import torch.nn.functional as F
+
+    from autoregressive.kernels.decode_attention import decode_attention
+
+    heads, head_dim = model.config.n_head, model.config.head_dim
+    generator = torch.Generator(device).manual_seed(2)
+    cache = torch.randn(2, 512, heads, 257, head_dim, device=device, generator=generator, dtype=torch.bfloat16)
+    q = torch.randn(512, 4, heads, head_dim, device=device, generator=generator, dtype=torch.bfloat16).transpose(1, 2)
+    k, v = cache[0, :, :, :100], cache[1, :, :, :100]
+    exact = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+    triton_error = (decode_attention(q, k, v).float() - exact).abs().max()
+    sdpa_error = (F.scaled_dot_product_attention(q, k, v).float() - exact).abs().max()
+    return f"decoding attention vs float32: Triton max |diff| {triton_error:.3g}, SDPA bf16 {sdpa_error:.3g}"
+
+
 def bench_model(name, batch_sizes, sampling, reps, vq, device, fused=False):
     model = build_model(name, device)
     fast = FastSampler(model, fuse=fused)
     fast_key = "fused" if fused else "fast"
+    print(f"{name}: {decode_kernel_check(model, device)}", flush=True)
     if fused:
         print(f"{name}: {fused_logits_check(model, device)}", flush=True)
     rows = []

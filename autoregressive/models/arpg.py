@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
+from autoregressive.kernels import decode_attention
 from autoregressive.models.kv_cache import KVCache
 from autoregressive.models.loss import chunked_cross_entropy
 from autoregressive.models.rope import apply_rope, rope_table_2d
@@ -178,6 +179,11 @@ def attend(q, k, v, causal: bool, dropout_p: float = 0.0):
     entries, or, in cross-attention, the targets after the class tokens).
     """
     n_q, n_k = q.shape[2], k.shape[2]
+    if not causal and dropout_p == 0.0 and decode_attention.supports(q, k, v):
+        # Decoding: a few queries per row over the KV cache. One Triton program per row and head
+        # reads the keys once; SDPA pads the queries to 64-128 rows (1.3-1.9x slower on an H100).
+        # A rule of the inputs alone, so the reference loop and the CUDA-graph path agree exactly.
+        return decode_attention.decode_attention(q, k, v)
     if not causal and q.is_cuda and n_q <= 8 and n_k <= 128:
         # Decoding reads a short cache with a few queries per row: the memory-efficient kernel does
         # that 1.3-1.45x faster than cuDNN's on an H100 (equal from ~160 keys on). A fixed rule of the

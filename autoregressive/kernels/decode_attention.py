@@ -1,0 +1,91 @@
+"""Attention of a few queries over a KV cache, as one Triton kernel (CUDA only).
+
+While decoding, each row and head has a handful of queries (the step's targets, or its new tokens)
+and reads a cache of up to a few hundred keys: the work is reading K and V once. SDPA's kernels tile
+the queries by 64 or 128 rows and spend most of their time on that padding and on launch-time
+bookkeeping; this kernel gives each (row, head) one program that streams its keys in blocks with an
+online softmax in float32, and writes the output already in (B, n_q, H, d) order, so merging the
+heads afterwards is a free view.
+
+Triton ships with torch's CUDA builds; without it `available()` is False and callers use SDPA.
+"""
+import math
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only torch builds
+    triton = None
+
+MAX_QUERIES = 64  # beyond this many queries per row SDPA's tiling pays off
+
+
+def available() -> bool:
+    return triton is not None
+
+
+def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether decode_attention handles these inputs (else use SDPA)."""
+    head_dim = q.shape[-1]
+    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    return (triton is not None and q.is_cuda and not needs_grad  # forward only
+            and q.dtype in (torch.bfloat16, torch.float16) and k.dtype == q.dtype and v.dtype == q.dtype
+            and q.shape[2] <= MAX_QUERIES and k.shape[2] > 0 and head_dim in (16, 32, 64, 128)
+            and q.stride(-1) == 1 and k.stride(-1) == 1 and v.stride(-1) == 1)
+
+
+if triton is not None:
+    @triton.jit
+    def _decode_attention_kernel(Q, K, V, O, scale_log2, num_heads, num_queries, num_keys,
+                                 q_sb, q_sh, q_sm, k_sb, k_sh, k_sn, v_sb, v_sh, v_sn, o_sb, o_sh, o_sm,
+                                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
+        pid = tl.program_id(0)
+        b = pid // num_heads
+        h = pid % num_heads
+        rows = tl.arange(0, BLOCK_M)
+        cols = tl.arange(0, HEAD_DIM)
+        keys = tl.arange(0, BLOCK_N)
+        row_ok = rows < num_queries
+        q = tl.load(Q + b * q_sb + h * q_sh + rows[:, None] * q_sm + cols[None, :], mask=row_ok[:, None], other=0.0)
+        k_base = K + b * k_sb + h * k_sh
+        v_base = V + b * v_sb + h * v_sh
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+        for start in range(0, num_keys, BLOCK_N):
+            n = start + keys
+            key_ok = n < num_keys
+            k = tl.load(k_base + n[:, None] * k_sn + cols[None, :], mask=key_ok[:, None], other=0.0)
+            v = tl.load(v_base + n[:, None] * v_sn + cols[None, :], mask=key_ok[:, None], other=0.0)
+            s = tl.dot(q, tl.trans(k)) * scale_log2  # log2 domain: exp2 is the cheap exponential
+            s = tl.where(key_ok[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m_i = m_new
+        out = acc / l_i[:, None]
+        tl.store(O + b * o_sb + h * o_sh + rows[:, None] * o_sm + cols[None, :], out.to(O.dtype.element_ty),
+                 mask=row_ok[:, None])
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_n: int = 64,
+                     num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v for q (B, H, n_q, d) and k, v (B, H, n_k, d), no mask. The query
+    tile is n_q rounded up to a power of two, at least 16 (tl.dot's smallest).
+
+    Returns (B, H, n_q, d), a transposed view of a (B, n_q, H, d) tensor. See `supports`.
+    """
+    batch, heads, num_queries, head_dim = q.shape
+    num_keys = k.shape[2]
+    out = torch.empty(batch, num_queries, heads, head_dim, dtype=q.dtype, device=q.device).transpose(1, 2)
+    scale_log2 = 1.0 / math.sqrt(head_dim) * 1.4426950408889634  # log2(e)
+    _decode_attention_kernel[(batch * heads,)](
+        q, k, v, out, scale_log2, heads, num_queries, num_keys,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
+        BLOCK_M=max(16, triton.next_power_of_2(num_queries)), BLOCK_N=block_n, HEAD_DIM=head_dim, num_warps=num_warps, num_stages=num_stages)
+    return out

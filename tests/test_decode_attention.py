@@ -1,0 +1,60 @@
+"""The Triton decoding-attention kernel, run on the CPU by Triton's interpreter (float16: the
+interpreter has no bfloat16 arithmetic; the GPU benchmark checks bfloat16 against SDPA)."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from autoregressive.kernels import decode_attention
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+pytestmark = pytest.mark.skipif(not decode_attention.available(), reason="Triton is not installed")
+
+
+def interpreter_runs_loops_over_arguments() -> bool:
+    """Older interpreters (Triton 3.6) cannot loop up to an integer argument."""
+    import triton
+
+    return tuple(int(part) for part in triton.__version__.split(".")[:2]) >= (3, 8)
+
+
+@pytest.mark.skipif(not interpreter_runs_loops_over_arguments(), reason="Triton's interpreter is too old")
+def test_kernel_matches_float32_attention_in_the_interpreter():
+    """Cache views with a longer capacity, query counts from 1 to 40 (tiles 16, 32, 64), key counts not
+    multiples of the key block; output in (B, n_q, H, d) memory order."""
+    script = textwrap.dedent("""
+        import torch, torch.nn.functional as F
+        from autoregressive.kernels.decode_attention import decode_attention
+        torch.manual_seed(0)
+        for m, n in [(1, 1), (3, 5), (4, 70), (16, 64), (17, 130), (40, 9)]:
+            cache_k = torch.randn(2, 3, 140, 32, dtype=torch.float16)
+            cache_v = torch.randn_like(cache_k)
+            q = torch.randn(2, m, 3, 32, dtype=torch.float16).transpose(1, 2)
+            k, v = cache_k[:, :, :n], cache_v[:, :, :n]
+            out = decode_attention(q, k, v, block_n=32)
+            expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+            error = (out.float() - expected).abs().max().item()
+            assert out.shape == (2, 3, m, 32) and out.dtype == torch.float16, (m, n, out.shape)
+            assert out.transpose(1, 2).is_contiguous(), out.stride()
+            assert error < 2e-3, (m, n, error)
+        print("ok")
+    """)
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": ROOT}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
+def test_only_cuda_inference_inputs_take_the_kernel():
+    q = torch.randn(1, 2, 4, 64, dtype=torch.bfloat16)
+    k = v = torch.randn(1, 2, 10, 64, dtype=torch.bfloat16)
+    assert not decode_attention.supports(q, k, v)  # CPU tensors: SDPA
+    if torch.cuda.is_available():
+        q, k, v = q.cuda(), k.cuda(), v.cuda()
+        assert decode_attention.supports(q, k, v)
+        assert not decode_attention.supports(q.float(), k.float(), v.float())
+        assert not decode_attention.supports(q.repeat(1, 1, 20, 1), k, v)  # 80 queries
+        assert not decode_attention.supports(q.requires_grad_(), k, v)
