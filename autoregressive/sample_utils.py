@@ -27,12 +27,25 @@ def load_gpt(name: str, ckpt: Optional[str], device, precision: str = "none", **
     return model.to(device=device, dtype=PRECISIONS[precision]).eval()
 
 
-def load_vq(name: str, ckpt: str, device, dtype=torch.float32):
-    """The VQ tokenizer, filled strictly from ckpt ("model" entry or bare), in channels_last."""
+def prepare_vq(vq, device, dtype=torch.float32, compile_decoder: bool = False):
+    """Move and cast the VQ tokenizer for decoding; compile its decoder on CUDA if asked.
+
+    Measured on an H100 (VQ-16, batch 64, random weights), against float32 without TF32: float32 with
+    TF32 (the official scripts' setting) moves 9% of pixel values by 1-2 levels and decodes 346 img/s
+    eagerly, 698 compiled; float16 compiled is as close (at most 2 levels) at 1,083 img/s; bfloat16 moves
+    pixels by up to 24 levels. Channels-last is slower eagerly (GroupNorm copies the layout back and
+    forth) and equal compiled, so the weights stay in the default layout."""
+    vq = vq.to(device=device, dtype=dtype).eval()
+    if compile_decoder and torch.device(device).type == "cuda":
+        vq.decoder.compile()  # in place: the state dict keeps its names
+    return vq
+
+
+def load_vq(name: str, ckpt: str, device, dtype=torch.float32, compile_decoder: bool = False):
+    """The VQ tokenizer, filled strictly from ckpt ("model" entry or bare); see prepare_vq."""
     from tokenizer.vq_model import VQ_models
 
-    vq = load_model_weights(VQ_models[name](), ckpt)
-    return vq.to(device=device, dtype=dtype, memory_format=torch.channels_last).eval()
+    return prepare_vq(load_model_weights(VQ_models[name](), ckpt), device, dtype, compile_decoder)
 
 
 def make_sampler(model, use_fast: bool = True, fuse: bool = False):

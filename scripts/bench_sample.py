@@ -2,7 +2,8 @@
 
 Random bf16 weights (throughput does not depend on them; the head gets random weights so the tokens
 vary), 64 steps, CFG 4.5 constant, arccos schedule. Repetitions of the two paths are interleaved and
-the medians reported. End-to-end adds the VQ-16 decode of the tokens (bf16, channels_last).
+the medians reported. End-to-end adds the VQ-16 decode of the tokens as sample_c2i_ddp.py runs it by
+default (float32 with TF32, decoder compiled; --vq-precision fp16 for the faster one).
 
     python scripts/bench_sample.py --models ARPG-L ARPG-XL ARPG-XXL --batch-sizes 64 256
 """
@@ -107,7 +108,10 @@ def bench_model(name, batch_sizes, sampling, reps, vq, device, fused=False):
         times = {key: [] for key in paths}
         decode_times, peaks = [], {key: 0.0 for key in paths}
         for key, path in paths.items():  # warm-up (graph capture for the fast path)
-            path(torch.Generator(device).manual_seed(0))
+            tokens = path(torch.Generator(device).manual_seed(0))
+        if vq is not None:  # warm-up (compile) of the decoder at this batch size
+            with torch.inference_mode():
+                vq.decode_code(tokens, shape=(batch, vq.config.codebook_embed_dim, grid, grid))
         for rep in range(reps):
             for key, path in paths.items():
                 tokens, seconds, peak = timed(lambda: path(torch.Generator(device).manual_seed(rep)))
@@ -140,6 +144,8 @@ def main():
     parser.add_argument("--sample-schedule", default="arccos")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--no-decode", action="store_true", help="tokens only, no VQ decode column")
+    parser.add_argument("--vq-precision", choices=["none", "bf16", "fp16"], default="none",
+                        help="decoder dtype (compiled), as sample_c2i_ddp.py's flag; none = float32 with TF32")
     parser.add_argument("--fused", action="store_true", help="time the fused fast path (layers compiled: close to, "
                         "not equal to, the reference loop) instead of the exact one")
     args = parser.parse_args()
@@ -150,16 +156,18 @@ def main():
                               sample_schedule=args.sample_schedule)
     vq = None
     if not args.no_decode:
+        from autoregressive.sample_utils import PRECISIONS, prepare_vq
         from tokenizer.vq_model import VQ_models
 
-        vq = VQ_models["VQ-16"]().to(device=device, dtype=torch.bfloat16, memory_format=torch.channels_last).eval()
+        vq = prepare_vq(VQ_models["VQ-16"](), device, PRECISIONS[args.vq_precision], compile_decoder=True)
     rows = []
     for name in args.models:
         rows += bench_model(name, args.batch_sizes, sampling, args.reps, vq, device, args.fused)
         torch.cuda.empty_cache()  # the model of this size is gone once bench_model returns
         torch._dynamo.reset()  # fused: compiled parts of the last size would count against the recompile limit
     print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, {args.step} steps, "
-          f"CFG {args.cfg_scale} {args.cfg_schedule}, {args.sample_schedule}, bf16, medians of {args.reps}")
+          f"CFG {args.cfg_scale} {args.cfg_schedule}, {args.sample_schedule}, bf16, medians of {args.reps}, "
+          f"VQ decode {'float32' if args.vq_precision == 'none' else args.vq_precision} compiled")
     print("| model | batch | path | img/s tokens | img/s with decode | peak GiB |")
     print("|---|---|---|---|---|---|")
     for name, batch, key, tok, e2e, peak in rows:

@@ -96,3 +96,25 @@ class NaNDecoder:
     @staticmethod
     def decode_code(tokens, shape):
         return torch.full((tokens.shape[0], 3, 32, 32), float("nan"))
+
+
+def test_vq_decodes_in_float32_unless_asked(tmp_path):
+    """The official command decodes in float32 (the official scripts' dtype) with the decoder compiled on
+    CUDA; --vq-precision picks another dtype without touching the GPT's --precision."""
+    from autoregressive.sample_utils import PRECISIONS, load_vq
+    from tokenizer.vq_model import VQ_models
+
+    official = ["--gpt-model", "ARPG-L", "--gpt-ckpt", "arpg_300m.pt", "--vq-ckpt", "vq_ds16_c2i.pt",
+                "--sample-schedule", "arccos", "--cfg-scale", "5.0", "--step", "64"]
+    args = get_args_parser().parse_args(official)
+    assert (args.precision, args.vq_precision, args.compile_vq) == ("bf16", "none", True)
+    args = get_args_parser().parse_args(official + ["--vq-precision", "fp16", "--no-compile-vq"])
+    assert (args.vq_precision, args.compile_vq) == ("fp16", False)
+
+    path = tmp_path / "vq.pt"
+    torch.save({"model": VQ_models["VQ-16"]().state_dict()}, path)
+    vq = load_vq("VQ-16", str(path), "cpu", compile_decoder=True)  # no compile on the CPU
+    assert vq.decoder.conv_in.weight.dtype == torch.float32 and not vq.training
+    assert vq.decoder.conv_in.weight.is_contiguous()
+    half = load_vq("VQ-16", str(path), "cpu", PRECISIONS["fp16"])
+    assert half.decoder.conv_in.weight.dtype == torch.float16
