@@ -100,9 +100,11 @@ class GraphedSteps:
                 self.graphs.append(graph)
 
     @torch.inference_mode()
-    def run(self, start: DecodingStart, target_slots: torch.Tensor, generator) -> torch.Tensor:
-        """target_slots (B, M) slots to generate; returns their (B, M) tokens in generation order."""
-        sampling = self.sampling
+    def run(self, start: DecodingStart, target_slots: torch.Tensor, sampling: SamplingConfig,
+            generator) -> torch.Tensor:
+        """target_slots (B, M) slots to generate; returns their (B, M) tokens in generation order.
+        The graphs hold the guidance (cfg_scale, cfg_schedule); the draws (temperature, top-k, top-p)
+        follow `sampling`, which may differ from the config the graphs were captured with."""
         tokens = torch.empty_like(target_slots)
         self.fed_ids[:, :self.first_fed].copy_(start.fed_ids)
         self.fed_slots[:, :self.first_fed].copy_(start.fed_slots)
@@ -157,6 +159,6 @@ class FastSampler:
         start = start_decoding(self.model, condition, sampling, orders, generator, known, known_mask)
         target_positions = start.orders[:, start.num_known:]
         steps = self._graphed_steps(condition.shape[0], start, sampling)
-        tokens = steps.run(start, target_positions + self.model.config.cls_token_num, generator)
+        tokens = steps.run(start, target_positions + self.model.config.cls_token_num, sampling, generator)
         out = known.clone() if known is not None else torch.empty_like(start.orders)
         return out.scatter_(1, target_positions, tokens)

@@ -34,6 +34,19 @@ def test_new_settings_rebuild_the_steps():
                            generate(model, condition, sampling, orders=order))
 
 
+def test_draw_settings_follow_each_call():
+    """Steps kept for one guidance setting serve calls that change only temperature, top-k or top-p:
+    each call draws with its own settings (greedy, then sampled, then greedy again)."""
+    model = build_tiny()
+    sampler = FastSampler(model, use_graphs=False)
+    condition = torch.tensor([0, 4, 2])
+    base = SamplingConfig(num_steps=5, cfg_scale=2.0, temperature=0)
+    for sampling in (base, SamplingConfig(num_steps=5, cfg_scale=2.0, temperature=1.0, top_k=10), base):
+        reference = generate(model, condition, sampling, generator=torch.Generator().manual_seed(3))
+        fast = sampler.generate(condition, sampling, generator=torch.Generator().manual_seed(3))
+        assert torch.equal(fast, reference)
+
+
 @pytest.mark.parametrize("backend", ["eager", "aot_eager"])
 def test_fused_layer_plumbing_gives_the_reference_tokens(backend):
     """The fused path splits each layer around its attention and traces the parts with dynamic shapes;
