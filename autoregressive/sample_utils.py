@@ -1,6 +1,6 @@
 """Shared pieces of the sampling scripts: loading the models, generating, tokens to images."""
 from functools import partial
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -48,14 +48,19 @@ def load_vq(name: str, ckpt: str, device, dtype=torch.float32, compile_decoder: 
     return prepare_vq(load_model_weights(VQ_models[name](), ckpt), device, dtype, compile_decoder)
 
 
-def make_sampler(model, use_fast: bool = True, fuse: bool = False):
+def make_sampler(model, use_fast: bool = True, fuse: Union[bool, str] = False):
     """A function (labels, sampling, generator, **known tokens) -> tokens: the CUDA-graph path on CUDA,
     else the reference loop; keyword arguments (known, known_mask) go to either. fuse: compile the
-    layers too (faster; logits close to, not equal to, the reference loop's)."""
-    if use_fast and model.embeddings.weight.is_cuda:
-        from autoregressive.fast_generate import FastSampler
+    layers too (faster; logits close to, not equal to, the eager layers'), in either path; a string
+    names the torch.compile backend (tests use "aot_eager")."""
+    from autoregressive.fast_generate import FastSampler, fused_layers
 
+    if use_fast and model.embeddings.weight.is_cuda:
         decode = FastSampler(model, fuse=fuse).generate
+    elif fuse:
+        def decode(*args, **kwargs):
+            with fused_layers(model, fuse if isinstance(fuse, str) else "inductor"):
+                return generate(model, *args, **kwargs)
     else:
         decode = partial(generate, model)
     return lambda labels, sampling, generator, **kwargs: decode(labels, sampling, generator=generator, **kwargs)

@@ -60,3 +60,31 @@ def test_fused_layer_plumbing_gives_the_reference_tokens(backend):
                                                                          generator=torch.Generator().manual_seed(0))
     assert torch.equal(fused, reference)
     assert all(layer.fused is None for layer in [*model.layers.self_dec, *model.layers.cross_dec])
+
+
+def test_reference_loop_runs_the_fused_layers_when_asked():
+    """make_sampler(use_fast=False, fuse=...) is the reference the fused fast path is checked against
+    on the GPU: the plain loop inside fused_layers, with inductor asked to round like eager ops only
+    while inside."""
+    import torch._inductor.config as inductor
+
+    from autoregressive.sample_utils import make_sampler
+
+    model = build_tiny()
+    sampling = SamplingConfig(num_steps=5, cfg_scale=3.0, temperature=1.0)
+    condition = torch.tensor([0, 4, 2])
+    seen = []
+    for layer in [*model.layers.self_dec, *model.layers.cross_dec]:
+        before = layer.before_attention
+
+        def spy(*args, _before=before, **kwargs):
+            seen.append(getattr(inductor, "emulate_precision_casts", True))
+            return _before(*args, **kwargs)
+
+        layer.before_attention = spy
+    reference = generate(model, condition, sampling, generator=torch.Generator().manual_seed(0))
+    assert seen and not any(seen)  # the eager loop runs the same parts, with inductor's defaults
+    seen.clear()
+    fused = make_sampler(model, use_fast=False, fuse="aot_eager")(condition, sampling, torch.Generator().manual_seed(0))
+    assert torch.equal(fused, reference) and seen and all(seen)
+    assert not getattr(inductor, "emulate_precision_casts", False)
