@@ -28,6 +28,23 @@ def test_official_flags_parse_into_the_config():
     assert cfg.ema and not cfg.compile and cfg.betas == [0.9, 0.95]
 
 
+def test_activation_memory_budget_flag():
+    """--activation-memory-budget reaches the config (1.0, compile's default, unless given), is checked,
+    and sets the partitioner's budget that the compiled step reads."""
+    from torch._functorch import config as functorch_config
+
+    from autoregressive.train.parallel import set_activation_memory_budget
+
+    assert config_from_args(get_args_parser().parse_args(OFFICIAL.split())).activation_memory_budget == 1.0
+    cfg = config_from_args(get_args_parser().parse_args(OFFICIAL.split() + ["--activation-memory-budget", "0.75"]))
+    assert cfg.activation_memory_budget == 0.75
+    with pytest.raises(ValueError, match="activation-memory-budget"):
+        config_from_args(get_args_parser().parse_args(OFFICIAL.split() + ["--activation-memory-budget", "1.5"]))
+    with functorch_config.patch(activation_memory_budget=1.0):
+        set_activation_memory_budget(cfg.activation_memory_budget)
+        assert functorch_config.activation_memory_budget == 0.75
+
+
 def test_digits_flags_that_contradict_the_dataset_are_refused():
     args = get_args_parser().parse_args("--dataset digits --code-path x --vocab-size 100".split())
     with pytest.raises(ValueError, match="vocab-size 17"):

@@ -16,7 +16,8 @@ from autoregressive.train.checkpoint import (checkpoint_path, gather_rng_states,
 from autoregressive.train.config import TrainConfig
 from autoregressive.train.ema import create_ema, update_ema
 from autoregressive.train.optim import build_optimizer, learning_rate_at, set_learning_rate
-from autoregressive.train.parallel import shard_model, skip_gradient_sync, wrap_for_training
+from autoregressive.train.parallel import (set_activation_memory_budget, shard_model, skip_gradient_sync,
+                                          wrap_for_training)
 from autoregressive.utils.dist import DistInfo, all_reduce_mean, barrier
 from autoregressive.utils.logger import get_logger
 
@@ -93,8 +94,10 @@ class Trainer:
         self.ema = create_ema(self.model) if cfg.ema else None
         self.sharded = cfg.data_parallel == "fsdp"
         # Compile and wrap before the optimizer exists: FSDP replaces the parameters by sharded ones.
-        self.train_model = wrap_for_training(self.model, cfg.data_parallel, info,
-                                             compile_model=cfg.compile and info.device.type == "cuda")
+        compile_model = cfg.compile and info.device.type == "cuda"
+        if compile_model and cfg.activation_memory_budget < 1.0:
+            set_activation_memory_budget(cfg.activation_memory_budget)
+        self.train_model = wrap_for_training(self.model, cfg.data_parallel, info, compile_model=compile_model)
         if self.sharded and self.ema is not None:
             shard_model(self.ema)
         self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, cfg.betas, info.device.type == "cuda")

@@ -84,3 +84,13 @@ def skip_gradient_sync(train_model: nn.Module, skip: bool):
             train_model.set_requires_gradient_sync(True)
     else:  # one process: nothing is reduced anyway
         yield
+
+
+def set_activation_memory_budget(budget: float) -> None:
+    """torch.compile's min-cut partitioner keeps activations for the backward pass up to this share of
+    what it would keep by default (1.0), recomputing the cheapest ops for the rest. Process-wide."""
+    from torch._functorch import config as functorch_config
+
+    if not hasattr(functorch_config, "activation_memory_budget"):
+        raise RuntimeError("--activation-memory-budget needs a newer torch (torch._functorch.config has none)")
+    functorch_config.activation_memory_budget = budget
