@@ -40,7 +40,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     parser.add_argument("--out", default="samples/grid.png")
     parser.add_argument("--fused", action="store_true",
-                        help="compile the layers too (CUDA): faster, logits close to, not equal to, the reference's")
+                        help="compile the layers too (CUDA): faster, logits close to, not equal to, the eager layers'")
     return parser
 
 def main(args) -> None:

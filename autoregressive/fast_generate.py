@@ -135,7 +135,8 @@ class GraphedSteps:
 
 class FastSampler:
     """Generates like autoregressive.generate.generate, from CUDA graphs kept for the last settings.
-    fuse=True: also compile the layers (fused_layers), faster and close to, not equal to, the reference.
+    fuse=True: also compile the layers (fused_layers): faster; equal to the reference loop run inside
+    fused_layers, close to (not equal to) the eager one.
 
     Graphs point at the model's weights: build a new sampler after moving or casting the model.
     """
