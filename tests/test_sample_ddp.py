@@ -118,3 +118,42 @@ def test_vq_decodes_in_float32_unless_asked(tmp_path):
     assert vq.decoder.conv_in.weight.is_contiguous()
     half = load_vq("VQ-16", str(path), "cpu", PRECISIONS["fp16"])
     assert half.decoder.conv_in.weight.dtype == torch.float16
+
+
+def test_a_failed_png_write_stops_the_run(digits_ckpt, tmp_path, monkeypatch):
+    """PNGs are written while the next batch samples: an error in the last batch's writes still ends
+    the run with that error, and no npz is packed from a partial folder."""
+    import sample_c2i_ddp
+
+    real_save = sample_c2i_ddp.save_png_atomic
+
+    def save(image, path):
+        if path.endswith("000025.png"):  # in the last batch (26 images, batches of 4)
+            raise OSError("disk full")
+        real_save(image, path)
+
+    monkeypatch.setattr(sample_c2i_ddp, "save_png_atomic", save)
+    with pytest.raises(OSError, match="disk full"):
+        run_inline(flags(digits_ckpt, tmp_path / "s"))
+    assert not list((tmp_path / "s").glob("*.npz"))
+    [folder] = [p for p in (tmp_path / "s").iterdir() if p.is_dir()]
+    assert len(list(folder.glob("*.png"))) == 25
+
+
+def test_packing_refuses_a_folder_of_mixed_sizes(tmp_path):
+    from PIL import Image
+
+    from sample_c2i_ddp import pack_npz
+
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    for i, size in enumerate((8, 8, 16, 8)):
+        Image.fromarray(np.full((size, size, 3), i, dtype=np.uint8)).save(folder / f"{i:06d}.png")
+    with pytest.raises(ValueError, match="several sizes.*000002.png"):
+        pack_npz(str(folder), 4, num_classes=10)
+    assert not (tmp_path / "samples.npz").exists()
+    (folder / "000002.png").unlink()
+    Image.fromarray(np.full((8, 8, 3), 2, dtype=np.uint8)).save(folder / "000002.png")
+    with np.load(pack_npz(str(folder), 4, num_classes=3)) as data:
+        assert data["arr_0"].shape == (4, 8, 8, 3) and data["arr_0"][:, 0, 0, 0].tolist() == [0, 1, 2, 3]
+        assert data["labels"].tolist() == [0, 1, 2, 0]
