@@ -48,6 +48,14 @@ def fused_layers(model, backend: str = "inductor"):
             layer.fused = None
 
 
+def fusion(model, fuse: Union[bool, str]):
+    """The context a `fuse` setting asks for: nothing (False), fused_layers with inductor (True), or
+    fused_layers with the named torch.compile backend."""
+    if not fuse:
+        return contextlib.nullcontext()
+    return fused_layers(model, fuse if isinstance(fuse, str) else "inductor")
+
+
 class GraphedSteps:
     """The CUDA graphs of every step of one plan for one batch size; reusable across batches.
 
@@ -76,8 +84,7 @@ class GraphedSteps:
 
     def _step(self, step: int) -> None:
         """One network pass on the static buffers, into guided_logits[:, :plan[step]] (float32)."""
-        backend = self.fuse if isinstance(self.fuse, str) else "inductor"
-        with fused_layers(self.model, backend) if self.fuse else contextlib.nullcontext():
+        with fusion(self.model, self.fuse):
             self._network_pass(step)
 
     def _network_pass(self, step: int) -> None:

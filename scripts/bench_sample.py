@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from autoregressive.fast_generate import FastSampler  # noqa: E402
 from autoregressive.generate import SamplingConfig, generate  # noqa: E402
 from autoregressive.models.arpg import ARPG_models  # noqa: E402
-from autoregressive.sample_utils import make_sampler  # noqa: E402
+from autoregressive.sample_utils import PRECISIONS, make_sampler, prepare_vq  # noqa: E402
 
 
 def timed(fn):
@@ -155,7 +155,7 @@ def main():
     parser.add_argument("--sample-schedule", default="arccos")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--no-decode", action="store_true", help="tokens only, no VQ decode column")
-    parser.add_argument("--vq-precision", choices=["none", "bf16", "fp16"], default="none",
+    parser.add_argument("--vq-precision", choices=list(PRECISIONS), default="none",
                         help="decoder dtype (compiled), as sample_c2i_ddp.py's flag; none = float32 with TF32")
     parser.add_argument("--fused", action="store_true", help="time the fused fast path (layers compiled: close to, "
                         "not equal to, the reference loop) instead of the exact one")
@@ -167,7 +167,6 @@ def main():
                               sample_schedule=args.sample_schedule)
     vq = None
     if not args.no_decode:
-        from autoregressive.sample_utils import PRECISIONS, prepare_vq
         from tokenizer.vq_model import VQ_models
 
         vq = prepare_vq(VQ_models["VQ-16"](), device, PRECISIONS[args.vq_precision], compile_decoder=True)

@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from autoregressive.models.arpg import ARPG_models  # noqa: E402
 from autoregressive.train.optim import build_optimizer  # noqa: E402
-from autoregressive.train.parallel import shard_model  # noqa: E402
+from autoregressive.train.parallel import set_activation_memory_budget, shard_model  # noqa: E402
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, SXM
 
@@ -133,9 +133,7 @@ def main():
     torch.backends.cudnn.allow_tf32 = True
     torch.cuda.set_device(0)
     if args.activation_memory_budget is not None:
-        from torch._functorch import config as functorch_config
-
-        functorch_config.activation_memory_budget = args.activation_memory_budget
+        set_activation_memory_budget(args.activation_memory_budget)
     modes = args.modes.split(",")
     if "fsdp" in modes:
         init_one_process_group()
