@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from autoregressive.models.arpg import ARPG_models  # noqa: E402
 from autoregressive.train.optim import build_optimizer  # noqa: E402
 from autoregressive.train.parallel import set_activation_memory_budget, shard_model  # noqa: E402
+from autoregressive.utils.dist import cleanup  # noqa: E402
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, SXM
 
@@ -154,8 +155,7 @@ def main():
         if "loss_fp32" in r:
             print(f"{r['model']} b{r['batch']} {r['mode']}: loss of a fixed batch: eager float32 {r['loss_fp32']:.5f}, "
                   f"eager bf16 {r['loss_bf16']:.5f}, compiled bf16 {r['loss_compiled']:.5f}")
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    cleanup()
 
 
 if __name__ == "__main__":

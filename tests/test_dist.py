@@ -1,0 +1,38 @@
+"""autoregressive.utils.dist: leaving the process group together."""
+import json
+import os
+import socket
+import time
+
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from autoregressive.utils.dist import cleanup
+
+LATE_BY = 1.5  # seconds rank 1 spends on its last step before it leaves
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def leave(rank: int, port: int, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    dist.barrier()
+    if rank == 1:
+        time.sleep(LATE_BY)
+    start = time.perf_counter()
+    cleanup()
+    with open(os.path.join(out_dir, f"{rank}.json"), "w") as file:
+        json.dump({"seconds": time.perf_counter() - start, "left": not dist.is_initialized()}, file)
+
+
+def test_cleanup_waits_for_every_rank_before_tearing_down(tmp_path):
+    """Rank 0 may not close its gloo connections while rank 1 is still busy (that aborted rank 1 in CI):
+    cleanup() returns on rank 0 only once rank 1 has reached it too, and both leave the group."""
+    mp.spawn(leave, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    first, second = (json.loads((tmp_path / f"{rank}.json").read_text()) for rank in (0, 1))
+    assert first["left"] and second["left"]
+    assert first["seconds"] >= LATE_BY * 0.8, first
