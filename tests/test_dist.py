@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 
 from autoregressive.utils.dist import cleanup
 
-LATE_BY = 1.5  # seconds rank 1 spends on its last step before it leaves
+LATE_BY = 2.0  # seconds rank 1 spends on its last step before it leaves
 
 
 def free_port() -> int:
@@ -35,4 +35,4 @@ def test_cleanup_waits_for_every_rank_before_tearing_down(tmp_path):
     mp.spawn(leave, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
     first, second = (json.loads((tmp_path / f"{rank}.json").read_text()) for rank in (0, 1))
     assert first["left"] and second["left"]
-    assert first["seconds"] >= LATE_BY * 0.8, first
+    assert first["seconds"] >= LATE_BY / 2, first  # without the meeting: a few milliseconds
