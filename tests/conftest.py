@@ -1,4 +1,6 @@
-"""Tiny CPU configurations shared by the tests."""
+"""Tiny CPU configurations and helpers shared by the tests."""
+import socket
+
 import pytest
 import torch
 
@@ -13,6 +15,13 @@ def build_tiny(seed: int = 0, **overrides):
     model = ARPG_models["ARPG-tiny"](**{**TINY, **overrides})
     torch.nn.init.normal_(model.head.weight, std=0.5)
     return model.eval()
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now, for a test's process group."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @pytest.fixture

@@ -1,21 +1,15 @@
 """autoregressive.utils.dist: leaving the process group together."""
 import json
 import os
-import socket
 import time
 
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from autoregressive.utils.dist import cleanup
+from conftest import free_port
 
 LATE_BY = 2.0  # seconds rank 1 spends on its last step before it leaves
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def leave(rank: int, port: int, out_dir: str) -> None:

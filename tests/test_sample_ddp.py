@@ -1,6 +1,5 @@
 """sample_c2i_ddp.py on CPU with a tiny random digits model: npz layout, resume, process count."""
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ import torch
 
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.sample_utils import tokens_to_images
+from conftest import free_port
 from sample_c2i_ddp import get_args_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,12 +62,6 @@ def test_a_run_killed_midway_resumes_to_the_same_npz(digits_ckpt, tmp_path):
     run_inline(flags(digits_ckpt, tmp_path / "partial"))
     resumed, _ = the_npz(tmp_path / "partial")
     assert np.array_equal(reference, resumed)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_two_gloo_processes_give_the_images_of_one(digits_ckpt, tmp_path):

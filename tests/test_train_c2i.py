@@ -2,7 +2,6 @@
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import free_port
 from train_c2i import config_from_args, get_args_parser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,12 +57,6 @@ def write_codes(root: Path, num_per_class=12, num_classes=3, tokens=16):
         (root / str(label)).mkdir(parents=True)
         for index in range(num_per_class):
             np.save(root / str(label) / f"{index}.npy", rng.integers(0, 32, (2, tokens)).astype(np.int64))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def launch(codes: Path, results: Path, extra=()):
