@@ -7,13 +7,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from autoregressive.utils.dist import cleanup
-from conftest import free_port
 
 LATE_BY = 2.0  # seconds rank 1 spends on its last step before it leaves
 
 
-def leave(rank: int, port: int, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+def leave(rank: int, out_dir: str) -> None:
+    # a file store has no server process that could go away before the other rank is done with it
+    dist.init_process_group("gloo", init_method=f"file://{out_dir}/store", rank=rank, world_size=2)
     dist.barrier()
     if rank == 1:
         time.sleep(LATE_BY)
@@ -26,7 +26,7 @@ def leave(rank: int, port: int, out_dir: str) -> None:
 def test_cleanup_waits_for_every_rank_before_tearing_down(tmp_path):
     """Rank 0 may not close its gloo connections while rank 1 is still busy (that aborted rank 1 in CI):
     cleanup() returns on rank 0 only once rank 1 has reached it too, and both leave the group."""
-    mp.spawn(leave, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(leave, args=(str(tmp_path),), nprocs=2, join=True)
     first, second = (json.loads((tmp_path / f"{rank}.json").read_text()) for rank in (0, 1))
     assert first["left"] and second["left"]
     assert first["seconds"] >= LATE_BY / 2, first  # without the meeting: a few milliseconds
