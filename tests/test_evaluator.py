@@ -4,7 +4,7 @@ import torch
 from scipy import linalg
 
 from evaluations.c2i.evaluator import evaluate
-from evaluations.c2i.metrics import frechet_distance, inception_score, precision_recall, statistics
+from evaluations.c2i.metrics import frechet_distance, inception_score, precision_recall, squared_distances, statistics
 
 
 def test_fid_of_a_set_with_itself_is_zero_and_matches_scipy():
@@ -32,6 +32,20 @@ def test_precision_recall_on_toy_sets():
     far = np.concatenate([grid[:50] + 0.1, grid[:50] + 100])
     precision, recall = precision_recall(grid, far)
     assert precision == pytest.approx(0.5) and recall == pytest.approx(0.5, abs=0.11)
+
+
+def test_distances_follow_adm_float16_arithmetic():
+    """Worked by hand: 100 and 100.5 are float16 numbers; 100.5^2 = 10100.25 rounds to 10104, the dot
+    product 10050 to 10048, so ADM gets 10000 - 2 * 10048 + 10104 = 8 where the exact answer is 0.25.
+    300 and 301 overflow float16 (90,000 > 65,504): that block is redone in float32, giving 1."""
+    assert squared_distances(np.array([[100.0]]), np.array([[100.5]]))[0, 0] == 8.0
+    assert squared_distances(np.array([[300.0]]), np.array([[301.0]]))[0, 0] == 1.0
+    rng = np.random.default_rng(0)
+    a, b = rng.random((50, 64)), rng.random((40, 64))
+    distances = squared_distances(a, b)
+    assert distances.dtype == np.float32 and (distances.astype(np.float16) == distances).all()
+    exact = ((a[:, None] - b[None]) ** 2).sum(-1)
+    assert np.allclose(distances, exact, rtol=3e-3, atol=0.02)
 
 
 def toy_features(images):
@@ -93,3 +107,46 @@ def test_inception_network_gives_the_adm_feature_sizes(tmp_path, monkeypatch):
     features = InceptionFeatures(str(tmp_path / "random.pth"), batch_size=2)
     pool, spatial, logits = features(np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8))
     assert pool.shape == (3, 2048) and spatial.shape == (3, 2023) and logits.shape == (3, 1008)
+
+
+FAKE_ADM = '''
+import numpy as np
+from evaluations.c2i import metrics
+
+
+class tf:  # stands in for tensorflow.compat.v1
+    Session = object
+
+
+class FIDStatistics:
+    def __init__(self, mu, sigma):
+        self.mu, self.sigma = mu, sigma
+
+    def frechet_distance(self, other):
+        return metrics.frechet_distance(self.mu, self.sigma, other.mu, other.sigma)
+
+
+class ManifoldEstimator:  # ADM's interface: radii (N, 1); evaluate_pr -> (precision, recall) arrays
+    def __init__(self, session):
+        pass
+
+    def manifold_radii(self, features):
+        return metrics.manifold_radii(features)[:, None]
+
+    def evaluate_pr(self, features_1, radii_1, features_2, radii_2):
+        return (np.array([metrics.fraction_inside(features_2, features_1, radii_1[:, 0])]),
+                np.array([metrics.fraction_inside(features_1, features_2, radii_2[:, 0])]))
+'''
+
+
+def test_compare_with_adm_runs_an_evaluator_file_on_shared_features(tmp_path):
+    """The comparison tool imports ADM's evaluator.py from a path and feeds both sides the same sets (a
+    stand-in file with ADM's interface here: TensorFlow is not a test dependency)."""
+    from evaluations.c2i.compare_with_adm import adm_metrics, inception_like_features, load_adm, our_metrics
+
+    (tmp_path / "evaluator.py").write_text(FAKE_ADM)
+    reference, samples = (inception_like_features(300, shift, seed, width=64) for shift, seed in ((0.0, 1), (0.2, 2)))
+    ours = our_metrics(reference, samples)
+    assert 0 < ours["Precision"] < 1 and 0 < ours["Recall"] < 1 and ours["FID"] > 0
+    theirs = adm_metrics(load_adm(str(tmp_path / "evaluator.py")), reference, samples)
+    assert theirs == pytest.approx(ours, rel=1e-6)

@@ -43,26 +43,51 @@ def inception_score(logits: np.ndarray, split_size: int = 5000) -> float:
     return float(np.mean(scores))
 
 
+# ADM's DistanceBlock (TensorFlow on a GPU) computes pairwise distances in float16: squares, the
+# float32-accumulated norms and matmul rounded to float16, combined in float16; only a block in which that
+# overflows is redone in float32. Radii and the inside tests are made of these rounded distances, so
+# precision and recall follow the same arithmetic (in float64 they were about a point off ADM's; see
+# compare_with_adm.py).
+DISTANCE_BLOCK = 10000  # ADM's row and column batch: the float32 fallback is decided per block
+
+
+def _half_norms(features: np.ndarray) -> np.ndarray:
+    return np.square(features).astype(np.float32).sum(axis=1).astype(np.float16)
+
+
 def squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    return np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T, 0.0)
+    """(len(a), len(b)) squared Euclidean distances in float32, by ADM's arithmetic (see above)."""
+    a16, b16 = np.asarray(a, dtype=np.float16), np.asarray(b, dtype=np.float16)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow sends the block to float32
+        dot = (a16.astype(np.float32) @ b16.astype(np.float32).T).astype(np.float16)
+        distances = _half_norms(a16)[:, None] - np.float16(2) * dot + _half_norms(b16)[None, :]
+    if np.isfinite(distances).all():
+        return np.maximum(distances, np.float16(0)).astype(np.float32)
+    a32, b32 = np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)
+    norms_a, norms_b = np.square(a32).sum(axis=1), np.square(b32).sum(axis=1)
+    return np.maximum(norms_a[:, None] - 2 * (a32 @ b32.T) + norms_b[None, :], np.float32(0))
 
 
-def manifold_radii(features: np.ndarray, k: int = 3, batch: int = 10000) -> np.ndarray:
+def block_distances(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    return np.concatenate([squared_distances(rows, columns[start:start + DISTANCE_BLOCK])
+                           for start in range(0, len(columns), DISTANCE_BLOCK)], axis=1)
+
+
+def manifold_radii(features: np.ndarray, k: int = 3) -> np.ndarray:
     """Squared distance of each point to its k-th nearest neighbour (the point itself not counted)."""
-    radii = np.empty(len(features))
-    for start in range(0, len(features), batch):
-        distances = squared_distances(features[start:start + batch], features)
-        radii[start:start + batch] = np.partition(distances, kth=k, axis=1)[:, k]
+    radii = np.empty(len(features), dtype=np.float32)
+    for start in range(0, len(features), DISTANCE_BLOCK):
+        distances = block_distances(features[start:start + DISTANCE_BLOCK], features)
+        radii[start:start + DISTANCE_BLOCK] = np.partition(distances, kth=k, axis=1)[:, k]
     return radii
 
 
-def fraction_inside(points: np.ndarray, manifold: np.ndarray, radii: np.ndarray, batch: int = 10000) -> float:
+def fraction_inside(points: np.ndarray, manifold: np.ndarray, radii: np.ndarray) -> float:
     """Fraction of points within the radius of at least one manifold point."""
     inside = np.zeros(len(points), dtype=bool)
-    for start in range(0, len(points), batch):
-        distances = squared_distances(points[start:start + batch], manifold)
-        inside[start:start + batch] = (distances <= radii[None, :]).any(axis=1)
+    for start in range(0, len(points), DISTANCE_BLOCK):
+        distances = block_distances(points[start:start + DISTANCE_BLOCK], manifold)
+        inside[start:start + DISTANCE_BLOCK] = (distances <= radii[None, :]).any(axis=1)
     return float(inside.mean())
 
 
