@@ -134,8 +134,9 @@ class ManifoldEstimator:  # ADM's interface: radii (N, 1); evaluate_pr -> (preci
         return metrics.manifold_radii(features)[:, None]
 
     def evaluate_pr(self, features_1, radii_1, features_2, radii_2):
-        return (np.array([metrics.fraction_inside(features_2, features_1, radii_1[:, 0])]),
-                np.array([metrics.fraction_inside(features_1, features_2, radii_2[:, 0])]))
+        distances = metrics.squared_distances(features_1, features_2)
+        return (np.array([(distances <= radii_1).any(axis=0).mean()]),
+                np.array([(distances <= radii_2[:, 0]).any(axis=1).mean()]))
 '''
 
 

@@ -82,17 +82,18 @@ def manifold_radii(features: np.ndarray, k: int = 3) -> np.ndarray:
     return radii
 
 
-def fraction_inside(points: np.ndarray, manifold: np.ndarray, radii: np.ndarray) -> float:
-    """Fraction of points within the radius of at least one manifold point."""
-    inside = np.zeros(len(points), dtype=bool)
-    for start in range(0, len(points), DISTANCE_BLOCK):
-        distances = block_distances(points[start:start + DISTANCE_BLOCK], manifold)
-        inside[start:start + DISTANCE_BLOCK] = (distances <= radii[None, :]).any(axis=1)
-    return float(inside.mean())
-
-
 def precision_recall(reference: np.ndarray, samples: np.ndarray, k: int = 3) -> Tuple[float, float]:
-    """Precision: samples inside the reference manifold; recall: references inside the sample manifold."""
-    precision = fraction_inside(samples, reference, manifold_radii(reference, k))
-    recall = fraction_inside(reference, samples, manifold_radii(samples, k))
-    return precision, recall
+    """Precision: share of samples inside the reference manifold; recall: share of references inside the
+    sample manifold. Both from the same (reference, sample) distance blocks, oriented as ADM's are (float16
+    rounding depends on the order of the terms)."""
+    radii_reference, radii_samples = manifold_radii(reference, k), manifold_radii(samples, k)
+    reference_inside = np.zeros(len(reference), dtype=bool)
+    samples_inside = np.zeros(len(samples), dtype=bool)
+    for row in range(0, len(reference), DISTANCE_BLOCK):
+        rows = slice(row, row + DISTANCE_BLOCK)
+        for column in range(0, len(samples), DISTANCE_BLOCK):
+            columns = slice(column, column + DISTANCE_BLOCK)
+            distances = squared_distances(reference[rows], samples[columns])
+            reference_inside[rows] |= (distances <= radii_samples[None, columns]).any(axis=1)
+            samples_inside[columns] |= (distances <= radii_reference[rows, None]).any(axis=0)
+    return float(samples_inside.mean()), float(reference_inside.mean())
