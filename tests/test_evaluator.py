@@ -126,6 +126,17 @@ class FIDStatistics:
         return metrics.frechet_distance(self.mu, self.sigma, other.mu, other.sigma)
 
 
+class Evaluator:  # ADM's methods that need no Inception graph
+    def compute_statistics(self, activations):
+        return FIDStatistics(np.mean(activations, axis=0), np.cov(activations, rowvar=False))
+
+    def compute_prec_recall(self, activations_ref, activations_sample):
+        radii_1 = self.manifold_estimator.manifold_radii(activations_ref)
+        radii_2 = self.manifold_estimator.manifold_radii(activations_sample)
+        pr = self.manifold_estimator.evaluate_pr(activations_ref, radii_1, activations_sample, radii_2)
+        return float(pr[0][0]), float(pr[1][0])
+
+
 class ManifoldEstimator:  # ADM's interface: radii (N, 1); evaluate_pr -> (precision, recall) arrays
     def __init__(self, session):
         pass

@@ -34,12 +34,13 @@ def load_adm(path: str):
 
 
 def adm_metrics(adm, reference: np.ndarray, samples: np.ndarray) -> dict:
-    """FID through ADM's FIDStatistics, precision and recall through its ManifoldEstimator (TF session)."""
-    stats = [adm.FIDStatistics(features.mean(axis=0), np.cov(features, rowvar=False)) for features in (reference, samples)]
-    estimator = adm.ManifoldEstimator(adm.tf.Session())
-    radii_ref, radii_samples = estimator.manifold_radii(reference), estimator.manifold_radii(samples)
-    precision, recall = estimator.evaluate_pr(reference, radii_ref, samples, radii_samples)
-    return {"FID": stats[1].frechet_distance(stats[0]), "Precision": float(precision[0]), "Recall": float(recall[0])}
+    """FID, precision and recall through ADM's own Evaluator methods. Its __init__ is skipped: it builds the
+    Inception graph, which these methods do not use; they need only its ManifoldEstimator (a TF session)."""
+    evaluator = adm.Evaluator.__new__(adm.Evaluator)
+    evaluator.manifold_estimator = adm.ManifoldEstimator(adm.tf.Session())
+    reference_stats, sample_stats = evaluator.compute_statistics(reference), evaluator.compute_statistics(samples)
+    precision, recall = evaluator.compute_prec_recall(reference, samples)
+    return {"FID": sample_stats.frechet_distance(reference_stats), "Precision": precision, "Recall": recall}
 
 
 def our_metrics(reference: np.ndarray, samples: np.ndarray) -> dict:
