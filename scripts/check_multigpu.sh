@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Multi-GPU measurements on one host (the README's "Several GPUs" tables): random weights and random codes,
+# so it runs anywhere with torchrun and 4 GPUs. Each part prints one summary line per run; the logs are packed into $OUT.
+#   bash scripts/check_multigpu.sh scaling-small   # 1 and 2 GPUs, ARPG-L and ARPG-XXL, DDP and FSDP
+#   bash scripts/check_multigpu.sh scaling-large   # 4 GPUs, the same models and modes
+#   bash scripts/check_multigpu.sh recipe          # ARPG-L, --global-batch-size 1024 on 4 GPUs
+#   bash scripts/check_multigpu.sh sample          # 10,000 images on 1 and 4 GPUs, a killed 4-GPU run rerun
+# Runs on distinct GPUs of one phase share the host (CPU, PCIe); each phase is listed in the log.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+WORK=${WORK:-/tmp/arpg_multigpu}
+OUT=${OUT:-$WORK/out}  # only the summary and logs.tgz land here
+LOGS=$WORK/logs
+STEPS=${STEPS:-40}
+mkdir -p "$WORK" "$OUT" "$LOGS"
+CODES=$WORK/codes
+
+make_inputs() {  # random RandAR-layout codes (16 per class) and random ARPG-L / VQ-16 checkpoints
+  [[ -d $CODES ]] || python3 - "$CODES" <<'PY'
+import os, sys
+import numpy as np
+root, rng = sys.argv[1], np.random.default_rng(0)
+for label in range(1000):
+    os.makedirs(f"{root}/{label}", exist_ok=True)
+    for index in range(16):
+        np.save(f"{root}/{label}/{index}.npy", rng.integers(0, 16384, size=(2, 256), dtype=np.int64))
+PY
+  [[ -f $WORK/arpg_l_random.pt ]] || python3 - "$WORK" <<'PY'
+import sys, torch
+from autoregressive.models.arpg import ARPG_models
+from tokenizer.vq_model import VQ_models
+torch.manual_seed(0)
+torch.save({"model": ARPG_models["ARPG-L"]().state_dict()}, f"{sys.argv[1]}/arpg_l_random.pt")
+torch.save({"model": VQ_models["VQ-16"]().state_dict()}, f"{sys.argv[1]}/vq_random.pt")
+PY
+}
+
+train() {  # name gpus model batch_per_gpu mode [extra flags]
+  local name=$1 gpus=$2 model=$3 per_gpu=$4 mode=$5; shift 5
+  local nproc=$(( $(tr -cd , <<<"$gpus" | wc -c) + 1 ))
+  CUDA_VISIBLE_DEVICES=$gpus setsid timeout 420 torchrun --standalone --nproc_per_node="$nproc" train_c2i.py \
+    --gpt-model "$model" --code-path "$CODES" --dataset imagenet_code --global-batch-size $((per_gpu * nproc)) \
+    --max-steps "$STEPS" --log-every 10 --ckpt-every 100000 --data-parallel "$mode" --num-workers 4 \
+    --results-dir "$WORK/runs/$name" "$@" >"$LOGS/$name.log" 2>&1 &
+  local pid=$!
+  # Stop at the last log line: the final checkpoint (16 GB for XXL with AdamW) is not what is measured.
+  while kill -0 $pid 2>/dev/null && ! grep -q "step $(printf %07d "$STEPS") loss" "$LOGS/$name.log"; do sleep 1; done
+  kill -9 -- -$pid 2>/dev/null; wait $pid 2>/dev/null
+  echo "exit ok" >>"$LOGS/$name.log"
+  rm -rf "$WORK/runs/$name"
+  summary "$name"
+  tar czf "$OUT/logs-${PART}.tgz" -C "$LOGS" .
+}
+
+summary() {  # name: median img/s of the logs after the first (compile), peak memory, final loss
+  python3 - "$LOGS/$1.log" "$1" <<'PY'
+import re, statistics, sys
+text = open(sys.argv[1]).read()
+rows = re.findall(r"step (\d+) loss ([\d.]+) lr \S+ ([\d.]+) img/s, peak memory ([\d.]+) GiB", text)
+after = [float(r[2]) for r in rows[1:]] or [0.0]
+peak = max([float(r[3]) for r in rows] or [0.0])
+status = re.findall(r"exit (\w+)", text)
+oom = "OUT OF MEMORY" if "OutOfMemoryError" in text or "out of memory" in text else ""
+print(f"{sys.argv[2]:<24} img/s {statistics.median(after):8.1f}  peak {peak:5.1f} GiB  "
+      f"loss@{rows[-1][0] if rows else '-'} {rows[-1][1] if rows else '-'}  exit {status[-1] if status else '?'} {oom}")
+PY
+}
+
+phase() { echo "== phase: $*" | tee -a "$LOGS/phases.txt"; }
+
+sample() {  # name gpus [extra]
+  local name=$1 gpus=$2; shift 2
+  local nproc=$(( $(tr -cd , <<<"$gpus" | wc -c) + 1 ))
+  CUDA_VISIBLE_DEVICES=$gpus torchrun --standalone --nproc_per_node="$nproc" sample_c2i_ddp.py --gpt-model ARPG-L \
+    --gpt-ckpt "$WORK/arpg_l_random.pt" --vq-ckpt "$WORK/vq_random.pt" --sample-schedule arccos --cfg-scale 4.5 \
+    --step 64 --num-fid-samples 10000 --per-proc-batch-size 250 --no-compile-vq --sample-dir "$WORK/samples/$name" "$@"
+}
+
+PART=${1:-none}
+make_inputs
+case "$PART" in
+  scaling-small)
+    phase "1 GPU each: L-ddp-1 L-fsdp-1 XXL-ddp-1 XXL-fsdp-1"
+    train L-ddp-1 0 ARPG-L 128 ddp & train L-fsdp-1 1 ARPG-L 128 fsdp &
+    train XXL-ddp-1 2 ARPG-XXL 64 ddp & train XXL-fsdp-1 3 ARPG-XXL 64 fsdp & wait
+    phase "2 GPUs each: L-ddp-2 L-fsdp-2"
+    train L-ddp-2 0,1 ARPG-L 128 ddp & train L-fsdp-2 2,3 ARPG-L 128 fsdp & wait
+    phase "2 GPUs each: XXL-ddp-2 XXL-fsdp-2"
+    train XXL-ddp-2 0,1 ARPG-XXL 64 ddp & train XXL-fsdp-2 2,3 ARPG-XXL 64 fsdp & wait ;;
+  scaling-large)
+    for n in L-fsdp-4 XXL-fsdp-4 L-ddp-4 XXL-ddp-4; do
+      phase "4 GPUs alone: $n"; model=ARPG-${n%%-*}; mode=${n#*-}; mode=${mode%-*}
+      train "$n" 0,1,2,3 "$model" $([[ $model == ARPG-L ]] && echo 128 || echo 64) "$mode"
+    done ;;
+  recipe)  # the official flags; 256 per GPU on 4 GPUs, or 128 with accumulation if 256 does not fit
+    phase "recipe: global batch 1024 on 4 GPUs"
+    train recipe-1024 0,1,2,3 ARPG-L 256 ddp --lr 4e-4
+    if grep -q "out of memory\|OutOfMemoryError" "$LOGS/recipe-1024.log"; then
+      train recipe-1024-accum2 0,1,2,3 ARPG-L 256 ddp --lr 4e-4 --gradient-accumulation-steps 2
+    fi ;;
+  sample)
+    phase "sample: 10,000 images on 1 GPU, then 4 GPUs, then 4 GPUs killed mid-way and rerun"
+    start=$SECONDS; sample one 0 >"$LOGS/sample-1.log" 2>&1; echo "1 GPU: $((SECONDS - start)) s, exit $?"
+    start=$SECONDS; sample four 0,1,2,3 >"$LOGS/sample-4.log" 2>&1; echo "4 GPUs: $((SECONDS - start)) s, exit $?"
+    sample killed 0,1,2,3 >"$LOGS/sample-killed.log" 2>&1 &
+    while (( $(find "$WORK/samples/killed" -name '*.png' 2>/dev/null | wc -l) < 5000 )); do sleep 1; done
+    pkill -9 -f sample_c2i_ddp.py; pkill -9 -f "torchrun.*sample_c2i_ddp"; wait
+    echo "killed with $(find "$WORK/samples/killed" -name '*.png' | wc -l) PNGs written"
+    sample killed 0,1,2,3 >"$LOGS/sample-rerun.log" 2>&1; echo "rerun exit $?"
+    md5sum "$WORK"/samples/*/*.npz
+    python3 - "$WORK/samples/killed" <<'PY'
+import os, re, sys
+names = [n for _, _, files in os.walk(sys.argv[1]) for n in files if n.endswith(".png")]
+indices = sorted(int(re.sub(r"\D", "", n)) for n in names)
+print(f"PNGs {len(indices)}, distinct {len(set(indices))}, missing {sorted(set(range(10000)) - set(indices))[:5]}")
+PY
+    ;;
+  *) echo "usage: $0 scaling-small|scaling-large|recipe|sample" >&2; exit 2 ;;
+esac
+tar czf "$OUT/logs-${PART}.tgz" -C "$LOGS" .
