@@ -1,11 +1,10 @@
 """Shared pieces of the sampling scripts: loading the models, generating, tokens to images."""
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from autoregressive.fast_generate import FastSampler, fusion
-from autoregressive.generate import generate
+from autoregressive.fast_generate import make_sampler  # noqa: F401  (moved; this module is split next)
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.weights import load_model_weights
 
@@ -46,20 +45,6 @@ def load_vq(name: str, ckpt: str, device, dtype=torch.float32, compile_decoder: 
     from tokenizer.vq_model import VQ_models
 
     return prepare_vq(load_model_weights(VQ_models[name](), ckpt), device, dtype, compile_decoder)
-
-
-def make_sampler(model, use_fast: bool = True, fuse: Union[bool, str] = False):
-    """A function (labels, sampling, generator, **known tokens) -> tokens: the CUDA-graph path on CUDA,
-    else the reference loop; keyword arguments (known, known_mask) go to either. fuse: compile the
-    layers too (faster; logits close to, not equal to, the eager layers'), in either path; a string
-    names the torch.compile backend (tests use "aot_eager")."""
-    if use_fast and model.embeddings.weight.is_cuda:
-        decode = FastSampler(model, fuse=fuse).generate
-    else:
-        def decode(*args, **kwargs):
-            with fusion(model, fuse):
-                return generate(model, *args, **kwargs)
-    return lambda labels, sampling, generator, **kwargs: decode(labels, sampling, generator=generator, **kwargs)
 
 
 def batch_generator(device, global_seed: int, first_index: int) -> torch.Generator:

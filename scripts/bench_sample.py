@@ -48,7 +48,7 @@ def fused_logits_check(model, device) -> str:
     ones, each against the same model in float32 (max |difference|, share of equal top-1 tokens)."""
     import copy
 
-    from autoregressive.fast_generate import fused_layers
+    from autoregressive.fast_generate import compiled_layer_parts, eager_rounding
 
     config = model.config
     generator = torch.Generator(device).manual_seed(1)
@@ -58,8 +58,9 @@ def fused_logits_check(model, device) -> str:
     ids[:, 0], slots[:, 0] = config.vocab_size + 1, 0  # class 0 first
     exact = copy.deepcopy(model).float().decode(ids, slots, slots, causal=True)
     eager = model.decode(ids, slots, slots, causal=True)
-    with fused_layers(model):
-        fused = model.decode(ids, slots, slots, causal=True)
+    parts = compiled_layer_parts(model)
+    with eager_rounding(parts):
+        fused = model.decode(ids, slots, slots, causal=True, layer_parts=parts)
 
     def against_float32(logits):
         top1 = (logits.argmax(-1) == exact.argmax(-1)).float().mean()

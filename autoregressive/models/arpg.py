@@ -251,11 +251,12 @@ class DecoderLayer(nn.Module):
     """Pre-norm block: x + proj(attn(norm(x))), then + ffn(norm(.)), with residual dropout.
 
     Split in three for decoding: `before_attention` (norm, projections, RoPE) and `after_attention`
-    (output projection, residuals, FFN) touch no cache, so `fuse_for_decoding` can compile them; the
-    attention with its cache writes stays between them.
+    (output projection, residuals, FFN) touch no cache, so a caller may pass compiled versions of them
+    (`parts`, see autoregressive/fast_generate.py); the attention with its cache writes stays between them.
+    recompute: recomputed in the backward pass (training memory, see ARPGConfig.grad_checkpointing).
     """
 
-    def __init__(self, config: ARPGConfig, attention: nn.Module):
+    def __init__(self, config: ARPGConfig, attention: nn.Module, recompute: bool = False):
         super().__init__()
         self.attn = attention
         self.ffn = FeedForward(config)
@@ -263,7 +264,7 @@ class DecoderLayer(nn.Module):
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
         self.resid_dropout_p = config.resid_dropout_p
         self.ffn_dropout_p = config.ffn_dropout_p
-        self.fused = None  # (before, after) compiled for decoding, see fuse_for_decoding
+        self.recompute = recompute
 
     def before_attention(self, x, rope):
         return self.attn.project(self.attn_norm(x), rope)
@@ -272,8 +273,8 @@ class DecoderLayer(nn.Module):
         h = x + F.dropout(self.attn.proj(merge_heads(attended)), self.resid_dropout_p, training)
         return h + F.dropout(self.ffn(self.ffn_norm(h)), self.ffn_dropout_p, training)
 
-    def forward(self, x, training: bool, rope, **attn_kwargs):
-        before, after = self.fused or (self.before_attention, self.after_attention)
+    def forward(self, x, training: bool, rope, parts=None, **attn_kwargs):
+        before, after = parts or (self.before_attention, self.after_attention)
         attended = self.attn.attend(before(x, rope), **attn_kwargs)
         return after(x, attended, training)
 
@@ -285,25 +286,26 @@ class TwoPassDecoder(nn.Module):
         super().__init__()
         self.n_head = config.n_head
         self.attn_dropout_p = config.attn_dropout_p
-        num_each = config.n_layer // 2
-        self.self_dec = nn.ModuleList([DecoderLayer(config, SelfAttention(config)) for _ in range(num_each)])
-        self.cross_dec = nn.ModuleList([DecoderLayer(config, CrossAttention(config)) for _ in range(num_each)])
+        num_each, recompute = config.n_layer // 2, config.checkpoints_layer
+        self.self_dec = nn.ModuleList([DecoderLayer(config, SelfAttention(config), recompute(i)) for i in range(num_each)])
+        self.cross_dec = nn.ModuleList([DecoderLayer(config, CrossAttention(config), recompute(num_each + i))
+                                        for i in range(num_each)])
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.to_kv = nn.Linear(config.dim, 2 * config.dim, bias=False)  # the shared set's to_k, to_v
         keep_official_names(self, "to_kv", ("to_k", "to_v"))
-        for index, layer in enumerate([*self.self_dec, *self.cross_dec]):
-            layer.recompute = config.checkpoints_layer(index)
 
     def forward(self, x, queries, known_rope, query_rope, causal: bool, training: bool,
-                cache: Optional[KVCache] = None):
+                cache: Optional[KVCache] = None, layer_parts=None):
         """x (B, n, D) known tokens; queries (B, m, D) [MASK] stream. Returns (B, m, D).
 
         causal: the known tokens attend causally among themselves (always to the cached ones).
+        layer_parts: None, or each layer's (before_attention, after_attention) in compute order.
         """
         attn_p = self.attn_dropout_p if training else 0.0
+        parts = layer_parts or [None] * (len(self.self_dec) + len(self.cross_dec))
         for i, layer in enumerate(self.self_dec):
-            x = self.run(layer, x, training, rope=known_rope, causal=causal, dropout_p=attn_p, cache=cache,
-                         cache_index=i)
+            x = self.run(layer, x, training, rope=known_rope, parts=parts[i], causal=causal, dropout_p=attn_p,
+                         cache=cache, cache_index=i)
         k, v = (split_heads(part, self.n_head) for part in self.to_kv(self.norm(x)).chunk(2, dim=-1))
         k, v = apply_rope(k, known_rope).transpose(1, 2), v.transpose(1, 2)  # (B, H, n, d)
         if cache is not None:
@@ -312,9 +314,9 @@ class TwoPassDecoder(nn.Module):
         # Targets see the known tokens before them only in teacher forcing; at inference the
         # queries of a step see every cached token.
         cross_causal = causal and cache is None
-        for layer in self.cross_dec:
-            queries = self.run(layer, queries, training, rope=query_rope, k=k, v=v, causal=cross_causal,
-                               dropout_p=attn_p)
+        for i, layer in enumerate(self.cross_dec, start=len(self.self_dec)):
+            queries = self.run(layer, queries, training, rope=query_rope, parts=parts[i], k=k, v=v,
+                               causal=cross_causal, dropout_p=attn_p)
         return queries
 
     def run(self, layer: nn.Module, x, training: bool, **kwargs):
@@ -378,20 +380,23 @@ class ARPG(nn.Module):
         return torch.arange(self.config.cls_token_num, device=device).expand(batch_size, -1)
 
     def decode_features(self, known_ids, known_slots, query_slots, causal: bool, training: bool = False,
-                        cache: Optional[KVCache] = None):
+                        cache: Optional[KVCache] = None, layer_parts=None):
         """Normalised features (B, m, D) of the targets at query_slots (B, m), given the known tokens
-        known_ids (B, n) at known_slots (B, n) (plus whatever `cache` already holds)."""
+        known_ids (B, n) at known_slots (B, n) (plus whatever `cache` already holds). layer_parts: each
+        layer's (before_attention, after_attention) to run instead of its own, e.g. compiled ones."""
         x = self.embed(known_ids, known_slots)
         x = F.dropout(x, self.config.token_dropout_p, training)
         mask_ids = torch.full_like(query_slots, self.config.mask_token_id)
         queries = self.embed(mask_ids, query_slots)
-        out = self.layers(x, queries, self.rope(known_slots), self.rope(query_slots), causal, training, cache)
+        out = self.layers(x, queries, self.rope(known_slots), self.rope(query_slots), causal, training, cache,
+                          layer_parts)
         return self.norm(out)
 
     def decode(self, known_ids, known_slots, query_slots, causal: bool, training: bool = False,
-               cache: Optional[KVCache] = None):
+               cache: Optional[KVCache] = None, layer_parts=None):
         """Logits (B, m, V) float32; the arguments of decode_features."""
-        return self.head(self.decode_features(known_ids, known_slots, query_slots, causal, training, cache)).float()
+        features = self.decode_features(known_ids, known_slots, query_slots, causal, training, cache, layer_parts)
+        return self.head(features).float()
 
     def forward(self, input_ids, condition, targets=None, orders=None,
                 return_logits: bool = True) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
