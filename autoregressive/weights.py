@@ -130,3 +130,10 @@ def load_vq(name: str, ckpt: str, device, dtype=torch.float32, compile_decoder: 
     from tokenizer.vq_model import VQ_models
 
     return prepare_vq(load_model_weights(VQ_models[name](), ckpt), device, dtype, compile_decoder)
+
+
+def module_state_dict(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
+    """The weights under the modules' own names (fused projections: see models/official_names.py),
+    sharing storage with the model: what a sharded checkpoint holds and is read back into. ARPG keeps
+    no buffers in its state dict, so its parameters are all of it."""
+    return {name: parameter.detach() for name, parameter in model.named_parameters()}

@@ -21,21 +21,19 @@ Not in the release: `learned_pos_embed` adds a learned absolute embedding to eac
 target query. The relative RoPE alone makes the model translation invariant, which is fatal on tiny
 centred images (the 8x8 digits demo); it is off for ARPG-L/XL/XXL so their state dicts stay official.
 """
-import contextlib
 import math
-import threading
 from dataclasses import dataclass
 from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
-from autoregressive.kernels import decode_attention
+from autoregressive.models.attention import CrossAttention, SelfAttention, merge_heads, split_heads
 from autoregressive.models.kv_cache import KVCache
 from autoregressive.models.loss import chunked_cross_entropy
+from autoregressive.models.official_names import keep_official_names
 from autoregressive.models.rope import apply_rope, rope_table_2d
 
 
@@ -121,43 +119,6 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), eps=self.eps) * self.weight
 
 
-_NAMES = threading.local()
-
-
-@contextlib.contextmanager
-def fused_state_dict_names():
-    """State dicts taken or loaded inside keep the fused weights (`qkv`, `w13`, `to_kv`) as they are:
-    what sharded (FSDP) checkpoints hold, since splitting a sharded tensor would gather it."""
-    previous = getattr(_NAMES, "fused", False)
-    _NAMES.fused = True
-    try:
-        yield
-    finally:
-        _NAMES.fused = previous
-
-
-def keep_official_names(module: nn.Module, fused: str, parts: Tuple[str, ...]) -> None:
-    """`module.<fused>` computes the bias-free projections `parts` of one input as one matmul; its
-    weight is their row-wise concatenation. The state dict still holds `<part>.weight` tensors, so the
-    released checkpoints load unchanged and ours keep their format."""
-
-    def split_on_save(mod, state_dict, prefix, local_metadata):
-        if getattr(_NAMES, "fused", False):
-            return state_dict
-        fused_weight = state_dict.pop(prefix + fused + ".weight")
-        for name, piece in zip(parts, fused_weight.chunk(len(parts))):
-            state_dict[prefix + name + ".weight"] = piece.detach().clone()  # own storage, for safetensors
-        return state_dict
-
-    def merge_on_load(state_dict, prefix, *args):
-        keys = [prefix + name + ".weight" for name in parts]
-        if not getattr(_NAMES, "fused", False) and all(key in state_dict for key in keys):
-            state_dict[prefix + fused + ".weight"] = torch.cat([state_dict.pop(key) for key in keys])
-
-    module._register_state_dict_hook(split_on_save)
-    module._register_load_state_dict_pre_hook(merge_on_load)
-
-
 class FeedForward(nn.Module):
     """SwiGLU: w2(silu(w1 x) * w3 x), with w1 and w3 stored as one matrix `w13`."""
 
@@ -170,81 +131,6 @@ class FeedForward(nn.Module):
     def forward(self, x):
         gate, up = self.w13(x).chunk(2, dim=-1)
         return self.w2(F.silu(gate) * up)
-
-
-def attend(q, k, v, causal: bool, dropout_p: float = 0.0):
-    """Attention of q (B, H, n_q, d) over k, v (B, H, n_k, d).
-
-    causal: query i sees keys j <= i + n_k - n_q (aligned at the end: the queries are the newest
-    entries, or, in cross-attention, the targets after the class tokens).
-    """
-    n_q, n_k = q.shape[2], k.shape[2]
-    if not causal and dropout_p == 0.0 and decode_attention.supports(q, k, v):
-        # Decoding: a few queries per row over the KV cache. One Triton program per row and head
-        # reads the keys once; SDPA pads the queries to 64-128 rows (1.3-1.9x slower on an H100).
-        # A rule of the inputs alone, so the reference loop and the CUDA-graph path agree exactly.
-        return decode_attention.decode_attention(q, k, v)
-    if not causal and q.is_cuda and n_q <= 8 and n_k <= 128:
-        # Decoding reads a short cache with a few queries per row: the memory-efficient kernel does
-        # that 1.3-1.45x faster than cuDNN's on an H100 (equal from ~160 keys on). A fixed rule of the
-        # shapes, so the reference loop and the CUDA-graph path pick the same kernel and agree exactly.
-        with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION]):
-            return F.scaled_dot_product_attention(q, k, v)
-    if not causal or n_q == n_k:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout_p)
-    allowed = torch.ones(n_q, n_k, dtype=torch.bool, device=q.device).tril(diagonal=n_k - n_q)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)
-
-
-def split_heads(x, n_head: int):
-    """(B, n, H*d) -> (B, n, H, d)."""
-    return x.view(*x.shape[:2], n_head, -1)
-
-
-def merge_heads(x):
-    """(B, H, n, d) -> (B, n, H*d)."""
-    return x.transpose(1, 2).flatten(2)
-
-
-class SelfAttention(nn.Module):
-    """to_q, to_k, to_v stored as one matrix `qkv`."""
-
-    def __init__(self, config: ARPGConfig):
-        super().__init__()
-        self.n_head = config.n_head
-        self.qkv = nn.Linear(config.dim, 3 * config.dim, bias=False)
-        self.proj = nn.Linear(config.dim, config.dim, bias=False)
-        keep_official_names(self, "qkv", ("to_q", "to_k", "to_v"))
-
-    def project(self, x, rope):
-        """Normalised input (B, n, D) -> rotated q, k and plain v, each (B, H, n, d)."""
-        qkv = self.qkv(x).unflatten(-1, (3, self.n_head, -1))  # (B, n, 3, H, d)
-        qk = apply_rope(qkv[:, :, :2], rope)  # q and k rotated in one pass
-        return qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
-
-    def attend(self, projected, causal: bool, dropout_p: float, cache: Optional[KVCache] = None,
-               cache_index: int = 0):
-        q, k, v = projected
-        if cache is not None:
-            k, v = cache.write(cache_index, k, v)  # (B, H, cached + n, d)
-        return attend(q, k, v, causal, dropout_p)
-
-
-class CrossAttention(nn.Module):
-    """Queries from the [MASK] stream; keys/values are the shared set, already in (B, H, n, d)."""
-
-    def __init__(self, config: ARPGConfig):
-        super().__init__()
-        self.n_head = config.n_head
-        self.to_q = nn.Linear(config.dim, config.dim, bias=False)
-        self.proj = nn.Linear(config.dim, config.dim, bias=False)
-
-    def project(self, x, rope):
-        """Normalised queries (B, m, D) rotated with their targets' positions -> (B, H, m, d)."""
-        return apply_rope(split_heads(self.to_q(x), self.n_head), rope).transpose(1, 2)
-
-    def attend(self, q, k, v, causal: bool, dropout_p: float):
-        return attend(q, k, v, causal, dropout_p)
 
 
 class DecoderLayer(nn.Module):
@@ -286,9 +172,10 @@ class TwoPassDecoder(nn.Module):
         super().__init__()
         self.n_head = config.n_head
         self.attn_dropout_p = config.attn_dropout_p
-        num_each, recompute = config.n_layer // 2, config.checkpoints_layer
-        self.self_dec = nn.ModuleList([DecoderLayer(config, SelfAttention(config), recompute(i)) for i in range(num_each)])
-        self.cross_dec = nn.ModuleList([DecoderLayer(config, CrossAttention(config), recompute(num_each + i))
+        num_each, recompute, dim, heads = config.n_layer // 2, config.checkpoints_layer, config.dim, config.n_head
+        self.self_dec = nn.ModuleList([DecoderLayer(config, SelfAttention(dim, heads), recompute(i))
+                                       for i in range(num_each)])
+        self.cross_dec = nn.ModuleList([DecoderLayer(config, CrossAttention(dim, heads), recompute(num_each + i))
                                         for i in range(num_each)])
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.to_kv = nn.Linear(config.dim, 2 * config.dim, bias=False)  # the shared set's to_k, to_v
@@ -437,16 +324,15 @@ class ARPG(nn.Module):
         return KVCache(len(self.layers.self_dec) + 1, batch_size, self.config.n_head, max_len,
                        self.config.head_dim, weight.dtype, weight.device)
 
-    @torch.inference_mode()
-    def generate(self, condition, num_steps: int = 64, cfg_scale: float = 4.0, cfg_schedule: str = "linear",
-                 sample_schedule: str = "arccos", temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                 orders=None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Sample (B, N) long tokens in raster order for (B,) class ids; see autoregressive/generate.py."""
-        from autoregressive.generate import generate
+    def generate(self, condition, *, orders=None, generator: Optional[torch.Generator] = None, known=None,
+                 known_mask=None, **sampling) -> torch.Tensor:
+        """Sample (B, N) long tokens in raster order for (B,) class ids: the reference loop of
+        autoregressive/generate.py, with SamplingConfig's fields (num_steps, cfg_scale, cfg_schedule,
+        sample_schedule, temperature, top_k, top_p) as keyword arguments."""
+        from autoregressive.generate import generate  # the loop is not part of the network
 
-        return generate(self, condition, num_steps=num_steps, cfg_scale=cfg_scale, cfg_schedule=cfg_schedule,
-                        sample_schedule=sample_schedule, temperature=temperature, top_k=top_k, top_p=top_p,
-                        orders=orders, generator=generator)
+        return generate(self, condition, orders=orders, generator=generator, known=known, known_mask=known_mask,
+                        **sampling)
 
 
 def ARPG_L(**overrides):
