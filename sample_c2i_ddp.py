@@ -39,7 +39,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "same tokens as the reference loop")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="decode with the reference loop")
     parser.add_argument("--fused", action="store_true",
-                        help="also compile the layers: faster (1.2-1.3x on an H100), logits as close to float32 as the "
+                        help="also compile the layers: faster (see the README), logits as close to float32 as the "
                              "eager layers' but not bitwise equal to them, so samples differ where tokens nearly tie")
     parser.add_argument("--vq-model", default="VQ-16")
     parser.add_argument("--vq-ckpt", default=None, help="VQ checkpoint; not needed for the digits model")
