@@ -15,9 +15,12 @@ import torch.nn.functional as F
 from torchvision.utils import save_image
 
 from autoregressive import editing
-from autoregressive.generate import SamplingConfig
+from autoregressive.fast_generate import make_sampler
 from autoregressive.models.arpg import ARPG_models
-from autoregressive.sample_utils import PRECISIONS, load_gpt, load_vq, make_sampler, resolve_device, tokens_to_images
+from autoregressive.render import tokens_to_view
+from autoregressive.sampling import SamplingConfig, add_sampling_args
+from autoregressive.utils.device import resolve_device
+from autoregressive.weights import PRECISIONS, load_gpt, load_vq
 
 TASKS = ("inpaint", "outpaint", "class-edit", "expand")
 
@@ -42,18 +45,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--class-label", type=int, default=None, help="class to generate under (digits: the digit's own)")
     parser.add_argument("--out-size", type=int, default=None, help="expand: tokens per side of the new canvas")
     parser.add_argument("--num-samples", type=int, default=4)
-    parser.add_argument("--cfg-scale", type=float, default=4.0)
-    parser.add_argument("--cfg-schedule", choices=["linear", "constant"], default="linear")
-    parser.add_argument("--sample-schedule", choices=["arccos", "cosine"], default="arccos")
-    parser.add_argument("--step", type=int, default=16)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=0)
-    parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precision", choices=list(PRECISIONS), default="none")
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     parser.add_argument("--out", default="samples/edit.png")
-    return parser
+    return add_sampling_args(parser, num_steps=16)
 
 
 def load_source(args, model, vq, device):
@@ -89,10 +85,7 @@ def keep_mask(args, grid: int, downsample: int) -> torch.Tensor:
 
 def render(tokens: torch.Tensor, vq, model) -> torch.Tensor:
     """(B, g, g) tokens -> (B, 3, H, W) floats in [0, 1] (digits enlarged for viewing)."""
-    grid = tokens.shape[-1]
-    images = tokens_to_images(tokens.reshape(len(tokens), -1), grid, vq, model.config.vocab_size)
-    pixels = images.permute(0, 3, 1, 2).float() / 255
-    return F.interpolate(pixels, scale_factor=4, mode="nearest") if vq is None else pixels
+    return tokens_to_view(tokens.reshape(len(tokens), -1), tokens.shape[-1], vq, model.config.vocab_size)
 
 
 def main(args) -> None:
@@ -103,9 +96,7 @@ def main(args) -> None:
     label = args.class_label if args.class_label is not None else own_label
     if label is None:
         raise ValueError("--class-label is required for this input")
-    sampling = SamplingConfig(num_steps=args.step, cfg_scale=args.cfg_scale, cfg_schedule=args.cfg_schedule,
-                              sample_schedule=args.sample_schedule, temperature=args.temperature,
-                              top_k=args.top_k, top_p=args.top_p)
+    sampling = SamplingConfig.from_args(args)
     generator = torch.Generator(device).manual_seed(args.seed)
     decode = make_sampler(model)
     sample = lambda labels, known, known_mask: decode(labels, sampling, generator, known=known, known_mask=known_mask)

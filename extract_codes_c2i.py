@@ -66,7 +66,7 @@ def main():
     parser.add_argument("--crop-range", type=float, default=1.1, help="--ten-crop: centre crop size factor")
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     args = parser.parse_args()
-    from autoregressive.sample_utils import load_vq
+    from autoregressive.weights import load_vq
 
     info = init_distributed(args.device)
     logger = get_logger("arpg.extract", rank=info.rank)

@@ -10,11 +10,13 @@ import os
 import torch
 from torchvision.utils import save_image
 
-from autoregressive.generate import SamplingConfig, check_class_ids
+from autoregressive.fast_generate import make_sampler
+from autoregressive.generate import check_class_ids
 from autoregressive.models.arpg import ARPG_models
-from autoregressive.sample_utils import PRECISIONS, load_gpt, load_vq, make_sampler, resolve_device, tokens_to_images
-
-DEFAULTS = SamplingConfig()
+from autoregressive.render import tokens_to_view
+from autoregressive.sampling import SamplingConfig, add_sampling_args
+from autoregressive.utils.device import resolve_device
+from autoregressive.weights import PRECISIONS, load_gpt, load_vq
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Sample a PNG grid from an ARPG checkpoint.")
@@ -24,13 +26,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--vq-ckpt", default=None, help="VQ tokenizer checkpoint; none for the digits model")
     parser.add_argument("--class-labels", type=int, nargs="+", default=[207, 360, 387, 974, 88, 979, 417, 279])
     parser.add_argument("--samples-per-class", type=int, default=1)
-    parser.add_argument("--cfg-scale", type=float, default=DEFAULTS.cfg_scale)
-    parser.add_argument("--cfg-schedule", choices=["linear", "constant"], default=DEFAULTS.cfg_schedule)
-    parser.add_argument("--sample-schedule", choices=["arccos", "cosine"], default=DEFAULTS.sample_schedule)
-    parser.add_argument("--step", type=int, default=DEFAULTS.num_steps, help="decoding steps")
-    parser.add_argument("--temperature", type=float, default=DEFAULTS.temperature, help="0 = greedy")
-    parser.add_argument("--top-k", type=int, default=DEFAULTS.top_k)
-    parser.add_argument("--top-p", type=float, default=DEFAULTS.top_p)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precision", choices=list(PRECISIONS), default="none")
     parser.add_argument("--image-size", type=int, default=256)
@@ -41,7 +36,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="samples/grid.png")
     parser.add_argument("--fused", action="store_true",
                         help="compile the layers too (CUDA): faster, logits close to, not equal to, the eager layers'")
-    return parser
+    return add_sampling_args(parser)
 
 def main(args) -> None:
     device = resolve_device(args.device)
@@ -51,17 +46,11 @@ def main(args) -> None:
     model = load_gpt(args.gpt_model, args.gpt_ckpt, device, args.precision, **overrides)
     labels = torch.tensor(args.class_labels, device=device).repeat_interleave(args.samples_per_class)
     check_class_ids(labels, model.config.num_classes)
-    sampling = SamplingConfig(num_steps=args.step, cfg_scale=args.cfg_scale, cfg_schedule=args.cfg_schedule,
-                              sample_schedule=args.sample_schedule, temperature=args.temperature,
-                              top_k=args.top_k, top_p=args.top_p)
+    sampling = SamplingConfig.from_args(args)
     tokens = make_sampler(model, fuse=args.fused)(labels, sampling, torch.Generator(device).manual_seed(args.seed))
     vq = load_vq(args.vq_model, args.vq_ckpt, device) if args.vq_ckpt else None
-    images = tokens_to_images(tokens, model.config.grid_size, vq, model.config.vocab_size)
-
+    pixels = tokens_to_view(tokens, model.config.grid_size, vq, model.config.vocab_size)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    pixels = images.permute(0, 3, 1, 2).float() / 255
-    if vq is None:  # 8x8 digits: enlarge for viewing
-        pixels = torch.nn.functional.interpolate(pixels, scale_factor=4, mode="nearest")
     save_image(pixels, args.out, nrow=args.samples_per_class if args.samples_per_class > 1 else len(labels), padding=2)
     print(f"saved {len(labels)} samples to {args.out}")
 

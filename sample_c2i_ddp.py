@@ -17,29 +17,29 @@ import numpy as np
 import torch
 from PIL import Image
 
-from autoregressive.generate import SamplingConfig
+from autoregressive.fast_generate import make_sampler
 from autoregressive.models.arpg import ARPG_models
-from autoregressive.sample_utils import (PRECISIONS, batch_generator, load_gpt, load_vq, make_sampler,
-                                         tokens_to_images)
+from autoregressive.render import tokens_to_images
+from autoregressive.sampling import SamplingConfig, add_sampling_args
+from autoregressive.utils.device import enable_tf32
 from autoregressive.utils.dist import barrier, cleanup, init_distributed
 from autoregressive.utils.files import write_atomic
 from autoregressive.utils.logger import get_logger
+from autoregressive.weights import PRECISIONS, load_gpt, load_vq
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="DDP sampling into PNGs and an ADM .npz.")
     parser.add_argument("--gpt-model", choices=list(ARPG_models), default="ARPG-L")
     parser.add_argument("--gpt-ckpt", required=True)
-    parser.add_argument("--gpt-type", choices=["c2i"], default="c2i", help="class-conditional only")
-    parser.add_argument("--from-fsdp", action="store_true",
-                        help="the checkpoint is a bare state dict (detected anyway; kept for official commands)")
     parser.add_argument("--cls-token-num", type=int, default=1)
     parser.add_argument("--precision", choices=list(PRECISIONS), default="bf16", help="weights dtype")
     parser.add_argument("--compile", action="store_true", default=True,
-                        help="the CUDA-graph fast sampler (default; same tokens as the reference loop)")
-    parser.add_argument("--no-compile", dest="compile", action="store_false", help="use the reference loop")
+                        help="decode with CUDA graphs (the fast sampler; default, the official flag's name); "
+                             "same tokens as the reference loop")
+    parser.add_argument("--no-compile", dest="compile", action="store_false", help="decode with the reference loop")
     parser.add_argument("--fused", action="store_true",
-                        help="also compile the layers: faster (1.2-1.3x on an H100), logits as close to float32 as the "
+                        help="also compile the layers: faster (see the README), logits as close to float32 as the "
                              "eager layers' but not bitwise equal to them, so samples differ where tokens nearly tie")
     parser.add_argument("--vq-model", default="VQ-16")
     parser.add_argument("--vq-ckpt", default=None, help="VQ checkpoint; not needed for the digits model")
@@ -49,24 +49,28 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compile-vq", action=argparse.BooleanOptionalAction, default=True,
                         help="compile the VQ decoder on CUDA (2x faster in float32; about a minute to compile)")
     parser.add_argument("--codebook-size", type=int, default=None, help="default: the model size's (16384)")
-    parser.add_argument("--codebook-embed-dim", type=int, default=8)
     parser.add_argument("--image-size", type=int, default=None, help="default: the model size's grid x 16")
     parser.add_argument("--image-size-eval", type=int, default=None, help="resize (bicubic) before saving")
     parser.add_argument("--downsample-size", type=int, default=16)
     parser.add_argument("--num-classes", type=int, default=None, help="default: the model size's (1000)")
-    parser.add_argument("--cfg-scale", type=float, default=2.0)
-    parser.add_argument("--cfg-schedule", choices=["linear", "constant"], default="linear")
-    parser.add_argument("--sample-schedule", choices=["arccos", "cosine"], default="arccos")
-    parser.add_argument("--step", type=int, default=256, help="decoding steps")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=0)
-    parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--sample-dir", default="samples")
     parser.add_argument("--per-proc-batch-size", type=int, default=32)
     parser.add_argument("--num-fid-samples", type=int, default=50000)
     parser.add_argument("--global-seed", type=int, default=0)
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
-    return parser
+    ignored = parser.add_argument_group(
+        "compatibility", "accepted so the official command lines run, and ignored: checkpoint layouts are "
+        "detected, class-conditional is the only model type, and the VQ model fixes its code dimension")
+    ignored.add_argument("--gpt-type", choices=["c2i"], default="c2i")
+    ignored.add_argument("--from-fsdp", action="store_true")
+    ignored.add_argument("--codebook-embed-dim", type=int, default=8)
+    # The official sample_c2i_ddp.py's defaults: CFG 2.0 and 256 steps (one token per step at 256x256).
+    return add_sampling_args(parser, cfg_scale=2.0, num_steps=256)
+
+
+def batch_generator(device, global_seed: int, first_index: int) -> torch.Generator:
+    """The randomness of a batch: a function of (global seed, index of its first sample) only."""
+    return torch.Generator(device).manual_seed(global_seed * 1_000_003 + first_index)
 
 
 def folder_name(args, image_size: int, image_size_eval: int) -> str:
@@ -129,8 +133,7 @@ def main(args) -> None:
     info = init_distributed(args.device)
     logger = get_logger("arpg.sample", rank=info.rank)
     if info.device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        enable_tf32()
     model = load_gpt(args.gpt_model, args.gpt_ckpt, info.device, args.precision, **model_overrides(args))
     config = model.config
     vq = None
@@ -143,9 +146,7 @@ def main(args) -> None:
     image_size_eval = args.image_size_eval or image_size
     folder = os.path.join(args.sample_dir, folder_name(args, image_size, image_size_eval))
     os.makedirs(folder, exist_ok=True)
-    sampling = SamplingConfig(num_steps=args.step, cfg_scale=args.cfg_scale, cfg_schedule=args.cfg_schedule,
-                              sample_schedule=args.sample_schedule, temperature=args.temperature,
-                              top_k=args.top_k, top_p=args.top_p)
+    sampling = SamplingConfig.from_args(args)
     sampler = make_sampler(model, use_fast=args.compile, fuse=args.fused)
     batch, total = args.per_proc_batch_size, args.num_fid_samples
     my_batches = range(info.rank, math.ceil(total / batch), info.world_size)

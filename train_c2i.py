@@ -13,6 +13,7 @@ import torch
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.train.config import TrainConfig
 from autoregressive.train.loop import find_resume_checkpoint, new_run_dir, train
+from autoregressive.utils.device import enable_tf32
 from autoregressive.utils.dist import cleanup, init_distributed
 
 DEFAULTS = TrainConfig(code_path="")
@@ -121,8 +122,7 @@ def main(cfg: TrainConfig) -> None:
         torch.set_num_threads(cfg.num_threads)
     info = init_distributed(cfg.device, always_group=cfg.data_parallel == "fsdp")
     if info.device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        enable_tf32()
     # Per-rank seed; a resumed run overwrites it with the saved RNG states.
     torch.manual_seed(cfg.global_seed * info.world_size + info.rank)
     dataset = build_dataset(cfg.dataset, cfg.code_path, seed=cfg.global_seed)

@@ -1,12 +1,94 @@
-"""Pure functions of ARPG's parallel decoding: the step plan, the guidance scale, filtering, drawing."""
+"""The settings of ARPG's parallel decoding (SamplingConfig and its command-line flags) and its pure
+functions: the step plan, the guidance scale, filtering, drawing."""
+import argparse
+import dataclasses
 import math
-from typing import List, Optional
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
 
 SAMPLE_SCHEDULES = ("arccos", "cosine")
 CFG_SCHEDULES = ("linear", "constant")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    num_steps: int = 64
+    cfg_scale: float = 4.0
+    cfg_schedule: str = "linear"
+    sample_schedule: str = "arccos"
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    # Fields that act only on drawing tokens from the guided logits, outside the network pass; every
+    # other field may change the work of a step (see captured_settings).
+    DRAW_FIELDS = ("temperature", "top_k", "top_p")
+
+    def __post_init__(self):
+        if self.sample_schedule not in SAMPLE_SCHEDULES:
+            raise ValueError(f"unknown sample schedule {self.sample_schedule!r}; choose one of {SAMPLE_SCHEDULES}")
+        if self.cfg_schedule not in CFG_SCHEDULES:
+            raise ValueError(f"unknown cfg schedule {self.cfg_schedule!r}; choose one of {CFG_SCHEDULES}")
+        if self.num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+
+    @property
+    def uses_guidance(self) -> bool:
+        return self.cfg_scale != 1.0
+
+    def captured_settings(self) -> Tuple:
+        """Every field that may change a step's network pass, as (name, value) pairs: what a cache of
+        captured steps must be keyed on. A new field counts unless it is listed in DRAW_FIELDS."""
+        return tuple((field.name, getattr(self, field.name)) for field in dataclasses.fields(self)
+                     if field.name not in self.DRAW_FIELDS)
+
+    def draw(self, logits: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """One token per position of the guided logits (..., V), with this config's draw settings."""
+        return draw_tokens(logits, self.temperature, self.top_k, self.top_p, generator)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "SamplingConfig":
+        """The config of the flags added by add_sampling_args."""
+        return cls(**{field: getattr(args, dest) for field, (_, dest, _) in SAMPLING_FLAGS.items()})
+
+
+# SamplingConfig field -> (flag, argparse dest, help). The flag names are the official scripts'.
+SAMPLING_FLAGS = {
+    "num_steps": ("--step", "step", "decoding steps"),
+    "cfg_scale": ("--cfg-scale", "cfg_scale", "classifier-free guidance scale; 1 = no guidance"),
+    "cfg_schedule": ("--cfg-schedule", "cfg_schedule", "how the guidance scale grows over the steps"),
+    "sample_schedule": ("--sample-schedule", "sample_schedule", "how many tokens each step generates"),
+    "temperature": ("--temperature", "temperature", "0 = greedy"),
+    "top_k": ("--top-k", "top_k", "0 = no top-k filter"),
+    "top_p": ("--top-p", "top_p", "1 = no nucleus filter"),
+}
+SCHEDULE_CHOICES = {"cfg_schedule": CFG_SCHEDULES, "sample_schedule": SAMPLE_SCHEDULES}
+
+
+def add_sampling_args(parser: argparse.ArgumentParser, **defaults) -> argparse.ArgumentParser:
+    """Add the sampling flags (--step, --cfg-scale, --cfg-schedule, --sample-schedule, --temperature,
+    --top-k, --top-p) to `parser`, defaulting to SamplingConfig's defaults; `defaults` overrides them
+    by field name (num_steps=256, say). Read them back with SamplingConfig.from_args."""
+    fields = {field.name: field for field in dataclasses.fields(SamplingConfig)}
+    unknown = set(defaults) - set(fields)
+    if unknown:
+        raise TypeError(f"unknown sampling defaults {sorted(unknown)}; SamplingConfig has {sorted(fields)}")
+    group = parser.add_argument_group("sampling")
+    for name, (flag, dest, help_text) in SAMPLING_FLAGS.items():
+        default = defaults.get(name, fields[name].default)
+        choices = SCHEDULE_CHOICES.get(name)
+        group.add_argument(flag, dest=dest, type=type(fields[name].default), choices=choices, default=default,
+                           help=f"{help_text} (default {default})")
+    return parser
 
 
 def masked_ratio(step: int, num_steps: int, schedule: str) -> float:

@@ -101,3 +101,39 @@ def load_model_weights(model: torch.nn.Module, path: str, entry: Optional[str] =
     check_state_dict(model, state)
     model.load_state_dict(state, strict=True)
     return model
+
+
+PRECISIONS = {"none": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def load_gpt(name: str, ckpt: Optional[str], device, precision: str = "none", **overrides):
+    """Build ARPG_models[name](**overrides), fill it strictly from ckpt, cast, eval mode."""
+    from autoregressive.models.arpg import ARPG_models
+
+    model = ARPG_models[name](**overrides)
+    if ckpt:
+        load_model_weights(model, ckpt)
+    return model.to(device=device, dtype=PRECISIONS[precision]).eval()
+
+
+def prepare_vq(vq, device, dtype=torch.float32, compile_decoder: bool = False):
+    """Move and cast the VQ tokenizer for decoding; compile its decoder on CUDA if asked. Float32 with
+    TF32 is what the official scripts decode with; the README compares the dtypes."""
+    vq = vq.to(device=device, dtype=dtype).eval()
+    if compile_decoder and torch.device(device).type == "cuda":
+        vq.decoder.compile()  # in place: the state dict keeps its names
+    return vq
+
+
+def load_vq(name: str, ckpt: str, device, dtype=torch.float32, compile_decoder: bool = False):
+    """The VQ tokenizer, filled strictly from ckpt ("model" entry or bare); see prepare_vq."""
+    from tokenizer.vq_model import VQ_models
+
+    return prepare_vq(load_model_weights(VQ_models[name](), ckpt), device, dtype, compile_decoder)
+
+
+def module_state_dict(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
+    """The weights under the modules' own names (fused projections: see models/official_names.py),
+    sharing storage with the model: what a sharded checkpoint holds and is read back into. ARPG keeps
+    no buffers in its state dict, so its parameters are all of it."""
+    return {name: parameter.detach() for name, parameter in model.named_parameters()}

@@ -63,26 +63,20 @@ def judge(samples: np.ndarray, labels: np.ndarray, n_components: int = 20, seed:
 def main():
     import torch
 
-    from autoregressive.generate import SamplingConfig, generate
+    from autoregressive.generate import generate
     from autoregressive.models.arpg import ARPG_models
+    from autoregressive.sampling import SamplingConfig, add_sampling_args
     from autoregressive.weights import load_model_weights
 
     parser = argparse.ArgumentParser(description="Sample a digits model and judge the samples.")
     parser.add_argument("--gpt-model", default="ARPG-digits", choices=list(ARPG_models))
     parser.add_argument("--gpt-ckpt", required=True)
     parser.add_argument("--num-samples", type=int, default=1000, help="sample i has class i mod 10")
-    parser.add_argument("--cfg-scale", type=float, default=2.0)
-    parser.add_argument("--cfg-schedule", default="linear", choices=["linear", "constant"])
-    parser.add_argument("--sample-schedule", default="arccos", choices=["arccos", "cosine"])
-    parser.add_argument("--step", type=int, default=16)
-    parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = add_sampling_args(parser, cfg_scale=2.0, num_steps=16).parse_args()
     model = load_model_weights(ARPG_models[args.gpt_model](), args.gpt_ckpt, entry=None).eval()
     labels = torch.arange(args.num_samples) % model.config.num_classes
-    sampling = SamplingConfig(num_steps=args.step, cfg_scale=args.cfg_scale, cfg_schedule=args.cfg_schedule,
-                              sample_schedule=args.sample_schedule, temperature=args.temperature)
-    tokens = generate(model, labels, sampling, generator=torch.Generator().manual_seed(args.seed))
+    tokens = generate(model, labels, SamplingConfig.from_args(args), generator=torch.Generator().manual_seed(args.seed))
     report = judge(tokens.numpy(), labels.numpy())
     print("\n".join(report.lines()))
 

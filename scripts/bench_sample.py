@@ -19,10 +19,12 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from autoregressive.fast_generate import FastSampler  # noqa: E402
-from autoregressive.generate import SamplingConfig, generate  # noqa: E402
+from autoregressive.fast_generate import FastSampler, make_sampler  # noqa: E402
+from autoregressive.generate import generate  # noqa: E402
 from autoregressive.models.arpg import ARPG_models  # noqa: E402
-from autoregressive.sample_utils import PRECISIONS, make_sampler, prepare_vq  # noqa: E402
+from autoregressive.sampling import SamplingConfig, add_sampling_args  # noqa: E402
+from autoregressive.utils.device import enable_tf32  # noqa: E402
+from autoregressive.weights import PRECISIONS, prepare_vq  # noqa: E402
 
 
 def timed(fn):
@@ -48,7 +50,7 @@ def fused_logits_check(model, device) -> str:
     ones, each against the same model in float32 (max |difference|, share of equal top-1 tokens)."""
     import copy
 
-    from autoregressive.fast_generate import fused_layers
+    from autoregressive.fast_generate import compiled_layer_parts, eager_rounding
 
     config = model.config
     generator = torch.Generator(device).manual_seed(1)
@@ -58,8 +60,9 @@ def fused_logits_check(model, device) -> str:
     ids[:, 0], slots[:, 0] = config.vocab_size + 1, 0  # class 0 first
     exact = copy.deepcopy(model).float().decode(ids, slots, slots, causal=True)
     eager = model.decode(ids, slots, slots, causal=True)
-    with fused_layers(model):
-        fused = model.decode(ids, slots, slots, causal=True)
+    parts = compiled_layer_parts(model)
+    with eager_rounding(parts):
+        fused = model.decode(ids, slots, slots, causal=True, layer_parts=parts)
 
     def against_float32(logits):
         top1 = (logits.argmax(-1) == exact.argmax(-1)).float().mean()
@@ -149,22 +152,16 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["ARPG-L", "ARPG-XL", "ARPG-XXL"], choices=list(ARPG_models))
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[64, 256])
-    parser.add_argument("--step", type=int, default=64)
-    parser.add_argument("--cfg-scale", type=float, default=4.5)
-    parser.add_argument("--cfg-schedule", default="constant")
-    parser.add_argument("--sample-schedule", default="arccos")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--no-decode", action="store_true", help="tokens only, no VQ decode column")
     parser.add_argument("--vq-precision", choices=list(PRECISIONS), default="none",
                         help="decoder dtype (compiled), as sample_c2i_ddp.py's flag; none = float32 with TF32")
     parser.add_argument("--fused", action="store_true", help="time the fused fast path (layers compiled: close to, "
                         "not equal to, the reference loop) instead of the exact one")
-    args = parser.parse_args()
+    args = add_sampling_args(parser, cfg_scale=4.5, cfg_schedule="constant").parse_args()
     device = torch.device("cuda")
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    sampling = SamplingConfig(num_steps=args.step, cfg_scale=args.cfg_scale, cfg_schedule=args.cfg_schedule,
-                              sample_schedule=args.sample_schedule)
+    enable_tf32()
+    sampling = SamplingConfig.from_args(args)
     vq = None
     if not args.no_decode:
         from tokenizer.vq_model import VQ_models

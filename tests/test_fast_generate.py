@@ -51,7 +51,7 @@ def test_draw_settings_follow_each_call():
 def test_fused_layer_plumbing_gives_the_reference_tokens(backend):
     """The fused path splits each layer around its attention and traces the parts with dynamic shapes;
     with backends that do not change the arithmetic it must give the reference loop's tokens, and
-    leave the model as it was (the plain path never runs compiled parts)."""
+    leave the model as it was (the compiled parts are passed to the layers, never set on them)."""
     model = build_tiny()
     sampling = SamplingConfig(num_steps=5, cfg_scale=3.0, temperature=1.0)
     condition = torch.tensor([0, 4, 2])
@@ -59,16 +59,17 @@ def test_fused_layer_plumbing_gives_the_reference_tokens(backend):
     fused = FastSampler(model, use_graphs=False, fuse=backend).generate(condition, sampling,
                                                                          generator=torch.Generator().manual_seed(0))
     assert torch.equal(fused, reference)
-    assert all(layer.fused is None for layer in [*model.layers.self_dec, *model.layers.cross_dec])
+    again = generate(model, condition, sampling, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again, reference)
 
 
 def test_reference_loop_runs_the_fused_layers_when_asked():
     """make_sampler(use_fast=False, fuse=...) is the reference the fused fast path is checked against
-    on the GPU: the plain loop inside fused_layers, with inductor asked to round like eager ops only
+    on the GPU: the plain loop with the compiled layer parts, with inductor asked to round like eager ops only
     while inside."""
     import torch._inductor.config as inductor
 
-    from autoregressive.sample_utils import make_sampler
+    from autoregressive.fast_generate import make_sampler
 
     model = build_tiny()
     sampling = SamplingConfig(num_steps=5, cfg_scale=3.0, temperature=1.0)
@@ -88,3 +89,48 @@ def test_reference_loop_runs_the_fused_layers_when_asked():
     fused = make_sampler(model, use_fast=False, fuse="aot_eager")(condition, sampling, torch.Generator().manual_seed(0))
     assert torch.equal(fused, reference) and seen and all(seen)
     assert not getattr(inductor, "emulate_precision_casts", False)
+
+
+# A second value of every SamplingConfig field, each changing the tokens of BASE below.
+CHANGED_FIELDS = {"num_steps": 6, "cfg_scale": 1.5, "cfg_schedule": "constant", "sample_schedule": "cosine",
+                  "temperature": 0.5, "top_k": 4, "top_p": 0.8}
+
+
+def test_changing_any_sampling_field_between_calls_follows_the_reference_loop():
+    """One sampler, two calls: the second, with one field changed, gives the reference loop's tokens.
+    The eager steps replay the steps they were built for, as graphs would, so steps kept under a key
+    that missed a field would give the old setting's tokens here."""
+    import dataclasses
+
+    assert set(CHANGED_FIELDS) == {field.name for field in dataclasses.fields(SamplingConfig)}
+    model, condition = build_tiny(), torch.tensor([0, 4, 2])
+    base = SamplingConfig(num_steps=5, cfg_scale=3.0, cfg_schedule="linear", sample_schedule="arccos")
+    seeded = lambda: torch.Generator().manual_seed(5)
+    base_tokens = generate(model, condition, base, generator=seeded())
+    for name, value in CHANGED_FIELDS.items():
+        changed = dataclasses.replace(base, **{name: value})
+        sampler = FastSampler(model, use_graphs=False)
+        assert torch.equal(sampler.generate(condition, base, generator=seeded()), base_tokens)
+        reference = generate(model, condition, changed, generator=seeded())
+        assert not torch.equal(reference, base_tokens), name  # the change matters
+        assert torch.equal(sampler.generate(condition, changed, generator=seeded()), reference), name
+
+
+def test_the_step_plan_is_the_one_description_of_a_decoding(tiny_model):
+    """Cache lengths add up the tokens fed before, only an edit's first step is causal, the guidance
+    scale follows the schedule, and the cache holds exactly what the steps write."""
+    from autoregressive.generate import start_decoding
+
+    known, mask = torch.zeros(2, 16, dtype=torch.long), torch.zeros(2, 16, dtype=torch.bool)
+    mask[:, :3] = True
+    sampling = SamplingConfig(num_steps=4, cfg_scale=3.0)
+    for kwargs, first_fed in (({}, 1), ({"known": known, "known_mask": mask}, 4)):
+        start = start_decoding(tiny_model, torch.tensor([0, 1]), sampling, **kwargs)
+        steps, generated = start.steps, 16 - start.num_known
+        assert [step.fed for step in steps] == [first_fed] + [step.size for step in steps[:-1]]
+        assert [step.cache_length for step in steps] == [sum(s.fed for s in steps[:i]) for i in range(len(steps))]
+        assert [step.causal for step in steps] == [first_fed > 1] + [False] * (len(steps) - 1)
+        assert [step.guidance for step in steps] == [1 + 2.0 * step.done_after / generated for step in steps]
+        assert steps[-1].done_after == generated and start.cache_capacity == first_fed + generated - steps[-1].size
+    plain = start_decoding(tiny_model, torch.tensor([0]), SamplingConfig(num_steps=4, cfg_scale=1.0))
+    assert all(step.guidance is None for step in plain.steps) and plain.fed_ids.shape[0] == 1

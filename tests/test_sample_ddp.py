@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from autoregressive.models.arpg import ARPG_models
-from autoregressive.sample_utils import tokens_to_images
+from autoregressive.render import tokens_to_images
 from conftest import free_port
 from sample_c2i_ddp import get_args_parser, main
 
@@ -95,7 +95,7 @@ class NaNDecoder:
 def test_vq_decodes_in_float32_unless_asked(tmp_path):
     """The official command decodes in float32 (the official scripts' dtype) with the decoder compiled on
     CUDA; --vq-precision picks another dtype without touching the GPT's --precision."""
-    from autoregressive.sample_utils import PRECISIONS, load_vq
+    from autoregressive.weights import PRECISIONS, load_vq
     from tokenizer.vq_model import VQ_models
 
     official = ["--gpt-model", "ARPG-L", "--gpt-ckpt", "arpg_300m.pt", "--vq-ckpt", "vq_ds16_c2i.pt",

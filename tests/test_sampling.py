@@ -67,3 +67,16 @@ def test_random_orders_are_permutations_and_differ_per_row():
     orders = random_orders(4, 16, torch.Generator().manual_seed(0))
     assert torch.equal(orders.sort(1).values, torch.arange(16).expand(4, -1))
     assert len({tuple(row.tolist()) for row in orders}) == 4
+
+
+def test_sampling_config_checks_both_schedules_against_the_tables():
+    from autoregressive.sampling import CFG_SCHEDULES, SAMPLE_SCHEDULES, SamplingConfig
+
+    for schedule in SAMPLE_SCHEDULES:
+        SamplingConfig(sample_schedule=schedule)
+    for schedule in CFG_SCHEDULES:
+        SamplingConfig(cfg_schedule=schedule)
+    with pytest.raises(ValueError, match="unknown sample schedule 'bogus'; choose one of"):
+        SamplingConfig(num_steps=1, sample_schedule="bogus")
+    with pytest.raises(ValueError, match="unknown cfg schedule"):
+        SamplingConfig(cfg_schedule="cosine")

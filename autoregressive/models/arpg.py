@@ -21,21 +21,19 @@ Not in the release: `learned_pos_embed` adds a learned absolute embedding to eac
 target query. The relative RoPE alone makes the model translation invariant, which is fatal on tiny
 centred images (the 8x8 digits demo); it is off for ARPG-L/XL/XXL so their state dicts stay official.
 """
-import contextlib
 import math
-import threading
 from dataclasses import dataclass
 from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
-from autoregressive.kernels import decode_attention
+from autoregressive.models.attention import CrossAttention, SelfAttention, merge_heads, split_heads
 from autoregressive.models.kv_cache import KVCache
 from autoregressive.models.loss import chunked_cross_entropy
+from autoregressive.models.official_names import keep_official_names
 from autoregressive.models.rope import apply_rope, rope_table_2d
 
 
@@ -121,43 +119,6 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), eps=self.eps) * self.weight
 
 
-_NAMES = threading.local()
-
-
-@contextlib.contextmanager
-def fused_state_dict_names():
-    """State dicts taken or loaded inside keep the fused weights (`qkv`, `w13`, `to_kv`) as they are:
-    what sharded (FSDP) checkpoints hold, since splitting a sharded tensor would gather it."""
-    previous = getattr(_NAMES, "fused", False)
-    _NAMES.fused = True
-    try:
-        yield
-    finally:
-        _NAMES.fused = previous
-
-
-def keep_official_names(module: nn.Module, fused: str, parts: Tuple[str, ...]) -> None:
-    """`module.<fused>` computes the bias-free projections `parts` of one input as one matmul; its
-    weight is their row-wise concatenation. The state dict still holds `<part>.weight` tensors, so the
-    released checkpoints load unchanged and ours keep their format."""
-
-    def split_on_save(mod, state_dict, prefix, local_metadata):
-        if getattr(_NAMES, "fused", False):
-            return state_dict
-        fused_weight = state_dict.pop(prefix + fused + ".weight")
-        for name, piece in zip(parts, fused_weight.chunk(len(parts))):
-            state_dict[prefix + name + ".weight"] = piece.detach().clone()  # own storage, for safetensors
-        return state_dict
-
-    def merge_on_load(state_dict, prefix, *args):
-        keys = [prefix + name + ".weight" for name in parts]
-        if not getattr(_NAMES, "fused", False) and all(key in state_dict for key in keys):
-            state_dict[prefix + fused + ".weight"] = torch.cat([state_dict.pop(key) for key in keys])
-
-    module._register_state_dict_hook(split_on_save)
-    module._register_load_state_dict_pre_hook(merge_on_load)
-
-
 class FeedForward(nn.Module):
     """SwiGLU: w2(silu(w1 x) * w3 x), with w1 and w3 stored as one matrix `w13`."""
 
@@ -172,90 +133,16 @@ class FeedForward(nn.Module):
         return self.w2(F.silu(gate) * up)
 
 
-def attend(q, k, v, causal: bool, dropout_p: float = 0.0):
-    """Attention of q (B, H, n_q, d) over k, v (B, H, n_k, d).
-
-    causal: query i sees keys j <= i + n_k - n_q (aligned at the end: the queries are the newest
-    entries, or, in cross-attention, the targets after the class tokens).
-    """
-    n_q, n_k = q.shape[2], k.shape[2]
-    if not causal and dropout_p == 0.0 and decode_attention.supports(q, k, v):
-        # Decoding: a few queries per row over the KV cache. One Triton program per row and head
-        # reads the keys once; SDPA pads the queries to 64-128 rows (1.3-1.9x slower on an H100).
-        # A rule of the inputs alone, so the reference loop and the CUDA-graph path agree exactly.
-        return decode_attention.decode_attention(q, k, v)
-    if not causal and q.is_cuda and n_q <= 8 and n_k <= 128:
-        # Decoding reads a short cache with a few queries per row: the memory-efficient kernel does
-        # that 1.3-1.45x faster than cuDNN's on an H100 (equal from ~160 keys on). A fixed rule of the
-        # shapes, so the reference loop and the CUDA-graph path pick the same kernel and agree exactly.
-        with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION]):
-            return F.scaled_dot_product_attention(q, k, v)
-    if not causal or n_q == n_k:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout_p)
-    allowed = torch.ones(n_q, n_k, dtype=torch.bool, device=q.device).tril(diagonal=n_k - n_q)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)
-
-
-def split_heads(x, n_head: int):
-    """(B, n, H*d) -> (B, n, H, d)."""
-    return x.view(*x.shape[:2], n_head, -1)
-
-
-def merge_heads(x):
-    """(B, H, n, d) -> (B, n, H*d)."""
-    return x.transpose(1, 2).flatten(2)
-
-
-class SelfAttention(nn.Module):
-    """to_q, to_k, to_v stored as one matrix `qkv`."""
-
-    def __init__(self, config: ARPGConfig):
-        super().__init__()
-        self.n_head = config.n_head
-        self.qkv = nn.Linear(config.dim, 3 * config.dim, bias=False)
-        self.proj = nn.Linear(config.dim, config.dim, bias=False)
-        keep_official_names(self, "qkv", ("to_q", "to_k", "to_v"))
-
-    def project(self, x, rope):
-        """Normalised input (B, n, D) -> rotated q, k and plain v, each (B, H, n, d)."""
-        qkv = self.qkv(x).unflatten(-1, (3, self.n_head, -1))  # (B, n, 3, H, d)
-        qk = apply_rope(qkv[:, :, :2], rope)  # q and k rotated in one pass
-        return qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
-
-    def attend(self, projected, causal: bool, dropout_p: float, cache: Optional[KVCache] = None,
-               cache_index: int = 0):
-        q, k, v = projected
-        if cache is not None:
-            k, v = cache.write(cache_index, k, v)  # (B, H, cached + n, d)
-        return attend(q, k, v, causal, dropout_p)
-
-
-class CrossAttention(nn.Module):
-    """Queries from the [MASK] stream; keys/values are the shared set, already in (B, H, n, d)."""
-
-    def __init__(self, config: ARPGConfig):
-        super().__init__()
-        self.n_head = config.n_head
-        self.to_q = nn.Linear(config.dim, config.dim, bias=False)
-        self.proj = nn.Linear(config.dim, config.dim, bias=False)
-
-    def project(self, x, rope):
-        """Normalised queries (B, m, D) rotated with their targets' positions -> (B, H, m, d)."""
-        return apply_rope(split_heads(self.to_q(x), self.n_head), rope).transpose(1, 2)
-
-    def attend(self, q, k, v, causal: bool, dropout_p: float):
-        return attend(q, k, v, causal, dropout_p)
-
-
 class DecoderLayer(nn.Module):
     """Pre-norm block: x + proj(attn(norm(x))), then + ffn(norm(.)), with residual dropout.
 
     Split in three for decoding: `before_attention` (norm, projections, RoPE) and `after_attention`
-    (output projection, residuals, FFN) touch no cache, so `fuse_for_decoding` can compile them; the
-    attention with its cache writes stays between them.
+    (output projection, residuals, FFN) touch no cache, so a caller may pass compiled versions of them
+    (`parts`, see autoregressive/fast_generate.py); the attention with its cache writes stays between them.
+    recompute: recomputed in the backward pass (training memory, see ARPGConfig.grad_checkpointing).
     """
 
-    def __init__(self, config: ARPGConfig, attention: nn.Module):
+    def __init__(self, config: ARPGConfig, attention: nn.Module, recompute: bool = False):
         super().__init__()
         self.attn = attention
         self.ffn = FeedForward(config)
@@ -263,7 +150,7 @@ class DecoderLayer(nn.Module):
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
         self.resid_dropout_p = config.resid_dropout_p
         self.ffn_dropout_p = config.ffn_dropout_p
-        self.fused = None  # (before, after) compiled for decoding, see fuse_for_decoding
+        self.recompute = recompute
 
     def before_attention(self, x, rope):
         return self.attn.project(self.attn_norm(x), rope)
@@ -272,8 +159,8 @@ class DecoderLayer(nn.Module):
         h = x + F.dropout(self.attn.proj(merge_heads(attended)), self.resid_dropout_p, training)
         return h + F.dropout(self.ffn(self.ffn_norm(h)), self.ffn_dropout_p, training)
 
-    def forward(self, x, training: bool, rope, **attn_kwargs):
-        before, after = self.fused or (self.before_attention, self.after_attention)
+    def forward(self, x, training: bool, rope, parts=None, **attn_kwargs):
+        before, after = parts or (self.before_attention, self.after_attention)
         attended = self.attn.attend(before(x, rope), **attn_kwargs)
         return after(x, attended, training)
 
@@ -285,25 +172,27 @@ class TwoPassDecoder(nn.Module):
         super().__init__()
         self.n_head = config.n_head
         self.attn_dropout_p = config.attn_dropout_p
-        num_each = config.n_layer // 2
-        self.self_dec = nn.ModuleList([DecoderLayer(config, SelfAttention(config)) for _ in range(num_each)])
-        self.cross_dec = nn.ModuleList([DecoderLayer(config, CrossAttention(config)) for _ in range(num_each)])
+        num_each, recompute, dim, heads = config.n_layer // 2, config.checkpoints_layer, config.dim, config.n_head
+        self.self_dec = nn.ModuleList([DecoderLayer(config, SelfAttention(dim, heads), recompute(i))
+                                       for i in range(num_each)])
+        self.cross_dec = nn.ModuleList([DecoderLayer(config, CrossAttention(dim, heads), recompute(num_each + i))
+                                        for i in range(num_each)])
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.to_kv = nn.Linear(config.dim, 2 * config.dim, bias=False)  # the shared set's to_k, to_v
         keep_official_names(self, "to_kv", ("to_k", "to_v"))
-        for index, layer in enumerate([*self.self_dec, *self.cross_dec]):
-            layer.recompute = config.checkpoints_layer(index)
 
     def forward(self, x, queries, known_rope, query_rope, causal: bool, training: bool,
-                cache: Optional[KVCache] = None):
+                cache: Optional[KVCache] = None, layer_parts=None):
         """x (B, n, D) known tokens; queries (B, m, D) [MASK] stream. Returns (B, m, D).
 
         causal: the known tokens attend causally among themselves (always to the cached ones).
+        layer_parts: None, or each layer's (before_attention, after_attention) in compute order.
         """
         attn_p = self.attn_dropout_p if training else 0.0
+        parts = layer_parts or [None] * (len(self.self_dec) + len(self.cross_dec))
         for i, layer in enumerate(self.self_dec):
-            x = self.run(layer, x, training, rope=known_rope, causal=causal, dropout_p=attn_p, cache=cache,
-                         cache_index=i)
+            x = self.run(layer, x, training, rope=known_rope, parts=parts[i], causal=causal, dropout_p=attn_p,
+                         cache=cache, cache_index=i)
         k, v = (split_heads(part, self.n_head) for part in self.to_kv(self.norm(x)).chunk(2, dim=-1))
         k, v = apply_rope(k, known_rope).transpose(1, 2), v.transpose(1, 2)  # (B, H, n, d)
         if cache is not None:
@@ -312,9 +201,9 @@ class TwoPassDecoder(nn.Module):
         # Targets see the known tokens before them only in teacher forcing; at inference the
         # queries of a step see every cached token.
         cross_causal = causal and cache is None
-        for layer in self.cross_dec:
-            queries = self.run(layer, queries, training, rope=query_rope, k=k, v=v, causal=cross_causal,
-                               dropout_p=attn_p)
+        for i, layer in enumerate(self.cross_dec, start=len(self.self_dec)):
+            queries = self.run(layer, queries, training, rope=query_rope, parts=parts[i], k=k, v=v,
+                               causal=cross_causal, dropout_p=attn_p)
         return queries
 
     def run(self, layer: nn.Module, x, training: bool, **kwargs):
@@ -378,20 +267,23 @@ class ARPG(nn.Module):
         return torch.arange(self.config.cls_token_num, device=device).expand(batch_size, -1)
 
     def decode_features(self, known_ids, known_slots, query_slots, causal: bool, training: bool = False,
-                        cache: Optional[KVCache] = None):
+                        cache: Optional[KVCache] = None, layer_parts=None):
         """Normalised features (B, m, D) of the targets at query_slots (B, m), given the known tokens
-        known_ids (B, n) at known_slots (B, n) (plus whatever `cache` already holds)."""
+        known_ids (B, n) at known_slots (B, n) (plus whatever `cache` already holds). layer_parts: each
+        layer's (before_attention, after_attention) to run instead of its own, e.g. compiled ones."""
         x = self.embed(known_ids, known_slots)
         x = F.dropout(x, self.config.token_dropout_p, training)
         mask_ids = torch.full_like(query_slots, self.config.mask_token_id)
         queries = self.embed(mask_ids, query_slots)
-        out = self.layers(x, queries, self.rope(known_slots), self.rope(query_slots), causal, training, cache)
+        out = self.layers(x, queries, self.rope(known_slots), self.rope(query_slots), causal, training, cache,
+                          layer_parts)
         return self.norm(out)
 
     def decode(self, known_ids, known_slots, query_slots, causal: bool, training: bool = False,
-               cache: Optional[KVCache] = None):
+               cache: Optional[KVCache] = None, layer_parts=None):
         """Logits (B, m, V) float32; the arguments of decode_features."""
-        return self.head(self.decode_features(known_ids, known_slots, query_slots, causal, training, cache)).float()
+        features = self.decode_features(known_ids, known_slots, query_slots, causal, training, cache, layer_parts)
+        return self.head(features).float()
 
     def forward(self, input_ids, condition, targets=None, orders=None,
                 return_logits: bool = True) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
@@ -432,16 +324,15 @@ class ARPG(nn.Module):
         return KVCache(len(self.layers.self_dec) + 1, batch_size, self.config.n_head, max_len,
                        self.config.head_dim, weight.dtype, weight.device)
 
-    @torch.inference_mode()
-    def generate(self, condition, num_steps: int = 64, cfg_scale: float = 4.0, cfg_schedule: str = "linear",
-                 sample_schedule: str = "arccos", temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                 orders=None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Sample (B, N) long tokens in raster order for (B,) class ids; see autoregressive/generate.py."""
-        from autoregressive.generate import generate
+    def generate(self, condition, *, orders=None, generator: Optional[torch.Generator] = None, known=None,
+                 known_mask=None, **sampling) -> torch.Tensor:
+        """Sample (B, N) long tokens in raster order for (B,) class ids: the reference loop of
+        autoregressive/generate.py, with SamplingConfig's fields (num_steps, cfg_scale, cfg_schedule,
+        sample_schedule, temperature, top_k, top_p) as keyword arguments."""
+        from autoregressive.generate import generate  # the loop is not part of the network
 
-        return generate(self, condition, num_steps=num_steps, cfg_scale=cfg_scale, cfg_schedule=cfg_schedule,
-                        sample_schedule=sample_schedule, temperature=temperature, top_k=top_k, top_p=top_p,
-                        orders=orders, generator=generator)
+        return generate(self, condition, orders=orders, generator=generator, known=known, known_mask=known_mask,
+                        **sampling)
 
 
 def ARPG_L(**overrides):

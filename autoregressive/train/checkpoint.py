@@ -14,9 +14,9 @@ from typing import Any, Dict, List, Optional
 import torch
 import torch.distributed as dist
 
-from autoregressive.models.arpg import fused_state_dict_names
 from autoregressive.utils.dist import barrier, is_distributed
 from autoregressive.utils.files import write_atomic
+from autoregressive.weights import module_state_dict
 
 TRAINER_FILE = "trainer.pt"  # inside a sharded checkpoint folder: step, epoch, config, RNG states
 
@@ -88,11 +88,10 @@ def _sharded_state(model, optimizer, ema) -> Dict[str, Any]:
     projections keep their fused names: splitting a sharded tensor would gather it."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
 
-    with fused_state_dict_names():
-        model_state, optimizer_state = get_state_dict(model, optimizer)
-        state = {"model": model_state, "optimizer": optimizer_state}
-        if ema is not None:
-            state["ema"] = get_model_state_dict(ema)
+    model_state, optimizer_state = get_state_dict(model, optimizer)  # sharded: fused names
+    state = {"model": model_state, "optimizer": optimizer_state}
+    if ema is not None:
+        state["ema"] = get_model_state_dict(ema)
     return state
 
 
@@ -123,10 +122,9 @@ def load_sharded(path: str, model, optimizer, ema) -> None:
     if ema is not None and not _has_entry(path, "ema"):
         raise ValueError(f"{path} holds no EMA weights; resume without --ema or from a run trained with it")
     dcp.load(state, checkpoint_id=path)
-    with fused_state_dict_names():
-        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
-        if ema is not None:
-            set_model_state_dict(ema, state["ema"])
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    if ema is not None:
+        set_model_state_dict(ema, state["ema"])
 
 
 def _has_entry(path: str, entry: str) -> bool:
@@ -151,11 +149,8 @@ def convert_sharded_checkpoint(path: str, out_path: str) -> Dict[str, Any]:
     cfg = TrainConfig(**trainer_state["config"])
     entries = ["model"] + (["ema"] if _has_entry(path, "ema") else [])
     models = {entry: build_model(cfg) for entry in entries}
-    with fused_state_dict_names():
-        state = {entry: model.state_dict() for entry, model in models.items()}
-        dcp.load(state, checkpoint_id=path, no_dist=True)
-        for entry, model in models.items():
-            model.load_state_dict(state[entry], strict=True)
+    state = {entry: module_state_dict(model) for entry, model in models.items()}
+    dcp.load(state, checkpoint_id=path, no_dist=True)  # into the models' own weights
     payload = {entry: model.state_dict() for entry, model in models.items()}  # official names
     payload.update(step=trainer_state["step"], config=trainer_state["config"], model_name=trainer_state["model_name"])
     save_atomic(payload, out_path)

@@ -1,0 +1,89 @@
+"""ARPG's two attention kinds (self-attention over the known tokens with a KV cache, cross-attention of
+the [MASK] queries over the shared set) and which kernel runs them: one rule of the inputs' shapes and
+flags, so the reference loop and the CUDA-graph path pick the same kernel for the same step and agree
+exactly. The README gives the timings behind each rule."""
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from autoregressive.kernels import decode_attention
+from autoregressive.models.kv_cache import KVCache
+from autoregressive.models.official_names import keep_official_names
+from autoregressive.models.rope import apply_rope
+
+# Few queries per row over a short cache: the memory-efficient kernel beats cuDNN's below ~160 keys.
+SHORT_DECODE_QUERIES, SHORT_DECODE_KEYS = 8, 128
+
+
+def attend(q, k, v, causal: bool, dropout_p: float = 0.0):
+    """Attention of q (B, H, n_q, d) over k, v (B, H, n_k, d).
+
+    causal: query i sees keys j <= i + n_k - n_q (aligned at the end: the queries are the newest
+    entries, or, in cross-attention, the targets after the class tokens).
+    """
+    n_q, n_k = q.shape[2], k.shape[2]
+    if not causal and dropout_p == 0.0 and decode_attention.supports(q, k, v):
+        # Decoding: a few queries per row over the KV cache, one Triton program per row and head reads
+        # the keys once, where SDPA would pad the queries to 64-128 rows.
+        return decode_attention.decode_attention(q, k, v)
+    if not causal and q.is_cuda and n_q <= SHORT_DECODE_QUERIES and n_k <= SHORT_DECODE_KEYS:
+        with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION]):
+            return F.scaled_dot_product_attention(q, k, v)
+    if not causal or n_q == n_k:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout_p)
+    allowed = torch.ones(n_q, n_k, dtype=torch.bool, device=q.device).tril(diagonal=n_k - n_q)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)
+
+
+def split_heads(x, n_head: int):
+    """(B, n, H*d) -> (B, n, H, d)."""
+    return x.view(*x.shape[:2], n_head, -1)
+
+
+def merge_heads(x):
+    """(B, H, n, d) -> (B, n, H*d)."""
+    return x.transpose(1, 2).flatten(2)
+
+
+class SelfAttention(nn.Module):
+    """to_q, to_k, to_v stored as one matrix `qkv`."""
+
+    def __init__(self, dim: int, n_head: int):
+        super().__init__()
+        self.n_head = n_head
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim, bias=False)
+        keep_official_names(self, "qkv", ("to_q", "to_k", "to_v"))
+
+    def project(self, x, rope):
+        """Normalised input (B, n, D) -> rotated q, k and plain v, each (B, H, n, d)."""
+        qkv = self.qkv(x).unflatten(-1, (3, self.n_head, -1))  # (B, n, 3, H, d)
+        qk = apply_rope(qkv[:, :, :2], rope)  # q and k rotated in one pass
+        return qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
+
+    def attend(self, projected, causal: bool, dropout_p: float, cache: Optional[KVCache] = None,
+               cache_index: int = 0):
+        q, k, v = projected
+        if cache is not None:
+            k, v = cache.write(cache_index, k, v)  # (B, H, cached + n, d)
+        return attend(q, k, v, causal, dropout_p)
+
+
+class CrossAttention(nn.Module):
+    """Queries from the [MASK] stream; keys/values are the shared set, already in (B, H, n, d)."""
+
+    def __init__(self, dim: int, n_head: int):
+        super().__init__()
+        self.n_head = n_head
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.proj = nn.Linear(dim, dim, bias=False)
+
+    def project(self, x, rope):
+        """Normalised queries (B, m, D) rotated with their targets' positions -> (B, H, m, d)."""
+        return apply_rope(split_heads(self.to_q(x), self.n_head), rope).transpose(1, 2)
+
+    def attend(self, q, k, v, causal: bool, dropout_p: float):
+        return attend(q, k, v, causal, dropout_p)

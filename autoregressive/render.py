@@ -1,0 +1,33 @@
+"""Image tokens to pixels: through the VQ decoder, or as grey levels for the digits demo."""
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+DIGITS_VIEW_SCALE = 4  # 8x8 digits are enlarged for viewing; nearest keeps each token one flat square
+
+
+@torch.inference_mode()
+def tokens_to_images(tokens: torch.Tensor, grid: int, vq, vocab_size: int,
+                     out_size: Optional[int] = None) -> torch.Tensor:
+    """(B, N) tokens -> (B, H, W, 3) uint8. With a VQ: decode; without: tokens are grey levels
+    0..vocab_size-1 (the digits demo). A non-finite decoder output is an error, not a black image."""
+    if vq is None:
+        pixels = tokens.float().view(-1, 1, grid, grid) / (vocab_size - 1) * 2 - 1
+        pixels = pixels.expand(-1, 3, -1, -1)
+    else:
+        shape = (tokens.shape[0], vq.config.codebook_embed_dim, grid, grid)
+        pixels = vq.decode_code(tokens, shape=shape).float()
+    if not torch.isfinite(pixels).all():
+        raise ValueError("the decoder produced NaN or inf; check the VQ checkpoint and --precision")
+    if out_size is not None and out_size != pixels.shape[-1]:
+        pixels = F.interpolate(pixels, size=(out_size, out_size), mode="bicubic")
+    return torch.clamp(127.5 * pixels + 128.0, 0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu()
+
+
+def tokens_to_view(tokens: torch.Tensor, grid: int, vq, vocab_size: int) -> torch.Tensor:
+    """(B, N) tokens -> (B, 3, H, W) floats in [0, 1] for save_image; digits (no VQ) enlarged."""
+    pixels = tokens_to_images(tokens, grid, vq, vocab_size).permute(0, 3, 1, 2).float() / 255
+    if vq is None:
+        pixels = F.interpolate(pixels, scale_factor=DIGITS_VIEW_SCALE, mode="nearest")
+    return pixels
