@@ -20,6 +20,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Sample a PNG grid from an ARPG checkpoint.")
     parser.add_argument("--gpt-model", choices=list(ARPG_models), default="ARPG-L")
     parser.add_argument("--gpt-ckpt", required=True)
+    parser.add_argument("--weights", choices=["ema", "model"], default=None,
+                        help="which weights of --gpt-ckpt: ema or model (default: EMA when the file has it)")
     parser.add_argument("--vq-model", default="VQ-16")
     parser.add_argument("--vq-ckpt", default=None, help="VQ tokenizer checkpoint; none for the digits model")
     parser.add_argument("--class-labels", type=int, nargs="+", default=[207, 360, 387, 974, 88, 979, 417, 279])
@@ -48,7 +50,7 @@ def main(args) -> None:
     overrides = {k: v for k, v in (("num_classes", args.num_classes), ("vocab_size", args.codebook_size)) if v}
     if args.vq_ckpt:
         overrides["block_size"] = (args.image_size // args.downsample_size) ** 2
-    model = load_gpt(args.gpt_model, args.gpt_ckpt, device, args.precision, **overrides)
+    model = load_gpt(args.gpt_model, args.gpt_ckpt, device, args.precision, args.weights, **overrides)
     labels = torch.tensor(args.class_labels, device=device).repeat_interleave(args.samples_per_class)
     check_class_ids(labels, model.config.num_classes)
     sampling = SamplingConfig(num_steps=args.step, cfg_scale=args.cfg_scale, cfg_schedule=args.cfg_schedule,

@@ -30,6 +30,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="DDP sampling into PNGs and an ADM .npz.")
     parser.add_argument("--gpt-model", choices=list(ARPG_models), default="ARPG-L")
     parser.add_argument("--gpt-ckpt", required=True)
+    parser.add_argument("--weights", choices=["ema", "model"], default=None,
+                        help="which weights of --gpt-ckpt: ema or model (default: EMA when the file has it)")
     parser.add_argument("--gpt-type", choices=["c2i"], default="c2i", help="class-conditional only")
     parser.add_argument("--from-fsdp", action="store_true",
                         help="the checkpoint is a bare state dict (detected anyway; kept for official commands)")
@@ -131,7 +133,7 @@ def main(args) -> None:
     if info.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    model = load_gpt(args.gpt_model, args.gpt_ckpt, info.device, args.precision, **model_overrides(args))
+    model = load_gpt(args.gpt_model, args.gpt_ckpt, info.device, args.precision, args.weights, **model_overrides(args))
     config = model.config
     vq = None
     if args.vq_ckpt:

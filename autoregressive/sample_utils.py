@@ -19,11 +19,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_gpt(name: str, ckpt: Optional[str], device, precision: str = "none", **overrides):
-    """Build ARPG_models[name](**overrides), fill it strictly from ckpt, cast, eval mode."""
+def load_gpt(name: str, ckpt: Optional[str], device, precision: str = "none", weights: Optional[str] = None,
+             **overrides):
+    """Build ARPG_models[name](**overrides), fill it strictly from ckpt (weights: "ema", "model" or None
+    for EMA when present), cast, eval mode."""
     model = ARPG_models[name](**overrides)
     if ckpt:
-        load_model_weights(model, ckpt)
+        load_model_weights(model, ckpt, weights)
     return model.to(device=device, dtype=PRECISIONS[precision]).eval()
 
 

@@ -70,6 +70,8 @@ def main():
     parser = argparse.ArgumentParser(description="Sample a digits model and judge the samples.")
     parser.add_argument("--gpt-model", default="ARPG-digits", choices=list(ARPG_models))
     parser.add_argument("--gpt-ckpt", required=True)
+    parser.add_argument("--weights", choices=["ema", "model"], default=None,
+                        help="which weights of --gpt-ckpt: ema or model (default: EMA when the file has it)")
     parser.add_argument("--num-samples", type=int, default=1000, help="sample i has class i mod 10")
     parser.add_argument("--cfg-scale", type=float, default=2.0)
     parser.add_argument("--cfg-schedule", default="linear", choices=["linear", "constant"])
@@ -78,7 +80,7 @@ def main():
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    model = load_model_weights(ARPG_models[args.gpt_model](), args.gpt_ckpt, entry=None).eval()
+    model = load_model_weights(ARPG_models[args.gpt_model](), args.gpt_ckpt, args.weights).eval()
     labels = torch.arange(args.num_samples) % model.config.num_classes
     sampling = SamplingConfig(num_steps=args.step, cfg_scale=args.cfg_scale, cfg_schedule=args.cfg_schedule,
                               sample_schedule=args.sample_schedule, temperature=args.temperature)

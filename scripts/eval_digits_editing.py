@@ -25,10 +25,12 @@ from evaluations.digits import class_accuracy, fit_digit_classifier  # noqa: E40
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gpt-ckpt", required=True)
+    parser.add_argument("--weights", choices=["ema", "model"], default=None,
+                        help="which weights of --gpt-ckpt: ema or model (default: EMA when the file has it)")
     parser.add_argument("--step", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    model = load_model_weights(ARPG_models["ARPG-digits"](), args.gpt_ckpt).eval()
+    model = load_model_weights(ARPG_models["ARPG-digits"](), args.gpt_ckpt, args.weights).eval()
     classifier = fit_digit_classifier(*load_digits_split("train"))
     images, labels = load_digits_split("val")
     images, labels = torch.from_numpy(images), torch.from_numpy(labels)

@@ -151,7 +151,7 @@ def test_fsdp_trains_what_ddp_trains_and_converts_to_a_strictly_loading_file(tmp
         for key in ddp[part]:  # the same run; only the gradient reduction differs
             assert torch.allclose(fsdp[part][key], ddp[part][key], atol=1e-5), (part, key)
     model = ARPG_models["ARPG-tiny"](vocab_size=32, num_classes=3, block_size=16)
-    load_model_weights(model, str(converted), entry="ema")  # strict
+    load_model_weights(model, str(converted), weights="ema")  # strict
     assert torch.equal(model.state_dict()["head.weight"], fsdp["ema"]["head.weight"])
 
 
