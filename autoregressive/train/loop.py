@@ -65,7 +65,9 @@ def new_run_dir(cfg: TrainConfig, info: DistInfo) -> str:
 class Trainer:
     """Holds the model, optimizer, EMA, data and progress of one run."""
 
-    def __init__(self, cfg: TrainConfig, info: DistInfo, dataset):
+    def __init__(self, cfg: TrainConfig, info: DistInfo, dataset, model: Optional[torch.nn.Module] = None):
+        """model: the weights to start from (scripts/bench_train.py's); by default build_model(cfg) seeded
+        with cfg.global_seed."""
         self.cfg, self.info, self.dataset = cfg, info, dataset
         if cfg.global_batch_size % (info.world_size * cfg.gradient_accumulation_steps):
             raise ValueError(f"--global-batch-size {cfg.global_batch_size} must divide by world size "
@@ -73,9 +75,11 @@ class Trainer:
         self.micro_batch = cfg.global_batch_size // (info.world_size * cfg.gradient_accumulation_steps)
         # The same initial weights on every rank (FSDP keeps each rank's shard of its own copy; DDP
         # would broadcast rank 0's), without touching the per-rank random stream.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.global_seed)
-            self.model = build_model(cfg).to(info.device)
+        if model is None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.global_seed)
+                model = build_model(cfg)
+        self.model = model.to(info.device)
         self.ema = create_ema(self.model) if cfg.ema else None
         self.sharded = cfg.data_parallel == "fsdp"
         # Compile and wrap before the optimizer exists: FSDP replaces the parameters by sharded ones.
