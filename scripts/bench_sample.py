@@ -6,18 +6,14 @@ the medians reported. Peaks are of sampling alone (the VQ weights, resident for 
 not counted). End-to-end adds the VQ-16 decode of the tokens as sample_c2i_ddp.py runs it by
 default (float32 with TF32, decoder compiled; --vq-precision fp16 for the faster one).
 
-    python scripts/bench_sample.py --models ARPG-L ARPG-XL ARPG-XXL --batch-sizes 64 256
+    python -m scripts.bench_sample --models ARPG-L ARPG-XL ARPG-XXL --batch-sizes 64 256
 """
 import argparse
 import dataclasses
-import os
 import statistics
-import sys
 import time
 
 import torch
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from autoregressive.fast_generate import FastSampler  # noqa: E402
 from autoregressive.generate import SamplingConfig, generate  # noqa: E402

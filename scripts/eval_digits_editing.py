@@ -4,15 +4,11 @@ For each mask (lower half, border of 2 tokens), every held-out digit is complete
 (CFG 2.0) and without it (guidance scale 0: the "no class" prediction alone); the classifier's accuracy
 on the completions is printed beside its accuracy on the real digits.
 
-    python scripts/eval_digits_editing.py --gpt-ckpt results/digits/000-ARPG-digits/checkpoints/0001200.pt
+    python -m scripts.eval_digits_editing --gpt-ckpt results/digits/000-ARPG-digits/checkpoints/0001200.pt
 """
 import argparse
-import os
-import sys
 
 import torch
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from autoregressive import editing  # noqa: E402
 from autoregressive.generate import SamplingConfig, generate  # noqa: E402

@@ -141,8 +141,8 @@ def test_fsdp_trains_what_ddp_trains_and_converts_to_a_strictly_loading_file(tmp
     finish(launch(codes, tmp_path / "fsdp", ["--max-steps", "6", "--data-parallel", "fsdp"]))
     sharded = tmp_path / "fsdp" / "000-ARPG-tiny" / "checkpoints" / "0000006"
     converted = tmp_path / "converted.pt"
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "convert_checkpoint.py"), str(sharded),
-                             str(converted)], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "scripts.convert_checkpoint", str(sharded), str(converted)],
+                            cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     ddp = torch.load(tmp_path / "ddp" / "000-ARPG-tiny" / "checkpoints" / "0000006.pt", weights_only=True)
     fsdp = torch.load(converted, weights_only=True)
