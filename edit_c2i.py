@@ -20,7 +20,7 @@ from autoregressive.models.arpg import ARPG_models
 from autoregressive.render import tokens_to_view
 from autoregressive.sampling import SamplingConfig, add_sampling_args
 from autoregressive.utils.device import resolve_device
-from autoregressive.weights import PRECISIONS, load_gpt, load_vq
+from autoregressive.weights import PRECISIONS, add_weights_arg, load_gpt, load_vq
 
 TASKS = ("inpaint", "outpaint", "class-edit", "expand")
 
@@ -30,6 +30,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--task", choices=TASKS, required=True)
     parser.add_argument("--gpt-model", choices=list(ARPG_models), default="ARPG-L")
     parser.add_argument("--gpt-ckpt", required=True)
+    add_weights_arg(parser)
     parser.add_argument("--vq-model", default="VQ-16")
     parser.add_argument("--vq-ckpt", default=None, help="needed for --image and to render ImageNet tokens")
     source = parser.add_mutually_exclusive_group(required=True)
@@ -90,7 +91,7 @@ def render(tokens: torch.Tensor, vq, model) -> torch.Tensor:
 
 def main(args) -> None:
     device = resolve_device(args.device)
-    model = load_gpt(args.gpt_model, args.gpt_ckpt, device, args.precision)
+    model = load_gpt(args.gpt_model, args.gpt_ckpt, device, args.precision, args.weights)
     vq = load_vq(args.vq_model, args.vq_ckpt, device) if args.vq_ckpt else None
     tokens, own_label = load_source(args, model, vq, device)
     label = args.class_label if args.class_label is not None else own_label

@@ -16,12 +16,13 @@ from autoregressive.models.arpg import ARPG_models
 from autoregressive.render import tokens_to_view
 from autoregressive.sampling import SamplingConfig, add_sampling_args
 from autoregressive.utils.device import resolve_device
-from autoregressive.weights import PRECISIONS, load_gpt, load_vq
+from autoregressive.weights import PRECISIONS, add_weights_arg, load_gpt, load_vq
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Sample a PNG grid from an ARPG checkpoint.")
     parser.add_argument("--gpt-model", choices=list(ARPG_models), default="ARPG-L")
     parser.add_argument("--gpt-ckpt", required=True)
+    add_weights_arg(parser)
     parser.add_argument("--vq-model", default="VQ-16")
     parser.add_argument("--vq-ckpt", default=None, help="VQ tokenizer checkpoint; none for the digits model")
     parser.add_argument("--class-labels", type=int, nargs="+", default=[207, 360, 387, 974, 88, 979, 417, 279])
@@ -43,7 +44,7 @@ def main(args) -> None:
     overrides = {k: v for k, v in (("num_classes", args.num_classes), ("vocab_size", args.codebook_size)) if v}
     if args.vq_ckpt:
         overrides["block_size"] = (args.image_size // args.downsample_size) ** 2
-    model = load_gpt(args.gpt_model, args.gpt_ckpt, device, args.precision, **overrides)
+    model = load_gpt(args.gpt_model, args.gpt_ckpt, device, args.precision, args.weights, **overrides)
     labels = torch.tensor(args.class_labels, device=device).repeat_interleave(args.samples_per_class)
     check_class_ids(labels, model.config.num_classes)
     sampling = SamplingConfig.from_args(args)

@@ -25,13 +25,14 @@ from autoregressive.utils.device import enable_tf32
 from autoregressive.utils.dist import barrier, cleanup, init_distributed
 from autoregressive.utils.files import write_atomic
 from autoregressive.utils.logger import get_logger
-from autoregressive.weights import PRECISIONS, load_gpt, load_vq
+from autoregressive.weights import PRECISIONS, add_weights_arg, load_gpt, load_vq
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="DDP sampling into PNGs and an ADM .npz.")
     parser.add_argument("--gpt-model", choices=list(ARPG_models), default="ARPG-L")
     parser.add_argument("--gpt-ckpt", required=True)
+    add_weights_arg(parser)
     parser.add_argument("--cls-token-num", type=int, default=1)
     parser.add_argument("--precision", choices=list(PRECISIONS), default="bf16", help="weights dtype")
     parser.add_argument("--compile", action="store_true", default=True,
@@ -134,7 +135,7 @@ def main(args) -> None:
     logger = get_logger("arpg.sample", rank=info.rank)
     if info.device.type == "cuda":
         enable_tf32()
-    model = load_gpt(args.gpt_model, args.gpt_ckpt, info.device, args.precision, **model_overrides(args))
+    model = load_gpt(args.gpt_model, args.gpt_ckpt, info.device, args.precision, args.weights, **model_overrides(args))
     config = model.config
     vq = None
     if args.vq_ckpt:

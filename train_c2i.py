@@ -52,7 +52,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "pass to keep less activation memory (ARPG-L batch 128: 0.75 = 26.8 GiB, 6%% slower)")
     parser.add_argument("--data-parallel", choices=["ddp", "fsdp"], default=d.data_parallel,
                         help="ddp: every GPU holds the model; fsdp: parameters, gradients and optimizer state "
-                             "sharded over GPUs (FSDP2), checkpoints sharded (scripts/convert_checkpoint.py)")
+                             "sharded over GPUs (FSDP2), checkpoints sharded (python -m scripts.convert_checkpoint)")
     parser.add_argument("--chunked-loss", action=argparse.BooleanOptionalAction, default=d.chunked_loss,
                         help="cross-entropy chunk by chunk without keeping the float32 logits: the same loss and "
                              "speed, 4 GiB less for ARPG-L at batch 128 (on by default)")

@@ -2,17 +2,22 @@
 
 Accepted files: .safetensors, or a torch .pt/.pth holding a bare state dict or one under "model",
 "ema", "module" or "state_dict" (the official layouts). Keys saved through DDP ("module.") or
-torch.compile ("_orig_mod.") are accepted too.
+torch.compile ("_orig_mod.") are accepted too. A file with both EMA and raw weights gives the EMA
+ones unless asked otherwise, as DiT samples.
 """
 import argparse
 import os
 import pickle
 import zipfile
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 
+from autoregressive.utils.logger import get_logger
+
 STATE_DICT_ENTRIES = ("model", "ema", "module", "state_dict")
+RAW_ENTRIES = ("model", "module", "state_dict")  # entries holding the trained (not averaged) weights
+WEIGHT_CHOICES = ("ema", "model")  # the samplers' --weights
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
@@ -33,16 +38,33 @@ def read_checkpoint(path: str):
                          "download or copy it again.") from error
 
 
-def extract_state_dict(checkpoint, entry: Optional[str] = None) -> Dict[str, torch.Tensor]:
-    """The state dict inside a loaded checkpoint: `entry` if given, else the first official entry found."""
+def add_weights_arg(parser) -> None:
+    """The samplers' --weights flag (read by select_state_dict)."""
+    parser.add_argument("--weights", choices=list(WEIGHT_CHOICES), default=None,
+                        help="which weights of --gpt-ckpt: ema or model (default: EMA when the file has it)")
+
+
+def select_state_dict(checkpoint, which: Optional[str] = None) -> Tuple[str, dict]:
+    """Which weights of a loaded checkpoint to use, and them: ("ema", ...) or ("model", ...).
+    which: "ema", "model", or None for EMA when the file has it, else the raw model."""
     if not isinstance(checkpoint, dict):
         raise ValueError(f"checkpoint holds a {type(checkpoint).__name__}, not a state dict")
-    if entry is not None:
-        if entry not in checkpoint:
-            raise ValueError(f"checkpoint has no entry {entry!r}; it has {sorted(checkpoint)}")
-        state = checkpoint[entry]
-    else:
-        state = next((checkpoint[name] for name in STATE_DICT_ENTRIES if name in checkpoint), checkpoint)
+    if which not in (None, *WEIGHT_CHOICES):
+        raise ValueError(f"--weights must be one of {WEIGHT_CHOICES}, got {which!r}")
+    raw = next((name for name in RAW_ENTRIES if name in checkpoint), None)
+    if which == "ema" or (which is None and "ema" in checkpoint):
+        if "ema" not in checkpoint:
+            raise ValueError(f"--weights ema: the checkpoint holds no EMA weights (entries: {sorted(checkpoint)[:8]}); "
+                             "it was trained without --ema, so pass --weights model")
+        return "ema", checkpoint["ema"]
+    if raw is None and "ema" in checkpoint:
+        raise ValueError("--weights model: the checkpoint holds EMA weights only; pass --weights ema")
+    return "model", checkpoint[raw] if raw else checkpoint  # a bare state dict has no entries
+
+
+def extract_state_dict(checkpoint, which: Optional[str] = None) -> Dict[str, torch.Tensor]:
+    """The state dict inside a loaded checkpoint, chosen by `select_state_dict`, without wrapper prefixes."""
+    _, state = select_state_dict(checkpoint, which)
     if not all(isinstance(value, torch.Tensor) for value in state.values()):
         raise ValueError(f"no state dict found in the checkpoint (entries: {sorted(checkpoint)[:8]}); "
                          f"expected tensors at the top level or under one of {STATE_DICT_ENTRIES}")
@@ -95,24 +117,32 @@ def check_state_dict(model: torch.nn.Module, state: Dict[str, torch.Tensor]) -> 
     raise ValueError("\n".join(lines))
 
 
-def load_model_weights(model: torch.nn.Module, path: str, entry: Optional[str] = None) -> torch.nn.Module:
-    """Fill `model` from the file at `path` with strict=True; returns the model."""
-    state = extract_state_dict(read_checkpoint(path), entry)
+def load_model_weights(model: torch.nn.Module, path: str, weights: Optional[str] = None) -> torch.nn.Module:
+    """Fill `model` from the file at `path` with strict=True (weights: see select_state_dict); returns
+    the model and logs which weights it got."""
+    checkpoint = read_checkpoint(path)
+    which, _ = select_state_dict(checkpoint, weights)
+    state = extract_state_dict(checkpoint, which)
     check_state_dict(model, state)
     model.load_state_dict(state, strict=True)
+    # torchrun's rank, for the process group may not exist yet; other ranks stay quiet
+    get_logger("arpg.weights", rank=int(os.environ.get("RANK", 0))).info(
+        f"loaded the {'EMA' if which == 'ema' else 'raw model'} weights of {path}")
     return model
 
 
 PRECISIONS = {"none": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def load_gpt(name: str, ckpt: Optional[str], device, precision: str = "none", **overrides):
-    """Build ARPG_models[name](**overrides), fill it strictly from ckpt, cast, eval mode."""
+def load_gpt(name: str, ckpt: Optional[str], device, precision: str = "none", weights: Optional[str] = None,
+             **overrides):
+    """Build ARPG_models[name](**overrides), fill it strictly from ckpt (weights: "ema", "model" or None
+    for EMA when present), cast, eval mode."""
     from autoregressive.models.arpg import ARPG_models
 
     model = ARPG_models[name](**overrides)
     if ckpt:
-        load_model_weights(model, ckpt)
+        load_model_weights(model, ckpt, weights)
     return model.to(device=device, dtype=PRECISIONS[precision]).eval()
 
 

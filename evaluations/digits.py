@@ -66,15 +66,16 @@ def main():
     from autoregressive.generate import generate
     from autoregressive.models.arpg import ARPG_models
     from autoregressive.sampling import SamplingConfig, add_sampling_args
-    from autoregressive.weights import load_model_weights
+    from autoregressive.weights import add_weights_arg, load_model_weights
 
     parser = argparse.ArgumentParser(description="Sample a digits model and judge the samples.")
     parser.add_argument("--gpt-model", default="ARPG-digits", choices=list(ARPG_models))
     parser.add_argument("--gpt-ckpt", required=True)
+    add_weights_arg(parser)
     parser.add_argument("--num-samples", type=int, default=1000, help="sample i has class i mod 10")
     parser.add_argument("--seed", type=int, default=0)
     args = add_sampling_args(parser, cfg_scale=2.0, num_steps=16).parse_args()
-    model = load_model_weights(ARPG_models[args.gpt_model](), args.gpt_ckpt, entry=None).eval()
+    model = load_model_weights(ARPG_models[args.gpt_model](), args.gpt_ckpt, args.weights).eval()
     labels = torch.arange(args.num_samples) % model.config.num_classes
     tokens = generate(model, labels, SamplingConfig.from_args(args), generator=torch.Generator().manual_seed(args.seed))
     report = judge(tokens.numpy(), labels.numpy())

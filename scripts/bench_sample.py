@@ -6,25 +6,21 @@ the medians reported. Peaks are of sampling alone (the VQ weights, resident for 
 not counted). End-to-end adds the VQ-16 decode of the tokens as sample_c2i_ddp.py runs it by
 default (float32 with TF32, decoder compiled; --vq-precision fp16 for the faster one).
 
-    python scripts/bench_sample.py --models ARPG-L ARPG-XL ARPG-XXL --batch-sizes 64 256
+    python -m scripts.bench_sample --models ARPG-L ARPG-XL ARPG-XXL --batch-sizes 64 256
 """
 import argparse
 import dataclasses
-import os
 import statistics
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from autoregressive.fast_generate import FastSampler, make_sampler  # noqa: E402
-from autoregressive.generate import generate  # noqa: E402
-from autoregressive.models.arpg import ARPG_models  # noqa: E402
-from autoregressive.sampling import SamplingConfig, add_sampling_args  # noqa: E402
-from autoregressive.utils.device import enable_tf32  # noqa: E402
-from autoregressive.weights import PRECISIONS, prepare_vq  # noqa: E402
+from autoregressive.fast_generate import FastSampler, make_sampler
+from autoregressive.generate import generate
+from autoregressive.models.arpg import ARPG_models
+from autoregressive.sampling import SamplingConfig, add_sampling_args
+from autoregressive.utils.device import enable_tf32
+from autoregressive.weights import PRECISIONS, prepare_vq
 
 
 def timed(fn):

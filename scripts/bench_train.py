@@ -1,12 +1,13 @@
-"""Training throughput on one GPU: forward, backward, gradient clipping and fused AdamW on random codes,
-bf16 autocast, compiled, as train_c2i.py runs it. Prints, per model, batch and data-parallel mode,
+"""Training throughput on one GPU: the optimizer step that train_c2i.py runs (`Trainer.optimizer_step`:
+forward, backward, gradient clipping, fused AdamW; without --ema) on random codes, bf16 autocast,
+compiled. Prints, per model, batch and data-parallel mode,
 img/s (median of the repetitions), peak memory and MFU (model FLOPs: recomputation not counted), and
 checks numerics: the loss of one fixed batch (fixed orders, eval mode: no dropout) in bf16, eager and
 compiled, against the eager float32 path.
 
-    python scripts/bench_train.py --models ARPG-L --batch-sizes 128
-    python scripts/bench_train.py --models ARPG-L,ARPG-XL,ARPG-XXL --batch-sizes 64,128 --modes ddp,fsdp
-    python scripts/bench_train.py --models ARPG-XXL --batch-sizes 128 --chunked-loss --grad-checkpointing 32
+    python -m scripts.bench_train --models ARPG-L --batch-sizes 128
+    python -m scripts.bench_train --models ARPG-L,ARPG-XL,ARPG-XXL --batch-sizes 64,128 --modes ddp,fsdp
+    python -m scripts.bench_train --models ARPG-XXL --batch-sizes 128 --chunked-loss --grad-checkpointing 32
 
 ddp at world size 1 is the compiled model itself (train_c2i.py wraps DDP only for several ranks);
 fsdp is FSDP2 with every layer compiled and sharded over a one-process group.
@@ -15,17 +16,15 @@ import argparse
 import gc
 import os
 import statistics
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from autoregressive.models.arpg import ARPG_models  # noqa: E402
-from autoregressive.train.optim import build_optimizer  # noqa: E402
-from autoregressive.train.parallel import set_activation_memory_budget, shard_model  # noqa: E402
-from autoregressive.utils.dist import cleanup  # noqa: E402
+from autoregressive.models.arpg import ARPG_models
+from autoregressive.train.config import TrainConfig, build_model
+from autoregressive.train.loop import Trainer
+from autoregressive.train.parallel import set_activation_memory_budget
+from autoregressive.utils.dist import DistInfo, cleanup, init_distributed
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, SXM
 
@@ -47,17 +46,25 @@ def flops_per_image(model) -> float:
 
 def fixed_batch_loss(model, codes, labels, orders, autocast: bool) -> float:
     model.eval()
-    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast and codes.is_cuda):
         _, loss = model(codes, labels, targets=codes, orders=orders)
     model.train()
     return loss.item()
 
 
-def bench_one(name: str, batch: int, mode: str, args) -> dict:
-    device = torch.device("cuda")
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_one(name: str, batch: int, mode: str, args, info: DistInfo) -> dict:
+    device = info.device
+    cfg = TrainConfig(code_path="", gpt_model=name, global_batch_size=batch, compile=not args.no_compile,
+                      chunked_loss=args.chunked_loss, grad_checkpointing=args.grad_checkpointing,
+                      data_parallel=mode, num_workers=0)
     torch.manual_seed(0)
-    model = ARPG_models[name](grad_checkpointing=args.grad_checkpointing).to(device)
-    torch.nn.init.normal_(model.head.weight, std=0.02)
+    model = build_model(cfg).to(device)
+    torch.nn.init.normal_(model.head.weight, std=0.02)  # a zero head (the training init) makes every loss log V
     config = model.config
     codes = torch.randint(0, config.vocab_size, (batch, config.block_size), device=device)
     labels = torch.randint(0, config.num_classes, (batch,), device=device)
@@ -66,52 +73,42 @@ def bench_one(name: str, batch: int, mode: str, args) -> dict:
         orders = torch.rand(batch, config.block_size, device=device).argsort(1)
         result["loss_fp32"] = fixed_batch_loss(model, codes, labels, orders, autocast=False)
         result["loss_bf16"] = fixed_batch_loss(model, codes, labels, orders, autocast=True)
-    if mode == "fsdp":
-        train_model = shard_model(model, compile_layers=not args.no_compile)
-    else:
-        train_model = model if args.no_compile else torch.compile(model)
+    # Compiles and wraps (ddp) or shards (fsdp) the model as a training run does.
+    trainer = Trainer(cfg, info, torch.utils.data.TensorDataset(codes.cpu(), labels.cpu()), model=model)
     if args.check_loss:
-        result["loss_compiled"] = fixed_batch_loss(train_model, codes, labels, orders, autocast=True)
-    optimizer = build_optimizer(model, 1e-4, 0.05, (0.9, 0.95), fused=True)
-
-    def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            _, loss = train_model(codes, labels, targets=codes, return_logits=not args.chunked_loss)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
+        result["loss_compiled"] = fixed_batch_loss(trainer.train_model, codes, labels, orders, autocast=True)
+    step = [(codes, labels)]  # one micro-batch: gradient accumulation 1
     try:
         for _ in range(3):  # compile and warm up
-            step()
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+            trainer.optimizer_step(step)
+        synchronize(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
         rates = []
         for _ in range(args.reps):
             start = time.perf_counter()
             for _ in range(args.steps):
-                step()
-            torch.cuda.synchronize()
+                trainer.optimizer_step(step)
+            synchronize(device)
             rates.append(args.steps * batch / (time.perf_counter() - start))
         result["img_s"] = statistics.median(rates)
-        result["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        result["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
     except torch.OutOfMemoryError:
         result["img_s"], result["peak_gib"] = None, None
-    del model, train_model, optimizer
+    del model, trainer
     gc.collect()
     torch._dynamo.reset()
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     return result
 
 
-def init_one_process_group() -> None:
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29517")
-    os.environ.setdefault("RANK", "0")
-    os.environ.setdefault("WORLD_SIZE", "1")
-    torch.distributed.init_process_group("nccl", device_id=torch.device("cuda", 0))
+def init_one_process_group() -> DistInfo:
+    """A process group of this one process (FSDP needs one), as torchrun --nproc_per_node=1 would make."""
+    for name, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29517"), ("RANK", "0"), ("WORLD_SIZE", "1")):
+        os.environ.setdefault(name, value)
+    return init_distributed("cuda", always_group=True)
 
 
 def main():
@@ -132,13 +129,11 @@ def main():
     args = parser.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    torch.cuda.set_device(0)
     if args.activation_memory_budget is not None:
         set_activation_memory_budget(args.activation_memory_budget)
     modes = args.modes.split(",")
-    if "fsdp" in modes:
-        init_one_process_group()
-    results = [bench_one(name, int(batch), mode, args) for name in args.models.split(",")
+    info = init_one_process_group() if "fsdp" in modes else init_distributed("cuda")
+    results = [bench_one(name, int(batch), mode, args, info) for name in args.models.split(",")
                for batch in args.batch_sizes.split(",") for mode in modes]
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, bf16 autocast, "
           f"{'eager' if args.no_compile else 'compiled'}, chunked loss {args.chunked_loss}, "

@@ -4,34 +4,31 @@ For each mask (lower half, border of 2 tokens), every held-out digit is complete
 (CFG 2.0 by default) and without it (guidance scale 0: the "no class" prediction alone); the classifier's accuracy
 on the completions is printed beside its accuracy on the real digits.
 
-    python scripts/eval_digits_editing.py --gpt-ckpt results/digits/000-ARPG-digits/checkpoints/0001200.pt
+    python -m scripts.eval_digits_editing --gpt-ckpt results/digits/000-ARPG-digits/checkpoints/0001200.pt
 """
 import argparse
 import dataclasses
-import os
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from autoregressive import editing  # noqa: E402
-from autoregressive.generate import SamplingConfig, generate  # noqa: E402
-from autoregressive.models.arpg import ARPG_models  # noqa: E402
-from autoregressive.sampling import add_sampling_args  # noqa: E402
-from autoregressive.weights import load_model_weights  # noqa: E402
-from dataset.digits import load_digits_split  # noqa: E402
-from evaluations.digits import class_accuracy, fit_digit_classifier  # noqa: E402
+from autoregressive import editing
+from autoregressive.generate import SamplingConfig, generate
+from autoregressive.models.arpg import ARPG_models
+from autoregressive.sampling import add_sampling_args
+from autoregressive.weights import add_weights_arg, load_model_weights
+from dataset.digits import load_digits_split
+from evaluations.digits import class_accuracy, fit_digit_classifier
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gpt-ckpt", required=True)
+    add_weights_arg(parser)
     parser.add_argument("--seed", type=int, default=0)
     args = add_sampling_args(parser, cfg_scale=2.0, num_steps=16).parse_args()
     given = SamplingConfig.from_args(args)
     dropped = dataclasses.replace(given, cfg_scale=0.0, cfg_schedule="constant")
-    model = load_model_weights(ARPG_models["ARPG-digits"](), args.gpt_ckpt).eval()
+    model = load_model_weights(ARPG_models["ARPG-digits"](), args.gpt_ckpt, args.weights).eval()
     classifier = fit_digit_classifier(*load_digits_split("train"))
     images, labels = load_digits_split("val")
     images, labels = torch.from_numpy(images), torch.from_numpy(labels)

@@ -3,7 +3,7 @@
 # (1e-4 per 256 images). XL/XXL: MODEL=ARPG-XL or ARPG-XXL. Several nodes: NNODES, NODE_RANK, MASTER_ADDR.
 # Memory: EXTRA="--grad-checkpointing 36" lets ARPG-XXL train at 128 per GPU on 80 GB GPUs;
 # EXTRA="--data-parallel fsdp" shards weights, gradients and AdamW state (convert its checkpoint folders with
-# scripts/convert_checkpoint.py before sampling).
+# python -m scripts.convert_checkpoint before sampling).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${MODEL:-ARPG-L}

@@ -78,14 +78,16 @@ def finish(process, timeout=240):
 
 
 def final_state(results: Path, tmp_path: Path):
-    """The last checkpoint of the run as one dict; a sharded one is converted to a file first."""
+    """The last checkpoint of the run; a sharded one is converted to a file first (and keeps its RNG states)."""
     from autoregressive.train.checkpoint import convert_sharded_checkpoint, latest_checkpoint, load_checkpoint
 
     path = latest_checkpoint(str(results / "000-ARPG-tiny"))
     if path.endswith(".pt"):
-        return torch.load(path, weights_only=True)
+        return load_checkpoint(path)
     converted = convert_sharded_checkpoint(path, str(tmp_path / f"{results.name}.pt"))
-    return {**converted, **load_checkpoint(path)}
+    assert load_checkpoint(str(tmp_path / f"{results.name}.pt")).progress == converted.progress
+    converted.rng = load_checkpoint(path).rng
+    return converted
 
 
 def run_killed_and_resumed(codes: Path, results: Path, extra) -> str:
@@ -119,14 +121,14 @@ def test_two_process_run_killed_and_resumed_equals_uninterrupted(tmp_path, mode)
     assert "resumed from" in output and "step 3" in output
 
     a, b = final_state(tmp_path / "a", tmp_path), final_state(tmp_path / "b", tmp_path)
-    assert a["step"] == b["step"] == 9 and (a["epoch"], a["batch_in_epoch"]) == (b["epoch"], b["batch_in_epoch"])
+    assert a.progress.step == 9 and a.progress == b.progress
     for part in ("model", "ema"):
-        for key in a[part]:
-            assert torch.equal(a[part][key], b[part][key]), f"{part} {key} differs after resume"
+        for key in getattr(a, part):
+            assert torch.equal(getattr(a, part)[key], getattr(b, part)[key]), f"{part} {key} differs after resume"
     if mode == "ddp":
-        for key, state in a["optimizer"]["state"].items():
-            assert torch.equal(state["exp_avg"], b["optimizer"]["state"][key]["exp_avg"])
-    assert len(a["rng"]) == 2
+        for key, state in a.optimizer["state"].items():
+            assert torch.equal(state["exp_avg"], b.optimizer["state"][key]["exp_avg"])
+    assert len(a.rng) == 2
 
 
 def test_fsdp_trains_what_ddp_trains_and_converts_to_a_strictly_loading_file(tmp_path):
@@ -139,8 +141,8 @@ def test_fsdp_trains_what_ddp_trains_and_converts_to_a_strictly_loading_file(tmp
     finish(launch(codes, tmp_path / "fsdp", ["--max-steps", "6", "--data-parallel", "fsdp"]))
     sharded = tmp_path / "fsdp" / "000-ARPG-tiny" / "checkpoints" / "0000006"
     converted = tmp_path / "converted.pt"
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "convert_checkpoint.py"), str(sharded),
-                             str(converted)], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "scripts.convert_checkpoint", str(sharded), str(converted)],
+                            cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     ddp = torch.load(tmp_path / "ddp" / "000-ARPG-tiny" / "checkpoints" / "0000006.pt", weights_only=True)
     fsdp = torch.load(converted, weights_only=True)
@@ -149,7 +151,7 @@ def test_fsdp_trains_what_ddp_trains_and_converts_to_a_strictly_loading_file(tmp
         for key in ddp[part]:  # the same run; only the gradient reduction differs
             assert torch.allclose(fsdp[part][key], ddp[part][key], atol=1e-5), (part, key)
     model = ARPG_models["ARPG-tiny"](vocab_size=32, num_classes=3, block_size=16)
-    load_model_weights(model, str(converted), entry="ema")  # strict
+    load_model_weights(model, str(converted), weights="ema")  # strict
     assert torch.equal(model.state_dict()["head.weight"], fsdp["ema"]["head.weight"])
 
 

@@ -70,3 +70,80 @@ def test_fused_projections_keep_official_names():
     fresh = build_tiny(seed=4)
     fresh.load_state_dict(state, strict=True)
     assert torch.equal(fresh.layers.self_dec[0].attn.qkv.weight, qkv)
+
+
+def two_models():
+    return build_tiny(seed=1).state_dict(), build_tiny(seed=3).state_dict()
+
+
+@pytest.mark.parametrize("weights,expected", [(None, "ema"), ("ema", "ema"), ("model", "model")])
+def test_a_file_with_both_gives_ema_unless_model_is_asked_for(tmp_path, capsys, weights, expected):
+    raw, ema = two_models()
+    path = tmp_path / "both.pt"
+    torch.save({"model": raw, "ema": ema, "step": 9}, path)
+    target = load_model_weights(build_tiny(seed=2), str(path), weights)
+    wanted = {"ema": ema, "model": raw}[expected]
+    assert all(torch.equal(a, b) for a, b in zip(target.state_dict().values(), wanted.values()))
+    assert f"loaded the {'EMA' if expected == 'ema' else 'raw model'} weights of {path}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("payload", ["model_only", "released", "bare"])
+def test_a_file_without_ema_gives_the_model_and_refuses_ema(tmp_path, payload):
+    from autoregressive.weights import select_state_dict
+
+    raw, _ = two_models()
+    checkpoint = {"model_only": {"model": raw, "step": 3},
+                  "released": {"model": raw, "args": argparse.Namespace(lr=1e-4)},  # arpg_300m.pt's layout
+                  "bare": raw}[payload]
+    path = tmp_path / "raw.pt"
+    torch.save(checkpoint, path)
+    for weights in (None, "model"):
+        target = load_model_weights(build_tiny(seed=2), str(path), weights)
+        assert torch.equal(target.head.weight, raw["head.weight"])
+    with pytest.raises(ValueError, match="holds no EMA weights.*pass --weights model"):
+        load_model_weights(build_tiny(seed=2), str(path), "ema")
+    assert select_state_dict(checkpoint)[0] == "model"
+
+
+def test_an_ema_only_file_refuses_model_and_unknown_choices(tmp_path):
+    from autoregressive.weights import select_state_dict
+
+    _, ema = two_models()
+    assert select_state_dict({"ema": ema})[0] == "ema"
+    with pytest.raises(ValueError, match="EMA weights only; pass --weights ema"):
+        select_state_dict({"ema": ema}, "model")
+    with pytest.raises(ValueError, match="--weights must be one of"):
+        select_state_dict({"ema": ema}, "average")
+
+
+class Loaded(Exception):
+    """Stops a sampler's main right after it asked for the weights."""
+
+
+@pytest.mark.parametrize("script,extra", [("sample_c2i", ["--vq-ckpt", "vq.pt"]), ("sample_c2i_ddp", ["--vq-ckpt", "vq.pt"]),
+                                          ("edit_c2i", ["--task", "inpaint", "--digit-index", "3"])])
+def test_the_samplers_pass_weights_to_the_loader(monkeypatch, script, extra):
+    import importlib
+
+    module = importlib.import_module(script)
+
+    def load_gpt(name, ckpt, device, precision, weights=None, **overrides):
+        raise Loaded(weights)
+
+    monkeypatch.setattr(module, "load_gpt", load_gpt)
+    for flag, expected in (([], None), (["--weights", "model"], "model"), (["--weights", "ema"], "ema")):
+        args = module.get_args_parser().parse_args(["--gpt-ckpt", "x.pt", "--device", "cpu", *extra, *flag])
+        with pytest.raises(Loaded) as loaded:
+            module.main(args)
+        assert loaded.value.args == (expected,)
+
+
+def test_load_gpt_takes_the_chosen_weights(tmp_path):
+    from autoregressive.weights import load_gpt
+
+    raw, ema = two_models()
+    path = tmp_path / "both.pt"
+    torch.save({"model": raw, "ema": ema}, path)
+    for weights, wanted in ((None, ema), ("model", raw)):
+        model = load_gpt("ARPG-tiny", str(path), "cpu", "none", weights, vocab_size=32, num_classes=5, block_size=16)
+        assert torch.equal(model.head.weight, wanted["head.weight"])

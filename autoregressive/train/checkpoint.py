@@ -5,7 +5,11 @@ Two forms: one file `checkpoints/NNNNNNN.pt` (DDP runs), or a folder `checkpoint
 holding the sharded model, optimizer and EMA in torch.distributed.checkpoint format, each rank writing
 its own shards, plus `trainer.pt` with the rest. `convert_sharded_checkpoint` turns a folder into the
 single file that sampling loads.
+
+The layout of the saved dict is known to `pack` and `unpack` only; everything else handles a
+`TrainingCheckpoint`. The dict carries FORMAT_VERSION, so a change of layout can still read old files.
 """
+import dataclasses
 import glob
 import os
 import shutil
@@ -14,11 +18,68 @@ from typing import Any, Dict, List, Optional
 import torch
 import torch.distributed as dist
 
+from autoregressive.train.config import TrainConfig, build_model
 from autoregressive.utils.dist import barrier, is_distributed
 from autoregressive.utils.files import write_atomic
 from autoregressive.weights import module_state_dict
 
 TRAINER_FILE = "trainer.pt"  # inside a sharded checkpoint folder: step, epoch, config, RNG states
+# 1: files written before the version was recorded (the same layout, without "format_version").
+# 2: "format_version" recorded; converted files keep epoch and batch_in_epoch.
+FORMAT_VERSION = 2
+StateDict = Dict[str, torch.Tensor]
+
+
+@dataclasses.dataclass
+class Progress:
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    batch_in_epoch: int = 0  # optimizer steps done in `epoch`
+
+
+@dataclasses.dataclass
+class TrainingCheckpoint:
+    """What a training checkpoint holds. A sharded folder's trainer.pt has no weights (they are in the
+    shards); a converted file has weights but neither optimizer nor RNG states (it is for sampling)."""
+    progress: Progress
+    config: Dict[str, Any]  # dataclasses.asdict(TrainConfig): enough to rebuild the model
+    rng: Optional[List[Dict[str, torch.Tensor]]] = None  # every rank's RNG states, in rank order
+    model: Optional[StateDict] = None
+    optimizer: Optional[Dict[str, Any]] = None
+    ema: Optional[StateDict] = None
+
+    @property
+    def model_name(self) -> str:
+        return self.config["gpt_model"]
+
+
+def pack(checkpoint: TrainingCheckpoint) -> Dict[str, Any]:
+    """The plain-data dict that is saved (readable with weights_only=True)."""
+    progress = checkpoint.progress
+    payload = {"format_version": FORMAT_VERSION, "step": progress.step, "epoch": progress.epoch,
+               "batch_in_epoch": progress.batch_in_epoch, "config": checkpoint.config,
+               "model_name": checkpoint.model_name}  # for readers of the file without our code
+    for entry in ("rng", "model", "optimizer", "ema"):
+        if getattr(checkpoint, entry) is not None:
+            payload[entry] = getattr(checkpoint, entry)
+    return payload
+
+
+def unpack(payload: Any, source: str = "the checkpoint") -> TrainingCheckpoint:
+    """The inverse of `pack`, for this format version and every earlier one."""
+    if not isinstance(payload, dict):
+        raise ValueError(f"{source} holds a {type(payload).__name__}, not a training checkpoint")
+    version = payload.get("format_version", 1)
+    if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        raise ValueError(f"{source} has checkpoint format version {version!r}; this code reads versions 1 to "
+                         f"{FORMAT_VERSION}. Update the code to the version that wrote it.")
+    missing = [key for key in ("step", "epoch", "batch_in_epoch", "config") if key not in payload]
+    if missing:
+        raise ValueError(f"{source} is not one of our training checkpoints (it has no {', '.join(missing)}); "
+                         "to sample from a weights file, pass it to the samplers with --gpt-ckpt")
+    progress = Progress(payload["step"], payload["epoch"], payload["batch_in_epoch"])
+    return TrainingCheckpoint(progress, payload["config"], payload.get("rng"), payload.get("model"),
+                              payload.get("optimizer"), payload.get("ema"))
 
 
 def rng_state(device: torch.device) -> Dict[str, torch.Tensor]:
@@ -71,16 +132,18 @@ def latest_checkpoint(run_dir: str) -> Optional[str]:
     return max(paths, key=checkpoint_step) if paths else None
 
 
-def load_checkpoint(path: str) -> Dict[str, Any]:
+def load_checkpoint(path: str) -> TrainingCheckpoint:
+    """A checkpoint file, or the trainer.pt of a sharded folder (whose weights load_sharded reads)."""
     if is_sharded_checkpoint(path):
         path = os.path.join(path, TRAINER_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise ValueError(f"could not read checkpoint {path}: {error}. It is corrupt or not one of our "
                          "training checkpoints; resume from an earlier one.") from error
+    return unpack(payload, path)
 
 
 def _sharded_state(model, optimizer, ema) -> Dict[str, Any]:
@@ -95,9 +158,9 @@ def _sharded_state(model, optimizer, ema) -> Dict[str, Any]:
     return state
 
 
-def save_sharded(path: str, model, optimizer, ema, trainer_state: Dict[str, Any], is_main: bool) -> None:
-    """Every rank writes its shards into `path`.tmp; rank 0 adds trainer.pt and renames the folder into
-    place, so a folder under the final name is always complete."""
+def save_sharded(path: str, model, optimizer, ema, trainer_state: TrainingCheckpoint, is_main: bool) -> None:
+    """Every rank writes its shards into `path`.tmp; rank 0 adds trainer.pt (`trainer_state` without
+    weights) and renames the folder into place, so a folder under the final name is always complete."""
     import torch.distributed.checkpoint as dcp
 
     tmp = path + ".tmp"
@@ -106,7 +169,7 @@ def save_sharded(path: str, model, optimizer, ema, trainer_state: Dict[str, Any]
     barrier()
     dcp.save(_sharded_state(model, optimizer, ema), checkpoint_id=tmp)
     if is_main:
-        torch.save(trainer_state, os.path.join(tmp, TRAINER_FILE))
+        torch.save(pack(trainer_state), os.path.join(tmp, TRAINER_FILE))
         if os.path.exists(path):
             shutil.rmtree(path)
         os.replace(tmp, path)
@@ -134,24 +197,21 @@ def _has_entry(path: str, entry: str) -> bool:
     return any(key.startswith(entry + ".") for key in metadata.state_dict_metadata)
 
 
-def convert_sharded_checkpoint(path: str, out_path: str) -> Dict[str, Any]:
-    """Turn a sharded checkpoint folder into one file {"model", "ema" (if trained with it), "step",
-    "config", "model_name"} with the official parameter names, which sample_c2i.py loads strictly.
+def convert_sharded_checkpoint(path: str, out_path: str) -> TrainingCheckpoint:
+    """Turn a sharded checkpoint folder into one file with the model and (if trained with it) EMA
+    weights under their official names, progress and config, which sample_c2i.py loads strictly.
     Runs in one process, without a process group and without the optimizer state."""
     import torch.distributed.checkpoint as dcp
-
-    from autoregressive.train.loop import build_model
-    from autoregressive.train.config import TrainConfig
 
     if not is_sharded_checkpoint(path):
         raise ValueError(f"{path} is not a sharded checkpoint folder (it needs {TRAINER_FILE} beside the shards)")
     trainer_state = load_checkpoint(path)
-    cfg = TrainConfig(**trainer_state["config"])
+    cfg = TrainConfig(**trainer_state.config)
     entries = ["model"] + (["ema"] if _has_entry(path, "ema") else [])
     models = {entry: build_model(cfg) for entry in entries}
     state = {entry: module_state_dict(model) for entry, model in models.items()}
     dcp.load(state, checkpoint_id=path, no_dist=True)  # into the models' own weights
-    payload = {entry: model.state_dict() for entry, model in models.items()}  # official names
-    payload.update(step=trainer_state["step"], config=trainer_state["config"], model_name=trainer_state["model_name"])
-    save_atomic(payload, out_path)
-    return payload
+    weights = {entry: model.state_dict() for entry, model in models.items()}  # official names
+    converted = TrainingCheckpoint(trainer_state.progress, trainer_state.config, **weights)
+    save_atomic(pack(converted), out_path)
+    return converted

@@ -2,6 +2,10 @@
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+import torch
+
+from autoregressive.models.arpg import ARPG_models
+
 
 @dataclass
 class TrainConfig:
@@ -59,3 +63,11 @@ class TrainConfig:
     @property
     def block_size(self) -> int:
         return (self.image_size // self.downsample_size) ** 2
+
+
+def build_model(cfg: TrainConfig) -> torch.nn.Module:
+    """The ARPG model a run with this configuration trains, freshly initialised."""
+    return ARPG_models[cfg.gpt_model](vocab_size=cfg.vocab_size, num_classes=cfg.num_classes, block_size=cfg.block_size,
+                                      cls_token_num=cfg.cls_token_num, resid_dropout_p=cfg.dropout_p,
+                                      ffn_dropout_p=cfg.dropout_p, token_dropout_p=cfg.token_dropout_p,
+                                      grad_checkpointing=cfg.grad_checkpointing)

@@ -9,11 +9,10 @@ from typing import Optional
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from autoregressive.models.arpg import ARPG_models
-from autoregressive.train.checkpoint import (checkpoint_path, gather_rng_states, is_sharded_checkpoint,
-                                             latest_checkpoint, load_checkpoint, load_sharded, save_atomic,
-                                             save_sharded, set_rng_state)
-from autoregressive.train.config import TrainConfig
+from autoregressive.train.checkpoint import (Progress, TrainingCheckpoint, checkpoint_path, gather_rng_states,
+                                             is_sharded_checkpoint, latest_checkpoint, load_checkpoint, load_sharded,
+                                             pack, save_atomic, save_sharded, set_rng_state)
+from autoregressive.train.config import TrainConfig, build_model
 from autoregressive.train.ema import create_ema, update_ema
 from autoregressive.train.optim import build_optimizer, learning_rate_at, set_learning_rate
 from autoregressive.train.parallel import (set_activation_memory_budget, shard_model, skip_gradient_sync,
@@ -31,20 +30,6 @@ class ResumableSampler(DistributedSampler):
 
     def __iter__(self):
         return iter(list(super().__iter__())[self.start:])
-
-
-@dataclasses.dataclass
-class Progress:
-    step: int = 0  # optimizer steps done
-    epoch: int = 0
-    batch_in_epoch: int = 0  # optimizer steps done in `epoch`
-
-
-def build_model(cfg: TrainConfig) -> torch.nn.Module:
-    return ARPG_models[cfg.gpt_model](vocab_size=cfg.vocab_size, num_classes=cfg.num_classes, block_size=cfg.block_size,
-                                      cls_token_num=cfg.cls_token_num, resid_dropout_p=cfg.dropout_p,
-                                      ffn_dropout_p=cfg.dropout_p, token_dropout_p=cfg.token_dropout_p,
-                                      grad_checkpointing=cfg.grad_checkpointing)
 
 
 def find_resume_checkpoint(cfg: TrainConfig) -> Optional[str]:
@@ -80,7 +65,9 @@ def new_run_dir(cfg: TrainConfig, info: DistInfo) -> str:
 class Trainer:
     """Holds the model, optimizer, EMA, data and progress of one run."""
 
-    def __init__(self, cfg: TrainConfig, info: DistInfo, dataset):
+    def __init__(self, cfg: TrainConfig, info: DistInfo, dataset, model: Optional[torch.nn.Module] = None):
+        """model: the weights to start from (scripts/bench_train.py's); by default build_model(cfg) seeded
+        with cfg.global_seed."""
         self.cfg, self.info, self.dataset = cfg, info, dataset
         if cfg.global_batch_size % (info.world_size * cfg.gradient_accumulation_steps):
             raise ValueError(f"--global-batch-size {cfg.global_batch_size} must divide by world size "
@@ -88,9 +75,11 @@ class Trainer:
         self.micro_batch = cfg.global_batch_size // (info.world_size * cfg.gradient_accumulation_steps)
         # The same initial weights on every rank (FSDP keeps each rank's shard of its own copy; DDP
         # would broadcast rank 0's), without touching the per-rank random stream.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.global_seed)
-            self.model = build_model(cfg).to(info.device)
+        if model is None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.global_seed)
+                model = build_model(cfg)
+        self.model = model.to(info.device)
         self.ema = create_ema(self.model) if cfg.ema else None
         self.sharded = cfg.data_parallel == "fsdp"
         # Compile and wrap before the optimizer exists: FSDP replaces the parameters by sharded ones.
@@ -118,19 +107,14 @@ class Trainer:
         self.autocast = (lambda: torch.autocast("cuda", dtype=dtype)) if use_amp else contextlib.nullcontext
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_amp and cfg.mixed_precision == "fp16")
 
-    def trainer_state(self) -> dict:
-        """Everything but the weights and optimizer: progress, config and every rank's RNG (collective)."""
-        cfg = self.cfg
-        return {"step": self.progress.step, "epoch": self.progress.epoch,
-                "batch_in_epoch": self.progress.batch_in_epoch, "config": dataclasses.asdict(cfg),
-                "model_name": cfg.gpt_model, "rng": gather_rng_states(self.info.device)}
-
-    def state(self) -> dict:
-        """The single-file checkpoint of a DDP run."""
-        payload = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), **self.trainer_state()}
-        if self.ema is not None:
-            payload["ema"] = self.ema.state_dict()
-        return payload
+    def checkpoint(self, with_weights: bool) -> TrainingCheckpoint:
+        """Progress, config and every rank's RNG (collective), with the weights and optimizer if asked."""
+        checkpoint = TrainingCheckpoint(dataclasses.replace(self.progress), dataclasses.asdict(self.cfg),
+                                        rng=gather_rng_states(self.info.device))
+        if with_weights:
+            checkpoint.model, checkpoint.optimizer = self.model.state_dict(), self.optimizer.state_dict()
+            checkpoint.ema = None if self.ema is None else self.ema.state_dict()
+        return checkpoint
 
     def restore(self, path: str) -> None:
         sharded_file = is_sharded_checkpoint(path)
@@ -139,15 +123,19 @@ class Trainer:
             raise ValueError(f"{path} was written by a --data-parallel {written} run; resume it with "
                              f"--data-parallel {written} (this run uses {wanted})")
         checkpoint = load_checkpoint(path)
+        if checkpoint.rng is None or (not self.sharded and checkpoint.optimizer is None):
+            raise ValueError(f"{path} holds no optimizer or RNG state (a converted file, for sampling); resume "
+                             "from a checkpoint in the run's checkpoints folder")
         if self.sharded:
             load_sharded(path, self.model, self.optimizer, self.ema)
         else:
-            self.model.load_state_dict(checkpoint["model"], strict=True)
-            self.optimizer.load_state_dict(checkpoint["optimizer"])
+            self.model.load_state_dict(checkpoint.model, strict=True)
+            self.optimizer.load_state_dict(checkpoint.optimizer)
             if self.ema is not None:
-                self.ema.load_state_dict(checkpoint.get("ema", checkpoint["model"]), strict=True)
-        self.progress = Progress(checkpoint["step"], checkpoint["epoch"], checkpoint["batch_in_epoch"])
-        states = checkpoint["rng"]
+                self.ema.load_state_dict(checkpoint.ema if checkpoint.ema is not None else checkpoint.model,
+                                         strict=True)
+        self.progress = checkpoint.progress
+        states = checkpoint.rng
         if len(states) != self.info.world_size:
             raise ValueError(f"{path} was written by {len(states)} processes; resume with the same number "
                              f"(got {self.info.world_size}) for an exact continuation")
@@ -156,9 +144,10 @@ class Trainer:
     def save(self, run_dir: str) -> str:
         path = checkpoint_path(run_dir, self.progress.step, sharded=self.sharded)
         if self.sharded:
-            save_sharded(path, self.model, self.optimizer, self.ema, self.trainer_state(), self.info.is_main)
+            save_sharded(path, self.model, self.optimizer, self.ema, self.checkpoint(with_weights=False),
+                         self.info.is_main)
             return path
-        payload = self.state()  # every rank takes part in gathering the RNG states
+        payload = pack(self.checkpoint(with_weights=True))  # every rank takes part in gathering the RNG states
         if self.info.is_main:
             save_atomic(payload, path)
         barrier()

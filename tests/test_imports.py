@@ -1,0 +1,95 @@
+"""The project's own modules import each other without a cycle (read from the source with ast)."""
+import ast
+from pathlib import Path
+from typing import Dict, List, Set
+
+ROOT = Path(__file__).resolve().parents[1]
+SKIPPED = {"tests", "results", "data", "shared"}
+
+
+def project_modules() -> Dict[str, Path]:
+    """Dotted module name -> file, for every .py file of the project outside tests and hidden folders."""
+    modules = {}
+    for path in ROOT.rglob("*.py"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        if any(part.startswith(".") or part in SKIPPED for part in parts[:-1]):
+            continue
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        if parts:
+            modules[".".join(parts)] = path
+    return modules
+
+
+def imported_names(path: Path, module: str, is_package: bool) -> Set[str]:
+    """Every name an import statement of the file may refer to, anywhere in it (function bodies too)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: resolve against this module's package
+                package = module.split(".")[: len(module.split(".")) - (node.level - is_package)]
+                base = ".".join(package + ([base] if base else []))
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    return names
+
+
+def import_graph() -> Dict[str, Set[str]]:
+    modules = project_modules()
+    graph = {}
+    for module, path in modules.items():
+        targets = set()
+        for name in imported_names(path, module, path.name == "__init__.py"):
+            while name and name not in modules:  # `from a.b import f` -> a.b
+                name = name.rpartition(".")[0]
+            # importing a package's submodule runs the package's __init__ first, not the other way round
+            if name and name != module and not module.startswith(name + "."):
+                targets.add(name)
+        graph[module] = targets
+    return graph
+
+
+def find_cycle(graph: Dict[str, Set[str]]) -> List[str]:
+    """One cycle as [a, b, ..., a], or [] (depth-first search with colours)."""
+    colour = {module: "white" for module in graph}
+    stack: List[str] = []
+
+    def visit(module: str) -> List[str]:
+        colour[module] = "grey"
+        stack.append(module)
+        for target in sorted(graph[module]):
+            if colour[target] == "grey":
+                return stack[stack.index(target):] + [target]
+            if colour[target] == "white":
+                cycle = visit(target)
+                if cycle:
+                    return cycle
+        stack.pop()
+        colour[module] = "black"
+        return []
+
+    for module in sorted(graph):
+        if colour[module] == "white":
+            cycle = visit(module)
+            if cycle:
+                return cycle
+    return []
+
+
+def test_the_graph_sees_the_training_imports():
+    graph = import_graph()
+    assert "autoregressive.train.checkpoint" in graph["autoregressive.train.loop"]
+    assert "autoregressive.train.config" in graph["autoregressive.train.checkpoint"]
+
+
+def test_find_cycle_reports_one():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycle_among_the_project_modules():
+    cycle = find_cycle(import_graph())
+    assert not cycle, "import cycle: " + " -> ".join(cycle)
