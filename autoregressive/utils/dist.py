@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from autoregressive.utils.watchdog import install_orphan_watchdog
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -25,7 +27,9 @@ def init_distributed(device: str = "auto", always_group: bool = False) -> DistIn
 
     device: "auto" (CUDA if available, else CPU), "cuda" or "cpu". NCCL serves CUDA, gloo the CPU.
     always_group: under torchrun, make a process group even for one process (FSDP needs one).
+    Under torchrun, the worker also ends itself when its launcher dies (utils/watchdog.py).
     """
+    install_orphan_watchdog()
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for, but no CUDA device is visible")
