@@ -7,10 +7,12 @@ its own shards, plus `trainer.pt` with the rest. `convert_sharded_checkpoint` tu
 single file that sampling loads.
 """
 import glob
+import logging
 import os
 import shutil
 from typing import Any, Dict, List, Optional
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -42,6 +44,32 @@ def gather_rng_states(device: torch.device) -> List[Dict[str, torch.Tensor]]:
     states: List[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(states, mine)
     return states
+
+
+def resume_random_state(checkpoint: Dict[str, Any], path: str, global_batch_size: int, rank: int,
+                        world_size: int, device: torch.device) -> None:
+    """Continue this rank's random stream from the checkpoint. A checkpoint saved by another number of
+    processes still resumes: weights, optimizer and EMA are whole (DDP) or reshard (FSDP, through
+    torch.distributed.checkpoint), and the data position counts global batches, the same at any world
+    size when the global batch is. Only the per-rank streams (token orders, dropout) cannot continue:
+    each rank starts a fresh one, so the run is statistically, not bitwise, the uninterrupted one."""
+    states = checkpoint["rng"]
+    if len(states) == world_size:
+        set_rng_state(states[rank], device)
+        return
+    saved_batch = checkpoint["config"]["global_batch_size"]
+    if saved_batch != global_batch_size:
+        raise ValueError(f"{path} was saved by {len(states)} processes at --global-batch-size {saved_batch}; "
+                         f"resume on {world_size} processes only with --global-batch-size {saved_batch} (the data "
+                         f"position counts global batches), or with --nproc_per_node {len(states)} in total")
+    # A fresh stream per (seed, step, rank): not one this run has drawn from before.
+    seed = checkpoint["config"]["global_seed"]
+    torch.manual_seed(int(np.random.default_rng([seed, checkpoint["step"], rank]).integers(2**62)))
+    if rank == 0:
+        logging.getLogger("arpg.train").warning(
+            f"{path} was saved by {len(states)} processes and resumes on {world_size}: weights, optimizer, EMA "
+            "and data position carry over, the random streams restart, so the run continues statistically, "
+            "not bitwise, as it would have")
 
 
 def save_atomic(payload: Dict[str, Any], path: str) -> None:
@@ -115,7 +143,8 @@ def save_sharded(path: str, model, optimizer, ema, trainer_state: Dict[str, Any]
 
 
 def load_sharded(path: str, model, optimizer, ema) -> None:
-    """Read a folder written by save_sharded into the sharded model, optimizer and EMA (same world size)."""
+    """Read a folder written by save_sharded into the sharded model, optimizer and EMA (DCP reshards a
+    folder saved by another number of processes)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
 

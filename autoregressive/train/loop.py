@@ -11,8 +11,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.train.checkpoint import (checkpoint_path, gather_rng_states, is_sharded_checkpoint,
-                                             latest_checkpoint, load_checkpoint, load_sharded, save_atomic,
-                                             save_sharded, set_rng_state)
+                                             latest_checkpoint, load_checkpoint, load_sharded, resume_random_state,
+                                             save_atomic, save_sharded)
 from autoregressive.train.config import TrainConfig
 from autoregressive.train.ema import create_ema, update_ema
 from autoregressive.train.optim import build_optimizer, learning_rate_at, set_learning_rate
@@ -147,11 +147,8 @@ class Trainer:
             if self.ema is not None:
                 self.ema.load_state_dict(checkpoint.get("ema", checkpoint["model"]), strict=True)
         self.progress = Progress(checkpoint["step"], checkpoint["epoch"], checkpoint["batch_in_epoch"])
-        states = checkpoint["rng"]
-        if len(states) != self.info.world_size:
-            raise ValueError(f"{path} was written by {len(states)} processes; resume with the same number "
-                             f"(got {self.info.world_size}) for an exact continuation")
-        set_rng_state(states[self.info.rank], self.info.device)
+        resume_random_state(checkpoint, path, self.cfg.global_batch_size, self.info.rank, self.info.world_size,
+                            self.info.device)
 
     def save(self, run_dir: str) -> str:
         path = checkpoint_path(run_dir, self.progress.step, sharded=self.sharded)
