@@ -21,7 +21,7 @@ from autoregressive.generate import SamplingConfig
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.sample_utils import (PRECISIONS, batch_generator, load_gpt, load_vq, make_sampler,
                                          tokens_to_images)
-from autoregressive.utils.dist import barrier, cleanup, init_distributed
+from autoregressive.utils.dist import barrier, check_shared_folder, cleanup, init_distributed
 from autoregressive.utils.files import write_atomic
 from autoregressive.utils.logger import get_logger
 
@@ -143,6 +143,7 @@ def main(args) -> None:
     image_size_eval = args.image_size_eval or image_size
     folder = os.path.join(args.sample_dir, folder_name(args, image_size, image_size_eval))
     os.makedirs(folder, exist_ok=True)
+    check_shared_folder(folder)  # rank 0 packs every rank's PNGs
     sampling = SamplingConfig(num_steps=args.step, cfg_scale=args.cfg_scale, cfg_schedule=args.cfg_schedule,
                               sample_schedule=args.sample_schedule, temperature=args.temperature,
                               top_k=args.top_k, top_p=args.top_p)
