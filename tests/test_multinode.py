@@ -71,3 +71,16 @@ def test_two_nodes_sample_the_npz_of_one_process(digits_ckpt, tmp_path):
         output, _ = node.communicate(timeout=240)
         assert node.returncode == 0, output
     assert np.array_equal(the_npz(tmp_path / "one")[0], the_npz(tmp_path / "two")[0])
+
+
+def test_the_launch_scripts_pass_the_node_settings_to_torchrun(tmp_path):
+    fake = tmp_path / "torchrun"
+    fake.write_text('#!/bin/sh\necho "$@"\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "NNODES": "4", "NODE_RANK": "3",
+           "MASTER_ADDR": "10.1.2.3", "MASTER_PORT": "29555", "NPROC": "8"}
+    for script in ("train_c2i.sh", "sample_c2i.sh"):
+        done = subprocess.run(["bash", str(ROOT / "scripts" / script)], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("--nnodes=4 --node_rank=3 --nproc_per_node=8 --master_addr=10.1.2.3 "
+                                      "--master_port=29555 "), (script, done.stdout)
