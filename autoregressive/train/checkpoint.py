@@ -61,7 +61,7 @@ def resume_random_state(checkpoint: Dict[str, Any], path: str, global_batch_size
     if saved_batch != global_batch_size:
         raise ValueError(f"{path} was saved by {len(states)} processes at --global-batch-size {saved_batch}; "
                          f"resume on {world_size} processes only with --global-batch-size {saved_batch} (the data "
-                         f"position counts global batches), or with --nproc_per_node {len(states)} in total")
+                         f"position counts global batches), or on {len(states)} processes (nodes x --nproc_per_node) as saved")
     # A fresh stream per (seed, step, rank): not one this run has drawn from before.
     seed = checkpoint["config"]["global_seed"]
     torch.manual_seed(int(np.random.default_rng([seed, checkpoint["step"], rank]).integers(2**62)))
