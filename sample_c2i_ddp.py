@@ -22,7 +22,7 @@ from autoregressive.models.arpg import ARPG_models
 from autoregressive.render import tokens_to_images
 from autoregressive.sampling import SamplingConfig, add_sampling_args
 from autoregressive.utils.device import enable_tf32
-from autoregressive.utils.dist import barrier, cleanup, init_distributed
+from autoregressive.utils.dist import barrier, check_shared_folder, cleanup, init_distributed
 from autoregressive.utils.files import write_atomic
 from autoregressive.utils.logger import get_logger
 from autoregressive.weights import PRECISIONS, add_weights_arg, load_gpt, load_vq
@@ -147,6 +147,7 @@ def main(args) -> None:
     image_size_eval = args.image_size_eval or image_size
     folder = os.path.join(args.sample_dir, folder_name(args, image_size, image_size_eval))
     os.makedirs(folder, exist_ok=True)
+    check_shared_folder(folder)  # rank 0 packs every rank's PNGs
     sampling = SamplingConfig.from_args(args)
     sampler = make_sampler(model, use_fast=args.compile, fuse=args.fused)
     batch, total = args.per_proc_batch_size, args.num_fid_samples

@@ -14,7 +14,7 @@ from autoregressive.models.arpg import ARPG_models
 from autoregressive.train.config import TrainConfig
 from autoregressive.train.loop import find_resume_checkpoint, new_run_dir, train
 from autoregressive.utils.device import enable_tf32
-from autoregressive.utils.dist import cleanup, init_distributed
+from autoregressive.utils.dist import check_shared_folder, cleanup, init_distributed
 
 DEFAULTS = TrainConfig(code_path="")
 
@@ -126,6 +126,8 @@ def main(cfg: TrainConfig) -> None:
     # Per-rank seed; a resumed run overwrites it with the saved RNG states.
     torch.manual_seed(cfg.global_seed * info.world_size + info.rank)
     dataset = build_dataset(cfg.dataset, cfg.code_path, seed=cfg.global_seed)
+    os.makedirs(cfg.results_dir, exist_ok=True)
+    check_shared_folder(cfg.results_dir)  # every node must find (and write) the same checkpoints
     resume_path = find_resume_checkpoint(cfg)
     run_dir = run_dir_for(resume_path, cfg, info)
     train(cfg, info, dataset, run_dir, resume_path)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The official recipe: ARPG-L, 400 epochs, global batch 1024 (128 per GPU on 8 GPUs), lr 4e-4
-# (1e-4 per 256 images). XL/XXL: MODEL=ARPG-XL or ARPG-XXL. Several nodes: NNODES, NODE_RANK, MASTER_ADDR.
+# (1e-4 per 256 images). XL/XXL: MODEL=ARPG-XL or ARPG-XXL. Several nodes: NNODES, NODE_RANK, MASTER_ADDR
+# (node 0's address), MASTER_PORT, with results/ on a filesystem all nodes share (the global batch stays 1024).
 # Memory: EXTRA="--grad-checkpointing 36" lets ARPG-XXL train at 128 per GPU on 80 GB GPUs;
 # EXTRA="--data-parallel fsdp" shards weights, gradients and AdamW state (convert its checkpoint folders with
 # python -m scripts.convert_checkpoint before sampling).

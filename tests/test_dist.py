@@ -30,3 +30,35 @@ def test_cleanup_waits_for_every_rank_before_tearing_down(tmp_path):
     first, second = (json.loads((tmp_path / f"{rank}.json").read_text()) for rank in (0, 1))
     assert first["left"] and second["left"]
     assert first["seconds"] >= LATE_BY / 2, first  # without the meeting: a few milliseconds
+
+
+
+def look(rank: int, out_dir: str) -> None:
+    from autoregressive.utils.dist import check_shared_folder
+
+    dist.init_process_group("gloo", init_method=f"file://{out_dir}/store", rank=rank, world_size=2)
+    report = {}
+    for case, folder in (("shared", "results"), ("local", f"results-of-node-{rank}")):  # local: a node's own disk
+        folder = os.path.join(out_dir, folder)
+        os.makedirs(folder, exist_ok=True)
+        try:
+            check_shared_folder(folder, wait_seconds=0.5)
+            report[case] = "ok"
+        except RuntimeError as error:
+            report[case] = str(error)
+        report[case + " left"] = os.listdir(folder)
+    with open(os.path.join(out_dir, f"{rank}.json"), "w") as file:
+        json.dump(report, file)
+    cleanup()
+
+
+def test_a_folder_that_only_one_node_sees_is_refused_on_every_rank(tmp_path):
+    """Several nodes must share --results-dir / --sample-dir: a folder rank 1 does not see (its own,
+    as on nodes with local disks) stops every rank with the same explanation instead of a hang later."""
+    mp.spawn(look, args=(str(tmp_path),), nprocs=2, join=True)
+    reports = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in (0, 1)]
+    assert [report["shared"] for report in reports] == ["ok", "ok"]
+    assert reports[0]["shared left"] == []  # the probe file is gone
+    for report in reports:
+        assert report["local"].startswith("ranks [1] do not see"), report
+        assert "filesystem every node shares" in report["local"]

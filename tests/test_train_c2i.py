@@ -59,13 +59,19 @@ def write_codes(root: Path, num_per_class=12, num_classes=3, tokens=16):
             np.save(root / str(label) / f"{index}.npy", rng.integers(0, 32, (2, tokens)).astype(np.int64))
 
 
-def launch(codes: Path, results: Path, extra=()):
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-               str(ROOT / "train_c2i.py"), "--gpt-model", "ARPG-tiny", "--code-path", str(codes),
-               "--results-dir", str(results), "--vocab-size", "32", "--num-classes", "3", "--image-size", "64",
-               "--global-batch-size", "8", "--gradient-accumulation-steps", "2", "--epochs", "4",
-               "--warmup-epochs", "1", "--lr", "1e-3", "--ckpt-every", "3", "--log-every", "3", "--num-workers", "0",
-               "--num-threads", "1", "--device", "cpu", "--ema", *extra]
+def train_flags(codes: Path, results: Path, extra=()):
+    """train_c2i.py's flags for a tiny run (36 samples, 4 steps per epoch, a checkpoint every 3 steps)."""
+    return [str(ROOT / "train_c2i.py"), "--gpt-model", "ARPG-tiny", "--code-path", str(codes),
+            "--results-dir", str(results), "--vocab-size", "32", "--num-classes", "3", "--image-size", "64",
+            "--global-batch-size", "8", "--gradient-accumulation-steps", "2", "--epochs", "4",
+            "--warmup-epochs", "1", "--lr", "1e-3", "--ckpt-every", "3", "--log-every", "3", "--num-workers", "0",
+            "--num-threads", "1", "--device", "cpu", "--ema", *extra]
+
+
+def launch(codes: Path, results: Path, extra=(), nproc_per_node=2, launcher=()):
+    """torchrun the tiny run on gloo; `launcher` adds torchrun flags (several nodes: --nnodes, --node-rank)."""
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc_per_node}",
+               *(launcher or [f"--master_port={free_port()}"]), *train_flags(codes, results, extra)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

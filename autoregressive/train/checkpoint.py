@@ -11,10 +11,12 @@ The layout of the saved dict is known to `pack` and `unpack` only; everything el
 """
 import dataclasses
 import glob
+import logging
 import os
 import shutil
 from typing import Any, Dict, List, Optional
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -105,6 +107,32 @@ def gather_rng_states(device: torch.device) -> List[Dict[str, torch.Tensor]]:
     return states
 
 
+def resume_random_state(checkpoint: TrainingCheckpoint, path: str, global_batch_size: int, rank: int,
+                        world_size: int, device: torch.device) -> None:
+    """Continue this rank's random stream from the checkpoint. A checkpoint saved by another number of
+    processes still resumes: weights, optimizer and EMA are whole (DDP) or reshard (FSDP, through
+    torch.distributed.checkpoint), and the data position counts global batches, the same at any world
+    size when the global batch is. Only the per-rank streams (token orders, dropout) cannot continue:
+    each rank starts a fresh one, so the run is statistically, not bitwise, the uninterrupted one."""
+    states = checkpoint.rng
+    if len(states) == world_size:
+        set_rng_state(states[rank], device)
+        return
+    saved_batch = checkpoint.config["global_batch_size"]
+    if saved_batch != global_batch_size:
+        raise ValueError(f"{path} was saved by {len(states)} processes at --global-batch-size {saved_batch}; "
+                         f"resume on {world_size} processes only with --global-batch-size {saved_batch} (the data "
+                         f"position counts global batches), or on {len(states)} processes (nodes x --nproc_per_node) as saved")
+    # A fresh stream per (seed, step, rank): not one this run has drawn from before.
+    seed = checkpoint.config["global_seed"]
+    torch.manual_seed(int(np.random.default_rng([seed, checkpoint.progress.step, rank]).integers(2**62)))
+    if rank == 0:
+        logging.getLogger("arpg.train").warning(
+            f"{path} was saved by {len(states)} processes and resumes on {world_size}: weights, optimizer, EMA "
+            "and data position carry over, the random streams restart, so the run continues statistically, "
+            "not bitwise, as it would have")
+
+
 def save_atomic(payload: Dict[str, Any], path: str) -> None:
     """torch.save, atomically: never a half-written checkpoint."""
     write_atomic(path, lambda tmp: torch.save(payload, tmp))
@@ -177,7 +205,8 @@ def save_sharded(path: str, model, optimizer, ema, trainer_state: TrainingCheckp
 
 
 def load_sharded(path: str, model, optimizer, ema) -> None:
-    """Read a folder written by save_sharded into the sharded model, optimizer and EMA (same world size)."""
+    """Read a folder written by save_sharded into the sharded model, optimizer and EMA (DCP reshards a
+    folder saved by another number of processes)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
 

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from autoregressive.train.checkpoint import (Progress, TrainingCheckpoint, checkpoint_path, gather_rng_states,
                                              is_sharded_checkpoint, latest_checkpoint, load_checkpoint, load_sharded,
-                                             pack, save_atomic, save_sharded, set_rng_state)
+                                             pack, resume_random_state, save_atomic, save_sharded)
 from autoregressive.train.config import TrainConfig, build_model
 from autoregressive.train.ema import create_ema, update_ema
 from autoregressive.train.optim import build_optimizer, learning_rate_at, set_learning_rate
@@ -135,11 +135,8 @@ class Trainer:
                 self.ema.load_state_dict(checkpoint.ema if checkpoint.ema is not None else checkpoint.model,
                                          strict=True)
         self.progress = checkpoint.progress
-        states = checkpoint.rng
-        if len(states) != self.info.world_size:
-            raise ValueError(f"{path} was written by {len(states)} processes; resume with the same number "
-                             f"(got {self.info.world_size}) for an exact continuation")
-        set_rng_state(states[self.info.rank], self.info.device)
+        resume_random_state(checkpoint, path, self.cfg.global_batch_size, self.info.rank, self.info.world_size,
+                            self.info.device)
 
     def save(self, run_dir: str) -> str:
         path = checkpoint_path(run_dir, self.progress.step, sharded=self.sharded)

@@ -2,10 +2,14 @@
 plain process (no process group at all)."""
 import datetime
 import os
+import socket
+import time
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from autoregressive.utils.watchdog import install_orphan_watchdog
 
 
 @dataclass(frozen=True)
@@ -25,7 +29,9 @@ def init_distributed(device: str = "auto", always_group: bool = False) -> DistIn
 
     device: "auto" (CUDA if available, else CPU), "cuda" or "cpu". NCCL serves CUDA, gloo the CPU.
     always_group: under torchrun, make a process group even for one process (FSDP needs one).
+    Under torchrun, the worker also ends itself when its launcher dies (utils/watchdog.py).
     """
+    install_orphan_watchdog()
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for, but no CUDA device is visible")
@@ -52,6 +58,33 @@ def is_distributed() -> bool:
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
+
+
+def check_shared_folder(path: str, wait_seconds: float = 60.0) -> None:
+    """Raise on every rank unless every rank sees the folder `path` that rank 0 sees: on several nodes,
+    checkpoints and samples meet there, so it must be on a filesystem all nodes share. Rank 0 leaves a
+    file in it; the others look for it for up to wait_seconds (NFS may cache a directory's listing)."""
+    if not is_distributed():
+        return
+    rank = dist.get_rank()
+    name = [f".shared-check-{socket.gethostname()}-{os.getpid()}"]
+    dist.broadcast_object_list(name, src=0)
+    probe = os.path.join(path, name[0])
+    if rank == 0:
+        open(probe, "w").close()
+    dist.barrier()
+    deadline = time.monotonic() + wait_seconds
+    while not (os.path.isdir(path) and name[0] in os.listdir(path)) and time.monotonic() < deadline:
+        time.sleep(1.0)
+    seen = [False] * dist.get_world_size()
+    dist.all_gather_object(seen, os.path.exists(probe))
+    if rank == 0:
+        os.remove(probe)
+    blind = [other for other, found in enumerate(seen) if not found]
+    if blind:
+        raise RuntimeError(f"ranks {blind} do not see {os.path.abspath(path)} as rank 0 ({socket.gethostname()}) "
+                           "does: with several nodes it must be a folder on a filesystem every node shares (NFS, "
+                           "Lustre...), the same path on each")
 
 
 def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,36 @@
 """Atomic file writes: a crash or a kill never leaves a half-written file under the final name."""
+import contextlib
 import os
+import threading
 from typing import Callable
+
+_writes = threading.Condition()
+_writes_in_flight = 0
+_writes_stopped = False
+
+
+@contextlib.contextmanager
+def _counted_write():
+    """Count a write while it runs; once stop_writes() was called, wait forever (the process is ending)."""
+    global _writes_in_flight
+    with _writes:
+        _writes.wait_for(lambda: not _writes_stopped)
+        _writes_in_flight += 1
+    try:
+        yield
+    finally:
+        with _writes:
+            _writes_in_flight -= 1
+            _writes.notify_all()
+
+
+def stop_writes(timeout: float) -> bool:
+    """Let no new atomic write begin and wait up to `timeout` seconds for those under way to finish,
+    so a process about to end leaves no temporary file behind. True if none is left running."""
+    global _writes_stopped
+    with _writes:
+        _writes_stopped = True
+        return _writes.wait_for(lambda: _writes_in_flight == 0, timeout)
 
 
 def write_atomic(path: str, write: Callable[[str], None]) -> None:
@@ -11,9 +41,10 @@ def write_atomic(path: str, write: Callable[[str], None]) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     stem, extension = os.path.splitext(path)
     tmp = f"{stem}.tmp{os.getpid()}{extension}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with _counted_write():
+        try:
+            write(tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
