@@ -120,7 +120,7 @@ def write_csv(rows: List[dict], path: str) -> None:
         writer.writerows(rows)
 
 
-def plot(rows: List[dict], metrics: Tuple[str, ...], path: str, title: str) -> None:
+def plot(rows: List[dict], metrics: Tuple[str, ...], best_by: str, path: str, title: str) -> None:
     """One panel per metric against the scale, one line per cfg schedule."""
     import matplotlib
 
@@ -133,7 +133,7 @@ def plot(rows: List[dict], metrics: Tuple[str, ...], path: str, title: str) -> N
             mine = sorted((row for row in rows if row["cfg_schedule"] == schedule), key=lambda row: row["cfg_scale"])
             axis.plot([row["cfg_scale"] for row in mine], [row[metric] for row in mine], marker="o", label=schedule)
         axis.set_xlabel("CFG scale")
-        axis.set_title(metric)
+        axis.set_title(f"{metric} (lower is better)" if metric == best_by else metric)
         axis.grid(alpha=0.3)
     axes[0][0].legend(title="cfg schedule")
     figure.suptitle(title)
@@ -231,7 +231,7 @@ def main(args) -> List[dict]:
 def report(rows: List[dict], judge: Judge, args) -> None:
     csv_path, png_path = os.path.join(args.out_dir, "sweep.csv"), os.path.join(args.out_dir, "sweep.png")
     write_csv(rows, csv_path)
-    plot(rows, judge.metrics, png_path, f"{args.gpt_model}, {args.num_samples} samples, {args.step} steps")
+    plot(rows, judge.metrics, judge.best_by, png_path, f"{args.gpt_model}, {args.num_samples} samples, {args.step} steps")
     for schedule in args.cfg_schedules:
         best = best_row([row for row in rows if row["cfg_schedule"] == schedule], judge.best_by)
         print(f"{schedule} schedule: best cfg scale {best['cfg_scale']:g} ({judge.best_by} {best[judge.best_by]:.4f})")

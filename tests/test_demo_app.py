@@ -161,3 +161,25 @@ def test_app_without_gradio_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio raises ImportError
     with pytest.raises(SystemExit, match="pip install gradio"):
         main(get_args_parser().parse_args([]))
+
+
+def test_imagenet_path_crops_picture_and_mask_alike(tmp_path):
+    """A VQ model (tiny ARPG, random VQ-16): an uploaded 400x256 picture is ADM centre-cropped to 256 and so is
+    its mask; painting the left 200 columns leaves the crop's left 128 columns, 8 of the 16 token columns."""
+    from tokenizer.vq_model import VQ_models
+
+    torch.manual_seed(0)
+    gpt, vq = tmp_path / "gpt.pt", tmp_path / "vq.pt"
+    torch.save({"model": ARPG_models["ARPG-tiny"]().state_dict()}, gpt)
+    torch.save({"model": VQ_models["VQ-16"]().state_dict()}, vq)
+    app = DemoApp.open("ARPG-tiny", str(gpt), vq_ckpt=str(vq), device="cpu")
+    assert app.demo is not None and app.demo.grid == 16, app.status
+    (grid, samples), message = app.generate("207", 1, **SAMPLING)
+    assert samples.shape == (1, 256, 256, 3), message
+    picture = np.random.default_rng(0).integers(0, 256, (256, 400, 3), dtype=np.uint8)
+    layer = np.zeros((256, 400, 4), np.uint8)
+    layer[:, :200, 3] = 255
+    row, message = app.edit({"background": picture, "layers": [layer]}, "inpaint", 207, 1, **SAMPLING)
+    assert message.startswith("inpaint: kept 128 of 256 tokens"), message
+    assert row.shape == (256 + 4, 3 * 256 + 4 * 2, 3)
+    assert "--vq-ckpt" in DemoApp.open("ARPG-tiny", str(gpt), device="cpu").status
