@@ -5,7 +5,7 @@ page shows the message instead of a stack trace.
 import glob
 import os
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
