@@ -11,7 +11,7 @@ import sys
 
 from autoregressive.demo_app import TASKS, DemoApp, page_defaults
 from autoregressive.models.arpg import ARPG_models
-from autoregressive.sample_utils import PRECISIONS
+from autoregressive.weights import PRECISIONS
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -20,7 +20,7 @@ from PIL import Image
 from autoregressive.fast_generate import make_sampler
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.render import tokens_to_images
-from autoregressive.sampling import SamplingConfig, add_sampling_args
+from autoregressive.sampling import SamplingConfig, add_sampling_args, batch_generator
 from autoregressive.utils.device import enable_tf32
 from autoregressive.utils.dist import barrier, check_shared_folder, cleanup, init_distributed
 from autoregressive.utils.files import write_atomic
@@ -68,10 +68,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     # The official sample_c2i_ddp.py's defaults: CFG 2.0 and 256 steps (one token per step at 256x256).
     return add_sampling_args(parser, cfg_scale=2.0, num_steps=256)
 
-
-def batch_generator(device, global_seed: int, first_index: int) -> torch.Generator:
-    """The randomness of a batch: a function of (global seed, index of its first sample) only."""
-    return torch.Generator(device).manual_seed(global_seed * 1_000_003 + first_index)
 
 
 def folder_name(args, image_size: int, image_size_eval: int) -> str:

@@ -15,7 +15,10 @@ from torchvision.utils import make_grid
 
 from autoregressive import editing
 from autoregressive.generate import SamplingConfig, check_class_ids
-from autoregressive.sample_utils import load_gpt, load_vq, make_sampler, resolve_device, tokens_to_images
+from autoregressive.fast_generate import make_sampler
+from autoregressive.render import tokens_to_images
+from autoregressive.utils.device import resolve_device
+from autoregressive.weights import load_gpt, load_vq
 
 TASKS = {"inpaint": "regenerate the painted area",
          "outpaint": "keep the painted area, regenerate everything else",

@@ -168,3 +168,8 @@ def random_orders(batch_size: int, num_tokens: int, generator: Optional[torch.Ge
     if generator is not None:
         device = generator.device
     return torch.rand(batch_size, num_tokens, generator=generator, device=device).argsort(dim=1)
+
+
+def batch_generator(device, global_seed: int, first_index: int) -> torch.Generator:
+    """The randomness of a batch: a function of (global seed, index of its first sample) only."""
+    return torch.Generator(device).manual_seed(global_seed * 1_000_003 + first_index)

@@ -24,10 +24,11 @@ from typing import Callable, Dict, List, Tuple
 import numpy as np
 import torch
 
-from autoregressive.generate import SamplingConfig
+from autoregressive.fast_generate import make_sampler
 from autoregressive.models.arpg import ARPG_models
-from autoregressive.sample_utils import (PRECISIONS, batch_generator, load_gpt, load_vq, make_sampler,
-                                         tokens_to_images)
+from autoregressive.render import tokens_to_images
+from autoregressive.sampling import CFG_SCHEDULES, SAMPLE_SCHEDULES, SamplingConfig, batch_generator
+from autoregressive.weights import PRECISIONS, load_gpt, load_vq
 from autoregressive.utils.dist import barrier, cleanup, init_distributed
 from autoregressive.utils.logger import get_logger
 
@@ -154,8 +155,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ref-batch", default=None, help="ADM reference npz (VIRTUAL_imagenet256_labeled.npz)")
     parser.add_argument("--inception-weights", default=None, help="weights-inception-2015-12-05-6726825d.pth")
     parser.add_argument("--cfg-scales", type=float, nargs="+", default=[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
-    parser.add_argument("--cfg-schedules", nargs="+", choices=["linear", "constant"], default=["linear", "constant"])
-    parser.add_argument("--sample-schedule", choices=["arccos", "cosine"], default="arccos")
+    parser.add_argument("--cfg-schedules", nargs="+", choices=CFG_SCHEDULES, default=list(CFG_SCHEDULES))
+    parser.add_argument("--sample-schedule", choices=SAMPLE_SCHEDULES, default="arccos")
     parser.add_argument("--step", type=int, default=64, help="decoding steps")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-k", type=int, default=0)
