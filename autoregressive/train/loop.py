@@ -41,10 +41,16 @@ class Progress:
 
 
 def build_model(cfg: TrainConfig) -> torch.nn.Module:
+    drop_path_layer, dropout_p = None, cfg.dropout_p
+    if cfg.drop_path_rate > 0:  # as the official recipe: stochastic depth replaces residual and FFN dropout
+        from timm.layers import DropPath
+
+        drop_path_layer, dropout_p = DropPath, 0.0
     return ARPG_models[cfg.gpt_model](vocab_size=cfg.vocab_size, num_classes=cfg.num_classes, block_size=cfg.block_size,
-                                      cls_token_num=cfg.cls_token_num, resid_dropout_p=cfg.dropout_p,
-                                      ffn_dropout_p=cfg.dropout_p, token_dropout_p=cfg.token_dropout_p,
-                                      grad_checkpointing=cfg.grad_checkpointing)
+                                      cls_token_num=cfg.cls_token_num, resid_dropout_p=dropout_p,
+                                      ffn_dropout_p=dropout_p, token_dropout_p=cfg.token_dropout_p,
+                                      grad_checkpointing=cfg.grad_checkpointing, drop_path_rate=cfg.drop_path_rate,
+                                      drop_path_layer=drop_path_layer)
 
 
 def find_resume_checkpoint(cfg: TrainConfig) -> Optional[str]:
