@@ -19,6 +19,7 @@ from PIL import Image
 
 from autoregressive.generate import SamplingConfig
 from autoregressive.models.arpg import ARPG_models
+from autoregressive.pretrained import with_checkpoints_fetched
 from autoregressive.sample_utils import (PRECISIONS, batch_generator, load_gpt, load_vq, make_sampler,
                                          tokens_to_images)
 from autoregressive.utils.dist import barrier, cleanup, init_distributed
@@ -29,7 +30,9 @@ from autoregressive.utils.logger import get_logger
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="DDP sampling into PNGs and an ADM .npz.")
     parser.add_argument("--gpt-model", choices=list(ARPG_models), default="ARPG-L")
-    parser.add_argument("--gpt-ckpt", required=True)
+    parser.add_argument("--gpt-ckpt", default=None,
+                        help="a file, hf://owner/repo/file[@revision], or omitted: the released weights of "
+                             "--gpt-model from the Hugging Face Hub")
     parser.add_argument("--gpt-type", choices=["c2i"], default="c2i", help="class-conditional only")
     parser.add_argument("--from-fsdp", action="store_true",
                         help="the checkpoint is a bare state dict (detected anyway; kept for official commands)")
@@ -42,7 +45,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="also compile the layers: faster (1.2-1.3x on an H100), logits as close to float32 as the "
                              "eager layers' but not bitwise equal to them, so samples differ where tokens nearly tie")
     parser.add_argument("--vq-model", default="VQ-16")
-    parser.add_argument("--vq-ckpt", default=None, help="VQ checkpoint; not needed for the digits model")
+    parser.add_argument("--vq-ckpt", default=None, help="VQ checkpoint (a file or hf://...); omitted: the released "
+                        "VQ-16 for ARPG-L/XL/XXL; not needed for the digits model")
     parser.add_argument("--vq-precision", choices=list(PRECISIONS), default="none",
                         help="decoder dtype: none = float32 as the official scripts (TF32 on); fp16 is about as "
                              "close and 1.5x faster; bf16 moves pixels by up to 24 levels")
@@ -126,6 +130,7 @@ def finish_writes(futures) -> None:
 
 
 def main(args) -> None:
+    args = with_checkpoints_fetched(args)  # hf:// paths and omitted checkpoints -> local files
     info = init_distributed(args.device)
     logger = get_logger("arpg.sample", rank=info.rank)
     if info.device.type == "cuda":

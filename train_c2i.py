@@ -43,7 +43,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dropout-p", type=float, default=d.dropout_p, help="residual and FFN dropout")
     parser.add_argument("--token-dropout-p", type=float, default=d.token_dropout_p, help="input token dropout")
     parser.add_argument("--drop-path-rate", type=float, default=d.drop_path_rate,
-                        help="stochastic depth, rising linearly over the layers to this rate; > 0 turns --dropout-p off")
+                        help="stochastic depth, rising linearly over the layers to this rate; > 0 turns "
+                             "--dropout-p off")
     parser.add_argument("--no-compile", action="store_true", help="do not torch.compile the model (CUDA only)")
     parser.add_argument("--grad-checkpointing", nargs="?", const="all", default=d.grad_checkpointing,
                         metavar="LAYERS", help="recompute layers in the backward pass (less activation memory): "
