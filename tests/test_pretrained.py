@@ -1,6 +1,7 @@
 """Weights by name through huggingface_hub, offline: a Hub cache laid out by the test (models--owner--name/
 snapshots/<commit>/file, refs/main), read by the real huggingface_hub code with HF_HUB_OFFLINE=1."""
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -141,3 +142,21 @@ def test_pipeline_samples_images_from_cached_weights(hub, monkeypatch):
     assert torch.equal(images, pipe.sample([1, 2], num_steps=4, cfg_scale=2.0))  # seeded
     with pytest.raises(ValueError, match="out of range"):
         pipe.sample([1000])
+
+
+def test_the_quick_start_of_the_readme_runs(hub, monkeypatch, tmp_path):
+    [block] = re.findall(r"## Quick start from Python\n\n.*?```python\n(.*?)```", (ROOT / "README.md").read_text(),
+                         flags=re.S)
+    torch.manual_seed(0)
+    put_in_cache(hub, "test-owner/tiny", "tiny.pt", {"model": ARPG_models["ARPG-tiny"]().state_dict()})
+    put_in_cache(hub, "FoundationVision/LlamaGen", "vq_ds16_c2i.pt", {"model": VQ_models["VQ-16"]().state_dict()})
+    monkeypatch.setitem(pretrained.RELEASED, "ARPG-tiny", HubFile("test-owner/tiny", "tiny.pt"))
+    replacements = {'"ARPG-XL"': '"ARPG-tiny"', 'device="cuda"': 'device="cpu"', "seed=0)": "seed=0, num_steps=4)",
+                    "[207, 360, 388, 113, 355, 980, 323, 979]": "[207, 360]",
+                    '"samples.png"': repr(str(tmp_path / "samples.png"))}
+    for old, new in replacements.items():
+        assert old in block, old
+        block = block.replace(old, new)
+    scope = {}
+    exec(compile(block, "README.md", "exec"), scope)
+    assert scope["images"].shape == (2, 3, 256, 256) and (tmp_path / "samples.png").is_file()
