@@ -66,8 +66,9 @@ def download(file: HubFile) -> str:
     except LocalEntryNotFoundError:  # offline (HF_HUB_OFFLINE=1 or no network) and not cached
         raise FileNotFoundError(
             f"{where} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the Hub cannot be reached: "
-            f"download {file.url} and give its path instead (--gpt-ckpt, --vq-ckpt), or run `hf download {file.repo_id} {file.filename}` "
-            f"on a machine with network and copy its cache to {constants.HF_HUB_CACHE}") from None
+            f"download {file.url} and give its path instead (--gpt-ckpt, --vq-ckpt), or run "
+            f"`hf download {file.repo_id} {file.filename}` on a machine with network and copy its cache to "
+            f"{constants.HF_HUB_CACHE}") from None
     except RevisionNotFoundError:
         raise FileNotFoundError(f"{file.repo_id} has no revision {file.revision!r} on the Hub") from None
     except EntryNotFoundError:
