@@ -160,3 +160,13 @@ def test_the_quick_start_of_the_readme_runs(hub, monkeypatch, tmp_path):
     scope = {}
     exec(compile(block, "README.md", "exec"), scope)
     assert scope["images"].shape == (2, 3, 256, 256) and (tmp_path / "samples.png").is_file()
+
+
+def test_ddp_sampler_fetches_by_hub_path_and_names_its_folder_after_the_file(hub, tmp_path):
+    from sample_c2i_ddp import get_args_parser as ddp_parser, main
+
+    main(ddp_parser().parse_args(["--gpt-model", "ARPG-digits", "--gpt-ckpt", "hf://test-owner/digits/digits.pt",
+                                  "--sample-dir", str(tmp_path / "s"), "--num-fid-samples", "4", "--step", "4",
+                                  "--per-proc-batch-size", "4", "--precision", "none", "--device", "cpu"]))
+    [npz] = (tmp_path / "s").glob("*.npz")
+    assert npz.name.startswith("ARPG-digits-digits-size-8-")
