@@ -23,7 +23,7 @@ centred images (the 8x8 digits demo); it is off for ARPG-L/XL/XXL so their state
 """
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple, Union
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -54,6 +54,9 @@ class ARPGConfig:
     attn_dropout_p: float = 0.0
     resid_dropout_p: float = 0.1
     ffn_dropout_p: float = 0.1
+    # Stochastic depth of the last layer, rising linearly from 0 at the first (see TwoPassDecoder); the
+    # module that drops branches is passed to ARPG, since models/ imports torch only.
+    drop_path_rate: float = 0.0
     class_dropout_prob: float = 0.1  # label dropped to "no class" in training, for guidance
     learned_pos_embed: bool = False  # absolute positions; not in the released models (see above)
     # Layers recomputed in the backward pass (training memory): "none", "all", "self" (the
@@ -65,6 +68,8 @@ class ARPGConfig:
             raise ValueError(f"dim {self.dim} is not divisible by n_head {self.n_head}")
         if self.n_layer % 2:
             raise ValueError(f"n_layer must be even (half self, half cross layers), got {self.n_layer}")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
         if math.isqrt(self.block_size) ** 2 != self.block_size:
             raise ValueError(f"block_size must be a square number of tokens, got {self.block_size}")
         if self.head_dim % 4:
@@ -134,7 +139,8 @@ class FeedForward(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm block: x + proj(attn(norm(x))), then + ffn(norm(.)), with residual dropout.
+    """Pre-norm block: x + proj(attn(norm(x))), then + ffn(norm(.)), with residual dropout; `drop_path`
+    (identity by default) wraps both residual branches.
 
     Split in three for decoding: `before_attention` (norm, projections, RoPE) and `after_attention`
     (output projection, residuals, FFN) touch no cache, so a caller may pass compiled versions of them
@@ -142,9 +148,11 @@ class DecoderLayer(nn.Module):
     recompute: recomputed in the backward pass (training memory, see ARPGConfig.grad_checkpointing).
     """
 
-    def __init__(self, config: ARPGConfig, attention: nn.Module, recompute: bool = False):
+    def __init__(self, config: ARPGConfig, attention: nn.Module, recompute: bool = False,
+                 drop_path: Optional[nn.Module] = None):
         super().__init__()
         self.attn = attention
+        self.drop_path = drop_path or nn.Identity()  # holds no tensors: the state dict is unchanged
         self.ffn = FeedForward(config)
         self.attn_norm = RMSNorm(config.dim, config.norm_eps)
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
@@ -156,8 +164,8 @@ class DecoderLayer(nn.Module):
         return self.attn.project(self.attn_norm(x), rope)
 
     def after_attention(self, x, attended, training: bool):
-        h = x + F.dropout(self.attn.proj(merge_heads(attended)), self.resid_dropout_p, training)
-        return h + F.dropout(self.ffn(self.ffn_norm(h)), self.ffn_dropout_p, training)
+        h = x + self.drop_path(F.dropout(self.attn.proj(merge_heads(attended)), self.resid_dropout_p, training))
+        return h + self.drop_path(F.dropout(self.ffn(self.ffn_norm(h)), self.ffn_dropout_p, training))
 
     def forward(self, x, training: bool, rope, parts=None, **attn_kwargs):
         before, after = parts or (self.before_attention, self.after_attention)
@@ -166,16 +174,25 @@ class DecoderLayer(nn.Module):
 
 
 class TwoPassDecoder(nn.Module):
-    """Self-attention layers over the known tokens, then cross-attention layers over their shared K/V."""
+    """Self-attention layers over the known tokens, then cross-attention layers over their shared K/V.
 
-    def __init__(self, config: ARPGConfig):
+    drop_path_layer: rate -> module dropping a residual branch per sample (timm's DropPath); layer i in
+    compute order gets rate drop_path_rate * i / (n_layer - 1), as LlamaGen's GPT spaces them.
+    """
+
+    def __init__(self, config: ARPGConfig, drop_path_layer: Optional[Callable[[float], nn.Module]] = None):
         super().__init__()
         self.n_head = config.n_head
         self.attn_dropout_p = config.attn_dropout_p
         num_each, recompute, dim, heads = config.n_layer // 2, config.checkpoints_layer, config.dim, config.n_head
-        self.self_dec = nn.ModuleList([DecoderLayer(config, SelfAttention(dim, heads), recompute(i))
+        if config.drop_path_rate > 0 and drop_path_layer is None:
+            raise ValueError("drop_path_rate > 0 needs a drop_path_layer, e.g. timm.layers.DropPath")
+        rates = [config.drop_path_rate * i / max(config.n_layer - 1, 1) for i in range(config.n_layer)]
+        drop = [drop_path_layer(rate) if rate > 0 else None for rate in rates]
+        self.self_dec = nn.ModuleList([DecoderLayer(config, SelfAttention(dim, heads), recompute(i), drop[i])
                                        for i in range(num_each)])
-        self.cross_dec = nn.ModuleList([DecoderLayer(config, CrossAttention(dim, heads), recompute(num_each + i))
+        self.cross_dec = nn.ModuleList([DecoderLayer(config, CrossAttention(dim, heads), recompute(num_each + i),
+                                                     drop[num_each + i])
                                         for i in range(num_each)])
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.to_kv = nn.Linear(config.dim, 2 * config.dim, bias=False)  # the shared set's to_k, to_v
@@ -215,15 +232,16 @@ class TwoPassDecoder(nn.Module):
 
 class ARPG(nn.Module):
     """The ARPG transformer. Positions are handled as *slots*: 0..C-1 the class tokens, C + p image
-    position p (raster order). Slots index the RoPE table and, when enabled, the position embedding."""
+    position p (raster order). Slots index the RoPE table and, when enabled, the position embedding.
+    drop_path_layer: see TwoPassDecoder (training with config.drop_path_rate > 0 only)."""
 
-    def __init__(self, config: ARPGConfig):
+    def __init__(self, config: ARPGConfig, drop_path_layer: Optional[Callable[[float], nn.Module]] = None):
         super().__init__()
         self.config = config
         self.embeddings = nn.Embedding(config.embedding_rows, config.dim)
         if config.learned_pos_embed:
             self.pos_embeddings = nn.Embedding(config.block_size, config.dim)
-        self.layers = TwoPassDecoder(config)
+        self.layers = TwoPassDecoder(config, drop_path_layer)
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.head = nn.Linear(config.dim, config.vocab_size, bias=False)
         # A plain attribute, not a buffer: it stays float32 when the model is cast to bf16, and out of
@@ -335,28 +353,28 @@ class ARPG(nn.Module):
                         **sampling)
 
 
-def ARPG_L(**overrides):
-    return ARPG(ARPGConfig(**{"dim": 1024, "n_layer": 24, "n_head": 16, **overrides}))
+def ARPG_L(drop_path_layer=None, **overrides):
+    return ARPG(ARPGConfig(**{"dim": 1024, "n_layer": 24, "n_head": 16, **overrides}), drop_path_layer)
 
 
-def ARPG_XL(**overrides):
-    return ARPG(ARPGConfig(**{"dim": 1280, "n_layer": 36, "n_head": 20, **overrides}))
+def ARPG_XL(drop_path_layer=None, **overrides):
+    return ARPG(ARPGConfig(**{"dim": 1280, "n_layer": 36, "n_head": 20, **overrides}), drop_path_layer)
 
 
-def ARPG_XXL(**overrides):
-    return ARPG(ARPGConfig(**{"dim": 1536, "n_layer": 48, "n_head": 24, **overrides}))
+def ARPG_XXL(drop_path_layer=None, **overrides):
+    return ARPG(ARPGConfig(**{"dim": 1536, "n_layer": 48, "n_head": 24, **overrides}), drop_path_layer)
 
 
-def ARPG_tiny(**overrides):
+def ARPG_tiny(drop_path_layer=None, **overrides):
     """For tests: 2 + 2 layers, dim 64."""
-    return ARPG(ARPGConfig(**{"dim": 64, "n_layer": 4, "n_head": 4, "multiple_of": 32, **overrides}))
+    return ARPG(ARPGConfig(**{"dim": 64, "n_layer": 4, "n_head": 4, "multiple_of": 32, **overrides}), drop_path_layer)
 
 
-def ARPG_digits(**overrides):
+def ARPG_digits(drop_path_layer=None, **overrides):
     """The CPU demo on 8x8 digits: ~0.2 M parameters, learned absolute positions."""
     defaults = {"dim": 64, "n_layer": 4, "n_head": 4, "multiple_of": 32, "vocab_size": 17, "num_classes": 10,
                 "block_size": 64, "learned_pos_embed": True}
-    return ARPG(ARPGConfig(**{**defaults, **overrides}))
+    return ARPG(ARPGConfig(**{**defaults, **overrides}), drop_path_layer)
 
 
 ARPG_models = {
