@@ -7,12 +7,14 @@ The official command lines work unchanged, e.g.
 import argparse
 import dataclasses
 import os
+import shutil
 
 import torch
 
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.train.config import TrainConfig
 from autoregressive.train.loop import find_resume_checkpoint, new_run_dir, train
+from autoregressive.utils.cli import InputNotFound, UserError, run_main
 from autoregressive.utils.dist import cleanup, init_distributed
 
 DEFAULTS = TrainConfig(code_path="")
@@ -103,7 +105,7 @@ def apply_dataset_shape(cfg: TrainConfig) -> TrainConfig:
     for name, value in wanted.items():
         given = getattr(cfg, name)
         if given not in (value, getattr(DEFAULTS, name)):
-            raise ValueError(f"--dataset digits has {name.replace('_', '-')} {value}, but {given} was passed")
+            raise UserError(f"--dataset digits has {name.replace('_', '-')} {value}, but {given} was passed")
     return dataclasses.replace(cfg, **wanted)
 
 
@@ -112,6 +114,21 @@ def run_dir_for(resume_path, cfg, info) -> str:
     if resume_path and os.path.basename(os.path.dirname(resume_path)) == "checkpoints":
         return os.path.dirname(os.path.dirname(resume_path))
     return new_run_dir(cfg, info)
+
+
+def check_data_fits(cfg: TrainConfig, world_size: int, dataset) -> None:
+    """What the trainer would refuse, refused before a run folder exists."""
+    if dataset.num_tokens != cfg.block_size:
+        raise UserError(f"the codes in {cfg.code_path} have {dataset.num_tokens} tokens per image, but --image-size "
+                        f"{cfg.image_size} / --downsample-size {cfg.downsample_size} gives {cfg.block_size}; "
+                        "pass the sizes the codes were extracted with")
+    per_step = world_size * cfg.gradient_accumulation_steps
+    if cfg.global_batch_size % per_step:
+        raise UserError(f"--global-batch-size {cfg.global_batch_size} must divide by world size {world_size} x "
+                        f"--gradient-accumulation-steps {cfg.gradient_accumulation_steps}")
+    if len(dataset) < cfg.global_batch_size:
+        raise UserError(f"the dataset ({len(dataset)} samples in {cfg.code_path}) is smaller than one global batch "
+                        f"({cfg.global_batch_size}); lower --global-batch-size")
 
 
 def main(cfg: TrainConfig) -> None:
@@ -125,12 +142,27 @@ def main(cfg: TrainConfig) -> None:
         torch.backends.cudnn.allow_tf32 = True
     # Per-rank seed; a resumed run overwrites it with the saved RNG states.
     torch.manual_seed(cfg.global_seed * info.world_size + info.rank)
-    dataset = build_dataset(cfg.dataset, cfg.code_path, seed=cfg.global_seed)
+    dataset = build_dataset(cfg.dataset, cfg.code_path, seed=cfg.global_seed, vocab_size=cfg.vocab_size,
+                            num_classes=cfg.num_classes)
+    check_data_fits(cfg, info.world_size, dataset)
     resume_path = find_resume_checkpoint(cfg)
+    if resume_path and not os.path.exists(resume_path):
+        raise InputNotFound(f"--resume / --gpt-ckpt {resume_path}: not found; check the path")
     run_dir = run_dir_for(resume_path, cfg, info)
-    train(cfg, info, dataset, run_dir, resume_path)
+    fresh = not os.listdir(os.path.join(run_dir, "checkpoints")) if info.is_main else False
+    try:
+        train(cfg, info, dataset, run_dir, resume_path)
+    except UserError:
+        # e.g. a resume checkpoint that does not fit: leave no empty numbered folder behind
+        if fresh and not os.listdir(os.path.join(run_dir, "checkpoints")):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     cleanup()
 
 
+def cli(argv=None) -> None:
+    main(config_from_args(get_args_parser().parse_args(argv)))
+
+
 if __name__ == "__main__":
-    main(config_from_args(get_args_parser().parse_args()))
+    run_main(cli)

@@ -11,6 +11,7 @@ from typing import List, Optional
 import torch
 
 from autoregressive.sampling import CFG_SCHEDULES, draw_tokens, guidance_scale, random_orders, step_sizes
+from autoregressive.utils.cli import UserError
 
 
 @dataclass(frozen=True)
@@ -25,13 +26,17 @@ class SamplingConfig:
 
     def __post_init__(self):
         if self.cfg_schedule not in CFG_SCHEDULES:
-            raise ValueError(f"unknown cfg schedule {self.cfg_schedule!r}; choose one of {CFG_SCHEDULES}")
+            raise UserError(f"unknown cfg schedule {self.cfg_schedule!r}; choose one of {CFG_SCHEDULES}")
         if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+            raise UserError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+            raise UserError(f"top_k must be >= 0, got {self.top_k}")
+        if self.num_steps < 1:
+            raise UserError(f"--step must be >= 1, got {self.num_steps}")
+        if self.cfg_scale < 0:  # 0 is the "no class" prediction alone, 1 the class alone; below 0 means nothing
+            raise UserError(f"--cfg-scale must be >= 0, got {self.cfg_scale}")
 
     @property
     def uses_guidance(self) -> bool:
@@ -39,12 +44,12 @@ class SamplingConfig:
 
 
 def check_class_ids(condition: torch.Tensor, num_classes: int) -> None:
-    """Raise a ValueError if any (B,) class id is outside [0, num_classes)."""
+    """Raise a UserError if any (B,) class id is outside [0, num_classes)."""
     if condition.ndim != 1:
         raise ValueError(f"condition must be (B,) class ids, got shape {tuple(condition.shape)}")
     bad = condition[(condition < 0) | (condition >= num_classes)]
     if bad.numel():
-        raise ValueError(f"class id {int(bad[0])} is out of range: the model has {num_classes} classes "
+        raise UserError(f"class id {int(bad[0])} is out of range: the model has {num_classes} classes "
                          f"(ids 0..{num_classes - 1})")
 
 
@@ -78,13 +83,13 @@ def check_known(known: torch.Tensor, known_mask: torch.Tensor, batch_size: int, 
             raise ValueError(f"{name} must be ({batch_size}, {num_tokens}), got {tuple(value.shape)}")
     counts = known_mask.sum(dim=1)
     if not torch.all(counts == counts[0]):
-        raise ValueError("every sample must have the same number of known tokens; edit one mask per batch")
+        raise UserError("every sample must have the same number of known tokens; edit one mask per batch")
     num_known = int(counts[0])
     if num_known == num_tokens:
-        raise ValueError("known_mask marks every token as known: there is nothing to generate")
+        raise UserError("known_mask marks every token as known: there is nothing to generate")
     picked = known[known_mask]
     if picked.numel() and (picked.min() < 0 or picked.max() >= vocab_size):
-        raise ValueError(f"known tokens must be image tokens in [0, {vocab_size})")
+        raise UserError(f"known tokens must be image tokens in [0, {vocab_size})")
     return num_known
 
 

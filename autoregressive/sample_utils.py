@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from autoregressive.fast_generate import FastSampler, fusion
 from autoregressive.generate import generate
 from autoregressive.models.arpg import ARPG_models
+from autoregressive.utils.cli import UserError
 from autoregressive.weights import load_model_weights
 
 PRECISIONS = {"none": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -16,6 +17,8 @@ def resolve_device(name: str) -> torch.device:
     """'auto' (CUDA when available), 'cuda' or 'cpu'."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for, but no CUDA device is visible; pass --device cpu or auto")
     return torch.device(name)
 
 
@@ -79,7 +82,7 @@ def tokens_to_images(tokens: torch.Tensor, grid: int, vq, vocab_size: int,
         shape = (tokens.shape[0], vq.config.codebook_embed_dim, grid, grid)
         pixels = vq.decode_code(tokens, shape=shape).float()
     if not torch.isfinite(pixels).all():
-        raise ValueError("the decoder produced NaN or inf; check the VQ checkpoint and --precision")
+        raise UserError("the decoder produced NaN or inf; check the VQ checkpoint and --precision")
     if out_size is not None and out_size != pixels.shape[-1]:
         pixels = F.interpolate(pixels, size=(out_size, out_size), mode="bicubic")
     return torch.clamp(127.5 * pixels + 128.0, 0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu()

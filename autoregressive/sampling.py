@@ -5,6 +5,8 @@ from typing import List, Optional
 import numpy as np
 import torch
 
+from autoregressive.utils.cli import UserError
+
 SAMPLE_SCHEDULES = ("arccos", "cosine")
 CFG_SCHEDULES = ("linear", "constant")
 
@@ -26,7 +28,7 @@ def step_sizes(num_tokens: int, num_steps: int, schedule: str) -> List[int]:
     Every step but the last keeps at least one token masked; the last step generates the rest.
     """
     if not 1 <= num_steps <= num_tokens:
-        raise ValueError(f"num_steps must be in [1, {num_tokens}] for {num_tokens} tokens, got {num_steps}")
+        raise UserError(f"num_steps must be in [1, {num_tokens}] for {num_tokens} tokens, got {num_steps}")
     sizes, done = [], 0
     for step in range(num_steps):
         if step == num_steps - 1:

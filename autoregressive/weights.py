@@ -12,6 +12,8 @@ from typing import Dict, Optional
 
 import torch
 
+from autoregressive.utils.cli import InputNotFound, UserError
+
 STATE_DICT_ENTRIES = ("model", "ema", "module", "state_dict")
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
@@ -20,31 +22,44 @@ def read_checkpoint(path: str):
     """Read a checkpoint file with weights_only=True; official training checkpoints carry an
     argparse.Namespace under "args", which is allowed as plain data."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
+        raise InputNotFound(f"checkpoint not found: {path}")
+    if path.endswith(".safetensors"):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
 
+        try:
             return load_file(path, device="cpu")
+        except (SafetensorError, OSError) as error:
+            raise UserError(f"{path} is not a readable .safetensors file ({first_line(error)}): it is corrupt "
+                            "or incomplete; download or copy it again") from error
+    try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError, ValueError) as error:
-        raise ValueError(f"could not read checkpoint {path}: {error}. The file is corrupt or incomplete; "
-                         "download or copy it again.") from error
+        raise UserError(f"{path} is not a readable PyTorch checkpoint ({first_line(error)}): it is corrupt or "
+                        "incomplete; download or copy it again") from error
+
+
+def first_line(error: Exception) -> str:
+    """The informative line of a loader's error (torch's weights-only message puts it after a preamble)."""
+    text = str(error)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    return next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
 
 
 def extract_state_dict(checkpoint, entry: Optional[str] = None) -> Dict[str, torch.Tensor]:
     """The state dict inside a loaded checkpoint: `entry` if given, else the first official entry found."""
     if not isinstance(checkpoint, dict):
-        raise ValueError(f"checkpoint holds a {type(checkpoint).__name__}, not a state dict")
+        raise UserError(f"checkpoint holds a {type(checkpoint).__name__}, not a state dict")
     if entry is not None:
         if entry not in checkpoint:
-            raise ValueError(f"checkpoint has no entry {entry!r}; it has {sorted(checkpoint)}")
+            raise UserError(f"checkpoint has no entry {entry!r}; it has {sorted(checkpoint)}")
         state = checkpoint[entry]
     else:
         state = next((checkpoint[name] for name in STATE_DICT_ENTRIES if name in checkpoint), checkpoint)
     if not all(isinstance(value, torch.Tensor) for value in state.values()):
-        raise ValueError(f"no state dict found in the checkpoint (entries: {sorted(checkpoint)[:8]}); "
+        raise UserError(f"no state dict found in the checkpoint (entries: {sorted(checkpoint)[:8]}); "
                          f"expected tensors at the top level or under one of {STATE_DICT_ENTRIES}")
     return {strip_wrapper_prefixes(key): value for key, value in state.items()}
 
@@ -77,7 +92,7 @@ def describe_arpg_size(state: Dict[str, torch.Tensor]) -> str:
 
 
 def check_state_dict(model: torch.nn.Module, state: Dict[str, torch.Tensor]) -> None:
-    """Raise a ValueError naming missing, unexpected and mis-shaped keys, if any."""
+    """Raise a UserError naming missing, unexpected and mis-shaped keys, if any."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -92,7 +107,7 @@ def check_state_dict(model: torch.nn.Module, state: Dict[str, torch.Tensor]) -> 
         lines.append(f"  {key}: checkpoint {tuple(state[key].shape)}, model {tuple(expected[key].shape)}")
     if hasattr(model, "config") and hasattr(model.config, "n_layer"):
         lines.append(f"  the checkpoint looks like {describe_arpg_size(state)}")
-    raise ValueError("\n".join(lines))
+    raise UserError("\n".join(lines))
 
 
 def load_model_weights(model: torch.nn.Module, path: str, entry: Optional[str] = None) -> torch.nn.Module:

@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from autoregressive.models.arpg import fused_state_dict_names
+from autoregressive.utils.cli import InputNotFound, UserError
 from autoregressive.utils.dist import barrier, is_distributed
 from autoregressive.utils.files import write_atomic
 
@@ -75,11 +76,11 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
     if is_sharded_checkpoint(path):
         path = os.path.join(path, TRAINER_FILE)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise InputNotFound(f"checkpoint not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise ValueError(f"could not read checkpoint {path}: {error}. It is corrupt or not one of our "
+        raise UserError(f"could not read checkpoint {path}: {error}. It is corrupt or not one of our "
                          "training checkpoints; resume from an earlier one.") from error
 
 
@@ -121,7 +122,7 @@ def load_sharded(path: str, model, optimizer, ema) -> None:
 
     state = _sharded_state(model, optimizer, ema)
     if ema is not None and not _has_entry(path, "ema"):
-        raise ValueError(f"{path} holds no EMA weights; resume without --ema or from a run trained with it")
+        raise UserError(f"{path} holds no EMA weights; resume without --ema or from a run trained with it")
     dcp.load(state, checkpoint_id=path)
     with fused_state_dict_names():
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
@@ -146,7 +147,7 @@ def convert_sharded_checkpoint(path: str, out_path: str) -> Dict[str, Any]:
     from autoregressive.train.config import TrainConfig
 
     if not is_sharded_checkpoint(path):
-        raise ValueError(f"{path} is not a sharded checkpoint folder (it needs {TRAINER_FILE} beside the shards)")
+        raise UserError(f"{path} is not a sharded checkpoint folder (it needs {TRAINER_FILE} beside the shards)")
     trainer_state = load_checkpoint(path)
     cfg = TrainConfig(**trainer_state["config"])
     entries = ["model"] + (["ema"] if _has_entry(path, "ema") else [])

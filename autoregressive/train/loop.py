@@ -18,6 +18,7 @@ from autoregressive.train.ema import create_ema, update_ema
 from autoregressive.train.optim import build_optimizer, learning_rate_at, set_learning_rate
 from autoregressive.train.parallel import (set_activation_memory_budget, shard_model, skip_gradient_sync,
                                           wrap_for_training)
+from autoregressive.utils.cli import InputNotFound, UserError
 from autoregressive.utils.dist import DistInfo, all_reduce_mean, barrier
 from autoregressive.utils.logger import get_logger
 
@@ -58,7 +59,7 @@ def find_resume_checkpoint(cfg: TrainConfig) -> Optional[str]:
     if os.path.isdir(cfg.resume):
         path = latest_checkpoint(cfg.resume) or latest_checkpoint(os.path.dirname(cfg.resume.rstrip("/")))
         if path is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {cfg.resume}")
+            raise InputNotFound(f"--resume: no checkpoint in {cfg.resume}")
         return path
     return cfg.resume
 
@@ -83,7 +84,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, info: DistInfo, dataset):
         self.cfg, self.info, self.dataset = cfg, info, dataset
         if cfg.global_batch_size % (info.world_size * cfg.gradient_accumulation_steps):
-            raise ValueError(f"--global-batch-size {cfg.global_batch_size} must divide by world size "
+            raise UserError(f"--global-batch-size {cfg.global_batch_size} must divide by world size "
                              f"{info.world_size} x --gradient-accumulation-steps {cfg.gradient_accumulation_steps}")
         self.micro_batch = cfg.global_batch_size // (info.world_size * cfg.gradient_accumulation_steps)
         # The same initial weights on every rank (FSDP keeps each rank's shard of its own copy; DDP
@@ -110,7 +111,7 @@ class Trainer:
                                  generator=torch.Generator().manual_seed(cfg.global_seed))
         self.steps_per_epoch = len(self.loader) // cfg.gradient_accumulation_steps
         if self.steps_per_epoch == 0:
-            raise ValueError(f"the dataset ({len(dataset)} samples) is smaller than one global batch "
+            raise UserError(f"the dataset ({len(dataset)} samples) is smaller than one global batch "
                              f"({cfg.global_batch_size}); lower --global-batch-size")
         self.progress = Progress()
         use_amp = info.device.type == "cuda" and cfg.mixed_precision != "none"
@@ -136,7 +137,7 @@ class Trainer:
         sharded_file = is_sharded_checkpoint(path)
         if sharded_file != self.sharded:
             written, wanted = ("fsdp", "ddp") if sharded_file else ("ddp", "fsdp")
-            raise ValueError(f"{path} was written by a --data-parallel {written} run; resume it with "
+            raise UserError(f"{path} was written by a --data-parallel {written} run; resume it with "
                              f"--data-parallel {written} (this run uses {wanted})")
         checkpoint = load_checkpoint(path)
         if self.sharded:
@@ -149,7 +150,7 @@ class Trainer:
         self.progress = Progress(checkpoint["step"], checkpoint["epoch"], checkpoint["batch_in_epoch"])
         states = checkpoint["rng"]
         if len(states) != self.info.world_size:
-            raise ValueError(f"{path} was written by {len(states)} processes; resume with the same number "
+            raise UserError(f"{path} was written by {len(states)} processes; resume with the same number "
                              f"(got {self.info.world_size}) for an exact continuation")
         set_rng_state(states[self.info.rank], self.info.device)
 

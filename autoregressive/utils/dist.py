@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from autoregressive.utils.cli import UserError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -28,7 +30,7 @@ def init_distributed(device: str = "auto", always_group: bool = False) -> DistIn
     """
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but no CUDA device is visible")
+        raise UserError("--device cuda was asked for, but no CUDA device is visible")
     rank = int(os.environ.get("RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
