@@ -13,6 +13,7 @@ from torchvision.utils import save_image
 from autoregressive.generate import SamplingConfig, check_class_ids
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.sample_utils import PRECISIONS, load_gpt, load_vq, make_sampler, resolve_device, tokens_to_images
+from autoregressive.utils.cli import UserError, check_at_least, check_file, check_image_output, run_main
 
 DEFAULTS = SamplingConfig()
 
@@ -43,7 +44,24 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="compile the layers too (CUDA): faster, logits close to, not equal to, the eager layers'")
     return parser
 
+def check_args(args) -> None:
+    """Refuse bad flags before any model is built."""
+    check_file("--gpt-ckpt", args.gpt_ckpt)
+    check_file("--vq-ckpt", args.vq_ckpt)
+    for flag in ("--samples-per-class", "--image-size", "--downsample-size", "--num-classes", "--codebook-size"):
+        check_at_least(flag, getattr(args, flag[2:].replace("-", "_")), 1)
+    for label in args.class_labels:
+        check_at_least("--class-labels", label, 0)
+    if args.image_size % args.downsample_size:
+        raise UserError(f"--image-size {args.image_size} is not a multiple of --downsample-size {args.downsample_size}")
+    check_image_output("--out", args.out)
+
+
 def main(args) -> None:
+    check_args(args)
+    sampling = SamplingConfig(num_steps=args.step, cfg_scale=args.cfg_scale, cfg_schedule=args.cfg_schedule,
+                              sample_schedule=args.sample_schedule, temperature=args.temperature,
+                              top_k=args.top_k, top_p=args.top_p)
     device = resolve_device(args.device)
     overrides = {k: v for k, v in (("num_classes", args.num_classes), ("vocab_size", args.codebook_size)) if v}
     if args.vq_ckpt:
@@ -51,9 +69,6 @@ def main(args) -> None:
     model = load_gpt(args.gpt_model, args.gpt_ckpt, device, args.precision, **overrides)
     labels = torch.tensor(args.class_labels, device=device).repeat_interleave(args.samples_per_class)
     check_class_ids(labels, model.config.num_classes)
-    sampling = SamplingConfig(num_steps=args.step, cfg_scale=args.cfg_scale, cfg_schedule=args.cfg_schedule,
-                              sample_schedule=args.sample_schedule, temperature=args.temperature,
-                              top_k=args.top_k, top_p=args.top_p)
     tokens = make_sampler(model, fuse=args.fused)(labels, sampling, torch.Generator(device).manual_seed(args.seed))
     vq = load_vq(args.vq_model, args.vq_ckpt, device) if args.vq_ckpt else None
     images = tokens_to_images(tokens, model.config.grid_size, vq, model.config.vocab_size)
@@ -66,4 +81,4 @@ def main(args) -> None:
     print(f"saved {len(labels)} samples to {args.out}")
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run_main(lambda argv: main(get_args_parser().parse_args(argv)))

@@ -46,10 +46,18 @@ def shape_mask(name: str, grid: int, width: int = 1) -> torch.Tensor:
 
 
 def mask_from_png(path: str, grid: int) -> torch.Tensor:
-    """A grey-scale PNG, white = regenerate, averaged over each token's area."""
-    from PIL import Image
+    """A grey-scale PNG, white = regenerate, averaged over each token's area. Any size of the grid's
+    (square) aspect is accepted; another aspect would be stretched, so it is refused."""
+    from PIL import Image, UnidentifiedImageError
 
-    grey = np.asarray(Image.open(path).convert("L").resize((grid, grid), Image.BOX), dtype=np.float32) / 255
+    try:
+        image = Image.open(path).convert("L")
+    except (UnidentifiedImageError, OSError) as error:
+        raise UserError(f"mask {path} is not a readable picture ({error})") from error
+    if image.width != image.height:
+        raise UserError(f"mask {path} is {image.width}x{image.height}, but the token grid is {grid}x{grid}: "
+                        "give a square mask (the image's crop), it would be stretched otherwise")
+    grey = np.asarray(image.resize((grid, grid), Image.BOX), dtype=np.float32) / 255
     return torch.from_numpy(grey <= 0.5)
 
 

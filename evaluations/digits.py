@@ -7,6 +7,8 @@ import argparse
 from dataclasses import dataclass
 
 import numpy as np
+
+from autoregressive.utils.cli import check_at_least, check_file, run_main
 from dataset.digits import DIGITS_VOCAB_SIZE, load_digits_split
 from evaluations.c2i import metrics
 
@@ -60,7 +62,7 @@ def judge(samples: np.ndarray, labels: np.ndarray, n_components: int = 20, seed:
                         real_floor=frechet_distance(features(train_images[real_subset]), features(val_images)))
 
 
-def main():
+def main(argv=None):
     import torch
 
     from autoregressive.generate import SamplingConfig, generate
@@ -77,15 +79,17 @@ def main():
     parser.add_argument("--step", type=int, default=16)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    model = load_model_weights(ARPG_models[args.gpt_model](), args.gpt_ckpt, entry=None).eval()
-    labels = torch.arange(args.num_samples) % model.config.num_classes
+    args = parser.parse_args(argv)
+    check_file("--gpt-ckpt", args.gpt_ckpt)
+    check_at_least("--num-samples", args.num_samples, 2)  # a Frechet distance needs a covariance
     sampling = SamplingConfig(num_steps=args.step, cfg_scale=args.cfg_scale, cfg_schedule=args.cfg_schedule,
                               sample_schedule=args.sample_schedule, temperature=args.temperature)
+    model = load_model_weights(ARPG_models[args.gpt_model](), args.gpt_ckpt, entry=None).eval()
+    labels = torch.arange(args.num_samples) % model.config.num_classes
     tokens = generate(model, labels, sampling, generator=torch.Generator().manual_seed(args.seed))
     report = judge(tokens.numpy(), labels.numpy())
     print("\n".join(report.lines()))
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -23,6 +23,7 @@ from autoregressive.fast_generate import FastSampler  # noqa: E402
 from autoregressive.generate import SamplingConfig, generate  # noqa: E402
 from autoregressive.models.arpg import ARPG_models  # noqa: E402
 from autoregressive.sample_utils import PRECISIONS, make_sampler, prepare_vq  # noqa: E402
+from autoregressive.utils.cli import UserError, check_at_least, run_main  # noqa: E402
 
 
 def timed(fn):
@@ -145,7 +146,7 @@ def bench_model(name, batch_sizes, sampling, reps, vq, device, fused=False):
     return rows
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["ARPG-L", "ARPG-XL", "ARPG-XXL"], choices=list(ARPG_models))
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[64, 256])
@@ -159,7 +160,12 @@ def main():
                         help="decoder dtype (compiled), as sample_c2i_ddp.py's flag; none = float32 with TF32")
     parser.add_argument("--fused", action="store_true", help="time the fused fast path (layers compiled: close to, "
                         "not equal to, the reference loop) instead of the exact one")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    for flag, values in (("--batch-sizes", args.batch_sizes), ("--step", [args.step]), ("--reps", [args.reps])):
+        for value in values:
+            check_at_least(flag, value, 1)
+    if not torch.cuda.is_available():
+        raise UserError("bench_sample.py times the CUDA paths and needs a CUDA GPU; none is visible")
     device = torch.device("cuda")
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
@@ -186,4 +192,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

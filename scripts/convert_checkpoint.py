@@ -10,17 +10,22 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from autoregressive.train.checkpoint import convert_sharded_checkpoint  # noqa: E402
+from autoregressive.utils.cli import InputNotFound, UserError, run_main  # noqa: E402
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="a sharded checkpoint folder (results/NNN-model/checkpoints/NNNNNNN)")
     parser.add_argument("output", help="the single .pt file to write")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if not os.path.isdir(args.checkpoint):
+        raise InputNotFound(f"{args.checkpoint}: no such checkpoint folder; pass results/NNN-model/checkpoints/NNNNNNN")
+    if os.path.abspath(args.output) == os.path.abspath(args.checkpoint):
+        raise UserError("the output file must not be the checkpoint folder itself")
     payload = convert_sharded_checkpoint(args.checkpoint, args.output)
     entries = [entry for entry in ("model", "ema") if entry in payload]
     print(f"wrote {args.output}: {payload['model_name']} step {payload['step']}, entries {entries}")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -17,17 +17,20 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from autoregressive import editing  # noqa: E402
 from autoregressive.generate import SamplingConfig, generate  # noqa: E402
 from autoregressive.models.arpg import ARPG_models  # noqa: E402
+from autoregressive.utils.cli import check_file, run_main  # noqa: E402
 from autoregressive.weights import load_model_weights  # noqa: E402
 from dataset.digits import load_digits_split  # noqa: E402
 from evaluations.digits import class_accuracy, fit_digit_classifier  # noqa: E402
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gpt-ckpt", required=True)
     parser.add_argument("--step", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    check_file("--gpt-ckpt", args.gpt_ckpt)
+    SamplingConfig(num_steps=args.step)  # refuses a bad --step before the model and classifier are built
     model = load_model_weights(ARPG_models["ARPG-digits"](), args.gpt_ckpt).eval()
     classifier = fit_digit_classifier(*load_digits_split("train"))
     images, labels = load_digits_split("val")
@@ -46,4 +49,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -52,3 +52,12 @@ def check_file(flag: str, path: Optional[str]) -> None:
     if path is not None and not os.path.isfile(path):
         what = "a folder, not a file" if os.path.isdir(path) else "not found"
         raise InputNotFound(f"{flag} {path}: {what}; check the path")
+
+
+def check_image_output(flag: str, path: str) -> None:
+    """Refuse an output name whose extension PIL cannot write, before any work is done."""
+    from PIL import Image
+
+    extension = os.path.splitext(path)[1].lower()
+    if extension not in Image.registered_extensions():
+        raise UserError(f"{flag} {path}: unknown image extension {extension or '(none)'!r}; use .png or .jpg")
