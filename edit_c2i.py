@@ -18,7 +18,8 @@ from autoregressive import editing
 from autoregressive.generate import SamplingConfig
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.sample_utils import PRECISIONS, load_gpt, load_vq, make_sampler, resolve_device, tokens_to_images
-from autoregressive.utils.cli import UserError, check_at_least, check_file, check_image_output, run_main
+from autoregressive.utils.cli import (UserError, check_at_least, check_at_most, check_file, check_image_output,
+                                      run_main)
 
 TASKS = ("inpaint", "outpaint", "class-edit", "expand")
 
@@ -141,6 +142,7 @@ def main(args) -> None:
                               top_k=args.top_k, top_p=args.top_p)
     device = resolve_device(args.device)
     model = load_gpt(args.gpt_model, args.gpt_ckpt, device, args.precision)
+    check_at_most("--step", args.step, model.config.block_size, "the number of tokens of an image")
     vq = load_vq(args.vq_model, args.vq_ckpt, device) if args.vq_ckpt else None
     tokens, own_label = load_source(args, model, vq, device)
     label = args.class_label if args.class_label is not None else own_label

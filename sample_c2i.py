@@ -13,7 +13,8 @@ from torchvision.utils import save_image
 from autoregressive.generate import SamplingConfig, check_class_ids
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.sample_utils import PRECISIONS, load_gpt, load_vq, make_sampler, resolve_device, tokens_to_images
-from autoregressive.utils.cli import UserError, check_at_least, check_file, check_image_output, run_main
+from autoregressive.utils.cli import (UserError, check_at_least, check_at_most, check_file, check_image_output,
+                                      run_main)
 
 DEFAULTS = SamplingConfig()
 
@@ -69,6 +70,7 @@ def main(args) -> None:
     model = load_gpt(args.gpt_model, args.gpt_ckpt, device, args.precision, **overrides)
     labels = torch.tensor(args.class_labels, device=device).repeat_interleave(args.samples_per_class)
     check_class_ids(labels, model.config.num_classes)
+    check_at_most("--step", args.step, model.config.block_size, "the number of tokens of an image")
     tokens = make_sampler(model, fuse=args.fused)(labels, sampling, torch.Generator(device).manual_seed(args.seed))
     vq = load_vq(args.vq_model, args.vq_ckpt, device) if args.vq_ckpt else None
     images = tokens_to_images(tokens, model.config.grid_size, vq, model.config.vocab_size)

@@ -21,7 +21,7 @@ from autoregressive.generate import SamplingConfig
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.sample_utils import (PRECISIONS, batch_generator, load_gpt, load_vq, make_sampler,
                                          tokens_to_images)
-from autoregressive.utils.cli import UserError, check_at_least, check_file, run_main
+from autoregressive.utils.cli import UserError, check_at_least, check_at_most, check_file, run_main
 from autoregressive.utils.dist import barrier, cleanup, init_distributed
 from autoregressive.utils.files import output_folder, write_atomic
 from autoregressive.utils.logger import get_logger
@@ -158,8 +158,7 @@ def main(args) -> None:
     image_size = config.grid_size * scale
     image_size_eval = args.image_size_eval or image_size
     folder = os.path.join(args.sample_dir, folder_name(args, image_size, image_size_eval))
-    if args.step > config.block_size:
-        raise UserError(f"--step {args.step} exceeds the {config.block_size} tokens of an image; pass at most that")
+    check_at_most("--step", args.step, config.block_size, "the number of tokens of an image")
     sampler = make_sampler(model, use_fast=args.compile, fuse=args.fused)
     with output_folder(folder):
         sample_into(folder, model, vq, sampler, sampling, image_size_eval, info, args)

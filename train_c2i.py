@@ -148,14 +148,17 @@ def main(cfg: TrainConfig) -> None:
     resume_path = find_resume_checkpoint(cfg)
     if resume_path and not os.path.exists(resume_path):
         raise InputNotFound(f"--resume / --gpt-ckpt {resume_path}: not found; check the path")
+    results_existed = os.path.isdir(cfg.results_dir)
     run_dir = run_dir_for(resume_path, cfg, info)
-    fresh = not os.listdir(os.path.join(run_dir, "checkpoints")) if info.is_main else False
+    fresh = info.is_main and not os.listdir(os.path.join(run_dir, "checkpoints"))
     try:
         train(cfg, info, dataset, run_dir, resume_path)
     except UserError:
         # e.g. a resume checkpoint that does not fit: leave no empty numbered folder behind
         if fresh and not os.listdir(os.path.join(run_dir, "checkpoints")):
             shutil.rmtree(run_dir, ignore_errors=True)
+            if not results_existed and not os.listdir(cfg.results_dir):
+                os.rmdir(cfg.results_dir)
         raise
     cleanup()
 

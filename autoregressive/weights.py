@@ -83,11 +83,15 @@ def describe_arpg_size(state: Dict[str, torch.Tensor]) -> str:
     dim = state["embeddings.weight"].shape[1]
     num_self = len({key.split(".")[2] for key in state if key.startswith("layers.self_dec.")})
     layers = 2 * num_self
-    for name, build in ARPG_models.items():
-        with torch.device("meta"):
-            config = build().config
-        if (config.dim, config.n_layer) == (dim, layers):
-            return f"{name} ({layers} layers, dim {dim}); pass --gpt-model {name}"
+    vocab = state["head.weight"].shape[0] if "head.weight" in state else None
+    with torch.device("meta"):
+        configs = {name: build().config for name, build in ARPG_models.items()}
+    same_shape = [name for name, config in configs.items() if (config.dim, config.n_layer) == (dim, layers)]
+    # sizes of equal width and depth (tiny, digits) differ in vocabulary: prefer the one whose head fits
+    same_shape.sort(key=lambda name: configs[name].vocab_size != vocab)
+    if same_shape:
+        name = same_shape[0]
+        return f"{name} ({layers} layers, dim {dim}); pass --gpt-model {name}"
     return f"an ARPG model with {layers} layers and dim {dim}, which matches no known size"
 
 
@@ -99,15 +103,15 @@ def check_state_dict(model: torch.nn.Module, state: Dict[str, torch.Tensor]) -> 
     misshaped = sorted(key for key in set(expected) & set(state) if expected[key].shape != state[key].shape)
     if not (missing or unexpected or misshaped):
         return
-    lines = [f"the checkpoint does not fit this {type(model).__name__}:"]
+    parts = []
     for label, keys in (("missing", missing), ("unexpected", unexpected)):
         if keys:
-            lines.append(f"  {len(keys)} {label} keys: {', '.join(keys[:6])}{' ...' if len(keys) > 6 else ''}")
+            parts.append(f"{len(keys)} {label} keys: {', '.join(keys[:6])}{' ...' if len(keys) > 6 else ''}")
     for key in misshaped[:6]:
-        lines.append(f"  {key}: checkpoint {tuple(state[key].shape)}, model {tuple(expected[key].shape)}")
+        parts.append(f"{key}: checkpoint {tuple(state[key].shape)}, model {tuple(expected[key].shape)}")
     if hasattr(model, "config") and hasattr(model.config, "n_layer"):
-        lines.append(f"  the checkpoint looks like {describe_arpg_size(state)}")
-    raise UserError("\n".join(lines))
+        parts.append(f"the checkpoint looks like {describe_arpg_size(state)}")
+    raise UserError(f"the checkpoint does not fit this {type(model).__name__}: " + "; ".join(parts))
 
 
 def load_model_weights(model: torch.nn.Module, path: str, entry: Optional[str] = None) -> torch.nn.Module:

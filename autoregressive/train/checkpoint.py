@@ -18,6 +18,7 @@ from autoregressive.models.arpg import fused_state_dict_names
 from autoregressive.utils.cli import InputNotFound, UserError
 from autoregressive.utils.dist import barrier, is_distributed
 from autoregressive.utils.files import write_atomic
+from autoregressive.weights import first_line
 
 TRAINER_FILE = "trainer.pt"  # inside a sharded checkpoint folder: step, epoch, config, RNG states
 
@@ -80,8 +81,8 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise UserError(f"could not read checkpoint {path}: {error}. It is corrupt or not one of our "
-                         "training checkpoints; resume from an earlier one.") from error
+        raise UserError(f"could not read checkpoint {path} ({first_line(error)}): it is corrupt or not one of "
+                        "our training checkpoints; resume from an earlier one") from error
 
 
 def _sharded_state(model, optimizer, ema) -> Dict[str, Any]:

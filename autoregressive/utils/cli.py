@@ -47,6 +47,12 @@ def check_at_least(flag: str, value, minimum) -> None:
         raise UserError(f"{flag} must be >= {minimum}, got {value}")
 
 
+def check_at_most(flag: str, value, maximum, what: str) -> None:
+    """Refuse a value above a limit the model sets, e.g. more decoding steps than tokens."""
+    if value > maximum:
+        raise UserError(f"{flag} {value} exceeds {what} ({maximum}); pass at most {maximum}")
+
+
 def check_file(flag: str, path: Optional[str]) -> None:
     """Refuse a path that is not an existing file (None passes)."""
     if path is not None and not os.path.isfile(path):

@@ -10,7 +10,8 @@ The figures are printed and written beside the sample npz as <sample>.txt.
 import argparse
 import os
 import zipfile
-from typing import Callable, Dict
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -49,23 +50,38 @@ def open_npz(path: str):
                         f"({str(error).splitlines()[0]}); write it again") from error
 
 
-def evaluate(ref_path: str, sample_path: str, features: Callable) -> Dict[str, float]:
-    """features: images (M, H, W, 3) uint8 -> (pool (M, 2048), spatial (M, d), logits (M, 1008))."""
+@dataclass
+class Batches:
+    sample_images: np.ndarray  # (M, H, W, 3) uint8
+    ref_images: Optional[np.ndarray]  # the reference arr_0, if it has one
+    ref_stats: Optional[Tuple[np.ndarray, ...]]  # stored mu, sigma, mu_s, sigma_s, if any
+
+
+def read_batches(ref_path: str, sample_path: str) -> Batches:
+    """Both npz files, checked before the (long) feature pass."""
     with open_npz(ref_path) as ref, open_npz(sample_path) as sample:
-        # Both files are checked before the (long) feature pass.
         sample_images = read_images(sample_path, sample)
         ref_images = read_images(ref_path, ref) if "arr_0" in ref else None
-        stored = all(key in ref for key in STORED_STATS)
-        if not stored and ref_images is None:
-            raise UserError(f"{ref_path} has neither arr_0 nor the statistics {STORED_STATS}")
-        if stored:
-            mu, sigma, mu_s, sigma_s = (ref[key] for key in STORED_STATS)
-    sample_pool, sample_spatial, sample_logits = features(sample_images)
+        ref_stats = tuple(ref[key] for key in STORED_STATS) if all(key in ref for key in STORED_STATS) else None
+    if ref_stats is None and ref_images is None:
+        raise UserError(f"{ref_path} has neither arr_0 nor the statistics {STORED_STATS}")
+    return Batches(sample_images, ref_images, ref_stats)
+
+
+def evaluate(ref_path: str, sample_path: str, features: Callable) -> Dict[str, float]:
+    """features: images (M, H, W, 3) uint8 -> (pool (M, 2048), spatial (M, d), logits (M, 1008))."""
+    return metrics_of(read_batches(ref_path, sample_path), features)
+
+
+def metrics_of(batches: Batches, features: Callable) -> Dict[str, float]:
+    sample_pool, sample_spatial, sample_logits = features(batches.sample_images)
     ref_pool = None
-    if ref_images is not None:
-        ref_pool, ref_spatial, _ = features(ref_images)
-        if not stored:
-            (mu, sigma), (mu_s, sigma_s) = statistics(ref_pool), statistics(ref_spatial)
+    if batches.ref_images is not None:
+        ref_pool, ref_spatial, _ = features(batches.ref_images)
+    if batches.ref_stats is not None:
+        mu, sigma, mu_s, sigma_s = batches.ref_stats
+    else:
+        (mu, sigma), (mu_s, sigma_s) = statistics(ref_pool), statistics(ref_spatial)
     results = {"Inception Score": inception_score(sample_logits),
                "FID": frechet_distance(*statistics(sample_pool), mu, sigma),
                "sFID": frechet_distance(*statistics(sample_spatial), mu_s, sigma_s)}
@@ -88,10 +104,12 @@ def main(argv=None):
             raise InputNotFound(f"npz not found: {path}")
     check_at_least("--batch-size", args.batch_size, 1)
     from autoregressive.sample_utils import resolve_device
-    from evaluations.c2i.inception import InceptionFeatures
+    from evaluations.c2i.inception import InceptionFeatures, check_weights_file
 
-    features = InceptionFeatures(args.inception_weights, resolve_device(args.device), args.batch_size)
-    results = evaluate(args.ref_batch, args.sample_batch, features)
+    check_weights_file(args.inception_weights)
+    device = resolve_device(args.device)
+    batches = read_batches(args.ref_batch, args.sample_batch)
+    results = metrics_of(batches, InceptionFeatures(args.inception_weights, device, args.batch_size))
     lines = [f"{name}: {value:.4f}" for name, value in results.items()]
     with open(os.path.splitext(args.sample_batch)[0] + ".txt", "w") as file:
         file.write("\n".join(lines) + "\n")
