@@ -7,6 +7,7 @@ SUBPROCESS ones run the real command line, to show that no traceback reaches the
 import hashlib
 import importlib
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -54,6 +55,8 @@ CASES = [
     case("negative class", "sample_c2i.py", f"{SAMPLE} --class-labels -1", "--class-labels", ">= 0"),
     case("missing checkpoint", "sample_c2i.py", f"{SAMPLE} --gpt-ckpt {{w}}/nowhere.pt", "nowhere.pt", "not found"),
     case("corrupt .pt", "sample_c2i.py", f"{SAMPLE} --gpt-ckpt {{w}}/corrupt.pt", "corrupt.pt", "corrupt"),
+    case("corrupt .safetensors", "edit_c2i.py", f"{EDIT} --gpt-ckpt {{w}}/corrupt.safetensors --digit-index 0 "
+         "--shape center", "corrupt.safetensors", "not a readable .safetensors file"),
     case("checkpoint of another size", "sample_c2i.py", f"{SAMPLE} --gpt-model ARPG-tiny", "does not fit", "ARPG-digits"),
     case("unknown output format", "sample_c2i.py", f"{SAMPLE} --out {{w}}/out/grid.xyz", "--out", ".xyz"),
     case("zero batch size", "sample_c2i_ddp.py", f"{DDP} --per-proc-batch-size 0", "--per-proc-batch-size", ">= 1"),
@@ -82,6 +85,8 @@ CASES = [
     case("dropout of 1.5", "train_c2i.py", f"{TRAIN} --dropout-p 1.5", "--dropout-p", "[0, 1)"),
     case("token ids past the vocabulary", "train_c2i.py", f"{TRAIN} --vocab-size 20", "codes", "0..19",
          "--vocab-size"),
+    case("a bad id in a later code file (the run folder is removed)", "train_c2i.py",
+         f"{TRAIN} --code-path {{w}}/codes_late", "codes_late/2/3.npy", "0..31"),
     case("labels past the classes", "train_c2i.py", f"{TRAIN} --num-classes 2", "class 2", "--num-classes"),
     case("codes of another grid", "train_c2i.py", f"{TRAIN} --image-size 128", "16 tokens", "--image-size 128"),
     case("dataset smaller than a batch", "train_c2i.py", f"{TRAIN} --global-batch-size 64", "smaller than one global batch"),
@@ -120,6 +125,7 @@ def make_workspace(w: Path) -> None:
     digits = ARPG_models["ARPG-digits"]()
     torch.save({"model": digits.state_dict()}, w / "digits.pt")
     (w / "corrupt.pt").write_bytes(b"not a checkpoint" * 16)
+    (w / "corrupt.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{truncated")
     np.save(w / "grid_5x5.npy", np.zeros((5, 5), dtype=np.int64))
     np.save(w / "grid_big_ids.npy", np.full((8, 8), 99, dtype=np.int64))
     Image.fromarray(np.zeros((8, 16), dtype=np.uint8)).save(w / "mask_wide.png")
@@ -128,6 +134,8 @@ def make_workspace(w: Path) -> None:
         (w / "codes" / str(label)).mkdir(parents=True)
         for index in range(4):
             np.save(w / "codes" / str(label) / f"{index}.npy", rng.integers(0, 32, (2, 16)).astype(np.int64))
+    shutil.copytree(w / "codes", w / "codes_late")  # the first file is fine, the last is not
+    np.save(w / "codes_late" / "2" / "3.npy", np.full((2, 16), 40, dtype=np.int64))
     (w / "images" / "n01").mkdir(parents=True)
     Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(w / "images" / "n01" / "a.png")
     np.savez(w / "ref.npz", arr_0=rng.integers(0, 256, (8, 8, 8, 3), dtype=np.uint8))
@@ -226,10 +234,21 @@ def test_programming_errors_keep_their_traceback():
         run_main(buggy, [])
 
 
-def test_message_of_an_error_re_raised_from_a_data_loader_worker():
-    wrapped = UserError("Caught UserError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
-                        '  File "x.py", line 1, in f\nautoregressive.utils.cli.UserError: code file a.npy holds ids')
-    assert user_message(wrapped) == "code file a.npy holds ids"
+class RefusingDataset(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        raise UserError("code file a.npy holds token ids 0..40")
+
+
+def test_an_error_from_a_data_loader_worker_keeps_its_one_line():
+    """A worker's error comes back with the worker's traceback folded into its message; the line printed
+    is the original message."""
+    with pytest.raises(UserError) as raised:
+        next(iter(torch.utils.data.DataLoader(RefusingDataset(), num_workers=1)))
+    assert "Original Traceback" in str(raised.value)
+    assert user_message(raised.value) == "code file a.npy holds token ids 0..40"
 
 
 def test_mask_of_another_aspect_is_refused(workspace):
@@ -237,3 +256,17 @@ def test_mask_of_another_aspect_is_refused(workspace):
 
     with pytest.raises(UserError, match="mask_wide.png is 16x8"):
         mask_from_png(str(workspace / "mask_wide.png"), 8)
+
+
+def test_output_folder_is_removed_only_if_a_failed_run_left_it_empty(tmp_path):
+    from autoregressive.utils.files import output_folder
+
+    with pytest.raises(RuntimeError):
+        with output_folder(str(tmp_path / "new" / "run")):
+            raise RuntimeError("sampling failed")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(RuntimeError):
+        with output_folder(str(tmp_path / "new" / "run")) as folder:
+            Path(folder, "000000.png").write_bytes(b"a finished image")
+            raise RuntimeError("sampling failed later")
+    assert (tmp_path / "new" / "run" / "000000.png").exists()
