@@ -67,8 +67,11 @@ def check_args(args) -> None:
         check_at_least(flag, getattr(args, flag[2:].replace("-", "_")), 1)
     check_at_least("--digit-index", args.digit_index, 0)
     check_at_least("--class-label", args.class_label, 0)
-    if args.task != "expand" and sum(x is not None for x in (args.box, args.mask_png, args.shape)) != 1:
+    masks = sum(x is not None for x in (args.box, args.mask_png, args.shape))
+    if args.task != "expand" and masks != 1:
         raise UserError(f"--task {args.task} needs exactly one mask: --box, --mask-png or --shape")
+    if args.task == "expand" and masks:
+        raise UserError("--task expand takes no mask (it fills the new border); drop --box, --mask-png and --shape")
     check_image_output("--out", args.out)
 
 
@@ -117,8 +120,7 @@ def read_code_grid(path: str, grid: int, vocab_size: int) -> torch.Tensor:
 
 
 def keep_mask(args, grid: int, downsample: int) -> torch.Tensor:
-    if sum(x is not None for x in (args.box, args.mask_png, args.shape)) != 1:
-        raise UserError("give exactly one mask: --box, --mask-png or --shape")
+    """The (g, g) keep-mask of the one mask flag given (check_args made sure there is one)."""
     if args.box:
         box = editing.pixel_box_to_tokens(args.box, downsample) if args.box_units == "pixels" else args.box
         return editing.box_mask(grid, *box)

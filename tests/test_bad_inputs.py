@@ -74,6 +74,8 @@ CASES = [
     case("mask of another aspect", "edit_c2i.py", f"{EDIT} --digit-index 0 --mask-png {{w}}/mask_wide.png",
          "mask_wide.png", "16x8", "square"),
     case("no mask", "edit_c2i.py", f"{EDIT} --digit-index 0", "exactly one mask"),
+    case("a mask for expand", "edit_c2i.py", f"{EDIT.replace('inpaint', 'expand')} --digit-index 0 --shape center",
+         "--task expand takes no mask"),
     case("box outside the grid", "edit_c2i.py", f"{EDIT} --digit-index 0 --box 0 0 9 9", "8x8 token grid"),
     case("zero edits", "edit_c2i.py", f"{EDIT} --digit-index 0 --shape center --num-samples 0", "--num-samples"),
     case("missing data folder", "extract_codes_c2i.py", "--data-path {w}/no_images --code-path {w}/codes_out "
