@@ -10,18 +10,24 @@ import os
 import numpy as np
 import torch
 
+from autoregressive.utils.cli import InputNotFound
+
 WEIGHTS_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
                "weights-inception-2015-12-05-6726825d.pth")
 SPATIAL_CHANNELS = 7
+
+
+def check_weights_file(weights_path: str) -> None:
+    if not weights_path or not os.path.isfile(weights_path):
+        raise InputNotFound(f"Inception weights not found: {weights_path!r}. Download {WEIGHTS_URL} "
+                            "and pass its path with --inception-weights")
 
 
 class InceptionFeatures:
     """Calls torch-fidelity's InceptionV3 on uint8 NHWC batches and returns numpy features."""
 
     def __init__(self, weights_path: str, device="cpu", batch_size: int = 64):
-        if not weights_path or not os.path.isfile(weights_path):
-            raise FileNotFoundError(f"Inception weights not found: {weights_path!r}. Download {WEIGHTS_URL} "
-                                    "and pass its path with --inception-weights")
+        check_weights_file(weights_path)
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
         self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
