@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from autoregressive.models.arpg import ARPG_models
-from autoregressive.utils.cli import UserError, run_main, user_message
+from autoregressive.utils.cli import InputNotFound, UserError, check_file, run_main, user_message
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,6 +45,7 @@ DDP = f"{DIGITS} --sample-dir {{w}}/samples --num-fid-samples 4 --per-proc-batch
 EDIT = f"--task inpaint {DIGITS} --step 8 --out {{w}}/out/edit.png"
 TRAIN = ("--gpt-model ARPG-tiny --code-path {w}/codes --results-dir {w}/results --vocab-size 32 --num-classes 3 "
          "--image-size 64 --global-batch-size 4 --epochs 1 --num-workers 0 --device cpu")
+SWEEP = f"{DIGITS} --cfg-scales 1 2 --num-samples 4 --per-proc-batch-size 2 --step 4 --out-dir {{w}}/sweep"
 EVAL = "{w}/ref.npz {w}/sample.npz --inception-weights {w}/inception.pth --device cpu"
 
 CASES = [
@@ -109,6 +110,13 @@ CASES = [
          "--step", ">= 1"),
     case("bench batch sizes that are not numbers", "scripts/bench_train.py", "--batch-sizes 0,x", "--batch-sizes"),
     case("bench batch size of zero", "scripts/bench_sample.py", "--batch-sizes 0", "--batch-sizes", ">= 1"),
+    case("sweep with a negative scale", "scripts.sweep_cfg", f"{SWEEP} --cfg-scales 1 -2", "--cfg-scales", ">= 0"),
+    case("sweep of one sample", "scripts.sweep_cfg", f"{SWEEP} --num-samples 1", "--num-samples", ">= 2"),
+    case("sweep with a missing reference batch", "scripts.sweep_cfg",
+         f"{SWEEP} --ref-batch {{w}}/nowhere.npz --inception-weights {{w}}/inception.pth", "--ref-batch",
+         "nowhere.npz", "not found"),
+    case("sweep steps past the grid (after the model loads)", "scripts.sweep_cfg", f"{SWEEP} --step 65", "--step 65",
+         "64"),
     case("argparse: a count that is not a number", "sample_c2i.py", f"{SAMPLE} --step abc", "--step", "invalid int"),
 ]
 if not torch.cuda.is_available():
@@ -270,6 +278,12 @@ def test_an_error_from_a_data_loader_worker_keeps_its_one_line():
         next(iter(torch.utils.data.DataLoader(RefusingDataset(), num_workers=1)))
     assert "Original Traceback" in str(raised.value)
     assert user_message(raised.value) == "code file a.npy holds token ids 0..40"
+
+
+def test_file_checks_leave_hub_names_to_the_hub_loader(tmp_path):
+    check_file("--gpt-ckpt", "hf://owner/repo/arpg_300m.pt")  # fetched (and checked) by the hub loader
+    with pytest.raises(InputNotFound, match="--gpt-ckpt .*arpg_300m.pt: not found"):
+        check_file("--gpt-ckpt", str(tmp_path / "arpg_300m.pt"))
 
 
 def test_mask_of_another_aspect_is_refused(workspace):

@@ -10,6 +10,7 @@ import sys
 from typing import Callable, List, Optional
 
 USER_ERROR_EXIT_CODE = 2  # argparse's code for a bad command line
+HUB_PREFIX = "hf://"  # --gpt-ckpt / --vq-ckpt values that name a file on the Hugging Face Hub
 
 
 class UserError(ValueError):
@@ -54,8 +55,11 @@ def check_at_most(flag: str, value, maximum, what: str) -> None:
 
 
 def check_file(flag: str, path: Optional[str]) -> None:
-    """Refuse a path that is not an existing file (None passes)."""
-    if path is not None and not os.path.isfile(path):
+    """Refuse a path that is not an existing file. None passes, and so does a Hugging Face Hub name
+    (hf://owner/repo/file): the hub loader fetches it and says what is wrong with it."""
+    if path is None or path.startswith(HUB_PREFIX):
+        return
+    if not os.path.isfile(path):
         what = "a folder, not a file" if os.path.isdir(path) else "not found"
         raise InputNotFound(f"{flag} {path}: {what}; check the path")
 
