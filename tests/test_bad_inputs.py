@@ -96,6 +96,8 @@ CASES = [
     case("dataset smaller than a batch", "train_c2i.py", f"{TRAIN} --global-batch-size 64", "smaller than one global batch"),
     case("missing code folder", "train_c2i.py", f"{TRAIN} --code-path {{w}}/no_codes", "no_codes", "not found"),
     case("corrupt resume checkpoint", "train_c2i.py", f"{TRAIN} --resume {{w}}/corrupt.pt", "corrupt.pt", "corrupt"),
+    case("resume from a weights file (the run and results folders are removed)", "train_c2i.py",
+         f"{TRAIN} --resume {{w}}/digits.pt", "digits.pt", "not one of our training checkpoints", "--gpt-ckpt"),
     case("float npz in [0, 1]", "evaluations.c2i.evaluator", EVAL.replace("sample.npz", "float01.npz"),
          "float01.npz", "float", "uint8", "multiply by 255"),
     case("npz that is not one", "evaluations.c2i.evaluator", EVAL.replace("sample.npz", "corrupt.npz"),
