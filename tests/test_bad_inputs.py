@@ -282,6 +282,14 @@ def test_an_error_from_a_data_loader_worker_keeps_its_one_line():
     assert user_message(raised.value) == "code file a.npy holds token ids 0..40"
 
 
+def test_a_guidance_scale_of_zero_is_allowed_and_below_zero_refused():
+    from autoregressive.sampling import SamplingConfig
+
+    SamplingConfig(cfg_scale=0.0)  # the "no class" prediction alone, as scripts/eval_digits_editing.py uses
+    with pytest.raises(UserError, match=r"cfg_scale must be >= 0 \(--cfg-scale\), got -0.5"):
+        SamplingConfig(cfg_scale=-0.5)
+
+
 def test_file_checks_leave_hub_names_to_the_hub_loader(tmp_path):
     check_file("--gpt-ckpt", "hf://owner/repo/arpg_300m.pt")  # fetched (and checked) by the hub loader
     with pytest.raises(InputNotFound, match="--gpt-ckpt .*arpg_300m.pt: not found"):
