@@ -1,4 +1,7 @@
 """Dataset name -> dataset."""
+from typing import Optional
+
+from autoregressive.utils.cli import UserError
 from dataset.codes import FolderCodes, LlamaGenCodes
 
 DATASETS = {
@@ -8,8 +11,10 @@ DATASETS = {
 }
 
 
-def build_dataset(name: str, code_path: str, seed: int = 0):
-    """The dataset `name` read from code_path; augmentation picks derive from seed."""
+def build_dataset(name: str, code_path: str, seed: int = 0, vocab_size: Optional[int] = None,
+                  num_classes: Optional[int] = None):
+    """The dataset `name` read from code_path; augmentation picks derive from seed. Token ids and labels
+    are checked against vocab_size and num_classes (when given) as files are read."""
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
-    return DATASETS[name](code_path, seed=seed)
+        raise UserError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
+    return DATASETS[name](code_path, seed=seed, vocab_size=vocab_size, num_classes=num_classes)

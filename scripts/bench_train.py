@@ -24,6 +24,7 @@ from autoregressive.models.arpg import ARPG_models
 from autoregressive.train.config import TrainConfig, build_model
 from autoregressive.train.loop import Trainer
 from autoregressive.train.parallel import set_activation_memory_budget
+from autoregressive.utils.cli import UserError, check_at_least, run_main
 from autoregressive.utils.dist import DistInfo, cleanup, init_distributed
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, SXM
@@ -111,7 +112,15 @@ def init_one_process_group() -> DistInfo:
     return init_distributed("cuda", always_group=True)
 
 
-def main():
+def positive_ints(flag: str, text: str):
+    """'64,128' -> [64, 128], refused with the flag's name unless every item is an integer >= 1."""
+    items = text.split(",")
+    if not all(item.strip().isdigit() and int(item) >= 1 for item in items):
+        raise UserError(f"{flag} must be comma-separated integers >= 1, got {text!r}")
+    return [int(item) for item in items]
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="ARPG-L", help="comma-separated, from " + ", ".join(ARPG_models))
     parser.add_argument("--batch-sizes", default="128", help="comma-separated batch sizes per GPU")
@@ -126,15 +135,24 @@ def main():
                         help="torch.compile's partitioner budget: below 1 it recomputes cheap ops to save memory")
     parser.add_argument("--no-check-loss", dest="check_loss", action="store_false",
                         help="skip the fixed-batch loss check (saves the memory of the float32 forward)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    batch_sizes = positive_ints("--batch-sizes", args.batch_sizes)
+    check_at_least("--steps", args.steps, 1)
+    check_at_least("--reps", args.reps, 1)
+    unknown = [name for name in args.models.split(",") if name not in ARPG_models]
+    unknown += [mode for mode in args.modes.split(",") if mode not in ("ddp", "fsdp")]
+    if unknown:
+        raise UserError(f"unknown --models / --modes {unknown}; models: {', '.join(ARPG_models)}; modes: ddp, fsdp")
+    if not torch.cuda.is_available():
+        raise UserError("bench_train.py times training on a CUDA GPU; none is visible")
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     if args.activation_memory_budget is not None:
         set_activation_memory_budget(args.activation_memory_budget)
     modes = args.modes.split(",")
     info = init_one_process_group() if "fsdp" in modes else init_distributed("cuda")
-    results = [bench_one(name, int(batch), mode, args, info) for name in args.models.split(",")
-               for batch in args.batch_sizes.split(",") for mode in modes]
+    results = [bench_one(name, batch, mode, args, info) for name in args.models.split(",")
+               for batch in batch_sizes for mode in modes]
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, bf16 autocast, "
           f"{'eager' if args.no_compile else 'compiled'}, chunked loss {args.chunked_loss}, "
           f"grad checkpointing {args.grad_checkpointing}, activation memory budget {args.activation_memory_budget}")
@@ -154,4 +172,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
+from autoregressive.utils.cli import UserError
 from autoregressive.utils.dist import DistInfo, is_distributed
 
 DATA_PARALLEL_MODES = ("ddp", "fsdp")
@@ -57,8 +58,8 @@ def wrap_for_training(model: nn.Module, mode: str, info: DistInfo, compile_model
         raise ValueError(f"--data-parallel must be one of {DATA_PARALLEL_MODES}, got {mode!r}")
     if mode == "fsdp":
         if not is_distributed():
-            raise ValueError("--data-parallel fsdp needs a process group: launch with torchrun "
-                             "(torchrun --nproc_per_node=1 works on one GPU)")
+            raise UserError("--data-parallel fsdp needs a process group: launch with torchrun "
+                            "(torchrun --nproc_per_node=1 works on one GPU)")
         return shard_model(model, compile_layers=compile_model)
     train_model = torch.compile(model) if compile_model else model
     if info.world_size > 1:
