@@ -26,8 +26,8 @@ from autoregressive.models.arpg import ARPG_models
 from autoregressive.train.config import TrainConfig, build_model
 from autoregressive.train.loop import Trainer
 from autoregressive.train.parallel import set_activation_memory_budget
-from autoregressive.train.precision import PRECISION_POLICIES, check_policy, fp8_unavailable_reason
-from autoregressive.utils.dist import DistInfo, cleanup, init_distributed
+from autoregressive.train.precision import check_policy, fp8_unavailable_reason, parse_policy_list
+from autoregressive.utils.dist import DistInfo, cleanup, init_distributed, init_one_process_group
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, SXM
 
@@ -58,15 +58,6 @@ def fixed_batch_loss(model, codes, labels, orders, autocast: bool) -> float:
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def parse_policies(text: str) -> List[str]:
-    """--precision-policies: exact first (the reference of the "vs exact" column), each policy once."""
-    policies = [policy for policy in text.split(",") if policy]
-    unknown = [policy for policy in policies if policy not in PRECISION_POLICIES]
-    if unknown:
-        raise ValueError(f"--precision-policies: unknown {', '.join(unknown)}; choose from {', '.join(PRECISION_POLICIES)}")
-    return ["exact"] + [policy for policy in dict.fromkeys(policies) if policy != "exact"]
 
 
 def unavailable_reason(policy: str, mode: str, device: torch.device) -> Optional[str]:
@@ -195,13 +186,6 @@ def result_table(results: List[dict], peak: float) -> List[str]:
     return lines
 
 
-def init_one_process_group() -> DistInfo:
-    """A process group of this one process (FSDP needs one), as torchrun --nproc_per_node=1 would make."""
-    for name, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29517"), ("RANK", "0"), ("WORLD_SIZE", "1")):
-        os.environ.setdefault(name, value)
-    return init_distributed("cuda", always_group=True)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="ARPG-L", help="comma-separated, from " + ", ".join(ARPG_models))
@@ -225,8 +209,8 @@ def main():
     torch.backends.cudnn.allow_tf32 = True
     if args.activation_memory_budget is not None:
         set_activation_memory_budget(args.activation_memory_budget)
-    modes, policies = args.modes.split(","), parse_policies(args.precision_policies)
-    info = init_one_process_group() if "fsdp" in modes else init_distributed("cuda")
+    modes, policies = args.modes.split(","), parse_policy_list(args.precision_policies)
+    info = init_one_process_group("cuda") if "fsdp" in modes else init_distributed("cuda")
     results = [result for name in args.models.split(",") for batch in args.batch_sizes.split(",")
                for mode in modes for result in bench_group(name, int(batch), mode, policies, args, info)]
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, bf16 autocast, "

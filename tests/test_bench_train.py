@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 
 from autoregressive.train.loop import Trainer
-from autoregressive.train.precision import fp8_unavailable_reason
+from autoregressive.train.precision import fp8_unavailable_reason, parse_policy_list
 from autoregressive.utils.dist import init_distributed
 from scripts import bench_train
 
@@ -40,7 +40,7 @@ def test_policies_are_timed_beside_exact_with_interleaved_repetitions(monkeypatc
     calls = count_steps(monkeypatch)
     dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
     try:
-        policies = bench_train.parse_policies("bf16,fp8")
+        policies = parse_policy_list("bf16,fp8")
         assert policies == ["exact", "bf16", "fp8"]
         results = bench_train.bench_group("ARPG-tiny", 2, "fsdp", policies, argparse.Namespace(**ARGS),
                                           init_distributed("cpu"))
@@ -56,9 +56,9 @@ def test_policies_are_timed_beside_exact_with_interleaved_repetitions(monkeypatc
 
 
 def test_policy_list_and_table():
-    assert bench_train.parse_policies("fp8,exact,fp8") == ["exact", "fp8"]
-    with pytest.raises(ValueError, match="unknown fp4"):
-        bench_train.parse_policies("exact,fp4")
+    assert parse_policy_list("fp8,exact,fp8") == ["exact", "fp8"]
+    with pytest.raises(ValueError, match="unknown precision policy fp4"):
+        parse_policy_list("exact,fp4")
     assert bench_train.unavailable_reason("bf16", "ddp", torch.device("cpu")) == "bf16 runs under --modes fsdp only"
     row = dict(model="ARPG-L", batch=128, mode="fsdp", flops=1e12, peak_gib=30.0)
     lines = bench_train.result_table([{**row, "policy": "exact", "img_s": 800.0},

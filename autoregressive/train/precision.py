@@ -14,7 +14,7 @@ Every policy keeps the exact model's parameter names and float32 weights, so che
 into the exact model.
 """
 import importlib.util
-from typing import Optional
+from typing import List, Optional
 
 import torch
 import torch.nn as nn
@@ -32,6 +32,15 @@ def check_policy(policy: str, data_parallel: str) -> None:
     if policy == "bf16" and data_parallel != "fsdp":
         raise ValueError("--precision-policy bf16 runs through FSDP2's mixed precision: add --data-parallel fsdp "
                          "(on one GPU: torchrun --nproc_per_node=1)")
+
+
+def parse_policy_list(text: str) -> List[str]:
+    """A comma-separated list of policies to compare: exact first (the reference), each policy once."""
+    policies = [policy for policy in text.split(",") if policy]
+    unknown = [policy for policy in policies if policy not in PRECISION_POLICIES]
+    if unknown:
+        raise ValueError(f"unknown precision policy {', '.join(unknown)}; choose from {', '.join(PRECISION_POLICIES)}")
+    return ["exact"] + [policy for policy in dict.fromkeys(policies) if policy != "exact"]
 
 
 def fp8_unavailable_reason(device: torch.device) -> Optional[str]:
