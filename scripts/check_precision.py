@@ -7,9 +7,10 @@ Training: the model is trained under every policy (`--policies`) from the same s
 train_c2i.py's own step (Trainer.optimizer_step), plus exact once more from another seed: the
 run-to-run difference that the policies are judged against. Per-step losses go to losses.png.
 
-Sampling: the exact run's weights, in each sampling mode (SAMPLING_MODES): next-token distributions on a
-held-out batch (teacher forcing, fixed orders) against float32 (mean KL(float32 || mode), top-1
-agreement), and the share of generated samples that match their class prototype.
+Sampling: the exact run's weights, in each sampling mode (SAMPLING_MODES: float32 without TF32 as the
+reference, bf16 autocast, TF32, bf16 and fp16 weights): next-token distributions on a held-out batch
+(teacher forcing, fixed orders) against float32 (mean KL(float32 || mode), top-1 agreement), and the
+share of generated samples that match their class prototype. Training runs with TF32, as train_c2i.py.
 
 Pass rules (TOLERANCE = 2):
 - a training policy: its held-out loss is within 2x exact's run-to-run difference of exact's, and
@@ -86,24 +87,39 @@ def loss_floor(vocab_size: int, resample_fraction: float) -> float:
 @dataclass(frozen=True)
 class SamplingMode:
     """How a trained float32 model is run for sampling: `prepare` turns (a copy of) it into the model
-    that runs (weights cast, or quantised: an FP8 mode is one more entry), under autocast to `autocast`."""
+    that runs (weights cast, or quantised: an FP8 mode is one more entry), under autocast to `autocast`,
+    with TF32 float32 matmuls on CUDA or not."""
     prepare: Callable[[torch.nn.Module], torch.nn.Module]
     autocast: Optional[torch.dtype] = None
+    tf32: bool = False
 
 
 SAMPLING_MODES: Dict[str, SamplingMode] = {
     "float32": SamplingMode(lambda model: model.float()),  # the reference
-    "bf16-autocast": SamplingMode(lambda model: model.float(), torch.bfloat16),  # the exact recipe's numerics
+    "bf16-autocast": SamplingMode(lambda model: model.float(), torch.bfloat16),  # the exact recipe's training numerics
+    "tf32": SamplingMode(lambda model: model.float(), tf32=True),  # sample_c2i.py's default (--precision none)
     "bf16": SamplingMode(lambda model: model.to(torch.bfloat16)),  # sample_c2i.py --precision bf16
     "fp16": SamplingMode(lambda model: model.to(torch.float16)),  # sample_c2i.py --precision fp16
 }
 REFERENCE_MODE, YARDSTICK_MODE = "float32", "bf16-autocast"
 
 
+@contextlib.contextmanager
+def matmul_tf32(enabled: bool):
+    """TF32 for float32 matmuls on CUDA (a process-wide switch) inside, restored after."""
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@contextlib.contextmanager
 def mode_context(mode: SamplingMode, device: torch.device):
-    if mode.autocast is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=mode.autocast)
+    with matmul_tf32(mode.tf32), torch.autocast(device.type, dtype=mode.autocast or torch.bfloat16,
+                                                  enabled=mode.autocast is not None):
+        yield
 
 
 def within_noise(share: float, reference: float, count: int) -> bool:
@@ -220,7 +236,7 @@ def run_training(args, info: DistInfo, dataset: PrototypeCodes, held_out, polici
         trainer, curves[name] = train_policy(cfg, info, dataset, args.steps)
         model = models[name] = float32_copy(cfg, trainer.model, info.device)
         del trainer
-        with torch.no_grad():
+        with torch.no_grad(), matmul_tf32(False):
             _, loss = model(codes, labels, targets=codes, orders=orders)
         tail = curves[name][-max(1, args.steps // 10):]
         rows.append({**row, "train loss (last 10%)": sum(tail) / len(tail), "held-out loss": loss.item(),
@@ -356,7 +372,8 @@ def run_check(args, info: DistInfo):
     dataset = PrototypeCodes(args.num_classes, args.grid ** 2, args.vocab_size, args.resample_fraction,
                              args.steps * args.batch_size, args.global_seed)
     held_out = held_out_batch(dataset, args.eval_batch, args.global_seed, info.device)
-    training, curves, exact_model = run_training(args, info, dataset, held_out, policies)
+    with matmul_tf32(True):  # train_c2i.py trains with TF32 (enable_tf32)
+        training, curves, exact_model = run_training(args, info, dataset, held_out, policies)
     sampling = run_sampling(args, exact_model, dataset, held_out, modes, info.device)
     return training, sampling, curves
 
@@ -369,6 +386,9 @@ def report(args, training: List[dict], sampling: List[dict], curves: Dict[str, L
              f"lowest possible loss {floor:.3f}", "", "Training (held-out loss in float32):", "",
              *markdown_table(training), "", "Sampling (teacher forcing against float32, exact run's weights):", "",
              *markdown_table(sampling)]
+    if training[0]["held-out loss"] > (math.log(args.vocab_size) + floor) / 2:
+        lines += ["", "WARNING: exact did not learn the set (held-out loss above halfway from ln V to the lowest "
+                      "possible): the verdicts say little; raise --steps or --lr"]
     with open(os.path.join(args.out_dir, "report.md"), "w") as file:
         file.write("\n".join(lines) + "\n")
     write_csv(training, os.path.join(args.out_dir, "training.csv"))
