@@ -225,7 +225,7 @@ def run_training(args, info: DistInfo, dataset: PrototypeCodes, held_out, polici
     codes, labels, orders = held_out
     runs = [("exact", "exact", args.global_seed), ("exact, next seed", "exact", args.global_seed + 1)]
     runs += [(policy, policy, args.global_seed) for policy in policies if policy != "exact"]
-    rows, curves, models = [], {}, {}
+    rows, curves, exact_model = [], {}, None
     for name, policy, seed in runs:
         row = {"run": name, "seed": seed}
         reason = fp8_unavailable_reason(info.device) if policy == "fp8" else None
@@ -234,15 +234,17 @@ def run_training(args, info: DistInfo, dataset: PrototypeCodes, held_out, polici
             continue
         cfg = policy_config(args, policy, seed)
         trainer, curves[name] = train_policy(cfg, info, dataset, args.steps)
-        model = models[name] = float32_copy(cfg, trainer.model, info.device)
+        model = float32_copy(cfg, trainer.model, info.device)
         del trainer
+        torch._dynamo.reset()  # the next run compiles its own model
         with torch.no_grad(), matmul_tf32(False):
             _, loss = model(codes, labels, targets=codes, orders=orders)
         tail = curves[name][-max(1, args.steps // 10):]
         rows.append({**row, "train loss (last 10%)": sum(tail) / len(tail), "held-out loss": loss.item(),
                      "match share": sample_match_share(model, SAMPLING_MODES[REFERENCE_MODE], dataset, args, info.device)})
+        exact_model = model if name == "exact" else exact_model
     judge_policies(rows, args.num_classes * args.samples_per_class)
-    return rows, curves, models["exact"]
+    return rows, curves, exact_model
 
 
 def judge_policies(rows: List[dict], count: int) -> None:
