@@ -1,10 +1,11 @@
 """Does quality hold under the opt-in precision policies (training) and sampling modes? Runs without the
-released weights, on a learnable synthetic code set made here (`PrototypeCodes`): one random grid of codes
-per class (its prototype); a sample is its class's prototype with a fraction of the positions redrawn.
-The best possible loss is the entropy of one token, far below ln(V) (loss_floor).
+released weights, on a learnable synthetic code set made here (`PrototypeCodes`): one random grid of
+distinct codes per class (its prototype); a sample is its class's prototype, shifted cyclically at random
+(unless the model has learned absolute positions, as ARPG-digits), with a fraction of the positions
+redrawn. No loss goes below the entropy of one token given class and shift, far below ln(V) (loss_floor).
 
-Training: the model is trained under every policy (`--policies`) from the same seed and data order with
-train_c2i.py's own step (Trainer.optimizer_step), plus exact once more from another seed: the
+Training: the model is trained under every policy (`--precision-policies`) from the same seed and data
+order with train_c2i.py's own step (Trainer.optimizer_step), plus exact once more from another seed: the
 run-to-run difference that the policies are judged against. Per-step losses go to losses.png.
 
 Sampling: the exact run's weights, in each sampling mode (SAMPLING_MODES: float32 without TF32 as the
@@ -44,15 +45,23 @@ TOLERANCE = 2.0
 
 
 class PrototypeCodes(torch.utils.data.Dataset):
-    """Sample i: class i mod num_classes's prototype, each position redrawn uniformly from the vocabulary
-    with probability resample_fraction; a function of (seed, i) only. Items: ((N,) long codes, class)."""
+    """Sample i: class i mod num_classes's prototype (a grid x grid arrangement of distinct codes), shifted
+    cyclically by a random (rows, columns) if `shift`, then with each position redrawn uniformly from the
+    vocabulary with probability resample_fraction; a function of (seed, i) only. Items: ((grid**2,) long
+    codes, class).
 
-    def __init__(self, num_classes: int, num_tokens: int, vocab_size: int, resample_fraction: float,
-                 num_samples: int, seed: int):
+    The shift matches what a model without absolute positions can generate: ARPG's 2-D RoPE is relative,
+    so nothing tells it where the first token it places sits; the others follow that token's shift."""
+
+    def __init__(self, num_classes: int, grid: int, vocab_size: int, resample_fraction: float, num_samples: int,
+                 seed: int, shift: bool = True):
+        if vocab_size < grid * grid:
+            raise ValueError(f"--vocab-size {vocab_size} is smaller than the {grid * grid} distinct codes of a prototype")
         generator = torch.Generator().manual_seed(seed)
-        self.prototypes = torch.randint(0, vocab_size, (num_classes, num_tokens), generator=generator)
-        self.vocab_size, self.resample_fraction, self.num_samples, self.seed = (vocab_size, resample_fraction,
-                                                                               num_samples, seed)
+        self.prototypes = torch.stack([torch.randperm(vocab_size, generator=generator)[:grid * grid]
+                                       for _ in range(num_classes)])  # (K, N)
+        self.grid, self.vocab_size, self.resample_fraction = grid, vocab_size, resample_fraction
+        self.num_samples, self.seed, self.shift = num_samples, seed, shift
 
     def __len__(self) -> int:
         return self.num_samples
@@ -60,7 +69,8 @@ class PrototypeCodes(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         rng = np.random.default_rng([self.seed, index])
         label = index % len(self.prototypes)
-        codes = self.prototypes[label].clone()
+        shift = tuple(int(value) for value in rng.integers(0, self.grid, 2)) if self.shift else (0, 0)
+        codes = self.prototypes[label].view(self.grid, self.grid).roll(shift, dims=(0, 1)).flatten()
         redraw = torch.from_numpy(rng.random(codes.numel()) < self.resample_fraction)
         codes[redraw] = torch.from_numpy(rng.integers(0, self.vocab_size, int(redraw.sum())))
         return codes, label
@@ -70,15 +80,24 @@ class PrototypeCodes(torch.utils.data.Dataset):
         items = [self[self.num_samples + i] for i in range(count)]
         return torch.stack([codes for codes, _ in items]), torch.tensor([label for _, label in items])
 
+    def agreement(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(B,) share of positions where each (B, N) sample equals its class's prototype (at the cyclic
+        shift that agrees best, when samples are shifted)."""
+        samples = tokens.cpu().view(-1, self.grid, self.grid)
+        prototypes = self.prototypes[labels.cpu()].view(-1, self.grid, self.grid)
+        offsets = range(self.grid) if self.shift else [0]
+        shifts = [(rows, columns) for rows in offsets for columns in offsets]
+        return torch.stack([(samples == prototypes.roll(shift, dims=(1, 2))).float().mean((1, 2))
+                            for shift in shifts]).amax(0)
+
     def match_share(self, tokens: torch.Tensor, labels: torch.Tensor) -> float:
-        """Share of the (B, N) samples that agree with their class's prototype on at least half the
-        positions a perfect sample keeps (1 - resample_fraction); chance agreement is 1/V."""
-        agreement = (tokens.cpu() == self.prototypes[labels.cpu()]).float().mean(1)
-        return (agreement >= (1 - self.resample_fraction) / 2).float().mean().item()
+        """Share of the samples whose agreement is at least half of what a perfect sample keeps
+        (1 - resample_fraction); a random grid agrees on about 1/V of its positions."""
+        return (self.agreement(tokens, labels) >= (1 - self.resample_fraction) / 2).float().mean().item()
 
 
 def loss_floor(vocab_size: int, resample_fraction: float) -> float:
-    """The entropy (nats) of one token given its class: the lowest loss any model reaches here."""
+    """The entropy (nats) of one token given its class and the shift: no model's loss goes lower."""
     keep = 1 - resample_fraction + resample_fraction / vocab_size
     other = resample_fraction / vocab_size
     return -(keep * math.log(keep) + (vocab_size - 1) * other * math.log(other))
@@ -203,7 +222,7 @@ def sample_match_share(model, mode: SamplingMode, dataset: PrototypeCodes, args,
     from autoregressive.generate import generate
     from autoregressive.sampling import SamplingConfig
 
-    sampling = SamplingConfig(num_steps=args.num_steps, cfg_scale=args.cfg_scale)
+    sampling = SamplingConfig(num_steps=args.num_steps or args.grid ** 2, cfg_scale=args.cfg_scale)
     labels = torch.arange(args.num_classes, device=device).repeat_interleave(args.samples_per_class)
     generator = torch.Generator(device).manual_seed(args.global_seed)
     with mode_context(mode, device):
@@ -349,7 +368,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-batch", type=int, default=64, help="held-out samples for the teacher-forced figures")
     parser.add_argument("--samples-per-class", type=int, default=16, help="generated samples per class")
     parser.add_argument("--sample-batch", type=int, default=64, help="samples generated at once")
-    parser.add_argument("--num-steps", type=int, default=16, help="decoding steps per generated sample")
+    parser.add_argument("--num-steps", type=int, default=None,
+                        help="decoding steps per generated sample (default: one token a step, so the first token "
+                             "fixes the shift the others follow; the tokens of one parallel step are drawn "
+                             "independently, each fixing a shift of its own)")
     parser.add_argument("--cfg-scale", type=float, default=4.0)
     parser.add_argument("--no-compile", action="store_true", help="train eagerly (CUDA compiles by default)")
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
@@ -362,8 +384,11 @@ def check_args(args) -> None:
     if not 0 < args.resample_fraction < 1:
         raise ValueError(f"--resample-fraction must be in (0, 1), got {args.resample_fraction}")
     for name in ("steps", "batch_size", "eval_batch", "samples_per_class", "sample_batch", "num_steps"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.vocab_size < args.grid ** 2:
+        raise ValueError(f"--vocab-size {args.vocab_size} is smaller than the {args.grid ** 2} distinct codes of a "
+                         f"--grid {args.grid} prototype")
     if args.warmup_steps > args.steps:
         raise ValueError(f"--warmup-steps {args.warmup_steps} is more than --steps {args.steps}")
 
@@ -371,8 +396,10 @@ def check_args(args) -> None:
 def run_check(args, info: DistInfo):
     """Both comparisons; returns the training rows, the sampling rows and the loss curves."""
     policies, modes = parse_policy_list(args.precision_policies), parse_modes(args.sampling_modes)
-    dataset = PrototypeCodes(args.num_classes, args.grid ** 2, args.vocab_size, args.resample_fraction,
-                             args.steps * args.batch_size, args.global_seed)
+    with torch.device("meta"):  # only its configuration is read
+        absolute_positions = build_model(policy_config(args, "exact", args.global_seed)).config.learned_pos_embed
+    dataset = PrototypeCodes(args.num_classes, args.grid, args.vocab_size, args.resample_fraction,
+                             args.steps * args.batch_size, args.global_seed, shift=not absolute_positions)
     held_out = held_out_batch(dataset, args.eval_batch, args.global_seed, info.device)
     with matmul_tf32(True):  # train_c2i.py trains with TF32 (enable_tf32)
         training, curves, exact_model = run_training(args, info, dataset, held_out, policies)

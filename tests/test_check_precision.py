@@ -12,17 +12,24 @@ from scripts import check_precision as check
 from scripts.check_precision import PrototypeCodes
 
 
-def test_samples_are_their_prototype_with_a_fraction_redrawn_and_reproducible():
-    dataset = PrototypeCodes(num_classes=3, num_tokens=256, vocab_size=1000, resample_fraction=0.25, num_samples=30, seed=1)
+def test_samples_are_their_prototype_shifted_with_a_fraction_redrawn_and_reproducible():
+    dataset = PrototypeCodes(num_classes=3, grid=16, vocab_size=1000, resample_fraction=0.25, num_samples=30, seed=1)
+    assert all(len(set(prototype.tolist())) == 256 for prototype in dataset.prototypes)  # distinct codes
     codes, label = dataset[4]
     assert label == 1 and codes.shape == (256,) and codes.dtype == torch.long
     assert torch.equal(codes, dataset[4][0]) and not torch.equal(codes, dataset[7][0])  # same class, other draw
-    kept = (codes == dataset.prototypes[1]).float().mean().item()
-    assert 0.65 < kept < 0.85  # about 1 - 0.25
+    agreement = dataset.agreement(codes[None], torch.tensor([1])).item()
+    assert 0.65 < agreement < 0.85  # about 1 - 0.25, at the sample's own shift
+    assert (codes == dataset.prototypes[1]).float().mean() < 0.2  # shifted: not at the prototype's places
     assert torch.equal(dataset.held_out(2)[0][0], dataset[30][0])
     labels = torch.tensor([0, 1, 2])
-    assert dataset.match_share(dataset.prototypes, labels) == 1.0
+    shifted = dataset.prototypes.view(3, 16, 16).roll((5, 11), dims=(1, 2)).reshape(3, 256)
+    assert dataset.match_share(shifted, labels) == 1.0
     assert dataset.match_share(dataset.prototypes.roll(1, dims=0), labels) == 0.0  # other classes' prototypes
+    fixed = PrototypeCodes(num_classes=3, grid=16, vocab_size=1000, resample_fraction=0.25, num_samples=30, seed=1,
+                           shift=False)
+    assert (fixed[4][0] == fixed.prototypes[1]).float().mean() > 0.65  # in place
+    assert fixed.match_share(fixed.prototypes, labels) == 1.0 and fixed.match_share(shifted, labels) == 0.0
     # V = 2, half redrawn: a token keeps its value with 3/4, flips with 1/4
     assert check.loss_floor(2, 0.5) == pytest.approx(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))
 
@@ -69,7 +76,8 @@ def one_process_group(tmp_path):
 
 
 def test_a_small_check_learns_the_set_and_reports_every_policy_and_mode(tmp_path, one_process_group):
-    """ARPG-digits (learned positions: the tiny relative-only model learns a 4x4 grid too slowly for a test)."""
+    """ARPG-digits: learned absolute positions, so fixed prototypes (the tiny relative-only models learn the
+    shifted grids too slowly for a test)."""
     args = check.get_args_parser().parse_args(
         ["--gpt-model", "ARPG-digits", "--vocab-size", "32", "--num-classes", "5", "--grid", "4", "--steps", "60",
          "--batch-size", "8", "--lr", "3e-3", "--warmup-steps", "4", "--eval-batch", "16", "--samples-per-class", "4",
@@ -98,5 +106,7 @@ def test_bad_arguments_are_refused():
     parse = lambda *extra: check.get_args_parser().parse_args(list(extra))
     with pytest.raises(ValueError, match="resample-fraction"):
         check.check_args(parse("--resample-fraction", "1.5"))
+    with pytest.raises(ValueError, match="--vocab-size 100 is smaller than the 256 distinct codes"):
+        check.check_args(parse("--vocab-size", "100"))
     with pytest.raises(ValueError, match="--warmup-steps 40 is more than --steps 30"):
         check.check_args(parse("--steps", "30", "--warmup-steps", "40"))
