@@ -19,7 +19,7 @@ Pass rules (TOLERANCE = 2):
 - a sampling mode: its KL and its top-1 disagreement are within 2x those of bf16 autocast (the exact
   recipe's own numerics), and its match share is within noise of float32's.
 
-    python -m scripts.check_precision --policies exact,bf16,fp8 --out-dir results/check-precision
+    python -m scripts.check_precision --precision-policies exact,bf16,fp8 --out-dir results/check-precision
 """
 import argparse
 import contextlib
