@@ -102,3 +102,27 @@ def test_bf16_computes_in_bf16_over_float32_master_weights_and_saves_an_exact_ch
         assert {p.dtype for p in exact.parameters()} == {torch.float32}
     master = trainer.model.state_dict()["head.weight"].full_tensor()
     assert torch.equal(load_model_weights(exact, str(tmp_path / "converted.pt"), weights="model").head.weight, master)
+
+
+def test_fp8_conversion_keeps_the_exact_models_names_and_float32_weights():
+    """With torchao installed (skipped without it): the fp8 conversion, emulated on the CPU, swaps the
+    chosen layers only, and its state dict loads strictly into the exact model."""
+    float8 = pytest.importorskip("torchao.float8")
+    wide = dict(TINY, dim=1024, n_head=16, multiple_of=256)
+    torch.manual_seed(0)
+    model, exact = ARPG_models["ARPG-tiny"](**wide), ARPG_models["ARPG-tiny"](**wide)
+    torch.nn.init.normal_(model.head.weight, std=0.02)
+    exact.load_state_dict(model.state_dict())
+    float8.convert_to_float8_training(model, module_filter_fn=converts_to_float8,
+                                      config=float8.Float8LinearConfig(emulate=True))
+    converted = [name for name, module in model.named_modules() if type(module).__name__ == "Float8Linear"]
+    assert len(converted) == 4 * 4 + 1 and "head" not in converted  # 4 layers x 4 Linears + the shared to_kv
+    state = model.state_dict()
+    assert list(state) == list(exact.state_dict()) and {value.dtype for value in state.values()} == {torch.float32}
+    exact.load_state_dict(state, strict=True)
+    codes, labels = torch.randint(0, TINY["vocab_size"], (2, 16)), torch.tensor([1, 2])
+    orders = torch.rand(2, 16).argsort(1)
+    with torch.no_grad():
+        fp8_loss = model.eval()(codes, labels, targets=codes, orders=orders)[1]
+        exact_loss = exact.eval()(codes, labels, targets=codes, orders=orders)[1]
+    assert fp8_loss != exact_loss and abs(fp8_loss - exact_loss) < 0.1
