@@ -87,7 +87,8 @@ class Trainer:
         compile_model = cfg.compile and info.device.type == "cuda"
         if compile_model and cfg.activation_memory_budget < 1.0:
             set_activation_memory_budget(cfg.activation_memory_budget)
-        self.train_model = wrap_for_training(self.model, cfg.data_parallel, info, compile_model=compile_model)
+        self.train_model = wrap_for_training(self.model, cfg.data_parallel, info, compile_model=compile_model,
+                                             precision_policy=cfg.precision_policy)
         if self.sharded and self.ema is not None:
             shard_model(self.ema)
         self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, cfg.betas, info.device.type == "cuda")

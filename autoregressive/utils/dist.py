@@ -52,6 +52,13 @@ def init_distributed(device: str = "auto", always_group: bool = False) -> DistIn
     return DistInfo(rank, world_size, local_rank, torch_device)
 
 
+def init_one_process_group(device: str = "auto") -> DistInfo:
+    """A process group of this one process, as torchrun --nproc_per_node=1 makes (FSDP needs one)."""
+    for name, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29517"), ("RANK", "0"), ("WORLD_SIZE", "1")):
+        os.environ.setdefault(name, value)
+    return init_distributed(device, always_group=True)
+
+
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
