@@ -39,6 +39,7 @@ from autoregressive.train.config import TrainConfig, build_model
 from autoregressive.train.loop import Trainer
 from autoregressive.train.optim import learning_rate_at, set_learning_rate
 from autoregressive.train.precision import PRECISION_POLICIES, fp8_unavailable_reason, parse_policy_list
+from autoregressive.utils.cli import UserError, check_at_least, run_main
 from autoregressive.utils.dist import DistInfo, cleanup, init_distributed, init_one_process_group
 
 TOLERANCE = 2.0
@@ -382,15 +383,14 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def check_args(args) -> None:
     if not 0 < args.resample_fraction < 1:
-        raise ValueError(f"--resample-fraction must be in (0, 1), got {args.resample_fraction}")
+        raise UserError(f"--resample-fraction must be in (0, 1), got {args.resample_fraction}")
     for name in ("steps", "batch_size", "eval_batch", "samples_per_class", "sample_batch", "num_steps"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+        check_at_least(f"--{name.replace('_', '-')}", getattr(args, name), 1)
     if args.vocab_size < args.grid ** 2:
-        raise ValueError(f"--vocab-size {args.vocab_size} is smaller than the {args.grid ** 2} distinct codes of a "
+        raise UserError(f"--vocab-size {args.vocab_size} is smaller than the {args.grid ** 2} distinct codes of a "
                          f"--grid {args.grid} prototype")
     if args.warmup_steps > args.steps:
-        raise ValueError(f"--warmup-steps {args.warmup_steps} is more than --steps {args.steps}")
+        raise UserError(f"--warmup-steps {args.warmup_steps} is more than --steps {args.steps}")
 
 
 def run_check(args, info: DistInfo):
@@ -438,4 +438,4 @@ def main(args) -> None:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run_main(lambda argv: main(get_args_parser().parse_args(argv)))
