@@ -25,7 +25,7 @@ from autoregressive.sampling import SamplingConfig, add_sampling_args, batch_gen
 from autoregressive.utils.cli import UserError, check_at_least, check_at_most, check_file, run_main
 from autoregressive.utils.device import enable_tf32
 from autoregressive.utils.dist import barrier, check_shared_folder, cleanup, init_distributed
-from autoregressive.utils.files import output_folder, write_atomic
+from autoregressive.utils.files import output_folder, remove_stale_temporaries, write_atomic
 from autoregressive.utils.logger import get_logger
 from autoregressive.weights import PRECISIONS, add_weights_arg, load_gpt, load_vq
 
@@ -164,6 +164,10 @@ def main(args) -> None:
     check_at_most("--step", args.step, config.block_size, "the number of tokens of an image")
     sampler = make_sampler(model, use_fast=args.compile, fuse=args.fused)
     with output_folder(folder):
+        if info.is_main:  # before any rank writes: check_shared_folder's collectives wait for it
+            removed = remove_stale_temporaries(folder)
+            if removed:
+                logger.info(f"removed {removed} partial PNGs of a killed run from {folder}")
         check_shared_folder(folder)  # rank 0 packs every rank's PNGs
         sample_into(folder, model, vq, sampler, sampling, image_size_eval, info, args)
     barrier()

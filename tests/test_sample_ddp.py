@@ -59,9 +59,11 @@ def test_a_run_killed_midway_resumes_to_the_same_npz(digits_ckpt, tmp_path):
         (folder / name).unlink()
     (folder.parent / f"{folder.name}.npz").unlink()
     (folder / "000001.png").write_bytes((folder / "000001.png").read_bytes())  # finished files stay
+    (folder / "000009.tmp4242.png").write_bytes(b"half a PNG")  # a write that SIGKILL cut short
     run_inline(flags(digits_ckpt, tmp_path / "partial"))
     resumed, _ = the_npz(tmp_path / "partial")
     assert np.array_equal(reference, resumed)
+    assert sorted(path.name for path in folder.iterdir()) == [f"{i:06d}.png" for i in range(26)]
 
 
 def test_two_gloo_processes_give_the_images_of_one(digits_ckpt, tmp_path):

@@ -112,7 +112,10 @@ def run_killed_and_resumed(codes: Path, results: Path, extra) -> str:
     for later in checkpoints.iterdir():
         if later != first:
             shutil.rmtree(later) if later.is_dir() else later.unlink()  # as if killed right after the first
-    return finish(launch(codes, results, ["--max-steps", "9", "--resume", *extra]))
+    (checkpoints / "0000006.tmp4242.pt").write_bytes(b"a checkpoint write that SIGKILL cut short")
+    output = finish(launch(codes, results, ["--max-steps", "9", "--resume", *extra]))
+    assert not (checkpoints / "0000006.tmp4242.pt").exists()
+    return output
 
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])

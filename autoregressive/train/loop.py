@@ -19,6 +19,7 @@ from autoregressive.train.parallel import (set_activation_memory_budget, shard_m
                                           wrap_for_training)
 from autoregressive.utils.cli import InputNotFound, UserError
 from autoregressive.utils.dist import DistInfo, all_reduce_mean, barrier
+from autoregressive.utils.files import remove_stale_temporaries
 from autoregressive.utils.logger import get_logger
 
 
@@ -181,6 +182,8 @@ def train(cfg: TrainConfig, info: DistInfo, dataset, run_dir: str, resume_path: 
     if resume_path:
         trainer.restore(resume_path)
         logger.info(f"resumed from {resume_path} at step {trainer.progress.step}")
+    if info.is_main and remove_stale_temporaries(os.path.join(run_dir, "checkpoints")):
+        logger.info("removed the partial checkpoint files of a killed run")  # only rank 0 writes these files
     logger.info(f"{cfg.gpt_model}: {sum(p.numel() for p in trainer.model.parameters()):,} parameters, "
                 f"{len(dataset):,} samples, {trainer.steps_per_epoch} steps per epoch, run folder {run_dir}")
     wandb_run = start_wandb(cfg, run_dir, logger) if info.is_main and cfg.wandb else None

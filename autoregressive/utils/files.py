@@ -2,9 +2,11 @@
 output folders that a failed run leaves empty are removed again."""
 import contextlib
 import os
+import re
 import threading
 from typing import Callable, Iterator
 
+TEMPORARY_NAME = re.compile(r".+\.tmp\d+(\.[^.]+)?")  # write_atomic's name.tmp<pid>.ext
 _writes = threading.Condition()
 _writes_in_flight = 0
 _writes_stopped = False
@@ -49,6 +51,18 @@ def write_atomic(path: str, write: Callable[[str], None]) -> None:
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
+
+
+def remove_stale_temporaries(folder: str) -> int:
+    """Delete the temporary files of write_atomic left in `folder` by processes killed mid-write (SIGKILL
+    skips the cleanup); returns how many. Call it before any process of the job writes there."""
+    if not os.path.isdir(folder):
+        return 0
+    stale = [name for name in os.listdir(folder) if TEMPORARY_NAME.fullmatch(name)]
+    for name in stale:
+        with contextlib.suppress(FileNotFoundError):  # another rank of a job on a shared folder was first
+            os.remove(os.path.join(folder, name))
+    return len(stale)
 
 
 @contextlib.contextmanager
