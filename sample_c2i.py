@@ -2,7 +2,10 @@
 
     python sample_c2i.py --gpt-model ARPG-L --gpt-ckpt arpg_300m.pt --vq-ckpt vq_ds16_c2i.pt \\
         --class-labels 207 360 387 974 88 979 417 279 --cfg-scale 4.5 --step 64
-A digits model needs no --vq-ckpt: its tokens are the pixels.
+A digits model needs no --vq-ckpt: its tokens are the pixels. A controllable model samples under a
+condition map (--condition-map, a .npy of condition ids on the token grid), e.g. the shape of a held-out digit:
+    python sample_c2i.py --gpt-model ARPG-digits --gpt-ckpt CKPT --condition-vocab-size 2 \
+        --condition-map data/digits/val_shape/3/0.npy --class-labels 3 --samples-per-class 8 --cfg-scale 2.0
 """
 import argparse
 import os
@@ -17,6 +20,7 @@ from autoregressive.render import tokens_to_view
 from autoregressive.sampling import SamplingConfig, add_sampling_args
 from autoregressive.utils.device import resolve_device
 from autoregressive.weights import PRECISIONS, add_weights_arg, load_gpt, load_vq
+from dataset.conditions import load_condition_map
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Sample a PNG grid from an ARPG checkpoint.")
@@ -34,6 +38,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-classes", type=int, default=None, help="default: the model size's")
     parser.add_argument("--codebook-size", type=int, default=None, help="default: the model size's")
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    parser.add_argument("--condition-map", default=None,
+                        help="controllable model: .npy condition ids on the token grid, one map for all samples "
+                             "or one per sample")
+    parser.add_argument("--condition-vocab-size", type=int, default=0,
+                        help="the controllable model's condition vocabulary (its condition.json; digits shapes: 2)")
     parser.add_argument("--out", default="samples/grid.png")
     parser.add_argument("--fused", action="store_true",
                         help="compile the layers too (CUDA): faster, logits close to, not equal to, the eager layers'")
@@ -41,14 +50,19 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args) -> None:
     device = resolve_device(args.device)
-    overrides = {k: v for k, v in (("num_classes", args.num_classes), ("vocab_size", args.codebook_size)) if v}
+    overrides = {k: v for k, v in (("num_classes", args.num_classes), ("vocab_size", args.codebook_size),
+                                   ("condition_vocab_size", args.condition_vocab_size)) if v}
     if args.vq_ckpt:
         overrides["block_size"] = (args.image_size // args.downsample_size) ** 2
     model = load_gpt(args.gpt_model, args.gpt_ckpt, device, args.precision, args.weights, **overrides)
     labels = torch.tensor(args.class_labels, device=device).repeat_interleave(args.samples_per_class)
     check_class_ids(labels, model.config.num_classes)
     sampling = SamplingConfig.from_args(args)
-    tokens = make_sampler(model, fuse=args.fused)(labels, sampling, torch.Generator(device).manual_seed(args.seed))
+    extra = {}
+    if args.condition_map:
+        extra["condition_map"] = load_condition_map(args.condition_map, len(labels), model.config.block_size).to(device)
+    tokens = make_sampler(model, fuse=args.fused)(labels, sampling, torch.Generator(device).manual_seed(args.seed),
+                                                  **extra)
     vq = load_vq(args.vq_model, args.vq_ckpt, device) if args.vq_ckpt else None
     pixels = tokens_to_view(tokens, model.config.grid_size, vq, model.config.vocab_size)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)

@@ -27,6 +27,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", choices=["imagenet_code", "llamagen_code", "digits"], default=d.dataset,
                         help="imagenet_code: RandAR layout {class}/{i}.npy; llamagen_code: *_codes/ + *_labels/; "
                              "digits: the embedded demo set (python -m dataset.digits)")
+    parser.add_argument("--condition-path", default=None,
+                        help="controllable generation: condition maps beside the codes (python -m dataset.digits "
+                             "writes {split}_shape/, extract_conditions_c2i.py edge maps); sizes the condition table")
+    parser.add_argument("--condition-dropout-p", type=float, default=d.condition_dropout_prob,
+                        help="condition map dropped to 'no condition' for guidance (also with every dropped class)")
+    parser.add_argument("--init-from", default=None,
+                        help="start from these weights with a fresh optimizer (fine-tuning); a class-only checkpoint "
+                             "for a --condition-path run loads strictly plus fresh condition parameters")
     parser.add_argument("--results-dir", default=d.results_dir)
     parser.add_argument("--epochs", type=int, default=d.epochs)
     parser.add_argument("--max-steps", type=int, default=d.max_steps, help="stop after this many optimizer steps")
@@ -89,8 +97,18 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         ckpt_every=args.ckpt_every, log_every=args.log_every, num_workers=args.num_workers,
         global_seed=args.global_seed, vocab_size=args.vocab_size, num_classes=args.num_classes,
         image_size=args.image_size, downsample_size=args.downsample_size, cls_token_num=args.cls_token_num,
-        resume=args.gpt_ckpt or args.resume, wandb=args.wandb, num_threads=args.num_threads, device=args.device)
-    return apply_dataset_shape(cfg)
+        resume=args.gpt_ckpt or args.resume, wandb=args.wandb, num_threads=args.num_threads, device=args.device,
+        condition_path=args.condition_path, condition_dropout_prob=args.condition_dropout_p, init_from=args.init_from)
+    return apply_condition_vocabulary(apply_dataset_shape(cfg))
+
+
+def apply_condition_vocabulary(cfg: TrainConfig) -> TrainConfig:
+    """A run with --condition-path gets the condition vocabulary its folder's condition.json records."""
+    if not cfg.condition_path:
+        return cfg
+    from dataset.conditions import read_condition_info
+
+    return dataclasses.replace(cfg, condition_vocab_size=read_condition_info(cfg.condition_path).vocab_size)
 
 
 def apply_dataset_shape(cfg: TrainConfig) -> TrainConfig:
@@ -125,7 +143,7 @@ def main(cfg: TrainConfig) -> None:
         enable_tf32()
     # Per-rank seed; a resumed run overwrites it with the saved RNG states.
     torch.manual_seed(cfg.global_seed * info.world_size + info.rank)
-    dataset = build_dataset(cfg.dataset, cfg.code_path, seed=cfg.global_seed)
+    dataset = build_dataset(cfg.dataset, cfg.code_path, seed=cfg.global_seed, condition_path=cfg.condition_path)
     os.makedirs(cfg.results_dir, exist_ok=True)
     check_shared_folder(cfg.results_dir)  # every node must find (and write) the same checkpoints
     resume_path = find_resume_checkpoint(cfg)

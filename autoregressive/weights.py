@@ -114,6 +114,8 @@ def check_state_dict(model: torch.nn.Module, state: Dict[str, torch.Tensor]) -> 
         lines.append(f"  {key}: checkpoint {tuple(state[key].shape)}, model {tuple(expected[key].shape)}")
     if hasattr(model, "config") and hasattr(model.config, "n_layer"):
         lines.append(f"  the checkpoint looks like {describe_arpg_size(state)}")
+    if "condition_embeddings.weight" in unexpected or "condition_embeddings.weight" in missing:
+        lines.append("  a controllable model: pass --condition-vocab-size as it was trained (its condition.json)")
     raise ValueError("\n".join(lines))
 
 

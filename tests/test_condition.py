@@ -4,7 +4,7 @@ import torch
 
 from autoregressive.fast_generate import FastSampler
 from autoregressive.generate import SamplingConfig, generate
-from autoregressive.models.condition import fresh_condition_parameters, load_class_only_weights
+from autoregressive.train.finetune import load_initial_weights
 from autoregressive.weights import load_model_weights
 from conftest import build_tiny
 
@@ -47,13 +47,18 @@ def test_changing_the_condition_at_one_position_changes_that_targets_logits_only
     assert differs.tolist() == [i == 7 for i in range(16)]  # logits are in generation order
 
 
-def test_condition_queries_take_the_mask_path_rotation_and_all():
+def save_weights(path, model) -> str:
+    torch.save({"model": model.state_dict()}, path)
+    return str(path)
+
+
+def test_condition_queries_take_the_mask_path_rotation_and_all(tmp_path):
     """With every condition row equal to the [MASK] row, a condition model computes exactly what the
     class-only model computes, for any map: the condition query is embedded at the target's slot and
     rotated with its RoPE as the [MASK] query is."""
     class_only = build_tiny(learned_pos_embed=True)
     controlled = build_tiny(learned_pos_embed=True, condition_vocab_size=NUM_CONDITIONS)
-    load_class_only_weights(controlled, class_only.state_dict())
+    load_initial_weights(controlled, save_weights(tmp_path / "class_only.pt", class_only))
     x, c, orders = torch.randint(0, 32, (2, 16)), torch.tensor([0, 3]), torch.randperm(16).expand(2, -1)
     expected, _ = class_only(x, c, orders=orders)
     assert torch.equal(controlled(x, c, orders=orders, condition_map=random_maps(2))[0], expected)
@@ -153,32 +158,28 @@ def test_bad_condition_maps_are_explained(bad_map, match):
 
 def test_checkpoint_round_trip_is_strict_and_exact(tmp_path):
     model = build_controlled()
-    path = tmp_path / "controlled.pt"
-    torch.save({"model": model.state_dict()}, path)
-    loaded = load_model_weights(build_controlled(seed=1), str(path))
+    loaded = load_model_weights(build_controlled(seed=1), save_weights(tmp_path / "controlled.pt", model))
     x, c, orders, maps = torch.randint(0, 32, (2, 16)), torch.tensor([0, 1]), torch.randperm(16).expand(2, -1), random_maps(2)
     assert torch.equal(loaded(x, c, orders=orders, condition_map=maps)[0], model(x, c, orders=orders, condition_map=maps)[0])
-    with pytest.raises(ValueError, match="missing keys: condition_embeddings.weight"):
-        load_model_weights(build_controlled(), str(_save(tmp_path, build_tiny().state_dict())))
+    with pytest.raises(ValueError, match="missing keys: condition_embeddings.weight"):  # sampling loads strictly
+        load_model_weights(build_controlled(), save_weights(tmp_path / "class_only.pt", build_tiny()))
+    with pytest.raises(ValueError, match="unexpected keys: condition_embeddings.weight"):
+        load_model_weights(build_tiny(), str(tmp_path / "controlled.pt"))
 
 
-def _save(tmp_path, state) -> str:
-    path = tmp_path / "class_only.pt"
-    torch.save({"model": state}, path)
-    return path
-
-
-def test_fine_tuning_from_a_class_only_checkpoint_is_strict():
-    class_only = build_tiny().state_dict()
-    controlled = build_controlled(seed=3)
-    load_class_only_weights(controlled, class_only)
-    mask_row = class_only["embeddings.weight"][controlled.config.mask_token_id]
+def test_fine_tuning_from_a_class_only_checkpoint_is_strict_plus_fresh_condition_rows(tmp_path):
+    class_only = build_tiny()
+    path = save_weights(tmp_path / "class_only.pt", class_only)
+    controlled = load_initial_weights(build_controlled(seed=3), path)
+    mask_row = class_only.embeddings.weight[controlled.config.mask_token_id]
     assert torch.equal(controlled.condition_embeddings.weight, mask_row.expand(NUM_CONDITIONS + 1, -1))
-    assert set(fresh_condition_parameters(controlled, class_only)) == {"condition_embeddings.weight"}
-    incomplete = {key: value for key, value in class_only.items() if key != "head.weight"}
-    with pytest.raises(RuntimeError, match="head.weight"):
-        load_class_only_weights(build_controlled(), incomplete)
-    with pytest.raises(ValueError, match="already has condition parameters"):
-        load_class_only_weights(build_controlled(), build_controlled().state_dict())
-    with pytest.raises(ValueError, match="condition_vocab_size > 0"):
-        load_class_only_weights(build_tiny(), class_only)
+    for key, value in class_only.state_dict().items():
+        assert torch.equal(controlled.state_dict()[key], value)
+    resumed = load_initial_weights(build_controlled(seed=4), save_weights(tmp_path / "controlled.pt", controlled))
+    assert torch.equal(resumed.condition_embeddings.weight, controlled.condition_embeddings.weight)
+    incomplete = {key: value for key, value in class_only.state_dict().items() if key != "head.weight"}
+    torch.save({"model": incomplete}, tmp_path / "incomplete.pt")
+    with pytest.raises(ValueError, match="missing keys: head.weight"):
+        load_initial_weights(build_controlled(), str(tmp_path / "incomplete.pt"))
+    with pytest.raises(ValueError, match="embeddings.weight: checkpoint"):
+        load_initial_weights(build_controlled(vocab_size=40), path)

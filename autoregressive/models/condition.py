@@ -50,23 +50,8 @@ def fresh_condition_parameters(model: nn.Module, state: Dict[str, torch.Tensor])
     """New condition parameters for `model` fine-tuned from a class-only state dict: every row of the
     condition table is a copy of the state's [MASK] embedding, so the fine-tuned model starts as exactly
     the class-only one (for any condition map) and learns to use the condition from there."""
-    if "embeddings.weight" not in state:
-        raise ValueError("the checkpoint has no embeddings.weight: it is not an ARPG state dict")
     mask_row = state["embeddings.weight"][model.config.mask_token_id]
     return {"condition_embeddings.weight": mask_row.expand_as(model.condition_embeddings.weight).clone()}
-
-
-def load_class_only_weights(model: nn.Module, state: Dict[str, torch.Tensor]) -> nn.Module:
-    """Fill a condition model from a class-only state dict: strict=True over the class-only keys plus
-    the fresh condition parameters; a missing, extra or mis-shaped class-only key is an error."""
-    if not model.config.condition_vocab_size:
-        raise ValueError("load_class_only_weights needs a model with condition_vocab_size > 0")
-    clash = sorted(key for key in state if key.startswith("condition_embeddings."))
-    if clash:
-        raise ValueError(f"the checkpoint already has condition parameters ({', '.join(clash)}); load it "
-                         "directly instead of as a class-only checkpoint")
-    model.load_state_dict({**state, **fresh_condition_parameters(model, state)}, strict=True)
-    return model
 
 
 def teacher_forced_conditions(config, condition_map: Optional[torch.Tensor], orders: torch.Tensor,

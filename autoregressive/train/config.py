@@ -45,6 +45,12 @@ class TrainConfig:
     image_size: int = 256
     downsample_size: int = 16
     cls_token_num: int = 1
+    # Controllable generation: condition maps beside the codes (dataset/conditions.py); the vocabulary
+    # size comes from the folder's condition.json (0 = a class-only model).
+    condition_path: Optional[str] = None
+    condition_vocab_size: int = 0
+    condition_dropout_prob: float = 0.1
+    init_from: Optional[str] = None  # start from these weights (fine-tuning; see train/finetune.py)
     resume: Optional[str] = None  # 'latest', a checkpoint file or a run folder
     wandb: bool = False
     num_threads: Optional[int] = None
@@ -70,4 +76,6 @@ def build_model(cfg: TrainConfig) -> torch.nn.Module:
     return ARPG_models[cfg.gpt_model](vocab_size=cfg.vocab_size, num_classes=cfg.num_classes, block_size=cfg.block_size,
                                       cls_token_num=cfg.cls_token_num, resid_dropout_p=cfg.dropout_p,
                                       ffn_dropout_p=cfg.dropout_p, token_dropout_p=cfg.token_dropout_p,
-                                      grad_checkpointing=cfg.grad_checkpointing)
+                                      grad_checkpointing=cfg.grad_checkpointing,
+                                      condition_vocab_size=cfg.condition_vocab_size,
+                                      condition_dropout_prob=cfg.condition_dropout_prob)
