@@ -157,3 +157,18 @@ def test_sample_c2i_samples_under_the_condition_map(tmp_path):
     assert not torch.equal(expected, unconditioned)
     save_image(tokens_to_view(expected, 8, None, 17), tmp_path / "expected.png", nrow=2, padding=2)
     assert np.array_equal(np.asarray(Image.open(tmp_path / "sampled.png")), np.asarray(Image.open(tmp_path / "expected.png")))
+
+
+def test_shape_agreement_counts_pixels_and_iou():
+    from scripts.eval_digits_control import shape_agreement
+
+    shapes = np.zeros((2, 64), dtype=np.int64)
+    shapes[:, :4] = 1
+    samples = np.zeros((2, 64), dtype=np.int64)
+    samples[0, :4] = 16  # the same shape
+    samples[1, 2:6] = 9  # half of it, and two pixels outside
+    scores = shape_agreement(samples, shapes)
+    assert scores["agreement"] == (64 + 60) / 128 and scores["iou"] == (1 + 2 / 6) / 2
+    region = np.zeros(64, dtype=bool)
+    region[:4] = True
+    assert shape_agreement(samples, shapes, region) == {"agreement": 6 / 8, "iou": (1 + 2 / 4) / 2}
