@@ -172,3 +172,21 @@ def test_shape_agreement_counts_pixels_and_iou():
     region = np.zeros(64, dtype=bool)
     region[:4] = True
     assert shape_agreement(samples, shapes, region) == {"agreement": 6 / 8, "iou": (1 + 2 / 4) / 2}
+
+
+def test_the_controllable_python_block_of_the_readme_runs(tmp_path):
+    import re
+
+    from autoregressive.models.arpg import ARPG_models
+
+    text = (ROOT / "README.md").read_text()
+    [block] = re.findall(r"From Python, the condition map.*?```python\n(.*?)```", text, flags=re.S)
+    torch.save({"model": ARPG_models["ARPG-digits"](condition_vocab_size=2).state_dict()}, tmp_path / "model.pt")
+    np.save(tmp_path / "shape.npy", digit_shapes(load_digits_split("val")[0][:1]))
+    for old, new in (('"results/digits_shape/000-ARPG-digits/checkpoints/0001200.pt"', repr(str(tmp_path / "model.pt"))),
+                     ('"data/digits/val_shape/3/2.npy"', repr(str(tmp_path / "shape.npy")))):
+        assert old in block, old
+        block = block.replace(old, new)
+    scope = {}
+    exec(compile(block, "README.md", "exec"), scope)
+    assert torch.equal(scope["edited"][:, :32], scope["tokens"][:, :32]) and scope["edited"].shape == (2, 64)
