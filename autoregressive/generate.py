@@ -113,6 +113,12 @@ class DecodingStart:
     fed_slots: torch.Tensor  # (rows, C + num_known)
     target_conditions: Optional[torch.Tensor] = None  # (rows, N - num_known) condition ids, generation order
 
+    def step_conditions(self, step: DecodingStep) -> Optional[torch.Tensor]:
+        """(rows, step.size) condition ids of the step's targets; None without a condition map."""
+        if self.target_conditions is None:
+            return None
+        return self.target_conditions[:, step.done_before:step.done_after]
+
     @property
     def cache_capacity(self) -> int:
         """Cache positions the decoding writes: the last step's draws are never fed back."""
@@ -222,10 +228,8 @@ def generate(model, condition: torch.Tensor, sampling: Optional[SamplingConfig] 
     fed_ids, fed_slots = start.fed_ids, start.fed_slots
     for step in start.steps:
         query_slots = target_slots[:, step.done_before:step.done_after].repeat(copies, 1)
-        query_conditions = None
-        if start.target_conditions is not None:
-            query_conditions = start.target_conditions[:, step.done_before:step.done_after]
-        sampled = sampling.draw(run_step(step, fed_ids, fed_slots, query_slots, query_conditions), generator)  # (B, size)
+        logits = run_step(step, fed_ids, fed_slots, query_slots, start.step_conditions(step))
+        sampled = sampling.draw(logits, generator)  # (B, size)
         tokens[:, step.done_before:step.done_after] = sampled
         fed_ids, fed_slots = sampled.repeat(copies, 1), query_slots
     out = known.clone() if known is not None else torch.empty_like(start.orders)
