@@ -17,6 +17,7 @@ from torchvision.utils import save_image
 from autoregressive import editing
 from autoregressive.fast_generate import make_sampler
 from autoregressive.models.arpg import ARPG_models
+from autoregressive.pretrained import with_checkpoints_fetched
 from autoregressive.render import tokens_to_view
 from autoregressive.sampling import SamplingConfig, add_sampling_args
 from autoregressive.utils.device import resolve_device
@@ -29,10 +30,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Zero-shot editing with ARPG.")
     parser.add_argument("--task", choices=TASKS, required=True)
     parser.add_argument("--gpt-model", choices=list(ARPG_models), default="ARPG-L")
-    parser.add_argument("--gpt-ckpt", required=True)
+    parser.add_argument("--gpt-ckpt", default=None,
+                        help="a file, hf://owner/repo/file[@revision], or omitted: the released weights of "
+                             "--gpt-model from the Hugging Face Hub")
     add_weights_arg(parser)
     parser.add_argument("--vq-model", default="VQ-16")
-    parser.add_argument("--vq-ckpt", default=None, help="needed for --image and to render ImageNet tokens")
+    parser.add_argument("--vq-ckpt", default=None, help="needed for --image and to render ImageNet tokens (a file "
+                        "or hf://...); omitted: the released VQ-16 for ARPG-L/XL/XXL")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--image", help="a picture, ADM centre-cropped to --image-size and encoded")
     source.add_argument("--codes", help="a .npy of (N,) or (g, g) tokens")
@@ -90,6 +94,7 @@ def render(tokens: torch.Tensor, vq, model) -> torch.Tensor:
 
 
 def main(args) -> None:
+    args = with_checkpoints_fetched(args)  # hf:// paths and omitted checkpoints -> local files
     device = resolve_device(args.device)
     model = load_gpt(args.gpt_model, args.gpt_ckpt, device, args.precision, args.weights)
     vq = load_vq(args.vq_model, args.vq_ckpt, device) if args.vq_ckpt else None

@@ -16,6 +16,7 @@ from torchvision.utils import save_image
 from autoregressive.fast_generate import make_sampler
 from autoregressive.generate import check_class_ids
 from autoregressive.models.arpg import ARPG_models
+from autoregressive.pretrained import with_checkpoints_fetched
 from autoregressive.render import tokens_to_view
 from autoregressive.sampling import SamplingConfig, add_sampling_args
 from autoregressive.utils.device import resolve_device
@@ -25,10 +26,13 @@ from dataset.conditions import load_condition_map
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Sample a PNG grid from an ARPG checkpoint.")
     parser.add_argument("--gpt-model", choices=list(ARPG_models), default="ARPG-L")
-    parser.add_argument("--gpt-ckpt", required=True)
+    parser.add_argument("--gpt-ckpt", default=None,
+                        help="a file, hf://owner/repo/file[@revision], or omitted: the released weights of "
+                             "--gpt-model from the Hugging Face Hub")
     add_weights_arg(parser)
     parser.add_argument("--vq-model", default="VQ-16")
-    parser.add_argument("--vq-ckpt", default=None, help="VQ tokenizer checkpoint; none for the digits model")
+    parser.add_argument("--vq-ckpt", default=None, help="VQ tokenizer checkpoint (a file or hf://...); omitted: the "
+                        "released VQ-16 for ARPG-L/XL/XXL, none for the digits model")
     parser.add_argument("--class-labels", type=int, nargs="+", default=[207, 360, 387, 974, 88, 979, 417, 279])
     parser.add_argument("--samples-per-class", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
@@ -49,6 +53,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     return add_sampling_args(parser)
 
 def main(args) -> None:
+    args = with_checkpoints_fetched(args)  # hf:// paths and omitted checkpoints -> local files
     device = resolve_device(args.device)
     overrides = {k: v for k, v in (("num_classes", args.num_classes), ("vocab_size", args.codebook_size),
                                    ("condition_vocab_size", args.condition_vocab_size)) if v}

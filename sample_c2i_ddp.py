@@ -19,6 +19,7 @@ from PIL import Image
 
 from autoregressive.fast_generate import make_sampler
 from autoregressive.models.arpg import ARPG_models
+from autoregressive.pretrained import with_checkpoints_fetched
 from autoregressive.render import tokens_to_images
 from autoregressive.sampling import SamplingConfig, add_sampling_args, batch_generator
 from autoregressive.utils.device import enable_tf32
@@ -31,7 +32,9 @@ from autoregressive.weights import PRECISIONS, add_weights_arg, load_gpt, load_v
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="DDP sampling into PNGs and an ADM .npz.")
     parser.add_argument("--gpt-model", choices=list(ARPG_models), default="ARPG-L")
-    parser.add_argument("--gpt-ckpt", required=True)
+    parser.add_argument("--gpt-ckpt", default=None,
+                        help="a file, hf://owner/repo/file[@revision], or omitted: the released weights of "
+                             "--gpt-model from the Hugging Face Hub")
     add_weights_arg(parser)
     parser.add_argument("--cls-token-num", type=int, default=1)
     parser.add_argument("--precision", choices=list(PRECISIONS), default="bf16", help="weights dtype")
@@ -43,7 +46,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="also compile the layers: faster (see the README), logits as close to float32 as the "
                              "eager layers' but not bitwise equal to them, so samples differ where tokens nearly tie")
     parser.add_argument("--vq-model", default="VQ-16")
-    parser.add_argument("--vq-ckpt", default=None, help="VQ checkpoint; not needed for the digits model")
+    parser.add_argument("--vq-ckpt", default=None, help="VQ checkpoint (a file or hf://...); omitted: the released "
+                        "VQ-16 for ARPG-L/XL/XXL; not needed for the digits model")
     parser.add_argument("--vq-precision", choices=list(PRECISIONS), default="none",
                         help="decoder dtype: none = float32 as the official scripts (TF32 on); fp16 is about as "
                              "close and 1.5x faster; bf16 moves pixels by up to 24 levels")
@@ -127,6 +131,7 @@ def finish_writes(futures) -> None:
 
 
 def main(args) -> None:
+    args = with_checkpoints_fetched(args)  # hf:// paths and omitted checkpoints -> local files
     info = init_distributed(args.device)
     logger = get_logger("arpg.sample", rank=info.rank)
     if info.device.type == "cuda":

@@ -51,6 +51,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ema", action="store_true", help="keep an EMA of the weights (decay 0.9999)")
     parser.add_argument("--dropout-p", type=float, default=d.dropout_p, help="residual and FFN dropout")
     parser.add_argument("--token-dropout-p", type=float, default=d.token_dropout_p, help="input token dropout")
+    parser.add_argument("--drop-path-rate", type=float, default=d.drop_path_rate,
+                        help="stochastic depth, rising linearly over the layers to this rate; > 0 turns "
+                             "--dropout-p off")
     parser.add_argument("--no-compile", action="store_true", help="do not torch.compile the model (CUDA only)")
     parser.add_argument("--grad-checkpointing", nargs="?", const="all", default=d.grad_checkpointing,
                         metavar="LAYERS", help="recompute layers in the backward pass (less activation memory): "
@@ -94,6 +97,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         token_dropout_p=args.token_dropout_p, compile=not args.no_compile, mixed_precision=args.mixed_precision,
         grad_checkpointing=args.grad_checkpointing, activation_memory_budget=args.activation_memory_budget,
         data_parallel=args.data_parallel, chunked_loss=args.chunked_loss,
+        drop_path_rate=args.drop_path_rate,
         ckpt_every=args.ckpt_every, log_every=args.log_every, num_workers=args.num_workers,
         global_seed=args.global_seed, vocab_size=args.vocab_size, num_classes=args.num_classes,
         image_size=args.image_size, downsample_size=args.downsample_size, cls_token_num=args.cls_token_num,

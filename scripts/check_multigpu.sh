@@ -37,6 +37,9 @@ PY
 
 train() {  # name gpus model batch_per_gpu mode [extra flags]
   local name=$1 gpus=$2 model=$3 per_gpu=$4 mode=$5; shift 5
+  if [[ -n $(nvidia-smi -i "$gpus" --query-compute-apps=pid --format=csv,noheader) ]]; then
+    echo "$name: GPUs $gpus are busy with other processes; not measured" | tee -a "$LOGS/phases.txt"; return
+  fi
   local nproc=$(( $(tr -cd , <<<"$gpus" | wc -c) + 1 ))
   CUDA_VISIBLE_DEVICES=$gpus setsid timeout 420 torchrun --standalone --nproc_per_node="$nproc" train_c2i.py \
     --gpt-model "$model" --code-path "$CODES" --dataset imagenet_code --global-batch-size $((per_gpu * nproc)) \
@@ -45,7 +48,12 @@ train() {  # name gpus model batch_per_gpu mode [extra flags]
   local pid=$!
   # Stop at the last log line: the final checkpoint (16 GB for XXL with AdamW) is not what is measured.
   while kill -0 $pid 2>/dev/null && ! grep -q "step $(printf %07d "$STEPS") loss" "$LOGS/$name.log"; do sleep 1; done
+  # The launcher and every worker, by pattern: a worker left behind holds its GPU memory and, stuck in a
+  # collective, time-slices the GPU with the next run (this spoiled a measurement on 2026-11-27).
   kill -9 -- -$pid 2>/dev/null; wait $pid 2>/dev/null
+  while pgrep -f -- "--results-dir $WORK/runs/$name( |$)" >/dev/null; do
+    pkill -9 -f -- "--results-dir $WORK/runs/$name( |$)"; sleep 1
+  done
   echo "exit ok" >>"$LOGS/$name.log"
   rm -rf "$WORK/runs/$name"
   summary "$name"

@@ -121,7 +121,7 @@ class Loaded(Exception):
 
 
 @pytest.mark.parametrize("script,extra", [("sample_c2i", ["--vq-ckpt", "vq.pt"]), ("sample_c2i_ddp", ["--vq-ckpt", "vq.pt"]),
-                                          ("edit_c2i", ["--task", "inpaint", "--digit-index", "3"])])
+                                          ("edit_c2i", ["--gpt-model", "ARPG-digits", "--task", "inpaint", "--digit-index", "3"])])
 def test_the_samplers_pass_weights_to_the_loader(monkeypatch, script, extra):
     import importlib
 

@@ -20,13 +20,11 @@ Quirks of the released checkpoints that we reproduce on purpose (each is what th
 Not in the release: `learned_pos_embed` adds a learned absolute embedding to each known token and each
 target query. The relative RoPE alone makes the model translation invariant, which is fatal on tiny
 centred images (the 8x8 digits demo); it is off for ARPG-L/XL/XXL so their state dicts stay official.
-
-Not in the release either: `condition_vocab_size` > 0 replaces the [MASK] query of each target by the
-embedding of a spatial condition token at that position (controllable generation, models/condition.py).
+Nor is `condition_vocab_size` (controllable generation, models/condition.py), off by default too.
 """
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple, Union
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -34,7 +32,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from autoregressive.models.attention import CrossAttention, SelfAttention, merge_heads, split_heads
-from autoregressive.models.condition import check_no_condition, teacher_forced_conditions
+from autoregressive.models.condition import target_queries, teacher_forced_conditions
 from autoregressive.models.kv_cache import KVCache
 from autoregressive.models.loss import chunked_cross_entropy
 from autoregressive.models.official_names import keep_official_names
@@ -58,14 +56,15 @@ class ARPGConfig:
     attn_dropout_p: float = 0.0
     resid_dropout_p: float = 0.1
     ffn_dropout_p: float = 0.1
+    # Stochastic depth of the last layer, rising linearly from 0 at the first (see TwoPassDecoder); the
+    # module that drops branches is passed to ARPG, since models/ imports torch only.
+    drop_path_rate: float = 0.0
     class_dropout_prob: float = 0.1  # label dropped to "no class" in training, for guidance
     learned_pos_embed: bool = False  # absolute positions; not in the released models (see above)
     # Layers recomputed in the backward pass (training memory): "none", "all", "self" (the
     # self-attention layers), "cross", or a number n: the first n layers in compute order.
     grad_checkpointing: Union[str, bool] = "none"
-    # Controllable generation (models/condition.py): 0 = off, no condition parameters, the released
-    # state dicts; else the size of the condition vocabulary, whose extra last id is "no condition".
-    condition_vocab_size: int = 0
+    condition_vocab_size: int = 0  # controllable generation: 0 = off; else ids 0..size-1, size = "no condition"
     condition_dropout_prob: float = 0.1  # condition map dropped to "no condition" in training
 
     def __post_init__(self):
@@ -73,6 +72,8 @@ class ARPGConfig:
             raise ValueError(f"dim {self.dim} is not divisible by n_head {self.n_head}")
         if self.n_layer % 2:
             raise ValueError(f"n_layer must be even (half self, half cross layers), got {self.n_layer}")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
         if math.isqrt(self.block_size) ** 2 != self.block_size:
             raise ValueError(f"block_size must be a square number of tokens, got {self.block_size}")
         if self.head_dim % 4:
@@ -146,7 +147,8 @@ class FeedForward(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm block: x + proj(attn(norm(x))), then + ffn(norm(.)), with residual dropout.
+    """Pre-norm block: x + proj(attn(norm(x))), then + ffn(norm(.)), with residual dropout; `drop_path`
+    (identity by default) wraps both residual branches.
 
     Split in three for decoding: `before_attention` (norm, projections, RoPE) and `after_attention`
     (output projection, residuals, FFN) touch no cache, so a caller may pass compiled versions of them
@@ -154,9 +156,11 @@ class DecoderLayer(nn.Module):
     recompute: recomputed in the backward pass (training memory, see ARPGConfig.grad_checkpointing).
     """
 
-    def __init__(self, config: ARPGConfig, attention: nn.Module, recompute: bool = False):
+    def __init__(self, config: ARPGConfig, attention: nn.Module, recompute: bool = False,
+                 drop_path: Optional[nn.Module] = None):
         super().__init__()
         self.attn = attention
+        self.drop_path = drop_path or nn.Identity()  # holds no tensors: the state dict is unchanged
         self.ffn = FeedForward(config)
         self.attn_norm = RMSNorm(config.dim, config.norm_eps)
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
@@ -168,8 +172,8 @@ class DecoderLayer(nn.Module):
         return self.attn.project(self.attn_norm(x), rope)
 
     def after_attention(self, x, attended, training: bool):
-        h = x + F.dropout(self.attn.proj(merge_heads(attended)), self.resid_dropout_p, training)
-        return h + F.dropout(self.ffn(self.ffn_norm(h)), self.ffn_dropout_p, training)
+        h = x + self.drop_path(F.dropout(self.attn.proj(merge_heads(attended)), self.resid_dropout_p, training))
+        return h + self.drop_path(F.dropout(self.ffn(self.ffn_norm(h)), self.ffn_dropout_p, training))
 
     def forward(self, x, training: bool, rope, parts=None, **attn_kwargs):
         before, after = parts or (self.before_attention, self.after_attention)
@@ -178,16 +182,25 @@ class DecoderLayer(nn.Module):
 
 
 class TwoPassDecoder(nn.Module):
-    """Self-attention layers over the known tokens, then cross-attention layers over their shared K/V."""
+    """Self-attention layers over the known tokens, then cross-attention layers over their shared K/V.
 
-    def __init__(self, config: ARPGConfig):
+    drop_path_layer: rate -> module dropping a residual branch per sample (timm's DropPath); layer i in
+    compute order gets rate drop_path_rate * i / (n_layer - 1), as LlamaGen's GPT spaces them.
+    """
+
+    def __init__(self, config: ARPGConfig, drop_path_layer: Optional[Callable[[float], nn.Module]] = None):
         super().__init__()
         self.n_head = config.n_head
         self.attn_dropout_p = config.attn_dropout_p
         num_each, recompute, dim, heads = config.n_layer // 2, config.checkpoints_layer, config.dim, config.n_head
-        self.self_dec = nn.ModuleList([DecoderLayer(config, SelfAttention(dim, heads), recompute(i))
+        if config.drop_path_rate > 0 and drop_path_layer is None:
+            raise ValueError("drop_path_rate > 0 needs a drop_path_layer, e.g. timm.layers.DropPath")
+        rates = [config.drop_path_rate * i / max(config.n_layer - 1, 1) for i in range(config.n_layer)]
+        drop = [drop_path_layer(rate) if rate > 0 else None for rate in rates]
+        self.self_dec = nn.ModuleList([DecoderLayer(config, SelfAttention(dim, heads), recompute(i), drop[i])
                                        for i in range(num_each)])
-        self.cross_dec = nn.ModuleList([DecoderLayer(config, CrossAttention(dim, heads), recompute(num_each + i))
+        self.cross_dec = nn.ModuleList([DecoderLayer(config, CrossAttention(dim, heads), recompute(num_each + i),
+                                                     drop[num_each + i])
                                         for i in range(num_each)])
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.to_kv = nn.Linear(config.dim, 2 * config.dim, bias=False)  # the shared set's to_k, to_v
@@ -227,9 +240,10 @@ class TwoPassDecoder(nn.Module):
 
 class ARPG(nn.Module):
     """The ARPG transformer. Positions are handled as *slots*: 0..C-1 the class tokens, C + p image
-    position p (raster order). Slots index the RoPE table and, when enabled, the position embedding."""
+    position p (raster order). Slots index the RoPE table and, when enabled, the position embedding.
+    drop_path_layer: see TwoPassDecoder (training with config.drop_path_rate > 0 only)."""
 
-    def __init__(self, config: ARPGConfig):
+    def __init__(self, config: ARPGConfig, drop_path_layer: Optional[Callable[[float], nn.Module]] = None):
         super().__init__()
         self.config = config
         self.embeddings = nn.Embedding(config.embedding_rows, config.dim)
@@ -237,7 +251,7 @@ class ARPG(nn.Module):
             self.pos_embeddings = nn.Embedding(config.block_size, config.dim)
         if config.condition_vocab_size:
             self.condition_embeddings = nn.Embedding(config.condition_vocab_size + 1, config.dim)
-        self.layers = TwoPassDecoder(config)
+        self.layers = TwoPassDecoder(config, drop_path_layer)
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.head = nn.Linear(config.dim, config.vocab_size, bias=False)
         # A plain attribute, not a buffer: it stays float32 when the model is cast to bf16, and out of
@@ -261,8 +275,7 @@ class ARPG(nn.Module):
         return table[slots]
 
     def embed(self, token_ids: torch.Tensor, slots: torch.Tensor, table: Optional[nn.Embedding] = None):
-        """Embed (B, n) ids of `table` (default: the token table) at (B, n) slots; class slots get no
-        position embedding."""
+        """Embed (B, n) ids of `table` (default: the tokens') at (B, n) slots; class slots get no position."""
         x = (self.embeddings if table is None else table)(token_ids)
         if self.config.learned_pos_embed:
             image_pos = (slots - self.config.cls_token_num).clamp(min=0)
@@ -278,16 +291,6 @@ class ARPG(nn.Module):
             ids = torch.where(dropped, torch.full_like(ids, self.config.null_class_id), ids)
         return ids.unsqueeze(1).expand(-1, self.config.cls_token_num)
 
-    def embed_queries(self, query_slots: torch.Tensor, query_conditions: Optional[torch.Tensor] = None):
-        """The target queries (B, m, D) at (B, m) slots: the shared [MASK] embedding, or with conditions
-        the embedding of each target's condition id (B, m) ("no condition" where None)."""
-        if not self.config.condition_vocab_size:
-            check_no_condition(query_conditions)
-            return self.embed(torch.full_like(query_slots, self.config.mask_token_id), query_slots)
-        if query_conditions is None:
-            query_conditions = torch.full_like(query_slots, self.config.null_condition_id)
-        return self.embed(query_conditions, query_slots, self.condition_embeddings)
-
     def class_slots(self, batch_size: int, device) -> torch.Tensor:
         return torch.arange(self.config.cls_token_num, device=device).expand(batch_size, -1)
 
@@ -299,7 +302,7 @@ class ARPG(nn.Module):
         query_conditions: (B, m) condition ids of the targets (condition models only)."""
         x = self.embed(known_ids, known_slots)
         x = F.dropout(x, self.config.token_dropout_p, training)
-        queries = self.embed_queries(query_slots, query_conditions)
+        queries = target_queries(self, query_slots, query_conditions)
         out = self.layers(x, queries, self.rope(known_slots), self.rope(query_slots), causal, training, cache,
                           layer_parts)
         return self.norm(out)
@@ -364,28 +367,28 @@ class ARPG(nn.Module):
                         condition_map=condition_map, **sampling)
 
 
-def ARPG_L(**overrides):
-    return ARPG(ARPGConfig(**{"dim": 1024, "n_layer": 24, "n_head": 16, **overrides}))
+def ARPG_L(drop_path_layer=None, **overrides):
+    return ARPG(ARPGConfig(**{"dim": 1024, "n_layer": 24, "n_head": 16, **overrides}), drop_path_layer)
 
 
-def ARPG_XL(**overrides):
-    return ARPG(ARPGConfig(**{"dim": 1280, "n_layer": 36, "n_head": 20, **overrides}))
+def ARPG_XL(drop_path_layer=None, **overrides):
+    return ARPG(ARPGConfig(**{"dim": 1280, "n_layer": 36, "n_head": 20, **overrides}), drop_path_layer)
 
 
-def ARPG_XXL(**overrides):
-    return ARPG(ARPGConfig(**{"dim": 1536, "n_layer": 48, "n_head": 24, **overrides}))
+def ARPG_XXL(drop_path_layer=None, **overrides):
+    return ARPG(ARPGConfig(**{"dim": 1536, "n_layer": 48, "n_head": 24, **overrides}), drop_path_layer)
 
 
-def ARPG_tiny(**overrides):
+def ARPG_tiny(drop_path_layer=None, **overrides):
     """For tests: 2 + 2 layers, dim 64."""
-    return ARPG(ARPGConfig(**{"dim": 64, "n_layer": 4, "n_head": 4, "multiple_of": 32, **overrides}))
+    return ARPG(ARPGConfig(**{"dim": 64, "n_layer": 4, "n_head": 4, "multiple_of": 32, **overrides}), drop_path_layer)
 
 
-def ARPG_digits(**overrides):
+def ARPG_digits(drop_path_layer=None, **overrides):
     """The CPU demo on 8x8 digits: ~0.2 M parameters, learned absolute positions."""
     defaults = {"dim": 64, "n_layer": 4, "n_head": 4, "multiple_of": 32, "vocab_size": 17, "num_classes": 10,
                 "block_size": 64, "learned_pos_embed": True}
-    return ARPG(ARPGConfig(**{**defaults, **overrides}))
+    return ARPG(ARPGConfig(**{**defaults, **overrides}), drop_path_layer)
 
 
 ARPG_models = {

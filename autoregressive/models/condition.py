@@ -54,6 +54,19 @@ def fresh_condition_parameters(model: nn.Module, state: Dict[str, torch.Tensor])
     return {"condition_embeddings.weight": mask_row.expand_as(model.condition_embeddings.weight).clone()}
 
 
+def target_queries(model: nn.Module, query_slots: torch.Tensor, query_conditions: Optional[torch.Tensor]):
+    """The queries (B, m, D) of the targets at (B, m) slots: the shared [MASK] embedding, or for a
+    condition model the embedding of each target's condition id (B, m) ("no condition" where None),
+    embedded at the slot as the [MASK] query is; the cross layers rotate either with the slot's RoPE."""
+    config = model.config
+    if not config.condition_vocab_size:
+        check_no_condition(query_conditions)
+        return model.embed(torch.full_like(query_slots, config.mask_token_id), query_slots)
+    if query_conditions is None:
+        query_conditions = torch.full_like(query_slots, config.null_condition_id)
+    return model.embed(query_conditions, query_slots, model.condition_embeddings)
+
+
 def teacher_forced_conditions(config, condition_map: Optional[torch.Tensor], orders: torch.Tensor,
                               class_ids: torch.Tensor, training: bool) -> Optional[torch.Tensor]:
     """The condition ids (B, N) of teacher forcing's targets, in generation order `orders` (B, N), from

@@ -1,7 +1,7 @@
 """The ADM evaluator's command, in PyTorch: Inception Score, FID, sFID, precision and recall.
 
     python -m evaluations.c2i.evaluator VIRTUAL_imagenet256_labeled.npz samples.npz \\
-        --inception-weights weights-inception-2015-12-05-6726825d.pth
+        --inception-weights weights-inception-2015-12-05-6726825d.pth  # omitted: torch-fidelity downloads them
 
 Images are read from arr_0 (N, H, W, 3) in 0..255. When the reference npz stores mu/sigma (pool_3) and
 mu_s/sigma_s (spatial), FID and sFID use them, as ADM does; its arr_0 serves precision and recall.
@@ -57,8 +57,9 @@ def main():
     parser = argparse.ArgumentParser(description="ADM metrics (IS, FID, sFID, precision, recall) in PyTorch.")
     parser.add_argument("ref_batch", help="reference npz, e.g. VIRTUAL_imagenet256_labeled.npz")
     parser.add_argument("sample_batch", help="sample npz written by sample_c2i_ddp.py")
-    parser.add_argument("--inception-weights", required=True,
-                        help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth (see the README)")
+    parser.add_argument("--inception-weights", default=None,
+                        help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth (see the README); omitted: "
+                             "torch-fidelity downloads them into the torch hub cache, or finds them there")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cuda", help="cuda or cpu")
     args = parser.parse_args()

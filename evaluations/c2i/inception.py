@@ -1,11 +1,14 @@
-"""The 2015 Inception-v3 of the TensorFlow FID graph, in PyTorch (torch-fidelity's port), from a local
-weights file: pool_3 features (2048) for FID and precision/recall, the first 7 channels of mixed_6/conv
-(7 x 17 x 17 = 2023) for sFID, and bias-free logits (1008) for the Inception Score.
+"""The 2015 Inception-v3 of the TensorFlow FID graph, in PyTorch (torch-fidelity's port): pool_3 features
+(2048) for FID and precision/recall, the first 7 channels of mixed_6/conv (7 x 17 x 17 = 2023) for sFID,
+and bias-free logits (1008) for the Inception Score.
 
 Weights: torch-fidelity's `weights-inception-2015-12-05-6726825d.pth` from
-https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth
+https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth,
+a local file, or, when none is given, torch-fidelity's own download into the torch hub cache
+($TORCH_HOME/hub/checkpoints, reused once there).
 """
 import os
+from typing import Optional
 
 import numpy as np
 import torch
@@ -18,14 +21,21 @@ SPATIAL_CHANNELS = 7
 class InceptionFeatures:
     """Calls torch-fidelity's InceptionV3 on uint8 NHWC batches and returns numpy features."""
 
-    def __init__(self, weights_path: str, device="cpu", batch_size: int = 64):
-        if not weights_path or not os.path.isfile(weights_path):
+    def __init__(self, weights_path: Optional[str] = None, device="cpu", batch_size: int = 64):
+        if weights_path is not None and not os.path.isfile(weights_path):
             raise FileNotFoundError(f"Inception weights not found: {weights_path!r}. Download {WEIGHTS_URL} "
                                     "and pass its path with --inception-weights")
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-        self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
-                                               feature_extractor_weights_path=weights_path).to(device)
+        try:  # without a path, torch-fidelity downloads the weights (or finds them in the torch hub cache)
+            self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
+                                                   feature_extractor_weights_path=weights_path).to(device)
+        except OSError as error:  # urllib's errors when offline
+            if weights_path is not None:
+                raise
+            cache = os.path.join(torch.hub.get_dir(), "checkpoints")
+            raise FileNotFoundError(f"Inception weights could not be downloaded ({error}). Download {WEIGHTS_URL} "
+                                    f"and pass its path with --inception-weights, or put it in {cache}") from None
         self.device, self.batch_size = device, batch_size
         self._spatial = []
         # TF's mixed_6/conv is the 1x1 branch (after its ReLU) of the 17x17 block torchvision calls Mixed_6d.
