@@ -4,7 +4,7 @@
         --class-labels 207 360 387 974 88 979 417 279 --cfg-scale 4.5 --step 64
 A digits model needs no --vq-ckpt: its tokens are the pixels. A controllable model samples under a
 condition map (--condition-map, a .npy of condition ids on the token grid), e.g. the shape of a held-out digit:
-    python sample_c2i.py --gpt-model ARPG-digits --gpt-ckpt CKPT --condition-vocab-size 2 \
+    python sample_c2i.py --gpt-model ARPG-digits --gpt-ckpt CKPT --condition-vocab-size 2 \\
         --condition-map data/digits/val_shape/3/2.npy --class-labels 3 --samples-per-class 8 --cfg-scale 2.0
 """
 import argparse

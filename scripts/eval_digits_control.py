@@ -5,7 +5,9 @@ Shape agreement: the fraction of the 64 pixels where the binarised sample equals
 the IoU of the two shapes; class accuracy by the demo's judge (evaluations/digits.py). The last
 rows combine editing and control: the upper half of each held-out digit is kept and the lower half
 regenerated, with the shape condition inside the regenerated region or without it; agreement is
-measured on the regenerated half. Writes a picture: per class, the condition, a controlled sample,
+measured on the regenerated half. One row gives each digit the shape of a digit of the next class
+(label + 1 mod 10), so class and condition disagree; its agreement is with that shape, and the line
+below the table says how often the judge sides with the shape. Writes a picture: per class, the condition, a controlled sample,
 a class-only sample, the edit's input (kept upper half, the condition in the lower half) and its result.
 
     python -m scripts.eval_digits_control --class-ckpt results/digits/000-ARPG-digits/checkpoints/0001200.pt \\
@@ -39,6 +41,13 @@ def shape_agreement(samples: np.ndarray, shapes: np.ndarray, region: Optional[np
     return {"agreement": float((drawn == wanted).mean()), "iou": float(iou.mean())}
 
 
+def other_class_shapes(labels: np.ndarray, shapes: np.ndarray, seed: int):
+    """For each digit, the shape and class of a random held-out digit of the next class."""
+    rng = np.random.default_rng(seed)
+    donors = np.array([rng.choice(np.flatnonzero(labels == (label + 1) % 10)) for label in labels])
+    return shapes[donors], labels[donors]
+
+
 def load(path: str, weights: Optional[str], **overrides):
     return load_model_weights(ARPG_models["ARPG-digits"](**overrides), path, weights).eval()
 
@@ -61,16 +70,20 @@ def main():
     keep = editing.shape_mask("bottom", controlled.config.grid_size).reshape(-1)  # keeps the upper half
     regenerated = (~keep).numpy()
 
-    def run(model, region=None, **extra):
+    def run(model, region=None, wanted_shapes=shapes, **extra):
         tokens = generate(model, labels_t, sampling, generator=torch.Generator().manual_seed(args.seed), **extra)
-        return tokens, {**shape_agreement(tokens.numpy(), shapes, region),
+        return tokens, {**shape_agreement(tokens.numpy(), wanted_shapes, region),
                         "accuracy": class_accuracy(classifier, tokens.numpy(), labels)}
+
+    conflicting_shapes, shape_classes = other_class_shapes(labels, shapes, args.seed)
 
     edit = dict(known=torch.from_numpy(images), known_mask=keep.expand(len(labels), -1))
     results = {
         "class-only model": run(class_only),
         "controllable model, no condition": run(controlled),
         "controllable model, shape condition": run(controlled, condition_map=shapes_t),
+        "controllable model, shape of a digit of the next class": run(
+            controlled, wanted_shapes=conflicting_shapes, condition_map=torch.from_numpy(conflicting_shapes)),
         "lower half regenerated, class only": run(class_only, regenerated, **edit),
         "lower half regenerated, shape condition inside": run(controlled, regenerated, condition_map=shapes_t, **edit),
     }
@@ -79,6 +92,9 @@ def main():
     print("| sampling | shape agreement (pixels) | shape IoU | class accuracy |\n|---|---|---|---|")
     for name, (_, scores) in results.items():
         print(f"| {name} | {scores['agreement']:.1%} | {scores['iou']:.2f} | {scores['accuracy']:.1%} |")
+    conflicting = results["controllable model, shape of a digit of the next class"][0].numpy()
+    print(f"next-class shapes: the judge names the shape's class for "
+          f"{class_accuracy(classifier, conflicting, shape_classes):.1%} of the samples")
     write_picture(args.out, labels, shapes, images, keep.numpy(), results)
 
 
