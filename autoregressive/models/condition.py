@@ -17,7 +17,7 @@ def check_no_condition(condition: Optional[torch.Tensor]) -> None:
     """A condition handed to a model without conditions is an error, not silently ignored."""
     if condition is not None:
         raise ValueError("this model takes no condition map; build it with condition_vocab_size > 0 "
-                         "(train with --condition-path)")
+                         "(--condition-vocab-size to sample, --condition-path to train)")
 
 
 def check_condition_map(condition_map: torch.Tensor, batch_size: int, num_tokens: int,
