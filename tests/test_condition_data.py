@@ -190,3 +190,22 @@ def test_the_controllable_python_block_of_the_readme_runs(tmp_path):
     scope = {}
     exec(compile(block, "README.md", "exec"), scope)
     assert torch.equal(scope["edited"][:, :32], scope["tokens"][:, :32]) and scope["edited"].shape == (2, 64)
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_process_training_with_condition_maps(tmp_path, mode):
+    """torchrun, 2 gloo processes: the condition maps reach the model under DDP and FSDP alike."""
+    from test_train_c2i import final_state, finish, launch
+
+    codes, conditions = write_pair(tmp_path)
+    results = tmp_path / "results"
+    finish(launch(codes, results, ["--max-steps", "3", "--data-parallel", mode, "--condition-path", str(conditions),
+                                   "--weight-decay", "0"]))  # rows change only through gradients
+    state = final_state(results, tmp_path)
+    assert state.config["condition_vocab_size"] == 4
+    from autoregressive.train.config import TrainConfig, build_model
+
+    torch.manual_seed(0)  # the run's initial weights (--global-seed 0)
+    initial = build_model(TrainConfig(**state.config)).condition_embeddings.weight
+    trained = state.model["condition_embeddings.weight"]
+    assert trained.shape == (5, 64) and not torch.allclose(trained[:4], initial[:4])  # the maps' rows learned
