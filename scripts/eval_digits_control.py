@@ -7,8 +7,9 @@ rows combine editing and control: the upper half of each held-out digit is kept 
 regenerated, with the shape condition inside the regenerated region or without it; agreement is
 measured on the regenerated half. One row gives each digit the shape of a digit of the next class
 (label + 1 mod 10), so class and condition disagree; its agreement is with that shape, and the line
-below the table says how often the judge sides with the shape. Writes a picture: per class, the condition, a controlled sample,
-a class-only sample, the edit's input (kept upper half, the condition in the lower half) and its result.
+below the table says how often the judge sides with the shape. Writes a picture: per class, the
+condition, a controlled sample, a class-only sample, the edit's input (kept upper half, the condition
+in the lower half) and its result.
 
     python -m scripts.eval_digits_control --class-ckpt results/digits/000-ARPG-digits/checkpoints/0001200.pt \\
         --control-ckpt results/digits_shape/000-ARPG-digits/checkpoints/0001200.pt --out assets/digits_control.png

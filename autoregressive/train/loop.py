@@ -162,7 +162,8 @@ class Trainer:
             extra = {"condition_map": condition_map[0]} if condition_map else {}
             with skip_gradient_sync(self.train_model, skip=index < len(batches) - 1):
                 with self.autocast():
-                    _, loss = self.train_model(codes, labels, targets=codes, return_logits=not cfg.chunked_loss, **extra)
+                    _, loss = self.train_model(codes, labels, targets=codes, return_logits=not cfg.chunked_loss,
+                                               **extra)
                 self.scaler.scale(loss / len(batches)).backward()
             total += loss.detach() / len(batches)
         if cfg.max_grad_norm > 0:
