@@ -20,6 +20,8 @@ from autoregressive.models.arpg import ARPG_models
 from autoregressive.pretrained import with_checkpoints_fetched
 from autoregressive.render import tokens_to_view
 from autoregressive.sampling import SamplingConfig, add_sampling_args
+from autoregressive.utils.cli import (UserError, check_at_least, check_at_most, check_file, check_image_output,
+                                      run_main)
 from autoregressive.utils.device import resolve_device
 from autoregressive.weights import PRECISIONS, add_weights_arg, load_gpt, load_vq
 
@@ -57,6 +59,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     return add_sampling_args(parser, num_steps=16)
 
 
+def check_args(args) -> None:
+    """Refuse bad flags before any model is built."""
+    for flag, path in (("--gpt-ckpt", args.gpt_ckpt), ("--vq-ckpt", args.vq_ckpt), ("--image", args.image),
+                       ("--codes", args.codes), ("--mask-png", args.mask_png)):
+        check_file(flag, path)
+    for flag in ("--num-samples", "--image-size", "--border-width", "--out-size"):
+        check_at_least(flag, getattr(args, flag[2:].replace("-", "_")), 1)
+    check_at_least("--digit-index", args.digit_index, 0)
+    check_at_least("--class-label", args.class_label, 0)
+    masks = sum(x is not None for x in (args.box, args.mask_png, args.shape))
+    if args.task != "expand" and masks != 1:
+        raise UserError(f"--task {args.task} needs exactly one mask: --box, --mask-png or --shape")
+    if args.task == "expand" and masks:
+        raise UserError("--task expand takes no mask (it fills the new border); drop --box, --mask-png and --shape")
+    check_image_output("--out", args.out)
+
+
 def load_source(args, model, vq, device):
     """-> (tokens (g, g) long, class label or None)."""
     grid = model.config.grid_size
@@ -64,22 +83,45 @@ def load_source(args, model, vq, device):
         from dataset.digits import load_digits_split
 
         images, labels = load_digits_split("val")
+        if args.digit_index >= len(images):
+            raise UserError(f"--digit-index {args.digit_index} is out of range: there are {len(images)} held-out "
+                            f"digits (0..{len(images) - 1})")
         return torch.from_numpy(images[args.digit_index]).view(grid, grid).to(device), int(labels[args.digit_index])
     if args.codes:
-        return torch.from_numpy(np.load(args.codes)).long().view(grid, grid).to(device), None
+        return read_code_grid(args.codes, grid, model.config.vocab_size).to(device), None
     if vq is None:
-        raise ValueError("--image needs --vq-ckpt to encode the picture into tokens")
-    from PIL import Image
+        raise UserError("--image needs --vq-ckpt to encode the picture into tokens")
+    from PIL import Image, UnidentifiedImageError
 
     from dataset.transforms import center_crop_adm, to_model_input
 
-    pixels = torch.from_numpy(to_model_input(center_crop_adm(Image.open(args.image).convert("RGB"), args.image_size)))
+    try:
+        picture = Image.open(args.image).convert("RGB")
+    except (UnidentifiedImageError, OSError) as error:
+        raise UserError(f"--image {args.image} is not a readable picture ({error})") from error
+    pixels = torch.from_numpy(to_model_input(center_crop_adm(picture, args.image_size)))
     return vq.encode_to_indices(pixels[None].to(device)).view(grid, grid), None
 
 
+def read_code_grid(path: str, grid: int, vocab_size: int) -> torch.Tensor:
+    """A .npy of (g*g,) or (g, g) token ids of this model -> (g, g) long, refused with the reason otherwise."""
+    try:
+        codes = np.load(path)
+    except (OSError, ValueError, EOFError) as error:
+        raise UserError(f"--codes {path} is not a readable .npy file ({error})") from error
+    if not np.issubdtype(codes.dtype, np.integer):
+        raise UserError(f"--codes {path} holds {codes.dtype} values; token ids must be integers")
+    if codes.shape not in ((grid * grid,), (grid, grid)):
+        raise UserError(f"--codes {path} has shape {codes.shape}; this model's grid needs ({grid * grid},) or "
+                        f"({grid}, {grid}) tokens")
+    if codes.min() < 0 or codes.max() >= vocab_size:
+        raise UserError(f"--codes {path} holds token ids {codes.min()}..{codes.max()}, outside this model's "
+                        f"vocabulary 0..{vocab_size - 1}")
+    return torch.from_numpy(codes.astype(np.int64)).view(grid, grid)
+
+
 def keep_mask(args, grid: int, downsample: int) -> torch.Tensor:
-    if sum(x is not None for x in (args.box, args.mask_png, args.shape)) != 1:
-        raise ValueError("give exactly one mask: --box, --mask-png or --shape")
+    """The (g, g) keep-mask of the one mask flag given (check_args made sure there is one)."""
     if args.box:
         box = editing.pixel_box_to_tokens(args.box, downsample) if args.box_units == "pixels" else args.box
         return editing.box_mask(grid, *box)
@@ -94,15 +136,17 @@ def render(tokens: torch.Tensor, vq, model) -> torch.Tensor:
 
 
 def main(args) -> None:
+    check_args(args)
+    sampling = SamplingConfig.from_args(args)
     args = with_checkpoints_fetched(args)  # hf:// paths and omitted checkpoints -> local files
     device = resolve_device(args.device)
     model = load_gpt(args.gpt_model, args.gpt_ckpt, device, args.precision, args.weights)
+    check_at_most("--step", args.step, model.config.block_size, "the number of tokens of an image")
     vq = load_vq(args.vq_model, args.vq_ckpt, device) if args.vq_ckpt else None
     tokens, own_label = load_source(args, model, vq, device)
     label = args.class_label if args.class_label is not None else own_label
     if label is None:
-        raise ValueError("--class-label is required for this input")
-    sampling = SamplingConfig.from_args(args)
+        raise UserError("--class-label is required for this input")
     generator = torch.Generator(device).manual_seed(args.seed)
     decode = make_sampler(model)
     sample = lambda labels, known, known_mask: decode(labels, sampling, generator, known=known, known_mask=known_mask)
@@ -127,4 +171,4 @@ def main(args) -> None:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run_main(lambda argv: main(get_args_parser().parse_args(argv)))

@@ -11,10 +11,11 @@ import os
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torchvision.datasets import ImageFolder
 from torchvision.transforms import functional as TF
 
+from autoregressive.utils.cli import InputNotFound, UserError, check_at_least, check_file, run_main
 from autoregressive.utils.dist import cleanup, init_distributed
 from autoregressive.utils.logger import get_logger
 from dataset.codes import save_npy_atomic
@@ -27,6 +28,14 @@ def augmentations(image: Image.Image, size: int, ten_crop: bool, crop_range: flo
         return list(TF.ten_crop(center_crop_adm(image, int(size * crop_range)), size))
     crop = center_crop_adm(image, size)
     return [crop, crop.transpose(Image.FLIP_LEFT_RIGHT)]
+
+
+def open_rgb(path: str) -> Image.Image:
+    try:
+        return Image.open(path).convert("RGB")
+    except (UnidentifiedImageError, OSError) as error:
+        raise UserError(f"image {path} is unreadable ({error}); delete or replace it and run again (finished "
+                        "code files are kept)") from error
 
 
 def code_file(code_path: str, label: int, index: int) -> str:
@@ -49,28 +58,49 @@ def extract(vq, folder: ImageFolder, code_path: str, rank: int, world_size: int,
         target = code_file(code_path, label, index)
         if os.path.exists(target):
             continue
-        views = augmentations(Image.open(path).convert("RGB"), image_size, ten_crop, crop_range)
+        views = augmentations(open_rgb(path), image_size, ten_crop, crop_range)
         save_npy_atomic(target, encode_views(vq, views, device))
         written += 1
     return written
 
 
-def main():
+def check_args(args) -> None:
+    """Refuse bad flags before the tokenizer is loaded or any code file written."""
+    if not os.path.isdir(args.data_path):
+        raise InputNotFound(f"--data-path {args.data_path}: folder not found; pass an ImageNet-style {{root}}/{{synset}}/ folder")
+    check_file("--vq-ckpt", args.vq_ckpt)
+    check_at_least("--image-size", args.image_size, 1)
+    downsample = int(args.vq_model.split("-")[1])  # VQ-16, VQ-8
+    if args.image_size % downsample:
+        raise UserError(f"--image-size {args.image_size} must be a multiple of {downsample} ({args.vq_model}'s downsampling)")
+    if args.ten_crop and args.crop_range < 1:
+        raise UserError(f"--crop-range must be >= 1 (the crop grows by this factor before ten-crop), got {args.crop_range}")
+
+
+def open_image_folder(path: str) -> ImageFolder:
+    try:
+        return ImageFolder(path)
+    except FileNotFoundError as error:  # no class folders, or no images in them
+        raise UserError(f"--data-path {path}: {error}") from error
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(description="Encode an image folder into VQ codes (RandAR layout).")
     parser.add_argument("--data-path", required=True, help="ImageNet-style folder: {root}/{synset}/{image}")
     parser.add_argument("--code-path", required=True)
-    parser.add_argument("--vq-model", default="VQ-16")
+    parser.add_argument("--vq-model", choices=["VQ-16", "VQ-8"], default="VQ-16")
     parser.add_argument("--vq-ckpt", required=True)
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--ten-crop", action="store_true", help="10 views (5 crops and flips) instead of 2")
     parser.add_argument("--crop-range", type=float, default=1.1, help="--ten-crop: centre crop size factor")
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    check_args(args)
     from autoregressive.weights import load_vq
 
     info = init_distributed(args.device)
     logger = get_logger("arpg.extract", rank=info.rank)
-    folder = ImageFolder(args.data_path)
+    folder = open_image_folder(args.data_path)
     vq = load_vq(args.vq_model, args.vq_ckpt, info.device)
     written = extract(vq, folder, args.code_path, info.rank, info.world_size, info.device, args.image_size,
                       args.ten_crop, args.crop_range)
@@ -79,4 +109,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -19,9 +19,12 @@ from autoregressive.models.arpg import ARPG_models
 from autoregressive.pretrained import with_checkpoints_fetched
 from autoregressive.render import tokens_to_view
 from autoregressive.sampling import SamplingConfig, add_sampling_args
+from autoregressive.utils.cli import (UserError, check_at_least, check_at_most, check_file, check_image_output,
+                                      run_main)
 from autoregressive.utils.device import resolve_device
 from autoregressive.weights import PRECISIONS, add_weights_arg, load_gpt, load_vq
 from dataset.conditions import load_condition_map
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Sample a PNG grid from an ARPG checkpoint.")
@@ -52,7 +55,28 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="compile the layers too (CUDA): faster, logits close to, not equal to, the eager layers'")
     return add_sampling_args(parser)
 
+
+def check_args(args) -> None:
+    """Refuse bad flags before any model is built."""
+    check_file("--gpt-ckpt", args.gpt_ckpt)
+    check_file("--vq-ckpt", args.vq_ckpt)
+    for flag in ("--samples-per-class", "--image-size", "--downsample-size", "--num-classes", "--codebook-size"):
+        check_at_least(flag, getattr(args, flag[2:].replace("-", "_")), 1)
+    for label in args.class_labels:
+        check_at_least("--class-labels", label, 0)
+    if args.image_size % args.downsample_size:
+        raise UserError(f"--image-size {args.image_size} is not a multiple of --downsample-size {args.downsample_size}")
+    check_image_output("--out", args.out)
+    check_file("--condition-map", args.condition_map)
+    check_at_least("--condition-vocab-size", args.condition_vocab_size, 0)
+    if args.condition_map and not args.condition_vocab_size:
+        raise UserError("--condition-map needs --condition-vocab-size: the controllable model's condition vocabulary "
+                        "(its condition.json; 2 for the digits shapes)")
+
+
 def main(args) -> None:
+    check_args(args)
+    sampling = SamplingConfig.from_args(args)
     args = with_checkpoints_fetched(args)  # hf:// paths and omitted checkpoints -> local files
     device = resolve_device(args.device)
     overrides = {k: v for k, v in (("num_classes", args.num_classes), ("vocab_size", args.codebook_size),
@@ -62,10 +86,11 @@ def main(args) -> None:
     model = load_gpt(args.gpt_model, args.gpt_ckpt, device, args.precision, args.weights, **overrides)
     labels = torch.tensor(args.class_labels, device=device).repeat_interleave(args.samples_per_class)
     check_class_ids(labels, model.config.num_classes)
-    sampling = SamplingConfig.from_args(args)
+    check_at_most("--step", args.step, model.config.block_size, "the number of tokens of an image")
     extra = {}
     if args.condition_map:
-        extra["condition_map"] = load_condition_map(args.condition_map, len(labels), model.config.block_size).to(device)
+        maps = load_condition_map(args.condition_map, len(labels), model.config.block_size, args.condition_vocab_size)
+        extra["condition_map"] = maps.to(device)
     tokens = make_sampler(model, fuse=args.fused)(labels, sampling, torch.Generator(device).manual_seed(args.seed),
                                                   **extra)
     vq = load_vq(args.vq_model, args.vq_ckpt, device) if args.vq_ckpt else None
@@ -75,4 +100,4 @@ def main(args) -> None:
     print(f"saved {len(labels)} samples to {args.out}")
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run_main(lambda argv: main(get_args_parser().parse_args(argv)))

@@ -22,9 +22,10 @@ from autoregressive.models.arpg import ARPG_models
 from autoregressive.pretrained import with_checkpoints_fetched
 from autoregressive.render import tokens_to_images
 from autoregressive.sampling import SamplingConfig, add_sampling_args, batch_generator
+from autoregressive.utils.cli import UserError, check_at_least, check_at_most, check_file, run_main
 from autoregressive.utils.device import enable_tf32
 from autoregressive.utils.dist import barrier, check_shared_folder, cleanup, init_distributed
-from autoregressive.utils.files import write_atomic
+from autoregressive.utils.files import output_folder, write_atomic
 from autoregressive.utils.logger import get_logger
 from autoregressive.weights import PRECISIONS, add_weights_arg, load_gpt, load_vq
 
@@ -101,8 +102,8 @@ def pack_npz(folder: str, num_samples: int, num_classes: int) -> str:
     def fill(index: int) -> None:
         image = read_png_rgb(paths[index])
         if image.shape != first.shape:
-            raise ValueError(f"{folder} holds images of several sizes ({paths[index]} is {image.shape[:2]}, "
-                             f"{paths[0]} is {first.shape[:2]}); delete it and sample again")
+            raise UserError(f"{folder} holds images of several sizes ({paths[index]} is {image.shape[:2]}, "
+                            f"{paths[0]} is {first.shape[:2]}); delete it and sample again")
         arr[index] = image
 
     with ThreadPoolExecutor(max_workers=8) as readers:
@@ -130,7 +131,20 @@ def finish_writes(futures) -> None:
         future.result()
 
 
+def check_args(args) -> None:
+    """Refuse bad flags before any model is built or folder made."""
+    check_file("--gpt-ckpt", args.gpt_ckpt)
+    check_file("--vq-ckpt", args.vq_ckpt)
+    for flag in ("--per-proc-batch-size", "--num-fid-samples", "--cls-token-num", "--codebook-size",
+                 "--codebook-embed-dim", "--image-size", "--image-size-eval", "--downsample-size", "--num-classes"):
+        check_at_least(flag, getattr(args, flag[2:].replace("-", "_")), 1)
+    if args.image_size and args.image_size % args.downsample_size:
+        raise UserError(f"--image-size {args.image_size} is not a multiple of --downsample-size {args.downsample_size}")
+
+
 def main(args) -> None:
+    check_args(args)
+    sampling = SamplingConfig.from_args(args)
     args = with_checkpoints_fetched(args)  # hf:// paths and omitted checkpoints -> local files
     info = init_distributed(args.device)
     logger = get_logger("arpg.sample", rank=info.rank)
@@ -142,15 +156,27 @@ def main(args) -> None:
     if args.vq_ckpt:
         vq = load_vq(args.vq_model, args.vq_ckpt, info.device, PRECISIONS[args.vq_precision], args.compile_vq)
     if vq is None and config.vocab_size > 256:
-        raise ValueError("--vq-ckpt is required to turn image tokens into pixels (LlamaGen's vq_ds16_c2i.pt)")
+        raise UserError("--vq-ckpt is required to turn image tokens into pixels (LlamaGen's vq_ds16_c2i.pt)")
     scale = args.downsample_size if vq is not None else 1
     image_size = config.grid_size * scale
     image_size_eval = args.image_size_eval or image_size
     folder = os.path.join(args.sample_dir, folder_name(args, image_size, image_size_eval))
-    os.makedirs(folder, exist_ok=True)
-    check_shared_folder(folder)  # rank 0 packs every rank's PNGs
-    sampling = SamplingConfig.from_args(args)
+    check_at_most("--step", args.step, config.block_size, "the number of tokens of an image")
     sampler = make_sampler(model, use_fast=args.compile, fuse=args.fused)
+    with output_folder(folder):
+        check_shared_folder(folder)  # rank 0 packs every rank's PNGs
+        sample_into(folder, model, vq, sampler, sampling, image_size_eval, info, args)
+    barrier()
+    if info.is_main:
+        path = pack_npz(folder, args.num_fid_samples, config.num_classes)
+        logger.info(f"saved {path}")
+    barrier()
+    cleanup()
+
+
+def sample_into(folder: str, model, vq, sampler, sampling: SamplingConfig, image_size_eval: int, info, args) -> None:
+    """This rank's batches as PNGs in folder; finished batches of an earlier run are skipped."""
+    logger, config = get_logger("arpg.sample", rank=info.rank), model.config
     batch, total = args.per_proc_batch_size, args.num_fid_samples
     my_batches = range(info.rank, math.ceil(total / batch), info.world_size)
     logger.info(f"sampling {total} images into {folder} ({len(my_batches)} batches of {batch} on rank 0)")
@@ -175,13 +201,7 @@ def main(args) -> None:
             writing = [writers.submit(save_png_atomic, images[i - first], os.path.join(folder, f"{i:06d}.png"))
                        for i in indices]
         finish_writes(writing)
-    barrier()
-    if info.is_main:
-        path = pack_npz(folder, total, config.num_classes)
-        logger.info(f"saved {path}")
-    barrier()
-    cleanup()
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run_main(lambda argv: main(get_args_parser().parse_args(argv)))

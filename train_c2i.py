@@ -5,16 +5,21 @@ The official command lines work unchanged, e.g.
         --epochs 400 --global-batch-size 1024 --lr 4e-4
 """
 import argparse
+import contextlib
 import dataclasses
 import os
+import shutil
 
 import torch
 
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.train.config import TrainConfig
 from autoregressive.train.loop import find_resume_checkpoint, new_run_dir, train
+from autoregressive.train.precision import PRECISION_POLICIES
+from autoregressive.utils.cli import InputNotFound, UserError, check_file, run_main
 from autoregressive.utils.device import enable_tf32
 from autoregressive.utils.dist import check_shared_folder, cleanup, init_distributed
+from autoregressive.utils.files import output_folder
 
 DEFAULTS = TrainConfig(code_path="")
 
@@ -68,6 +73,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="cross-entropy chunk by chunk without keeping the float32 logits: the same loss and "
                              "speed, 4 GiB less for ARPG-L at batch 128 (on by default)")
     parser.add_argument("--mixed-precision", choices=["none", "fp16", "bf16"], default=d.mixed_precision)
+    parser.add_argument("--precision-policy", choices=list(PRECISION_POLICIES), default=d.precision_policy,
+                        help="exact: the released numerics (float32 weights and residual stream, bf16 autocast); "
+                             "opt-in bf16: bf16 compute weights over float32 master weights (needs --data-parallel "
+                             "fsdp); fp8: torchao float8 matmuls (CUDA sm89+). Checkpoints hold float32 weights")
     parser.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
     parser.add_argument("--log-every", type=int, default=d.log_every)
     parser.add_argument("--num-workers", type=int, default=d.num_workers)
@@ -95,6 +104,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         warmup_epochs=args.warmup_epochs, lr_schedule=args.lr_schedule, weight_decay=args.weight_decay,
         betas=[args.beta1, args.beta2], max_grad_norm=args.max_grad_norm, ema=args.ema, dropout_p=args.dropout_p,
         token_dropout_p=args.token_dropout_p, compile=not args.no_compile, mixed_precision=args.mixed_precision,
+        precision_policy=args.precision_policy,
         grad_checkpointing=args.grad_checkpointing, activation_memory_budget=args.activation_memory_budget,
         data_parallel=args.data_parallel, chunked_loss=args.chunked_loss,
         drop_path_rate=args.drop_path_rate,
@@ -126,7 +136,7 @@ def apply_dataset_shape(cfg: TrainConfig) -> TrainConfig:
     for name, value in wanted.items():
         given = getattr(cfg, name)
         if given not in (value, getattr(DEFAULTS, name)):
-            raise ValueError(f"--dataset digits has {name.replace('_', '-')} {value}, but {given} was passed")
+            raise UserError(f"--dataset digits has {name.replace('_', '-')} {value}, but {given} was passed")
     return dataclasses.replace(cfg, **wanted)
 
 
@@ -135,6 +145,35 @@ def run_dir_for(resume_path, cfg, info) -> str:
     if resume_path and os.path.basename(os.path.dirname(resume_path)) == "checkpoints":
         return os.path.dirname(os.path.dirname(resume_path))
     return new_run_dir(cfg, info)
+
+
+def check_data_fits(cfg: TrainConfig, world_size: int, dataset) -> None:
+    """What the trainer would refuse, refused before a run folder exists."""
+    if dataset.num_tokens != cfg.block_size:
+        raise UserError(f"the codes in {cfg.code_path} have {dataset.num_tokens} tokens per image, but --image-size "
+                        f"{cfg.image_size} / --downsample-size {cfg.downsample_size} gives {cfg.block_size}; "
+                        "pass the sizes the codes were extracted with")
+    per_step = world_size * cfg.gradient_accumulation_steps
+    if cfg.global_batch_size % per_step:
+        raise UserError(f"--global-batch-size {cfg.global_batch_size} must divide by world size {world_size} x "
+                        f"--gradient-accumulation-steps {cfg.gradient_accumulation_steps}")
+    if len(dataset) < cfg.global_batch_size:
+        raise UserError(f"the dataset ({len(dataset)} samples in {cfg.code_path}) is smaller than one global batch "
+                        f"({cfg.global_batch_size}); lower --global-batch-size")
+
+
+@contextlib.contextmanager
+def removed_if_refused(run_dir: str, is_main: bool):
+    """Remove a new run folder (it holds only the log) if a user error, e.g. a resume checkpoint that does
+    not fit, ends the run before its first checkpoint: no empty numbered folder is left behind."""
+    checkpoints = os.path.join(run_dir, "checkpoints")
+    fresh = is_main and not os.listdir(checkpoints)
+    try:
+        yield
+    except UserError:
+        if fresh and not os.listdir(checkpoints):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def main(cfg: TrainConfig) -> None:
@@ -147,14 +186,24 @@ def main(cfg: TrainConfig) -> None:
         enable_tf32()
     # Per-rank seed; a resumed run overwrites it with the saved RNG states.
     torch.manual_seed(cfg.global_seed * info.world_size + info.rank)
-    dataset = build_dataset(cfg.dataset, cfg.code_path, seed=cfg.global_seed, condition_path=cfg.condition_path)
-    os.makedirs(cfg.results_dir, exist_ok=True)
-    check_shared_folder(cfg.results_dir)  # every node must find (and write) the same checkpoints
-    resume_path = find_resume_checkpoint(cfg)
-    run_dir = run_dir_for(resume_path, cfg, info)
-    train(cfg, info, dataset, run_dir, resume_path)
+    check_file("--init-from", cfg.init_from)
+    dataset = build_dataset(cfg.dataset, cfg.code_path, seed=cfg.global_seed, vocab_size=cfg.vocab_size,
+                            num_classes=cfg.num_classes, condition_path=cfg.condition_path)
+    check_data_fits(cfg, info.world_size, dataset)
+    with output_folder(cfg.results_dir):  # made here and left empty by a refused run: removed again
+        check_shared_folder(cfg.results_dir)  # every node must find (and write) the same checkpoints
+        resume_path = find_resume_checkpoint(cfg)
+        if resume_path and not os.path.exists(resume_path):
+            raise InputNotFound(f"--resume / --gpt-ckpt {resume_path}: not found; check the path")
+        run_dir = run_dir_for(resume_path, cfg, info)
+        with removed_if_refused(run_dir, info.is_main):
+            train(cfg, info, dataset, run_dir, resume_path)
     cleanup()
 
 
+def cli(argv=None) -> None:
+    main(config_from_args(get_args_parser().parse_args(argv)))
+
+
 if __name__ == "__main__":
-    main(config_from_args(get_args_parser().parse_args()))
+    run_main(cli)

@@ -9,13 +9,15 @@ from typing import Callable, List, Optional, Tuple
 import numpy as np
 import torch
 
+from autoregressive.utils.cli import UserError
+
 SHAPES = ("center", "left", "right", "top", "bottom", "border")
 
 
 def box_mask(grid: int, x0: int, y0: int, x1: int, y1: int) -> torch.Tensor:
     """Keep everything but the box [y0, y1) x [x0, x1) (token units, x = column)."""
     if not (0 <= x0 < x1 <= grid and 0 <= y0 < y1 <= grid):
-        raise ValueError(f"box ({x0}, {y0}, {x1}, {y1}) must be a non-empty region inside the {grid}x{grid} token grid")
+        raise UserError(f"box ({x0}, {y0}, {x1}, {y1}) must be a non-empty region inside the {grid}x{grid} token grid")
     keep = torch.ones(grid, grid, dtype=torch.bool)
     keep[y0:y1, x0:x1] = False
     return keep
@@ -35,19 +37,27 @@ def shape_mask(name: str, grid: int, width: int = 1) -> torch.Tensor:
     if name in boxes:
         return box_mask(grid, *boxes[name])
     if name != "border":
-        raise ValueError(f"unknown mask shape {name!r}; choose one of {SHAPES}")
+        raise UserError(f"unknown mask shape {name!r}; choose one of {SHAPES}")
     if not 0 < width < grid / 2:
-        raise ValueError(f"border width must be in [1, {(grid - 1) // 2}] for a {grid}x{grid} grid, got {width}")
+        raise UserError(f"border width must be in [1, {(grid - 1) // 2}] for a {grid}x{grid} grid, got {width}")
     keep = torch.zeros(grid, grid, dtype=torch.bool)
     keep[width:grid - width, width:grid - width] = True
     return keep
 
 
 def mask_from_png(path: str, grid: int) -> torch.Tensor:
-    """A grey-scale PNG, white = regenerate, averaged over each token's area."""
-    from PIL import Image
+    """A grey-scale PNG, white = regenerate, averaged over each token's area. Any size of the grid's
+    (square) aspect is accepted; another aspect would be stretched, so it is refused."""
+    from PIL import Image, UnidentifiedImageError
 
-    grey = np.asarray(Image.open(path).convert("L").resize((grid, grid), Image.BOX), dtype=np.float32) / 255
+    try:
+        image = Image.open(path).convert("L")
+    except (UnidentifiedImageError, OSError) as error:
+        raise UserError(f"mask {path} is not a readable picture ({error})") from error
+    if image.width != image.height:
+        raise UserError(f"mask {path} is {image.width}x{image.height}, but the token grid is {grid}x{grid}: "
+                        "give a square mask (the image's crop), it would be stretched otherwise")
+    grey = np.asarray(image.resize((grid, grid), Image.BOX), dtype=np.float32) / 255
     return torch.from_numpy(grey <= 0.5)
 
 
@@ -58,9 +68,9 @@ def fill(sample: Callable, tokens: torch.Tensor, keep: torch.Tensor, label: int,
     settings and generator). Returns (num_samples, N)."""
     tokens, keep = tokens.reshape(-1), keep.reshape(-1).to(tokens.device)
     if tokens.shape != keep.shape:
-        raise ValueError(f"the mask has {keep.numel()} positions but the image has {tokens.numel()} tokens")
+        raise UserError(f"the mask has {keep.numel()} positions but the image has {tokens.numel()} tokens")
     if keep.all():
-        raise ValueError("the mask keeps every token: there is nothing to regenerate")
+        raise UserError("the mask keeps every token: there is nothing to regenerate")
     labels = torch.full((num_samples,), label, dtype=torch.long, device=tokens.device)
     return sample(labels, tokens.expand(num_samples, -1), keep.expand(num_samples, -1))
 
@@ -79,7 +89,7 @@ def expand(sample: Callable, tokens: torch.Tensor, out_size: int, label: int, nu
     window is a g x g crop generated with the model's own positions around the tokens already made."""
     grid = tokens.shape[-1]
     if out_size <= grid:
-        raise ValueError(f"--out-size {out_size} must exceed the model's grid of {grid} tokens")
+        raise UserError(f"--out-size {out_size} must exceed the model's grid of {grid} tokens")
     stride = stride or max(1, grid // 2)
     canvas = torch.full((num_samples, out_size, out_size), -1, dtype=torch.long, device=tokens.device)
     offset = (out_size - grid) // 2

@@ -22,16 +22,17 @@ import torch
 from autoregressive.models.condition import check_condition_map
 from autoregressive.models.kv_cache import KVCache
 from autoregressive.sampling import SamplingConfig, guidance_scale, random_orders, step_sizes
+from autoregressive.utils.cli import UserError
 
 
 def check_class_ids(condition: torch.Tensor, num_classes: int) -> None:
-    """Raise a ValueError if any (B,) class id is outside [0, num_classes)."""
+    """Raise a UserError if any (B,) class id is outside [0, num_classes)."""
     if condition.ndim != 1:
         raise ValueError(f"condition must be (B,) class ids, got shape {tuple(condition.shape)}")
     bad = condition[(condition < 0) | (condition >= num_classes)]
     if bad.numel():
-        raise ValueError(f"class id {int(bad[0])} is out of range: the model has {num_classes} classes "
-                         f"(ids 0..{num_classes - 1})")
+        raise UserError(f"class id {int(bad[0])} is out of range: the model has {num_classes} classes "
+                        f"(ids 0..{num_classes - 1})")
 
 
 def prepare_orders(orders: Optional[torch.Tensor], batch_size: int, num_tokens: int,
@@ -64,13 +65,13 @@ def check_known(known: torch.Tensor, known_mask: torch.Tensor, batch_size: int, 
             raise ValueError(f"{name} must be ({batch_size}, {num_tokens}), got {tuple(value.shape)}")
     counts = known_mask.sum(dim=1)
     if not torch.all(counts == counts[0]):
-        raise ValueError("every sample must have the same number of known tokens; edit one mask per batch")
+        raise UserError("every sample must have the same number of known tokens; edit one mask per batch")
     num_known = int(counts[0])
     if num_known == num_tokens:
-        raise ValueError("known_mask marks every token as known: there is nothing to generate")
+        raise UserError("known_mask marks every token as known: there is nothing to generate")
     picked = known[known_mask]
     if picked.numel() and (picked.min() < 0 or picked.max() >= vocab_size):
-        raise ValueError(f"known tokens must be image tokens in [0, {vocab_size})")
+        raise UserError(f"known tokens must be image tokens in [0, {vocab_size})")
     return num_known
 
 

@@ -19,9 +19,9 @@ from autoregressive.fast_generate import make_sampler
 from autoregressive.generate import check_class_ids
 from autoregressive.render import tokens_to_images
 from autoregressive.sampling import SamplingConfig
+from autoregressive.utils.cli import HUB_PREFIX, InputNotFound, UserError
 from autoregressive.weights import load_gpt, load_vq
 
-HUB_PREFIX = "hf://"
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def parse_hub_path(path: str) -> HubFile:
     spec, _, revision = path.removeprefix(HUB_PREFIX).partition("@")
     parts = spec.split("/")
     if not path.startswith(HUB_PREFIX) or len(parts) < 3 or not all(parts):
-        raise ValueError(f"{path!r} is not a Hub path hf://owner/repo/file[@revision], "
+        raise UserError(f"{path!r} is not a Hub path hf://owner/repo/file[@revision], "
                          "e.g. hf://hp-l33/ARPG/arpg_300m.pt")
     return HubFile("/".join(parts[:2]), "/".join(parts[2:]), revision or None)
 
@@ -62,23 +62,23 @@ def download(file: HubFile) -> str:
         from huggingface_hub.utils import (EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError,
                                            RevisionNotFoundError)
     except ImportError:
-        raise ImportError("weights by name need huggingface_hub: pip install huggingface_hub") from None
+        raise UserError("weights by name need huggingface_hub: pip install huggingface_hub") from None
     where = f"{file.repo_id}/{file.filename}" + (f"@{file.revision}" if file.revision else "")
     try:
         return hf_hub_download(file.repo_id, file.filename, revision=file.revision)
     except LocalEntryNotFoundError:  # offline (HF_HUB_OFFLINE=1 or no network) and not cached
-        raise FileNotFoundError(
+        raise InputNotFound(
             f"{where} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the Hub cannot be reached: "
             f"download {file.url} and give its path instead (--gpt-ckpt, --vq-ckpt), or run "
             f"`hf download {file.repo_id} {file.filename}` on a machine with network and copy its cache to "
             f"{constants.HF_HUB_CACHE}") from None
     except RevisionNotFoundError:
-        raise FileNotFoundError(f"{file.repo_id} has no revision {file.revision!r} on the Hub") from None
+        raise InputNotFound(f"{file.repo_id} has no revision {file.revision!r} on the Hub") from None
     except EntryNotFoundError:
-        raise FileNotFoundError(f"{file.repo_id} has no file {file.filename!r} on the Hub") from None
+        raise InputNotFound(f"{file.repo_id} has no file {file.filename!r} on the Hub") from None
     except RepositoryNotFoundError:
         message = f"no Hub repository {file.repo_id} (a private or gated one needs `hf auth login`)"
-        raise FileNotFoundError(message) from None
+        raise InputNotFound(message) from None
 
 
 def resolve_checkpoint(path: Optional[str], released_name: Optional[str] = None) -> Optional[str]:
@@ -95,7 +95,7 @@ def with_checkpoints_fetched(args: argparse.Namespace) -> argparse.Namespace:
     (ARPG-L/XL/XXL, whether released or trained here); other models (the digits demo) need no tokenizer."""
     gpt_ckpt = resolve_checkpoint(args.gpt_ckpt, args.gpt_model)
     if gpt_ckpt is None:
-        raise ValueError(f"--gpt-ckpt is required: {args.gpt_model} has no released weights "
+        raise UserError(f"--gpt-ckpt is required: {args.gpt_model} has no released weights "
                          f"(released: {', '.join(name for name in RELEASED if name not in TOKENIZERS)})")
     vq_ckpt = resolve_checkpoint(args.vq_ckpt, args.vq_model if args.gpt_model in IMAGENET_SIZES else None)
     return argparse.Namespace(**{**vars(args), "gpt_ckpt": gpt_ckpt, "vq_ckpt": vq_ckpt})
@@ -106,7 +106,7 @@ def from_pretrained(name: str, device="cpu", revision: Optional[str] = None, pre
     file fetched through the Hub cache and loaded with strict=True. precision: ARPG weights' dtype
     (none = float32, bf16, fp16); the tokenizer stays float32."""
     if name not in RELEASED:
-        raise ValueError(f"no released weights named {name!r}; choose one of {', '.join(RELEASED)}")
+        raise UserError(f"no released weights named {name!r}; choose one of {', '.join(RELEASED)}")
     path = download(dataclasses.replace(RELEASED[name], revision=revision))
     if name in TOKENIZERS:
         return load_vq(name, path, device)

@@ -4,6 +4,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from autoregressive.utils.cli import UserError
+
 DIGITS_VIEW_SCALE = 4  # 8x8 digits are enlarged for viewing; nearest keeps each token one flat square
 
 
@@ -19,7 +21,7 @@ def tokens_to_images(tokens: torch.Tensor, grid: int, vq, vocab_size: int,
         shape = (tokens.shape[0], vq.config.codebook_embed_dim, grid, grid)
         pixels = vq.decode_code(tokens, shape=shape).float()
     if not torch.isfinite(pixels).all():
-        raise ValueError("the decoder produced NaN or inf; check the VQ checkpoint and --precision")
+        raise UserError("the decoder produced NaN or inf; check the VQ checkpoint and --precision")
     if out_size is not None and out_size != pixels.shape[-1]:
         pixels = F.interpolate(pixels, size=(out_size, out_size), mode="bicubic")
     return torch.clamp(127.5 * pixels + 128.0, 0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu()

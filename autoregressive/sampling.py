@@ -9,6 +9,8 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 
+from autoregressive.utils.cli import UserError
+
 SAMPLE_SCHEDULES = ("arccos", "cosine")
 CFG_SCHEDULES = ("linear", "constant")
 
@@ -29,17 +31,20 @@ class SamplingConfig:
 
     def __post_init__(self):
         if self.sample_schedule not in SAMPLE_SCHEDULES:
-            raise ValueError(f"unknown sample schedule {self.sample_schedule!r}; choose one of {SAMPLE_SCHEDULES}")
+            raise UserError(f"unknown sample schedule {self.sample_schedule!r}; choose one of {SAMPLE_SCHEDULES}")
         if self.cfg_schedule not in CFG_SCHEDULES:
-            raise ValueError(f"unknown cfg schedule {self.cfg_schedule!r}; choose one of {CFG_SCHEDULES}")
+            raise UserError(f"unknown cfg schedule {self.cfg_schedule!r}; choose one of {CFG_SCHEDULES}")
         if self.num_steps < 1:
-            raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
+            raise UserError(f"num_steps must be >= 1 (--step), got {self.num_steps}")
+        if self.cfg_scale < 0:  # below 0 would push away from the class: no meaning, so refused
+            raise UserError(f"cfg_scale must be >= 0 (--cfg-scale), got {self.cfg_scale}: 0 is the \"no class\" "
+                            "prediction alone, 1 the class alone")
         if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+            raise UserError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+            raise UserError(f"top_k must be >= 0, got {self.top_k}")
 
     @property
     def uses_guidance(self) -> bool:
@@ -108,7 +113,7 @@ def step_sizes(num_tokens: int, num_steps: int, schedule: str) -> List[int]:
     Every step but the last keeps at least one token masked; the last step generates the rest.
     """
     if not 1 <= num_steps <= num_tokens:
-        raise ValueError(f"num_steps must be in [1, {num_tokens}] for {num_tokens} tokens, got {num_steps}")
+        raise UserError(f"num_steps must be in [1, {num_tokens}] for {num_tokens} tokens, got {num_steps}")
     sizes, done = [], 0
     for step in range(num_steps):
         if step == num_steps - 1:

@@ -13,6 +13,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
+from autoregressive.utils.cli import InputNotFound, UserError
 from autoregressive.utils.logger import get_logger
 
 STATE_DICT_ENTRIES = ("model", "ema", "module", "state_dict")
@@ -25,17 +26,30 @@ def read_checkpoint(path: str):
     """Read a checkpoint file with weights_only=True; official training checkpoints carry an
     argparse.Namespace under "args", which is allowed as plain data."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
+        raise InputNotFound(f"checkpoint not found: {path}")
+    if path.endswith(".safetensors"):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
 
+        try:
             return load_file(path, device="cpu")
+        except (SafetensorError, OSError) as error:
+            raise UserError(f"{path} is not a readable .safetensors file ({first_line(error)}): it is corrupt "
+                            "or incomplete; download or copy it again") from error
+    try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError, ValueError) as error:
-        raise ValueError(f"could not read checkpoint {path}: {error}. The file is corrupt or incomplete; "
-                         "download or copy it again.") from error
+        raise UserError(f"{path} is not a readable PyTorch checkpoint ({first_line(error)}): it is corrupt or "
+                        "incomplete; download or copy it again") from error
+
+
+def first_line(error: Exception) -> str:
+    """The informative line of a loader's error (torch's weights-only message puts it after a preamble)."""
+    text = str(error)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    return next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
 
 
 def add_weights_arg(parser) -> None:
@@ -48,17 +62,17 @@ def select_state_dict(checkpoint, which: Optional[str] = None) -> Tuple[str, dic
     """Which weights of a loaded checkpoint to use, and them: ("ema", ...) or ("model", ...).
     which: "ema", "model", or None for EMA when the file has it, else the raw model."""
     if not isinstance(checkpoint, dict):
-        raise ValueError(f"checkpoint holds a {type(checkpoint).__name__}, not a state dict")
+        raise UserError(f"checkpoint holds a {type(checkpoint).__name__}, not a state dict")
     if which not in (None, *WEIGHT_CHOICES):
-        raise ValueError(f"--weights must be one of {WEIGHT_CHOICES}, got {which!r}")
+        raise UserError(f"--weights must be one of {WEIGHT_CHOICES}, got {which!r}")
     raw = next((name for name in RAW_ENTRIES if name in checkpoint), None)
     if which == "ema" or (which is None and "ema" in checkpoint):
         if "ema" not in checkpoint:
-            raise ValueError(f"--weights ema: the checkpoint holds no EMA weights (entries: {sorted(checkpoint)[:8]}); "
-                             "it was trained without --ema, so pass --weights model")
+            raise UserError(f"--weights ema: the checkpoint holds no EMA weights (entries: {sorted(checkpoint)[:8]}); "
+                            "it was trained without --ema, so pass --weights model")
         return "ema", checkpoint["ema"]
     if raw is None and "ema" in checkpoint:
-        raise ValueError("--weights model: the checkpoint holds EMA weights only; pass --weights ema")
+        raise UserError("--weights model: the checkpoint holds EMA weights only; pass --weights ema")
     return "model", checkpoint[raw] if raw else checkpoint  # a bare state dict has no entries
 
 
@@ -66,8 +80,8 @@ def extract_state_dict(checkpoint, which: Optional[str] = None) -> Dict[str, tor
     """The state dict inside a loaded checkpoint, chosen by `select_state_dict`, without wrapper prefixes."""
     _, state = select_state_dict(checkpoint, which)
     if not all(isinstance(value, torch.Tensor) for value in state.values()):
-        raise ValueError(f"no state dict found in the checkpoint (entries: {sorted(checkpoint)[:8]}); "
-                         f"expected tensors at the top level or under one of {STATE_DICT_ENTRIES}")
+        raise UserError(f"no state dict found in the checkpoint (entries: {sorted(checkpoint)[:8]}); "
+                        f"expected tensors at the top level or under one of {STATE_DICT_ENTRIES}")
     return {strip_wrapper_prefixes(key): value for key, value in state.items()}
 
 
@@ -90,33 +104,37 @@ def describe_arpg_size(state: Dict[str, torch.Tensor]) -> str:
     dim = state["embeddings.weight"].shape[1]
     num_self = len({key.split(".")[2] for key in state if key.startswith("layers.self_dec.")})
     layers = 2 * num_self
-    for name, build in ARPG_models.items():
-        with torch.device("meta"):
-            config = build().config
-        if (config.dim, config.n_layer) == (dim, layers):
-            return f"{name} ({layers} layers, dim {dim}); pass --gpt-model {name}"
+    vocab = state["head.weight"].shape[0] if "head.weight" in state else None
+    with torch.device("meta"):
+        configs = {name: build().config for name, build in ARPG_models.items()}
+    same_shape = [name for name, config in configs.items() if (config.dim, config.n_layer) == (dim, layers)]
+    # sizes of equal width and depth (tiny, digits) differ in vocabulary: prefer the one whose head fits
+    same_shape.sort(key=lambda name: configs[name].vocab_size != vocab)
+    if same_shape:
+        name = same_shape[0]
+        return f"{name} ({layers} layers, dim {dim}); pass --gpt-model {name}"
     return f"an ARPG model with {layers} layers and dim {dim}, which matches no known size"
 
 
 def check_state_dict(model: torch.nn.Module, state: Dict[str, torch.Tensor]) -> None:
-    """Raise a ValueError naming missing, unexpected and mis-shaped keys, if any."""
+    """Raise a UserError naming missing, unexpected and mis-shaped keys, if any."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     misshaped = sorted(key for key in set(expected) & set(state) if expected[key].shape != state[key].shape)
     if not (missing or unexpected or misshaped):
         return
-    lines = [f"the checkpoint does not fit this {type(model).__name__}:"]
+    parts = []
     for label, keys in (("missing", missing), ("unexpected", unexpected)):
         if keys:
-            lines.append(f"  {len(keys)} {label} keys: {', '.join(keys[:6])}{' ...' if len(keys) > 6 else ''}")
+            parts.append(f"{len(keys)} {label} keys: {', '.join(keys[:6])}{' ...' if len(keys) > 6 else ''}")
     for key in misshaped[:6]:
-        lines.append(f"  {key}: checkpoint {tuple(state[key].shape)}, model {tuple(expected[key].shape)}")
+        parts.append(f"{key}: checkpoint {tuple(state[key].shape)}, model {tuple(expected[key].shape)}")
     if hasattr(model, "config") and hasattr(model.config, "n_layer"):
-        lines.append(f"  the checkpoint looks like {describe_arpg_size(state)}")
+        parts.append(f"the checkpoint looks like {describe_arpg_size(state)}")
     if "condition_embeddings.weight" in unexpected or "condition_embeddings.weight" in missing:
-        lines.append("  a controllable model: pass --condition-vocab-size as it was trained (its condition.json)")
-    raise ValueError("\n".join(lines))
+        parts.append("a controllable model: pass --condition-vocab-size as it was trained (its condition.json)")
+    raise UserError(f"the checkpoint does not fit this {type(model).__name__}: " + "; ".join(parts))
 
 
 def load_model_weights(model: torch.nn.Module, path: str, weights: Optional[str] = None) -> torch.nn.Module:

@@ -14,6 +14,7 @@ from typing import Tuple
 
 import numpy as np
 
+from autoregressive.utils.cli import UserError, run_main
 from dataset.codes import save_npy_atomic
 from dataset.conditions import ConditionInfo, write_condition_info
 
@@ -36,7 +37,7 @@ def load_digits_split(split: str) -> Tuple[np.ndarray, np.ndarray]:
     from sklearn.model_selection import train_test_split
 
     if split not in ("train", "val"):
-        raise ValueError(f"unknown digits split {split!r}; choose 'train' or 'val'")
+        raise UserError(f"unknown digits split {split!r}; choose 'train' or 'val'")
     images, labels = load_digits(return_X_y=True)
     parts = train_test_split(images.astype(np.int64), labels.astype(np.int64), test_size=0.2,
                              stratify=labels, random_state=SPLIT_SEED)
@@ -60,10 +61,12 @@ def write_digits(out_dir: str) -> Tuple[str, str]:
     return dirs[0], dirs[1]
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description="Write the digits demo dataset in the RandAR code layout.")
     parser.add_argument("--out", default="data/digits", help="output folder (gets train/ and val/)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if os.path.isfile(args.out):
+        raise UserError(f"--out {args.out} is a file; pass a folder (it gets train/ and val/)")
     train_dir, val_dir = write_digits(args.out)
     print(f"digits written: {train_dir} ({len(load_digits_split('train')[1])} images), "
           f"{val_dir} ({len(load_digits_split('val')[1])} images), shape conditions in {train_dir}_shape, "
@@ -71,4 +74,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

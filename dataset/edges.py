@@ -13,6 +13,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from autoregressive.utils.cli import UserError, check_file, run_main
+
 CELLS = 2  # cells per token side
 EDGE_VOCAB_SIZE = 2 ** (CELLS * CELLS)
 # Hysteresis thresholds on the Sobel magnitude of a [0, 1] grey image: cv2.Canny(image, 100, 200) on
@@ -43,7 +45,7 @@ def edge_tokens(edges: np.ndarray, grid: int) -> np.ndarray:
     """(H, W) bool edges -> (grid * grid,) int64 condition ids in raster order (see the module docstring)."""
     height, width = edges.shape
     if height % (grid * CELLS) or width % (grid * CELLS):
-        raise ValueError(f"a {height}x{width} edge map does not split into {grid}x{grid} tokens of {CELLS}x{CELLS} cells")
+        raise UserError(f"a {height}x{width} edge map does not split into {grid}x{grid} tokens of {CELLS}x{CELLS} cells")
     cells = edges.reshape(grid, CELLS, height // (grid * CELLS), grid, CELLS, width // (grid * CELLS)).any(axis=(2, 5))
     bits = cells.transpose(0, 2, 1, 3).reshape(grid * grid, CELLS * CELLS)  # (token, cell) in raster order each
     return (bits * (1 << np.arange(CELLS * CELLS))).sum(axis=1).astype(np.int64)
@@ -55,20 +57,24 @@ def image_edge_tokens(image: Image.Image, grid: int) -> np.ndarray:
     return edge_tokens(canny(grey), grid)
 
 
-def main():
+def main(argv=None):
     from dataset.transforms import center_crop_adm
+    from extract_codes_c2i import open_rgb
 
     parser = argparse.ArgumentParser(description="An image's Canny edge condition map, for sample_c2i.py --condition-map.")
     parser.add_argument("image")
     parser.add_argument("--out", required=True, help=".npy of (grid * grid,) condition ids")
     parser.add_argument("--image-size", type=int, default=256, help="ADM centre crop size, as the codes were made")
     parser.add_argument("--downsample-size", type=int, default=16)
-    args = parser.parse_args()
-    crop = center_crop_adm(Image.open(args.image).convert("RGB"), args.image_size)
+    args = parser.parse_args(argv)
+    check_file("image", args.image)
+    if args.image_size % (2 * args.downsample_size):
+        raise UserError(f"--image-size {args.image_size} must be a multiple of twice --downsample-size {args.downsample_size}")
+    crop = center_crop_adm(open_rgb(args.image), args.image_size)
     tokens = image_edge_tokens(crop, args.image_size // args.downsample_size)
     np.save(args.out, tokens)
     print(f"saved {args.out}: {tokens.size} edge condition ids, {int((tokens > 0).sum())} tokens with edges")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -7,6 +7,8 @@ import argparse
 from dataclasses import dataclass
 
 import numpy as np
+
+from autoregressive.utils.cli import check_at_least, check_at_most, check_file, run_main
 from dataset.digits import DIGITS_VOCAB_SIZE, load_digits_split
 from evaluations.c2i import metrics
 
@@ -60,7 +62,7 @@ def judge(samples: np.ndarray, labels: np.ndarray, n_components: int = 20, seed:
                         real_floor=frechet_distance(features(train_images[real_subset]), features(val_images)))
 
 
-def main():
+def main(argv=None):
     import torch
 
     from autoregressive.generate import generate
@@ -74,13 +76,17 @@ def main():
     add_weights_arg(parser)
     parser.add_argument("--num-samples", type=int, default=1000, help="sample i has class i mod 10")
     parser.add_argument("--seed", type=int, default=0)
-    args = add_sampling_args(parser, cfg_scale=2.0, num_steps=16).parse_args()
+    args = add_sampling_args(parser, cfg_scale=2.0, num_steps=16).parse_args(argv)
+    check_file("--gpt-ckpt", args.gpt_ckpt)
+    check_at_least("--num-samples", args.num_samples, 2)  # a Frechet distance needs a covariance
+    sampling = SamplingConfig.from_args(args)
     model = load_model_weights(ARPG_models[args.gpt_model](), args.gpt_ckpt, args.weights).eval()
     labels = torch.arange(args.num_samples) % model.config.num_classes
-    tokens = generate(model, labels, SamplingConfig.from_args(args), generator=torch.Generator().manual_seed(args.seed))
+    check_at_most("--step", args.step, model.config.block_size, "the number of tokens of an image")
+    tokens = generate(model, labels, sampling, generator=torch.Generator().manual_seed(args.seed))
     report = judge(tokens.numpy(), labels.numpy())
     print("\n".join(report.lines()))
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -19,6 +19,7 @@ from autoregressive.fast_generate import FastSampler, make_sampler
 from autoregressive.generate import generate
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.sampling import SamplingConfig, add_sampling_args
+from autoregressive.utils.cli import UserError, check_at_least, run_main
 from autoregressive.utils.device import enable_tf32
 from autoregressive.weights import PRECISIONS, prepare_vq
 
@@ -144,7 +145,7 @@ def bench_model(name, batch_sizes, sampling, reps, vq, device, fused=False):
     return rows
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["ARPG-L", "ARPG-XL", "ARPG-XXL"], choices=list(ARPG_models))
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[64, 256])
@@ -154,10 +155,15 @@ def main():
                         help="decoder dtype (compiled), as sample_c2i_ddp.py's flag; none = float32 with TF32")
     parser.add_argument("--fused", action="store_true", help="time the fused fast path (layers compiled: close to, "
                         "not equal to, the reference loop) instead of the exact one")
-    args = add_sampling_args(parser, cfg_scale=4.5, cfg_schedule="constant").parse_args()
+    args = add_sampling_args(parser, cfg_scale=4.5, cfg_schedule="constant").parse_args(argv)
+    for flag, values in (("--batch-sizes", args.batch_sizes), ("--step", [args.step]), ("--reps", [args.reps])):
+        for value in values:
+            check_at_least(flag, value, 1)
+    sampling = SamplingConfig.from_args(args)
+    if not torch.cuda.is_available():
+        raise UserError("bench_sample.py times the CUDA paths and needs a CUDA GPU; none is visible")
     device = torch.device("cuda")
     enable_tf32()
-    sampling = SamplingConfig.from_args(args)
     vq = None
     if not args.no_decode:
         from tokenizer.vq_model import VQ_models
@@ -179,4 +185,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -1,13 +1,14 @@
 """Training throughput on one GPU: the optimizer step that train_c2i.py runs (`Trainer.optimizer_step`:
 forward, backward, gradient clipping, fused AdamW; without --ema) on random codes, bf16 autocast,
-compiled. Prints, per model, batch and data-parallel mode,
-img/s (median of the repetitions), peak memory and MFU (model FLOPs: recomputation not counted), and
+compiled. Prints, per model, batch, data-parallel mode and precision policy (each timed beside exact,
+repetitions interleaved), img/s (median of the repetitions), peak memory and MFU (model FLOPs: recomputation not counted), and
 checks numerics: the loss of one fixed batch (fixed orders, eval mode: no dropout) in bf16, eager and
 compiled, against the eager float32 path.
 
     python -m scripts.bench_train --models ARPG-L --batch-sizes 128
     python -m scripts.bench_train --models ARPG-L,ARPG-XL,ARPG-XXL --batch-sizes 64,128 --modes ddp,fsdp
     python -m scripts.bench_train --models ARPG-XXL --batch-sizes 128 --chunked-loss --grad-checkpointing 32
+    python -m scripts.bench_train --models ARPG-L --batch-sizes 128 --modes ddp,fsdp --precision-policies exact,bf16,fp8
 
 ddp at world size 1 is the compiled model itself (train_c2i.py wraps DDP only for several ranks);
 fsdp is FSDP2 with every layer compiled and sharded over a one-process group.
@@ -17,6 +18,7 @@ import gc
 import os
 import statistics
 import time
+from typing import List, Optional
 
 import torch
 
@@ -24,7 +26,10 @@ from autoregressive.models.arpg import ARPG_models
 from autoregressive.train.config import TrainConfig, build_model
 from autoregressive.train.loop import Trainer
 from autoregressive.train.parallel import set_activation_memory_budget
-from autoregressive.utils.dist import DistInfo, cleanup, init_distributed
+from autoregressive.train.precision import check_policy, fp8_unavailable_reason, parse_policy_list
+from autoregressive.utils.cli import UserError, check_at_least, run_main
+from autoregressive.utils.device import enable_tf32
+from autoregressive.utils.dist import DistInfo, cleanup, init_distributed, init_one_process_group
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, SXM
 
@@ -57,65 +62,148 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_one(name: str, batch: int, mode: str, args, info: DistInfo) -> dict:
+def unavailable_reason(policy: str, mode: str, device: torch.device) -> Optional[str]:
+    """Why `policy` cannot run in `mode` here (shown in its table row), or None."""
+    try:
+        check_policy(policy, mode)
+    except ValueError:
+        return f"{policy} runs under --modes fsdp only"
+    return fp8_unavailable_reason(device) if policy == "fp8" else None
+
+
+class PolicyRun:
+    """One policy's trainer and batch in a group, and what was measured for it."""
+
+    def __init__(self, result: dict, trainer: Optional[Trainer] = None, step=None):
+        self.result, self.trainer, self.step = result, trainer, step
+        self.rates, self.peaks = [], []
+        self.resident = 0  # bytes its trainer keeps between steps (weights, gradients, optimizer state)
+
+    def out_of_memory(self) -> None:
+        self.result["img_s"], self.trainer = None, None
+
+
+def bench_group(name: str, batch: int, mode: str, policies: List[str], args, info: DistInfo) -> List[dict]:
+    """Time every precision policy of `policies` on one model, batch and mode, from the same weights and
+    batch; their repetitions interleave, so a slow spell of the machine hits them all alike."""
     device = info.device
+    runs = [start_run(name, batch, mode, policy, args, info) for policy in policies]
+    for _ in range(args.reps):
+        for run in runs:
+            if run.trainer is not None:
+                time_steps(run, args.steps, batch, device)
+    for run in runs:
+        if run.trainer is not None:
+            run.result["img_s"] = statistics.median(run.rates)
+            run.result["peak_gib"] = max(run.peaks) / 2**30 if run.peaks else None
+    results = [run.result for run in runs]
+    del runs
+    gc.collect()
+    torch._dynamo.reset()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    return results
+
+
+def time_steps(run: PolicyRun, steps: int, batch: int, device: torch.device) -> None:
+    """One repetition: `steps` optimizer steps of the run's trainer; appends img/s and peak memory (its
+    own state plus the step's transient peak, so the other policies' trainers do not count)."""
+    try:
+        synchronize(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated() if device.type == "cuda" else 0
+        start = time.perf_counter()
+        for _ in range(steps):
+            run.trainer.optimizer_step(run.step)
+        synchronize(device)
+        run.rates.append(steps * batch / (time.perf_counter() - start))
+        if device.type == "cuda":
+            run.peaks.append(run.resident + torch.cuda.max_memory_allocated() - before)
+    except torch.OutOfMemoryError:
+        run.out_of_memory()
+
+
+def start_run(name: str, batch: int, mode: str, policy: str, args, info: DistInfo) -> PolicyRun:
+    """Build, wrap and warm up (compile) the trainer of one policy; the same seeded weights and random
+    batch for every policy. The fixed-batch loss check runs for every policy on its own compiled module,
+    and in eager float32 and bf16 once, beside the exact policy."""
+    device = info.device
+    result = {"model": name, "batch": batch, "mode": mode, "policy": policy}
+    reason = unavailable_reason(policy, mode, device)
+    if reason is not None:
+        result["skipped"] = reason
+        return PolicyRun(result)
     cfg = TrainConfig(code_path="", gpt_model=name, global_batch_size=batch, compile=not args.no_compile,
                       chunked_loss=args.chunked_loss, grad_checkpointing=args.grad_checkpointing,
-                      data_parallel=mode, num_workers=0)
+                      data_parallel=mode, precision_policy=policy, num_workers=0)
     torch.manual_seed(0)
     model = build_model(cfg).to(device)
     torch.nn.init.normal_(model.head.weight, std=0.02)  # a zero head (the training init) makes every loss log V
     config = model.config
     codes = torch.randint(0, config.vocab_size, (batch, config.block_size), device=device)
     labels = torch.randint(0, config.num_classes, (batch,), device=device)
-    result = {"model": name, "batch": batch, "mode": mode, "flops": flops_per_image(model)}
-    if args.check_loss:
-        orders = torch.rand(batch, config.block_size, device=device).argsort(1)
+    orders = torch.rand(batch, config.block_size, device=device).argsort(1)
+    result["flops"] = flops_per_image(model)
+    if args.check_loss and policy == "exact":
         result["loss_fp32"] = fixed_batch_loss(model, codes, labels, orders, autocast=False)
         result["loss_bf16"] = fixed_batch_loss(model, codes, labels, orders, autocast=True)
+    synchronize(device)
+    before = torch.cuda.memory_allocated() if device.type == "cuda" else 0
     # Compiles and wraps (ddp) or shards (fsdp) the model as a training run does.
-    trainer = Trainer(cfg, info, torch.utils.data.TensorDataset(codes.cpu(), labels.cpu()), model=model)
+    trainer = Trainer(cfg, info, torch.utils.data.TensorDataset(codes, labels), model=model)
     if args.check_loss:
         result["loss_compiled"] = fixed_batch_loss(trainer.train_model, codes, labels, orders, autocast=True)
-    step = [(codes, labels)]  # one micro-batch: gradient accumulation 1
+    run = PolicyRun(result, trainer, step=[(codes, labels)])  # one micro-batch: gradient accumulation 1
     try:
         for _ in range(3):  # compile and warm up
-            trainer.optimizer_step(step)
+            trainer.optimizer_step(run.step)
         synchronize(device)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        rates = []
-        for _ in range(args.reps):
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                trainer.optimizer_step(step)
-            synchronize(device)
-            rates.append(args.steps * batch / (time.perf_counter() - start))
-        result["img_s"] = statistics.median(rates)
-        result["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
     except torch.OutOfMemoryError:
-        result["img_s"], result["peak_gib"] = None, None
-    del model, trainer
-    gc.collect()
-    torch._dynamo.reset()
+        run.out_of_memory()
     if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    return result
+        run.resident = torch.cuda.memory_allocated() - before
+    return run
 
 
-def init_one_process_group() -> DistInfo:
-    """A process group of this one process (FSDP needs one), as torchrun --nproc_per_node=1 would make."""
-    for name, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29517"), ("RANK", "0"), ("WORLD_SIZE", "1")):
-        os.environ.setdefault(name, value)
-    return init_distributed("cuda", always_group=True)
+def result_table(results: List[dict], peak: float) -> List[str]:
+    """The markdown table: one row per model, batch, mode and policy; "vs exact" divides by the exact
+    policy's img/s in the same model, batch and mode."""
+    exact = {(r["model"], r["batch"], r["mode"]): r.get("img_s") for r in results if r["policy"] == "exact"}
+    lines = ["| model | batch / GPU | mode | precision policy | img/s (median) | vs exact | peak GiB | MFU |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        head = f"| {r['model']} | {r['batch']} | {r['mode']} | {r['policy']} |"
+        if "skipped" in r:
+            lines.append(f"{head} not run: {r['skipped']} | - | - | - |")
+        elif r["img_s"] is None:
+            lines.append(f"{head} out of memory | - | - | - |")
+        else:
+            reference = exact.get((r["model"], r["batch"], r["mode"]))
+            ratio = f"{r['img_s'] / reference:.2f}x" if reference else "-"
+            peak_gib = "-" if r["peak_gib"] is None else f"{r['peak_gib']:.1f}"
+            mfu = r["img_s"] * r["flops"] / (peak * 1e12)
+            lines.append(f"{head} {r['img_s']:.0f} | {ratio} | {peak_gib} | {100 * mfu:.1f}% |")
+    return lines
 
 
-def main():
+def positive_ints(flag: str, text: str):
+    """'64,128' -> [64, 128], refused with the flag's name unless every item is an integer >= 1."""
+    items = text.split(",")
+    if not all(item.strip().isdigit() and int(item) >= 1 for item in items):
+        raise UserError(f"{flag} must be comma-separated integers >= 1, got {text!r}")
+    return [int(item) for item in items]
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="ARPG-L", help="comma-separated, from " + ", ".join(ARPG_models))
     parser.add_argument("--batch-sizes", default="128", help="comma-separated batch sizes per GPU")
     parser.add_argument("--modes", default="ddp", help="comma-separated: ddp, fsdp")
+    parser.add_argument("--precision-policies", default="exact",
+                        help="comma-separated: exact, bf16 (with --modes fsdp), fp8 (torchao, sm89+); each is timed "
+                             "beside exact, repetitions interleaved")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per repetition")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--no-compile", action="store_true")
@@ -126,32 +214,36 @@ def main():
                         help="torch.compile's partitioner budget: below 1 it recomputes cheap ops to save memory")
     parser.add_argument("--no-check-loss", dest="check_loss", action="store_false",
                         help="skip the fixed-batch loss check (saves the memory of the float32 forward)")
-    args = parser.parse_args()
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
+    args = parser.parse_args(argv)
+    batch_sizes = positive_ints("--batch-sizes", args.batch_sizes)
+    check_at_least("--steps", args.steps, 1)
+    check_at_least("--reps", args.reps, 1)
+    unknown = [name for name in args.models.split(",") if name not in ARPG_models]
+    unknown += [mode for mode in args.modes.split(",") if mode not in ("ddp", "fsdp")]
+    if unknown:
+        raise UserError(f"unknown --models / --modes {unknown}; models: {', '.join(ARPG_models)}; modes: ddp, fsdp")
+    if not torch.cuda.is_available():
+        raise UserError("bench_train.py times training on a CUDA GPU; none is visible")
+    enable_tf32()
     if args.activation_memory_budget is not None:
         set_activation_memory_budget(args.activation_memory_budget)
-    modes = args.modes.split(",")
-    info = init_one_process_group() if "fsdp" in modes else init_distributed("cuda")
-    results = [bench_one(name, int(batch), mode, args, info) for name in args.models.split(",")
-               for batch in args.batch_sizes.split(",") for mode in modes]
+    modes, policies = args.modes.split(","), parse_policy_list(args.precision_policies)
+    info = init_one_process_group("cuda") if "fsdp" in modes else init_distributed("cuda")
+    results = [result for name in args.models.split(",") for batch in batch_sizes
+               for mode in modes for result in bench_group(name, batch, mode, policies, args, info)]
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, bf16 autocast, "
           f"{'eager' if args.no_compile else 'compiled'}, chunked loss {args.chunked_loss}, "
           f"grad checkpointing {args.grad_checkpointing}, activation memory budget {args.activation_memory_budget}")
-    print("| model | batch / GPU | mode | img/s (median) | peak GiB | MFU |")
-    print("|---|---|---|---|---|---|")
-    for r in results:
-        if r["img_s"] is None:
-            print(f"| {r['model']} | {r['batch']} | {r['mode']} | out of memory | - | - |")
-            continue
-        mfu = r["img_s"] * r["flops"] / (peak_tflops() * 1e12)
-        print(f"| {r['model']} | {r['batch']} | {r['mode']} | {r['img_s']:.0f} | {r['peak_gib']:.1f} | {100 * mfu:.1f}% |")
+    print("\n".join(result_table(results, peak_tflops())))
     for r in results:
         if "loss_fp32" in r:
             print(f"{r['model']} b{r['batch']} {r['mode']}: loss of a fixed batch: eager float32 {r['loss_fp32']:.5f}, "
-                  f"eager bf16 {r['loss_bf16']:.5f}, compiled bf16 {r['loss_compiled']:.5f}")
+                  f"eager bf16 {r['loss_bf16']:.5f}")
+        if "loss_compiled" in r:
+            print(f"{r['model']} b{r['batch']} {r['mode']} {r['policy']}: the training module's loss of it "
+                  f"{r['loss_compiled']:.5f}")
     cleanup()
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 REF=${REF:-VIRTUAL_imagenet256_labeled.npz}
 SAMPLES=${SAMPLES:?set SAMPLES to the .npz written by sample_c2i_ddp.py}
 WEIGHTS=${WEIGHTS:-weights-inception-2015-12-05-6726825d.pth}
-python3 -m evaluations.c2i.evaluator "$REF" "$SAMPLES" --inception-weights "$WEIGHTS" --batch-size 64 --device cuda
+python3 -m evaluations.c2i.evaluator "$REF" "$SAMPLES" --inception-weights "$WEIGHTS" --batch-size 64 --device "${DEVICE:-auto}"

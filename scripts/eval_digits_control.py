@@ -27,6 +27,7 @@ from autoregressive.generate import SamplingConfig, generate
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.render import tokens_to_view
 from autoregressive.sampling import add_sampling_args
+from autoregressive.utils.cli import check_file, run_main
 from autoregressive.weights import add_weights_arg, load_model_weights
 from dataset.digits import DIGITS_VOCAB_SIZE, SHAPE_INFO, digit_shapes, load_digits_split
 from evaluations.digits import class_accuracy, fit_digit_classifier
@@ -53,14 +54,16 @@ def load(path: str, weights: Optional[str], **overrides):
     return load_model_weights(ARPG_models["ARPG-digits"](**overrides), path, weights).eval()
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--class-ckpt", required=True, help="the class-only demo model")
     parser.add_argument("--control-ckpt", required=True, help="the demo model trained with --condition-path")
     add_weights_arg(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="samples/digits_control.png")
-    args = add_sampling_args(parser, cfg_scale=2.0, num_steps=16).parse_args()
+    args = add_sampling_args(parser, cfg_scale=2.0, num_steps=16).parse_args(argv)
+    check_file("--class-ckpt", args.class_ckpt)
+    check_file("--control-ckpt", args.control_ckpt)
     sampling = SamplingConfig.from_args(args)
     class_only = load(args.class_ckpt, args.weights)
     controlled = load(args.control_ckpt, args.weights, condition_vocab_size=SHAPE_INFO.vocab_size)
@@ -116,4 +119,4 @@ def write_picture(path: str, labels: np.ndarray, shapes: np.ndarray, images: np.
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

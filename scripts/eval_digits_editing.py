@@ -15,18 +15,20 @@ from autoregressive import editing
 from autoregressive.generate import SamplingConfig, generate
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.sampling import add_sampling_args
+from autoregressive.utils.cli import check_file, run_main
 from autoregressive.weights import add_weights_arg, load_model_weights
 from dataset.digits import load_digits_split
 from evaluations.digits import class_accuracy, fit_digit_classifier
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gpt-ckpt", required=True)
     add_weights_arg(parser)
     parser.add_argument("--seed", type=int, default=0)
-    args = add_sampling_args(parser, cfg_scale=2.0, num_steps=16).parse_args()
-    given = SamplingConfig.from_args(args)
+    args = add_sampling_args(parser, cfg_scale=2.0, num_steps=16).parse_args(argv)
+    check_file("--gpt-ckpt", args.gpt_ckpt)
+    given = SamplingConfig.from_args(args)  # refuses bad sampling flags before the model and classifier are built
     dropped = dataclasses.replace(given, cfg_scale=0.0, cfg_schedule="constant")
     model = load_model_weights(ARPG_models["ARPG-digits"](), args.gpt_ckpt, args.weights).eval()
     classifier = fit_digit_classifier(*load_digits_split("train"))
@@ -44,4 +46,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

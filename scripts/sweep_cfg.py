@@ -28,9 +28,10 @@ from autoregressive.fast_generate import make_sampler
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.render import tokens_to_images
 from autoregressive.sampling import CFG_SCHEDULES, SAMPLE_SCHEDULES, SamplingConfig, batch_generator
-from autoregressive.weights import PRECISIONS, load_gpt, load_vq
+from autoregressive.utils.cli import UserError, check_at_least, check_at_most, check_file, run_main
 from autoregressive.utils.dist import barrier, cleanup, init_distributed
 from autoregressive.utils.logger import get_logger
+from autoregressive.weights import PRECISIONS, load_gpt, load_vq
 
 
 @dataclass(frozen=True)
@@ -169,20 +170,28 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_args(args) -> None:
-    if args.num_samples < 2 or args.per_proc_batch_size < 1:
-        raise ValueError("--num-samples must be >= 2 and --per-proc-batch-size >= 1")
-    if args.vq_ckpt and not (args.ref_batch and args.inception_weights):
-        raise ValueError("scoring images needs --ref-batch and --inception-weights (see the README's Evaluation)")
-    for path in (args.gpt_ckpt, args.vq_ckpt, args.ref_batch, args.inception_weights):
-        if path and not os.path.isfile(path):
-            raise FileNotFoundError(f"file not found: {path}")
+def check_args(args) -> List[SamplingConfig]:
+    """Refuse bad flags before any model is built or folder made; -> the sampling settings of every point,
+    schedule by schedule."""
+    for flag, path in (("--gpt-ckpt", args.gpt_ckpt), ("--vq-ckpt", args.vq_ckpt), ("--ref-batch", args.ref_batch),
+                       ("--inception-weights", args.inception_weights)):
+        check_file(flag, path)
+    check_at_least("--num-samples", args.num_samples, 2)  # a Frechet distance needs a covariance
+    check_at_least("--per-proc-batch-size", args.per_proc_batch_size, 1)
+    for scale in args.cfg_scales:
+        check_at_least("--cfg-scales", scale, 0)  # 0 is the "no class" prediction alone
+    if args.vq_ckpt and not args.ref_batch:
+        raise UserError("scoring images needs --ref-batch (and --inception-weights, or the network to download "
+                        "them; see the README's Evaluation)")
+    return [SamplingConfig(num_steps=args.step, cfg_scale=scale, cfg_schedule=schedule,
+                           sample_schedule=args.sample_schedule, temperature=args.temperature, top_k=args.top_k,
+                           top_p=args.top_p) for schedule in args.cfg_schedules for scale in args.cfg_scales]
 
 
 def make_judge(args, config, device) -> Judge:
     if args.vq_ckpt is None:
         if config.vocab_size > 256:
-            raise ValueError("--vq-ckpt is required to turn image tokens into pixels (LlamaGen's vq_ds16_c2i.pt)")
+            raise UserError("--vq-ckpt is required to turn image tokens into pixels (LlamaGen's vq_ds16_c2i.pt)")
         if args.ref_batch is None:
             return digits_judge()
     from evaluations.c2i.inception import InceptionFeatures
@@ -191,38 +200,36 @@ def make_judge(args, config, device) -> Judge:
 
 
 def main(args) -> List[dict]:
-    check_args(args)
+    points = check_args(args)
     info = init_distributed(args.device)
     logger = get_logger("arpg.sweep", rank=info.rank)
     precision = args.precision if info.device.type == "cuda" else "none"
     model = load_gpt(args.gpt_model, args.gpt_ckpt, info.device, precision)
     config = model.config
+    check_at_most("--step", args.step, config.block_size, "the number of tokens of an image")
     vq = load_vq(args.vq_model, args.vq_ckpt, info.device) if args.vq_ckpt else None
-    os.makedirs(args.out_dir, exist_ok=True)
     judge = make_judge(args, config, info.device) if info.is_main else None
+    os.makedirs(args.out_dir, exist_ok=True)
     if args.vq_ckpt is None and args.ref_batch is None:
         render = lambda tokens: tokens.int().cpu().numpy()  # the digits judge reads grey-level tokens
     else:
         render = lambda tokens: tokens_to_images(tokens, config.grid_size, vq, config.vocab_size).numpy()
     sampler = make_sampler(model, use_fast=args.compile)
     rows = []
-    for schedule in args.cfg_schedules:
-        for scale in args.cfg_scales:
-            sampling = SamplingConfig(num_steps=args.step, cfg_scale=scale, cfg_schedule=schedule,
-                                      sample_schedule=args.sample_schedule, temperature=args.temperature,
-                                      top_k=args.top_k, top_p=args.top_p)
-            tag = f"cfg-{scale:g}-{schedule}"
-            outputs = sample_my_batches(sampler, render, sampling, args.num_samples, args.per_proc_batch_size,
-                                        config.num_classes, args.global_seed, info.rank, info.world_size, info.device)
-            samples = gather_on_main(outputs, os.path.join(args.out_dir, "parts", tag), info.rank, info.world_size,
-                                     args.num_samples)
-            if info.is_main:
-                labels = np.arange(len(samples)) % config.num_classes
-                rows.append({"cfg_schedule": schedule, "cfg_scale": scale, "num_samples": len(samples),
-                             **judge.score(samples, labels, tag)})
-                logger.info(", ".join(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
-                                      for key, value in rows[-1].items()))
-            barrier()
+    for sampling in points:
+        schedule, scale = sampling.cfg_schedule, sampling.cfg_scale
+        tag = f"cfg-{scale:g}-{schedule}"
+        outputs = sample_my_batches(sampler, render, sampling, args.num_samples, args.per_proc_batch_size,
+                                    config.num_classes, args.global_seed, info.rank, info.world_size, info.device)
+        samples = gather_on_main(outputs, os.path.join(args.out_dir, "parts", tag), info.rank, info.world_size,
+                                 args.num_samples)
+        if info.is_main:
+            labels = np.arange(len(samples)) % config.num_classes
+            rows.append({"cfg_schedule": schedule, "cfg_scale": scale, "num_samples": len(samples),
+                         **judge.score(samples, labels, tag)})
+            logger.info(", ".join(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
+                                  for key, value in rows[-1].items()))
+        barrier()
     if info.is_main:
         report(rows, judge, args)
     cleanup()
@@ -242,4 +249,4 @@ def report(rows: List[dict], judge: Judge, args) -> None:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run_main(lambda argv: main(get_args_parser().parse_args(argv)))

@@ -118,15 +118,17 @@ def test_load_condition_map_serves_one_map_to_every_sample_or_one_each(tmp_path)
 
     one = np.arange(16).reshape(4, 4) % 3
     np.save(tmp_path / "one.npy", one)
-    maps = load_condition_map(str(tmp_path / "one.npy"), 3, 16)
+    maps = load_condition_map(str(tmp_path / "one.npy"), 3, 16, 3)
     assert maps.shape == (3, 16) and torch.equal(maps[2], torch.from_numpy(one.reshape(-1)))
     np.save(tmp_path / "each.npy", np.stack([one.reshape(-1) * 0 + i for i in range(3)]))
-    assert load_condition_map(str(tmp_path / "each.npy"), 3, 16)[:, 0].tolist() == [0, 1, 2]
+    assert load_condition_map(str(tmp_path / "each.npy"), 3, 16, 3)[:, 0].tolist() == [0, 1, 2]
     with pytest.raises(ValueError, match=r"\(2, 16\)"):
-        load_condition_map(str(tmp_path / "each.npy"), 2, 16)
+        load_condition_map(str(tmp_path / "each.npy"), 2, 16, 3)
     np.save(tmp_path / "float.npy", one.astype(np.float32))
     with pytest.raises(ValueError, match="integer"):
-        load_condition_map(str(tmp_path / "float.npy"), 3, 16)
+        load_condition_map(str(tmp_path / "float.npy"), 3, 16, 3)
+    with pytest.raises(ValueError, match="--condition-vocab-size"):
+        load_condition_map(str(tmp_path / "one.npy"), 3, 16, 1)  # ids up to 2, vocabulary 0..0 (+ 1 = none)
 
 
 def test_sample_c2i_samples_under_the_condition_map(tmp_path):
@@ -209,3 +211,36 @@ def test_two_process_training_with_condition_maps(tmp_path, mode):
     initial = build_model(TrainConfig(**state.config)).condition_embeddings.weight
     trained = state.model["condition_embeddings.weight"]
     assert trained.shape == (5, 64) and not torch.allclose(trained[:4], initial[:4])  # the maps' rows learned
+
+
+@pytest.mark.parametrize("entry, argv, words", [
+    ("sample_c2i", "--gpt-ckpt {ckpt} --condition-map {w}/shape.npy --device cpu", ["--condition-vocab-size"]),
+    ("sample_c2i", "--gpt-ckpt {ckpt} --condition-map {w}/nowhere.npy --condition-vocab-size 2", ["nowhere.npy"]),
+    ("sample_c2i", "--gpt-ckpt {ckpt} --condition-map {w}/big.npy --condition-vocab-size 2 --device cpu",
+     ["ids 3..3", "--condition-vocab-size"]),
+    ("train_c2i", "--code-path {w}/codes --condition-path {w} --device cpu", ["condition.json"]),
+    ("train_c2i", "--code-path {w}/codes --condition-path {w}/codes_edges --condition-dropout-p 2", ["--condition-dropout-p"]),
+    ("train_c2i", "--code-path {w}/codes --condition-path {w}/codes_edges --init-from {w}/nowhere.pt --device cpu",
+     ["--init-from", "nowhere.pt"]),
+    ("extract_conditions_c2i", "--data-path {w}/no_images --condition-path {w}/out", ["--data-path", "not found"]),
+])
+def test_bad_condition_flags_end_in_one_line(tmp_path, capsys, entry, argv, words):
+    import importlib
+
+    from autoregressive.models.arpg import ARPG_models
+    from autoregressive.utils.cli import run_main
+
+    write_pair(tmp_path)
+    np.save(tmp_path / "shape.npy", np.zeros(64, dtype=np.int64))
+    np.save(tmp_path / "big.npy", np.full(64, 3, dtype=np.int64))
+    torch.save({"model": ARPG_models["ARPG-digits"](condition_vocab_size=2).state_dict()}, tmp_path / "model.pt")
+    argv = ["--gpt-model", "ARPG-digits", "--class-labels", "3", *argv.format(w=tmp_path, ckpt=tmp_path / "model.pt").split()] \
+        if entry == "sample_c2i" else argv.format(w=tmp_path).split()
+    module = importlib.import_module(entry)
+    main = getattr(module, "cli", None) or (
+        (lambda args: module.main(module.get_args_parser().parse_args(args))) if entry == "sample_c2i" else module.main)
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(main, argv)
+    message = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(message) == 1 and message[0].startswith("error:"), message
+    assert all(word in message[0] for word in words), message[0]

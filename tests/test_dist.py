@@ -34,6 +34,7 @@ def test_cleanup_waits_for_every_rank_before_tearing_down(tmp_path):
 
 
 def look(rank: int, out_dir: str) -> None:
+    from autoregressive.utils.cli import UserError
     from autoregressive.utils.dist import check_shared_folder
 
     dist.init_process_group("gloo", init_method=f"file://{out_dir}/store", rank=rank, world_size=2)
@@ -44,7 +45,7 @@ def look(rank: int, out_dir: str) -> None:
         try:
             check_shared_folder(folder, wait_seconds=0.5)
             report[case] = "ok"
-        except RuntimeError as error:
+        except UserError as error:  # one line at the command line, as every bad input
             report[case] = str(error)
         report[case + " left"] = os.listdir(folder)
     with open(os.path.join(out_dir, f"{rank}.json"), "w") as file:

@@ -87,7 +87,7 @@ def test_adm_metrics_path_scores_every_scale_and_reuses_reference_features(digit
 
 
 def test_bad_inputs_are_explained(digits_ckpt, tmp_path):
-    with pytest.raises(ValueError, match="--ref-batch and --inception-weights"):
+    with pytest.raises(ValueError, match="scoring images needs --ref-batch"):
         main(get_args_parser().parse_args(flags(digits_ckpt, tmp_path, "--vq-ckpt", str(digits_ckpt))))
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         main(get_args_parser().parse_args(flags(tmp_path / "missing.pt", tmp_path)))

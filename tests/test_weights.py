@@ -121,11 +121,15 @@ class Loaded(Exception):
 
 
 @pytest.mark.parametrize("script,extra", [("sample_c2i", ["--vq-ckpt", "vq.pt"]), ("sample_c2i_ddp", ["--vq-ckpt", "vq.pt"]),
-                                          ("edit_c2i", ["--gpt-model", "ARPG-digits", "--task", "inpaint", "--digit-index", "3"])])
-def test_the_samplers_pass_weights_to_the_loader(monkeypatch, script, extra):
+                                          ("edit_c2i", ["--gpt-model", "ARPG-digits", "--task", "inpaint", "--digit-index", "3",
+                                                        "--shape", "center"])])
+def test_the_samplers_pass_weights_to_the_loader(monkeypatch, tmp_path, script, extra):
     import importlib
 
     module = importlib.import_module(script)
+    monkeypatch.chdir(tmp_path)
+    for name in ("x.pt", "vq.pt"):  # the samplers refuse missing files before loading anything
+        (tmp_path / name).write_bytes(b"never read: load_gpt is replaced")
 
     def load_gpt(name, ckpt, device, precision, weights=None, **overrides):
         raise Loaded(weights)

@@ -21,9 +21,10 @@ import torch
 import torch.distributed as dist
 
 from autoregressive.train.config import TrainConfig, build_model
+from autoregressive.utils.cli import InputNotFound, UserError
 from autoregressive.utils.dist import barrier, is_distributed
 from autoregressive.utils.files import write_atomic
-from autoregressive.weights import module_state_dict
+from autoregressive.weights import first_line, module_state_dict
 
 TRAINER_FILE = "trainer.pt"  # inside a sharded checkpoint folder: step, epoch, config, RNG states
 # 1: files written before the version was recorded (the same layout, without "format_version").
@@ -70,15 +71,15 @@ def pack(checkpoint: TrainingCheckpoint) -> Dict[str, Any]:
 def unpack(payload: Any, source: str = "the checkpoint") -> TrainingCheckpoint:
     """The inverse of `pack`, for this format version and every earlier one."""
     if not isinstance(payload, dict):
-        raise ValueError(f"{source} holds a {type(payload).__name__}, not a training checkpoint")
+        raise UserError(f"{source} holds a {type(payload).__name__}, not a training checkpoint")
     version = payload.get("format_version", 1)
     if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
-        raise ValueError(f"{source} has checkpoint format version {version!r}; this code reads versions 1 to "
-                         f"{FORMAT_VERSION}. Update the code to the version that wrote it.")
+        raise UserError(f"{source} has checkpoint format version {version!r}; this code reads versions 1 to "
+                        f"{FORMAT_VERSION}. Update the code to the version that wrote it.")
     missing = [key for key in ("step", "epoch", "batch_in_epoch", "config") if key not in payload]
     if missing:
-        raise ValueError(f"{source} is not one of our training checkpoints (it has no {', '.join(missing)}); "
-                         "to sample from a weights file, pass it to the samplers with --gpt-ckpt")
+        raise UserError(f"{source} is not one of our training checkpoints (it has no {', '.join(missing)}); "
+                        "to sample from a weights file, pass it to the samplers with --gpt-ckpt")
     progress = Progress(payload["step"], payload["epoch"], payload["batch_in_epoch"])
     return TrainingCheckpoint(progress, payload["config"], payload.get("rng"), payload.get("model"),
                               payload.get("optimizer"), payload.get("ema"))
@@ -120,9 +121,9 @@ def resume_random_state(checkpoint: TrainingCheckpoint, path: str, global_batch_
         return
     saved_batch = checkpoint.config["global_batch_size"]
     if saved_batch != global_batch_size:
-        raise ValueError(f"{path} was saved by {len(states)} processes at --global-batch-size {saved_batch}; "
-                         f"resume on {world_size} processes only with --global-batch-size {saved_batch} (the data "
-                         f"position counts global batches), or on {len(states)} processes (nodes x --nproc_per_node) as saved")
+        raise UserError(f"{path} was saved by {len(states)} processes at --global-batch-size {saved_batch}; "
+                        f"resume on {world_size} processes only with --global-batch-size {saved_batch} (the data "
+                        f"position counts global batches), or on {len(states)} processes (nodes x --nproc_per_node) as saved")
     # A fresh stream per (seed, step, rank): not one this run has drawn from before.
     seed = checkpoint.config["global_seed"]
     torch.manual_seed(int(np.random.default_rng([seed, checkpoint.progress.step, rank]).integers(2**62)))
@@ -165,12 +166,12 @@ def load_checkpoint(path: str) -> TrainingCheckpoint:
     if is_sharded_checkpoint(path):
         path = os.path.join(path, TRAINER_FILE)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise InputNotFound(f"checkpoint not found: {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise ValueError(f"could not read checkpoint {path}: {error}. It is corrupt or not one of our "
-                         "training checkpoints; resume from an earlier one.") from error
+        raise UserError(f"could not read checkpoint {path} ({first_line(error)}): it is corrupt or not one of "
+                        "our training checkpoints; resume from an earlier one") from error
     return unpack(payload, path)
 
 
@@ -212,7 +213,7 @@ def load_sharded(path: str, model, optimizer, ema) -> None:
 
     state = _sharded_state(model, optimizer, ema)
     if ema is not None and not _has_entry(path, "ema"):
-        raise ValueError(f"{path} holds no EMA weights; resume without --ema or from a run trained with it")
+        raise UserError(f"{path} holds no EMA weights; resume without --ema or from a run trained with it")
     dcp.load(state, checkpoint_id=path)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
     if ema is not None:
@@ -233,7 +234,7 @@ def convert_sharded_checkpoint(path: str, out_path: str) -> TrainingCheckpoint:
     import torch.distributed.checkpoint as dcp
 
     if not is_sharded_checkpoint(path):
-        raise ValueError(f"{path} is not a sharded checkpoint folder (it needs {TRAINER_FILE} beside the shards)")
+        raise UserError(f"{path} is not a sharded checkpoint folder (it needs {TRAINER_FILE} beside the shards)")
     trainer_state = load_checkpoint(path)
     cfg = TrainConfig(**trainer_state.config)
     entries = ["model"] + (["ema"] if _has_entry(path, "ema") else [])

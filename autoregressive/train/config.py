@@ -5,6 +5,8 @@ from typing import List, Optional
 import torch
 
 from autoregressive.models.arpg import ARPG_models
+from autoregressive.train.precision import check_policy
+from autoregressive.utils.cli import UserError, check_at_least
 
 
 @dataclass
@@ -37,6 +39,7 @@ class TrainConfig:
     data_parallel: str = "ddp"  # 'ddp' (replicated) or 'fsdp' (sharded parameters, gradients, optimizer state)
     chunked_loss: bool = True  # cross-entropy chunk by chunk, never keeping the (B, N, V) float32 logits
     mixed_precision: str = "bf16"  # on CUDA: autocast dtype ('none', 'bf16', 'fp16')
+    precision_policy: str = "exact"  # 'exact', or opt-in 'bf16' / 'fp8' (see autoregressive/train/precision.py)
     ckpt_every: int = 5000
     log_every: int = 100
     num_workers: int = 24
@@ -59,15 +62,37 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.data_parallel not in ("ddp", "fsdp"):
-            raise ValueError(f"--data-parallel must be ddp or fsdp, got {self.data_parallel!r}")
+            raise UserError(f"--data-parallel must be ddp or fsdp, got {self.data_parallel!r}")
+        check_policy(self.precision_policy, self.data_parallel)
         if not 0.0 <= self.activation_memory_budget <= 1.0:
-            raise ValueError(f"--activation-memory-budget must be in [0, 1], got {self.activation_memory_budget}")
+            raise UserError(f"--activation-memory-budget must be in [0, 1], got {self.activation_memory_budget}")
         if not 0.0 <= self.drop_path_rate < 1.0:
-            raise ValueError(f"--drop-path-rate must be in [0, 1), got {self.drop_path_rate}")
+            raise UserError(f"--drop-path-rate must be in [0, 1), got {self.drop_path_rate}")
         if self.gradient_accumulation_steps < 1:
-            raise ValueError("--gradient-accumulation-steps must be >= 1")
+            raise UserError("--gradient-accumulation-steps must be >= 1")
+        if not 0.0 <= self.condition_dropout_prob <= 1.0:
+            raise UserError(f"--condition-dropout-p must be in [0, 1], got {self.condition_dropout_prob}")
+        self.check_counts_and_rates()
         if self.image_size % self.downsample_size:
-            raise ValueError(f"--image-size {self.image_size} is not a multiple of --downsample-size {self.downsample_size}")
+            raise UserError(f"--image-size {self.image_size} is not a multiple of --downsample-size {self.downsample_size}")
+
+    def check_counts_and_rates(self) -> None:
+        for flag, value, minimum in (("--epochs", self.epochs, 1), ("--max-steps", self.max_steps, 1),
+                                     ("--global-batch-size", self.global_batch_size, 1), ("--lr", self.lr, 0),
+                                     ("--min-lr", self.min_lr, 0), ("--warmup-epochs", self.warmup_epochs, 0),
+                                     ("--weight-decay", self.weight_decay, 0), ("--max-grad-norm", self.max_grad_norm, 0),
+                                     ("--ckpt-every", self.ckpt_every, 1), ("--log-every", self.log_every, 1),
+                                     ("--num-workers", self.num_workers, 0), ("--vocab-size", self.vocab_size, 1),
+                                     ("--num-classes", self.num_classes, 1), ("--image-size", self.image_size, 1),
+                                     ("--downsample-size", self.downsample_size, 1),
+                                     ("--cls-token-num", self.cls_token_num, 1), ("--num-threads", self.num_threads, 1)):
+            check_at_least(flag, value, minimum)
+        for flag, value in (("--dropout-p", self.dropout_p), ("--token-dropout-p", self.token_dropout_p),
+                            ("--beta1", self.betas[0]), ("--beta2", self.betas[1])):
+            if not 0 <= value < 1:
+                raise UserError(f"{flag} must be in [0, 1), got {value}")
+        if self.grad_checkpointing not in ("none", "all", "self", "cross") and not self.grad_checkpointing.isdigit():
+            raise UserError(f"--grad-checkpointing must be all, self, cross or a number, got {self.grad_checkpointing!r}")
 
     @property
     def block_size(self) -> int:

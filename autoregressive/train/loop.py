@@ -18,6 +18,7 @@ from autoregressive.train.finetune import load_initial_weights
 from autoregressive.train.optim import build_optimizer, learning_rate_at, set_learning_rate
 from autoregressive.train.parallel import (set_activation_memory_budget, shard_model, skip_gradient_sync,
                                           wrap_for_training)
+from autoregressive.utils.cli import InputNotFound, UserError
 from autoregressive.utils.dist import DistInfo, all_reduce_mean, barrier
 from autoregressive.utils.logger import get_logger
 
@@ -44,7 +45,7 @@ def find_resume_checkpoint(cfg: TrainConfig) -> Optional[str]:
     if os.path.isdir(cfg.resume):
         path = latest_checkpoint(cfg.resume) or latest_checkpoint(os.path.dirname(cfg.resume.rstrip("/")))
         if path is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {cfg.resume}")
+            raise InputNotFound(f"--resume: no checkpoint in {cfg.resume}")
         return path
     return cfg.resume
 
@@ -71,8 +72,8 @@ class Trainer:
         with cfg.global_seed."""
         self.cfg, self.info, self.dataset = cfg, info, dataset
         if cfg.global_batch_size % (info.world_size * cfg.gradient_accumulation_steps):
-            raise ValueError(f"--global-batch-size {cfg.global_batch_size} must divide by world size "
-                             f"{info.world_size} x --gradient-accumulation-steps {cfg.gradient_accumulation_steps}")
+            raise UserError(f"--global-batch-size {cfg.global_batch_size} must divide by world size "
+                            f"{info.world_size} x --gradient-accumulation-steps {cfg.gradient_accumulation_steps}")
         self.micro_batch = cfg.global_batch_size // (info.world_size * cfg.gradient_accumulation_steps)
         # The same initial weights on every rank (FSDP keeps each rank's shard of its own copy; DDP
         # would broadcast rank 0's), without touching the per-rank random stream.
@@ -89,7 +90,8 @@ class Trainer:
         compile_model = cfg.compile and info.device.type == "cuda"
         if compile_model and cfg.activation_memory_budget < 1.0:
             set_activation_memory_budget(cfg.activation_memory_budget)
-        self.train_model = wrap_for_training(self.model, cfg.data_parallel, info, compile_model=compile_model)
+        self.train_model = wrap_for_training(self.model, cfg.data_parallel, info, compile_model=compile_model,
+                                             precision_policy=cfg.precision_policy)
         if self.sharded and self.ema is not None:
             shard_model(self.ema)
         self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, cfg.betas, info.device.type == "cuda")
@@ -102,8 +104,8 @@ class Trainer:
                                  generator=torch.Generator().manual_seed(cfg.global_seed))
         self.steps_per_epoch = len(self.loader) // cfg.gradient_accumulation_steps
         if self.steps_per_epoch == 0:
-            raise ValueError(f"the dataset ({len(dataset)} samples) is smaller than one global batch "
-                             f"({cfg.global_batch_size}); lower --global-batch-size")
+            raise UserError(f"the dataset ({len(dataset)} samples) is smaller than one global batch "
+                            f"({cfg.global_batch_size}); lower --global-batch-size")
         self.progress = Progress()
         use_amp = info.device.type == "cuda" and cfg.mixed_precision != "none"
         dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float16
@@ -123,12 +125,12 @@ class Trainer:
         sharded_file = is_sharded_checkpoint(path)
         if sharded_file != self.sharded:
             written, wanted = ("fsdp", "ddp") if sharded_file else ("ddp", "fsdp")
-            raise ValueError(f"{path} was written by a --data-parallel {written} run; resume it with "
-                             f"--data-parallel {written} (this run uses {wanted})")
+            raise UserError(f"{path} was written by a --data-parallel {written} run; resume it with "
+                            f"--data-parallel {written} (this run uses {wanted})")
         checkpoint = load_checkpoint(path)
         if checkpoint.rng is None or (not self.sharded and checkpoint.optimizer is None):
-            raise ValueError(f"{path} holds no optimizer or RNG state (a converted file, for sampling); resume "
-                             "from a checkpoint in the run's checkpoints folder")
+            raise UserError(f"{path} holds no optimizer or RNG state (a converted file, for sampling); resume "
+                            "from a checkpoint in the run's checkpoints folder")
         if self.sharded:
             load_sharded(path, self.model, self.optimizer, self.ema)
         else:

@@ -1,8 +1,9 @@
 """Data parallelism for training: DDP (every rank holds the whole model) or FSDP2 (parameters,
 gradients and optimizer state sharded over ranks, gathered layer by layer).
 
-FSDP keeps float32 parameters and the trainer keeps its bf16 autocast, so a sharded run computes what
-the DDP run computes; only the order of the gradient reduction differs.
+Under the exact precision policy FSDP keeps float32 parameters and the trainer keeps its bf16 autocast,
+so a sharded run computes what the DDP run computes; only the order of the gradient reduction differs.
+Other policies: autoregressive/train/precision.py.
 """
 import contextlib
 from typing import List
@@ -11,6 +12,8 @@ import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
+from autoregressive.train.precision import fsdp_mixed_precision, prepare_model
+from autoregressive.utils.cli import UserError
 from autoregressive.utils.dist import DistInfo, is_distributed
 
 DATA_PARALLEL_MODES = ("ddp", "fsdp")
@@ -29,16 +32,17 @@ def decoder_layers(model: nn.Module) -> List[nn.Module]:
     return [*model.layers.self_dec, *model.layers.cross_dec]
 
 
-def shard_model(model: nn.Module, compile_layers: bool = False) -> nn.Module:
+def shard_model(model: nn.Module, compile_layers: bool = False, mp_policy=None) -> nn.Module:
     """Apply FSDP2 in place: one unit per decoder layer, the rest (embeddings, head, norms) at the root.
     compile_layers: torch.compile each layer before sharding (whole-model compile of an FSDP2 model
-    needs newer torch than we support)."""
+    needs newer torch than we support). mp_policy: a MixedPrecisionPolicy (None: float32 throughout)."""
     fully_shard = _fully_shard()
+    options = {} if mp_policy is None else {"mp_policy": mp_policy}
     for layer in decoder_layers(model):
         if compile_layers:
             layer.compile()
-        fully_shard(layer)
-    fully_shard(model)
+        fully_shard(layer, **options)
+    fully_shard(model, **options)
     return model
 
 
@@ -50,16 +54,19 @@ def is_sharded(model: nn.Module) -> bool:
     return any(isinstance(p, DTensor) for p in model.parameters())
 
 
-def wrap_for_training(model: nn.Module, mode: str, info: DistInfo, compile_model: bool) -> nn.Module:
-    """The module the training step calls. ddp: compile, then DDP when there are several ranks.
-    fsdp: shard `model` in place (compiling its layers); the returned module is `model` itself."""
+def wrap_for_training(model: nn.Module, mode: str, info: DistInfo, compile_model: bool,
+                      precision_policy: str = "exact") -> nn.Module:
+    """The module the training step calls. The precision policy's changes to `model` come first (in
+    place). ddp: compile, then DDP when there are several ranks. fsdp: shard `model` in place (compiling
+    its layers, gathering parameters in the policy's dtype); the returned module is `model` itself."""
     if mode not in DATA_PARALLEL_MODES:
         raise ValueError(f"--data-parallel must be one of {DATA_PARALLEL_MODES}, got {mode!r}")
+    model = prepare_model(model, precision_policy, info.device)
     if mode == "fsdp":
         if not is_distributed():
-            raise ValueError("--data-parallel fsdp needs a process group: launch with torchrun "
-                             "(torchrun --nproc_per_node=1 works on one GPU)")
-        return shard_model(model, compile_layers=compile_model)
+            raise UserError("--data-parallel fsdp needs a process group: launch with torchrun "
+                            "(torchrun --nproc_per_node=1 works on one GPU)")
+        return shard_model(model, compile_layers=compile_model, mp_policy=fsdp_mixed_precision(precision_policy))
     train_model = torch.compile(model) if compile_model else model
     if info.world_size > 1:
         ids = [info.device.index] if info.device.type == "cuda" else None

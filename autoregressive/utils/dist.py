@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from autoregressive.utils.cli import UserError
 from autoregressive.utils.watchdog import install_orphan_watchdog
 
 
@@ -34,7 +35,7 @@ def init_distributed(device: str = "auto", always_group: bool = False) -> DistIn
     install_orphan_watchdog()
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but no CUDA device is visible")
+        raise UserError("--device cuda was asked for, but no CUDA device is visible")
     rank = int(os.environ.get("RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -49,6 +50,13 @@ def init_distributed(device: str = "auto", always_group: bool = False) -> DistIn
         kwargs = {"device_id": torch_device} if use_cuda else {}
         dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30), **kwargs)
     return DistInfo(rank, world_size, local_rank, torch_device)
+
+
+def init_one_process_group(device: str = "auto") -> DistInfo:
+    """A process group of this one process, as torchrun --nproc_per_node=1 makes (FSDP needs one)."""
+    for name, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29517"), ("RANK", "0"), ("WORLD_SIZE", "1")):
+        os.environ.setdefault(name, value)
+    return init_distributed(device, always_group=True)
 
 
 def is_distributed() -> bool:
@@ -82,9 +90,9 @@ def check_shared_folder(path: str, wait_seconds: float = 60.0) -> None:
         os.remove(probe)
     blind = [other for other, found in enumerate(seen) if not found]
     if blind:
-        raise RuntimeError(f"ranks {blind} do not see {os.path.abspath(path)} as rank 0 ({socket.gethostname()}) "
-                           "does: with several nodes it must be a folder on a filesystem every node shares (NFS, "
-                           "Lustre...), the same path on each")
+        raise UserError(f"ranks {blind} do not see {os.path.abspath(path)} as rank 0 ({socket.gethostname()}) "
+                        "does: with several nodes it must be a folder on a filesystem every node shares (NFS, "
+                        "Lustre...), the same path on each")
 
 
 def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:

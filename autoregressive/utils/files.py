@@ -1,8 +1,9 @@
-"""Atomic file writes: a crash or a kill never leaves a half-written file under the final name."""
+"""Atomic file writes: a crash or a kill never leaves a half-written file under the final name; and
+output folders that a failed run leaves empty are removed again."""
 import contextlib
 import os
 import threading
-from typing import Callable
+from typing import Callable, Iterator
 
 _writes = threading.Condition()
 _writes_in_flight = 0
@@ -48,3 +49,21 @@ def write_atomic(path: str, write: Callable[[str], None]) -> None:
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
+
+
+@contextlib.contextmanager
+def output_folder(path: str) -> Iterator[str]:
+    """os.makedirs(path); if the block raises, remove again the folders made here that are still empty
+    (a refused run leaves nothing behind; finished files, and the folders holding them, stay)."""
+    made, folder = [], os.path.abspath(path)
+    while not os.path.exists(folder):
+        made.append(folder)  # deepest first
+        folder = os.path.dirname(folder)
+    os.makedirs(path, exist_ok=True)
+    try:
+        yield path
+    except BaseException:
+        for folder in made:
+            with contextlib.suppress(OSError):  # not empty, or another process removed it already
+                os.rmdir(folder)
+        raise

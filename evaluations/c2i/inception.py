@@ -13,18 +13,25 @@ from typing import Optional
 import numpy as np
 import torch
 
+from autoregressive.utils.cli import InputNotFound
+
 WEIGHTS_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
                "weights-inception-2015-12-05-6726825d.pth")
 SPATIAL_CHANNELS = 7
+
+
+def check_weights_file(weights_path: Optional[str]) -> None:
+    """None passes: torch-fidelity then downloads the weights (see InceptionFeatures)."""
+    if weights_path is not None and not os.path.isfile(weights_path):
+        raise InputNotFound(f"Inception weights not found: {weights_path!r}. Download {WEIGHTS_URL} "
+                            "and pass its path with --inception-weights")
 
 
 class InceptionFeatures:
     """Calls torch-fidelity's InceptionV3 on uint8 NHWC batches and returns numpy features."""
 
     def __init__(self, weights_path: Optional[str] = None, device="cpu", batch_size: int = 64):
-        if weights_path is not None and not os.path.isfile(weights_path):
-            raise FileNotFoundError(f"Inception weights not found: {weights_path!r}. Download {WEIGHTS_URL} "
-                                    "and pass its path with --inception-weights")
+        check_weights_file(weights_path)
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
         try:  # without a path, torch-fidelity downloads the weights (or finds them in the torch hub cache)
@@ -34,7 +41,7 @@ class InceptionFeatures:
             if weights_path is not None:
                 raise
             cache = os.path.join(torch.hub.get_dir(), "checkpoints")
-            raise FileNotFoundError(f"Inception weights could not be downloaded ({error}). Download {WEIGHTS_URL} "
+            raise InputNotFound(f"Inception weights could not be downloaded ({error}). Download {WEIGHTS_URL} "
                                     f"and pass its path with --inception-weights, or put it in {cache}") from None
         self.device, self.batch_size = device, batch_size
         self._spatial = []

@@ -1,0 +1,94 @@
+"""Training precision policies: `exact` (the default) is the released recipe's numerics; the others are
+opt-in, faster, and checked against it by scripts/check_precision.py.
+
+exact  float32 parameters, residual stream and AdamW state; matmuls under bf16 autocast (--mixed-precision).
+bf16   FSDP2's MixedPrecisionPolicy: every unit gathers its parameters in bf16 for the forward and backward
+       pass (so the residual stream is bf16 too) and reduces gradients in float32 into the float32 sharded
+       parameters, which stay the master weights that AdamW (float32 state) updates. It therefore needs
+       --data-parallel fsdp (one GPU: torchrun --nproc_per_node=1).
+fp8    torchao's float8 training: the Linear layers that `converts_to_float8` picks run their matmuls in
+       float8 with dynamic scales; parameters and optimizer state stay float32. CUDA, compute capability
+       8.9+ (Ada, Hopper) and the optional torchao package.
+
+Every policy keeps the exact model's parameter names and float32 weights, so checkpoints load strictly
+into the exact model.
+"""
+import importlib.util
+from typing import List, Optional
+
+import torch
+import torch.nn as nn
+
+from autoregressive.utils.cli import UserError
+
+PRECISION_POLICIES = ("exact", "bf16", "fp8")
+# Below this width a matmul gains less from float8 than the scaling passes (amax, cast) cost.
+FP8_MIN_FEATURES = 1024
+FP8_MIN_CAPABILITY = (8, 9)
+
+
+def check_policy(policy: str, data_parallel: str) -> None:
+    """A clear error for an unknown policy or one that the data-parallel mode cannot run."""
+    if policy not in PRECISION_POLICIES:
+        raise UserError(f"--precision-policy must be one of {', '.join(PRECISION_POLICIES)}, got {policy!r}")
+    if policy == "bf16" and data_parallel != "fsdp":
+        raise UserError("--precision-policy bf16 runs through FSDP2's mixed precision: add --data-parallel fsdp "
+                         "(on one GPU: torchrun --nproc_per_node=1)")
+
+
+def parse_policy_list(text: str) -> List[str]:
+    """A comma-separated list of policies to compare: exact first (the reference), each policy once."""
+    policies = [policy for policy in text.split(",") if policy]
+    unknown = [policy for policy in policies if policy not in PRECISION_POLICIES]
+    if unknown:
+        raise UserError(f"unknown precision policy {', '.join(unknown)}; choose from {', '.join(PRECISION_POLICIES)}")
+    return ["exact"] + [policy for policy in dict.fromkeys(policies) if policy != "exact"]
+
+
+def fp8_unavailable_reason(device: torch.device) -> Optional[str]:
+    """Why float8 training cannot run on `device` here, or None when it can."""
+    if importlib.util.find_spec("torchao") is None:
+        return "needs the optional torchao package (pip install torchao)"
+    if device.type != "cuda":
+        return f"needs a CUDA GPU (this run is on {device.type})"
+    capability = torch.cuda.get_device_capability(device)
+    if capability < FP8_MIN_CAPABILITY:
+        return (f"needs a GPU of compute capability {'.'.join(map(str, FP8_MIN_CAPABILITY))} or newer (Ada, Hopper); "
+                f"this one is {capability[0]}.{capability[1]}")
+    return None
+
+
+def converts_to_float8(module: nn.Module, name: str) -> bool:
+    """Which Linear layers fp8 converts: not the output head (its logits feed a softmax over the whole
+    vocabulary, and the chunked loss reads its weight directly), and only layers whose both widths are
+    multiples of 16 (float8 matmul kernels need it) and at least FP8_MIN_FEATURES."""
+    if not isinstance(module, nn.Linear) or name.split(".")[-1] == "head":
+        return False
+    widths = (module.in_features, module.out_features)
+    return all(width % 16 == 0 and width >= FP8_MIN_FEATURES for width in widths)
+
+
+def prepare_model(model: nn.Module, policy: str, device: torch.device) -> nn.Module:
+    """Apply the policy's changes to the module itself, before compiling and wrapping: fp8 swaps the
+    chosen Linear layers for torchao's Float8Linear in place (same parameter names). Returns `model`."""
+    if policy != "fp8":
+        return model
+    reason = fp8_unavailable_reason(device)
+    if reason is not None:
+        raise UserError(f"--precision-policy fp8 {reason}; use --precision-policy exact or bf16")
+    from torchao.float8 import convert_to_float8_training
+
+    return convert_to_float8_training(model, module_filter_fn=converts_to_float8)
+
+
+def fsdp_mixed_precision(policy: str):
+    """The MixedPrecisionPolicy that fully_shard gets under `policy` (None: FSDP's float32 default)."""
+    if policy != "bf16":
+        return None
+    try:
+        from torch.distributed.fsdp import MixedPrecisionPolicy  # torch >= 2.6
+    except ImportError:
+        from torch.distributed._composable.fsdp import MixedPrecisionPolicy
+    # cast_forward_inputs=False: the float32 RoPE tables passed to every layer must stay float32
+    # (the rotation runs in float32); the hidden states are bf16 already, from the bf16 embedding.
+    return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, cast_forward_inputs=False)

@@ -1,0 +1,73 @@
+"""The error boundary of the entry scripts: a mistake in the flags or input files ends the run with one
+line on stderr and exit code 2; a bug still shows its traceback.
+
+Code that checks user input raises UserError (a ValueError, so callers that catch ValueError keep
+working) or InputNotFound (also a FileNotFoundError). Set ARPG_DEBUG=1 to see the traceback of a
+UserError too.
+"""
+import os
+import sys
+from typing import Callable, List, Optional
+
+USER_ERROR_EXIT_CODE = 2  # argparse's code for a bad command line
+HUB_PREFIX = "hf://"  # --gpt-ckpt / --vq-ckpt values that name a file on the Hugging Face Hub
+
+
+class UserError(ValueError):
+    """A value, flag or file the user gave is wrong; the message says which and what to do."""
+
+
+class InputNotFound(UserError, FileNotFoundError):
+    """A file or folder named on the command line does not exist."""
+
+
+def run_main(main: Callable[[Optional[List[str]]], None], argv: Optional[List[str]] = None) -> None:
+    """Call main(argv); turn a UserError into `error: <message>` on stderr and exit code 2."""
+    try:
+        main(argv)
+    except UserError as error:
+        if os.environ.get("ARPG_DEBUG", "") not in ("", "0"):
+            raise
+        print(f"error: {user_message(error)}", file=sys.stderr, flush=True)
+        sys.exit(USER_ERROR_EXIT_CODE)
+
+
+def user_message(error: UserError) -> str:
+    """The message of the error; for one re-raised from a DataLoader worker (which wraps the worker's
+    traceback into the message), the original message only."""
+    message = str(error)
+    marker = f"{type(error).__name__}: "
+    if "Original Traceback" in message and marker in message:
+        return message.rsplit(marker, 1)[1].strip()
+    return message
+
+
+def check_at_least(flag: str, value, minimum) -> None:
+    """Refuse a count, size or scale below minimum (None means "not given" and passes)."""
+    if value is not None and value < minimum:
+        raise UserError(f"{flag} must be >= {minimum}, got {value}")
+
+
+def check_at_most(flag: str, value, maximum, what: str) -> None:
+    """Refuse a value above a limit the model sets, e.g. more decoding steps than tokens."""
+    if value > maximum:
+        raise UserError(f"{flag} {value} exceeds {what} ({maximum}); pass at most {maximum}")
+
+
+def check_file(flag: str, path: Optional[str]) -> None:
+    """Refuse a path that is not an existing file. None passes, and so does a Hugging Face Hub name
+    (hf://owner/repo/file): the hub loader fetches it and says what is wrong with it."""
+    if path is None or path.startswith(HUB_PREFIX):
+        return
+    if not os.path.isfile(path):
+        what = "a folder, not a file" if os.path.isdir(path) else "not found"
+        raise InputNotFound(f"{flag} {path}: {what}; check the path")
+
+
+def check_image_output(flag: str, path: str) -> None:
+    """Refuse an output name whose extension PIL cannot write, before any work is done."""
+    from PIL import Image
+
+    extension = os.path.splitext(path)[1].lower()
+    if extension not in Image.registered_extensions():
+        raise UserError(f"{flag} {path}: unknown image extension {extension or '(none)'!r}; use .png or .jpg")

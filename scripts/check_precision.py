@@ -1,0 +1,441 @@
+"""Does quality hold under the opt-in precision policies (training) and sampling modes? Runs without the
+released weights, on a learnable synthetic code set made here (`PrototypeCodes`): one random grid of
+distinct codes per class (its prototype); a sample is its class's prototype, shifted cyclically at random
+(unless the model has learned absolute positions, as ARPG-digits), with a fraction of the positions
+redrawn. No loss goes below the entropy of one token given class and shift, far below ln(V) (loss_floor).
+
+Training: the model is trained under every policy (`--precision-policies`) from the same seed and data
+order with train_c2i.py's own step (Trainer.optimizer_step), plus exact once more from another seed: the
+run-to-run difference that the policies are judged against. Per-step losses go to losses.png.
+
+Sampling: the exact run's weights, in each sampling mode (SAMPLING_MODES: float32 without TF32 as the
+reference, bf16 autocast, TF32, bf16 and fp16 weights): next-token distributions on a held-out batch
+(teacher forcing, fixed orders) against float32 (mean KL(float32 || mode), top-1 agreement), and the
+share of generated samples that match their class prototype. Training runs with TF32, as train_c2i.py.
+
+Pass rules (TOLERANCE = 2):
+- a training policy: its held-out loss is within 2x exact's run-to-run difference of exact's, and
+  its samples' prototype match share is within noise of exact's (see within_noise);
+- a sampling mode: its KL and its top-1 disagreement are within 2x those of bf16 autocast (the exact
+  recipe's own numerics), and its match share is within noise of float32's.
+
+    python -m scripts.check_precision --precision-policies exact,bf16,fp8 --out-dir results/check-precision
+"""
+import argparse
+import contextlib
+import copy
+import csv
+import math
+import os
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from autoregressive.models.arpg import ARPG_models
+from autoregressive.train.config import TrainConfig, build_model
+from autoregressive.train.loop import Trainer
+from autoregressive.train.optim import learning_rate_at, set_learning_rate
+from autoregressive.train.precision import PRECISION_POLICIES, fp8_unavailable_reason, parse_policy_list
+from autoregressive.utils.cli import UserError, check_at_least, run_main
+from autoregressive.utils.dist import DistInfo, cleanup, init_distributed, init_one_process_group
+
+TOLERANCE = 2.0
+
+
+class PrototypeCodes(torch.utils.data.Dataset):
+    """Sample i: class i mod num_classes's prototype (a grid x grid arrangement of distinct codes), shifted
+    cyclically by a random (rows, columns) if `shift`, then with each position redrawn uniformly from the
+    vocabulary with probability resample_fraction; a function of (seed, i) only. Items: ((grid**2,) long
+    codes, class).
+
+    The shift matches what a model without absolute positions can generate: ARPG's 2-D RoPE is relative,
+    so nothing tells it where the first token it places sits; the others follow that token's shift."""
+
+    def __init__(self, num_classes: int, grid: int, vocab_size: int, resample_fraction: float, num_samples: int,
+                 seed: int, shift: bool = True):
+        if vocab_size < grid * grid:
+            raise ValueError(f"--vocab-size {vocab_size} is smaller than the {grid * grid} distinct codes of a prototype")
+        generator = torch.Generator().manual_seed(seed)
+        self.prototypes = torch.stack([torch.randperm(vocab_size, generator=generator)[:grid * grid]
+                                       for _ in range(num_classes)])  # (K, N)
+        self.grid, self.vocab_size, self.resample_fraction = grid, vocab_size, resample_fraction
+        self.num_samples, self.seed, self.shift = num_samples, seed, shift
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getitem__(self, index: int):
+        rng = np.random.default_rng([self.seed, index])
+        label = index % len(self.prototypes)
+        shift = tuple(int(value) for value in rng.integers(0, self.grid, 2)) if self.shift else (0, 0)
+        codes = self.prototypes[label].view(self.grid, self.grid).roll(shift, dims=(0, 1)).flatten()
+        redraw = torch.from_numpy(rng.random(codes.numel()) < self.resample_fraction)
+        codes[redraw] = torch.from_numpy(rng.integers(0, self.vocab_size, int(redraw.sum())))
+        return codes, label
+
+    def held_out(self, count: int):
+        """(count, N) codes and (count,) labels of samples after the training set's."""
+        items = [self[self.num_samples + i] for i in range(count)]
+        return torch.stack([codes for codes, _ in items]), torch.tensor([label for _, label in items])
+
+    def agreement(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(B,) share of positions where each (B, N) sample equals its class's prototype (at the cyclic
+        shift that agrees best, when samples are shifted)."""
+        samples = tokens.cpu().view(-1, self.grid, self.grid)
+        prototypes = self.prototypes[labels.cpu()].view(-1, self.grid, self.grid)
+        offsets = range(self.grid) if self.shift else [0]
+        shifts = [(rows, columns) for rows in offsets for columns in offsets]
+        return torch.stack([(samples == prototypes.roll(shift, dims=(1, 2))).float().mean((1, 2))
+                            for shift in shifts]).amax(0)
+
+    def match_share(self, tokens: torch.Tensor, labels: torch.Tensor) -> float:
+        """Share of the samples whose agreement is at least half of what a perfect sample keeps
+        (1 - resample_fraction); a random grid agrees on about 1/V of its positions."""
+        return (self.agreement(tokens, labels) >= (1 - self.resample_fraction) / 2).float().mean().item()
+
+
+def loss_floor(vocab_size: int, resample_fraction: float) -> float:
+    """The entropy (nats) of one token given its class and the shift: no model's loss goes lower."""
+    keep = 1 - resample_fraction + resample_fraction / vocab_size
+    other = resample_fraction / vocab_size
+    return -(keep * math.log(keep) + (vocab_size - 1) * other * math.log(other))
+
+
+@dataclass(frozen=True)
+class SamplingMode:
+    """How a trained float32 model is run for sampling: `prepare` turns (a copy of) it into the model
+    that runs (weights cast, or quantised: an FP8 mode is one more entry), under autocast to `autocast`,
+    with TF32 float32 matmuls on CUDA or not."""
+    prepare: Callable[[torch.nn.Module], torch.nn.Module]
+    autocast: Optional[torch.dtype] = None
+    tf32: bool = False
+
+
+SAMPLING_MODES: Dict[str, SamplingMode] = {
+    "float32": SamplingMode(lambda model: model.float()),  # the reference
+    "bf16-autocast": SamplingMode(lambda model: model.float(), torch.bfloat16),  # the exact recipe's training numerics
+    "tf32": SamplingMode(lambda model: model.float(), tf32=True),  # sample_c2i.py's default (--precision none)
+    "bf16": SamplingMode(lambda model: model.to(torch.bfloat16)),  # sample_c2i.py --precision bf16
+    "fp16": SamplingMode(lambda model: model.to(torch.float16)),  # sample_c2i.py --precision fp16
+}
+REFERENCE_MODE, YARDSTICK_MODE = "float32", "bf16-autocast"
+
+
+@contextlib.contextmanager
+def matmul_tf32(enabled: bool):
+    """TF32 for float32 matmuls on CUDA (a process-wide switch) inside, restored after."""
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@contextlib.contextmanager
+def mode_context(mode: SamplingMode, device: torch.device):
+    with matmul_tf32(mode.tf32), torch.autocast(device.type, dtype=mode.autocast or torch.bfloat16,
+                                                  enabled=mode.autocast is not None):
+        yield
+
+
+def within_noise(share: float, reference: float, count: int) -> bool:
+    """Two match shares of `count` samples each differ by no more than two standard errors of their
+    difference (binomial, pooled), plus one sample."""
+    pooled = (share + reference) / 2
+    return abs(share - reference) <= 2 * math.sqrt(2 * pooled * (1 - pooled) / count) + 1 / count
+
+
+def policy_passes(loss: float, exact_loss: float, run_to_run: float, share: float, exact_share: float,
+                  count: int) -> bool:
+    return abs(loss - exact_loss) <= TOLERANCE * run_to_run and within_noise(share, exact_share, count)
+
+
+def mode_passes(kl: float, top1: float, share: float, yardstick_kl: float, yardstick_top1: float,
+                reference_share: float, count: int) -> bool:
+    close = kl <= TOLERANCE * yardstick_kl and 1 - top1 <= TOLERANCE * (1 - yardstick_top1)
+    return close and within_noise(share, reference_share, count)
+
+
+def policy_config(args, policy: str, seed: int) -> TrainConfig:
+    """train_c2i.py's defaults on the synthetic set: one epoch of args.steps steps, warm-up then a
+    constant learning rate; bf16 runs under FSDP (its policy needs it), the others as one process does."""
+    return TrainConfig(code_path="", gpt_model=args.gpt_model, vocab_size=args.vocab_size, num_classes=args.num_classes,
+                       image_size=args.grid, downsample_size=1, global_batch_size=args.batch_size, epochs=1,
+                       lr=args.lr, lr_schedule="constant", warmup_epochs=args.warmup_steps / args.steps,
+                       compile=not args.no_compile, num_workers=0, global_seed=seed, device=args.device,
+                       data_parallel="fsdp" if policy == "bf16" else "ddp", precision_policy=policy)
+
+
+def train_policy(cfg: TrainConfig, info: DistInfo, dataset, steps: int):
+    """`steps` optimizer steps of Trainer.optimizer_step, seeded as train_c2i.py seeds a run; returns the
+    trainer and the loss of every step."""
+    torch.manual_seed(cfg.global_seed * info.world_size + info.rank)  # token orders and dropout
+    trainer = Trainer(cfg, info, dataset)
+    losses, epoch = [], 0
+    while len(losses) < steps:
+        trainer.sampler.set_epoch(epoch)
+        batches = iter(trainer.loader)
+        for index in range(min(trainer.steps_per_epoch, steps - len(losses))):
+            set_learning_rate(trainer.optimizer, learning_rate_at(epoch + index / trainer.steps_per_epoch, cfg.lr,
+                                                                  cfg.min_lr, cfg.warmup_epochs, cfg.epochs,
+                                                                  cfg.lr_schedule))
+            micro_batches = [next(batches) for _ in range(cfg.gradient_accumulation_steps)]
+            losses.append(trainer.optimizer_step(micro_batches).item())
+        epoch += 1
+    return trainer, losses
+
+
+def float32_copy(cfg: TrainConfig, trained: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """A plain float32 model (eval mode) with `trained`'s weights: gathered from FSDP shards, and the
+    float32 weights of float8 layers, which keep the exact model's parameter names."""
+    model = build_model(cfg).to(device)
+    source = dict(trained.named_parameters())
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            weight = source[name]
+            parameter.copy_(weight.full_tensor() if hasattr(weight, "full_tensor") else weight)
+    return model.eval()
+
+
+@torch.no_grad()
+def next_token_log_probs(model, mode: SamplingMode, codes, labels, orders) -> torch.Tensor:
+    """(B, N, V) float32 log-probabilities of teacher forcing in the given orders."""
+    with mode_context(mode, codes.device):
+        logits, _ = model(codes, labels, orders=orders)
+    return F.log_softmax(logits.float(), dim=-1)
+
+
+def compare_to_reference(reference: torch.Tensor, log_probs: torch.Tensor):
+    """Mean KL(reference || log_probs) over positions and the share of positions with the same top-1."""
+    kl = (reference.exp() * (reference - log_probs)).sum(-1).mean().item()
+    top1 = (reference.argmax(-1) == log_probs.argmax(-1)).float().mean().item()
+    return max(kl, 0.0), top1
+
+
+@torch.no_grad()
+def sample_match_share(model, mode: SamplingMode, dataset: PrototypeCodes, args, device) -> float:
+    """Share of args.samples_per_class samples of every class that match their prototype; the same
+    random stream for every model and mode."""
+    from autoregressive.generate import generate
+    from autoregressive.sampling import SamplingConfig
+
+    sampling = SamplingConfig(num_steps=args.num_steps or args.grid ** 2, cfg_scale=args.cfg_scale)
+    labels = torch.arange(args.num_classes, device=device).repeat_interleave(args.samples_per_class)
+    generator = torch.Generator(device).manual_seed(args.global_seed)
+    with mode_context(mode, device):
+        tokens = torch.cat([generate(model, chunk, sampling, generator=generator)
+                            for chunk in labels.split(args.sample_batch)])
+    return dataset.match_share(tokens, labels)
+
+
+def held_out_batch(dataset: PrototypeCodes, count: int, seed: int, device):
+    """Held-out codes, labels and fixed generation orders (B, N) for teacher forcing."""
+    codes, labels = dataset.held_out(count)
+    orders = torch.rand(codes.shape, generator=torch.Generator().manual_seed(seed)).argsort(1)
+    return codes.to(device), labels.to(device), orders.to(device)
+
+
+def run_training(args, info: DistInfo, dataset: PrototypeCodes, held_out, policies: List[str]):
+    """Train under exact (twice: the seed and the next one) and every other policy; returns the table
+    rows, the per-step losses by run, and the exact run's float32 model."""
+    codes, labels, orders = held_out
+    runs = [("exact", "exact", args.global_seed), ("exact, next seed", "exact", args.global_seed + 1)]
+    runs += [(policy, policy, args.global_seed) for policy in policies if policy != "exact"]
+    rows, curves, exact_model = [], {}, None
+    for name, policy, seed in runs:
+        row = {"run": name, "seed": seed}
+        reason = fp8_unavailable_reason(info.device) if policy == "fp8" else None
+        if reason is not None:
+            rows.append({**row, "pass": f"not run: {reason}"})
+            continue
+        cfg = policy_config(args, policy, seed)
+        trainer, curves[name] = train_policy(cfg, info, dataset, args.steps)
+        model = float32_copy(cfg, trainer.model, info.device)
+        del trainer
+        torch._dynamo.reset()  # the next run compiles its own model
+        with torch.no_grad(), matmul_tf32(False):
+            _, loss = model(codes, labels, targets=codes, orders=orders)
+        tail = curves[name][-max(1, args.steps // 10):]
+        rows.append({**row, "train loss (last 10%)": sum(tail) / len(tail), "held-out loss": loss.item(),
+                     "match share": sample_match_share(model, SAMPLING_MODES[REFERENCE_MODE], dataset, args, info.device)})
+        exact_model = model if name == "exact" else exact_model
+    judge_policies(rows, args.num_classes * args.samples_per_class)
+    return rows, curves, exact_model
+
+
+def judge_policies(rows: List[dict], count: int) -> None:
+    """Fill each row's "vs exact" (held-out loss difference) and "pass" (rows: exact, exact from the next
+    seed, then the policies; a row that was not run has its reason in "pass" already)."""
+    exact, next_seed = rows[0], rows[1]
+    run_to_run = abs(next_seed["held-out loss"] - exact["held-out loss"])
+    for row in rows:
+        if "held-out loss" not in row:
+            row["pass"] = row.pop("pass")  # the last column
+            continue
+        row["vs exact"] = row["held-out loss"] - exact["held-out loss"]
+        passed = policy_passes(row["held-out loss"], exact["held-out loss"], run_to_run, row["match share"],
+                               exact["match share"], count)
+        row["pass"] = "yes" if passed else "no"
+    exact["pass"], next_seed["pass"] = "reference", "run-to-run difference"
+
+
+def run_sampling(args, model, dataset: PrototypeCodes, held_out, modes: List[str], device) -> List[dict]:
+    """The exact run's weights in every sampling mode against float32: KL, top-1, match share."""
+    codes, labels, orders = held_out
+    reference = next_token_log_probs(model, SAMPLING_MODES[REFERENCE_MODE], codes, labels, orders)
+    rows = []
+    for name in modes:
+        mode = SAMPLING_MODES[name]
+        prepared = mode.prepare(copy.deepcopy(model))
+        kl, top1 = compare_to_reference(reference, next_token_log_probs(prepared, mode, codes, labels, orders))
+        rows.append({"mode": name, "KL vs float32": kl, "top-1 agreement": top1,
+                     "match share": sample_match_share(prepared, mode, dataset, args, device)})
+    judge_modes(rows, args.num_classes * args.samples_per_class)
+    return rows
+
+
+def judge_modes(rows: List[dict], count: int) -> None:
+    """Fill each row's "pass" (rows: float32, bf16-autocast, then the other modes)."""
+    reference, yardstick = rows[0], rows[1]
+    reference["pass"] = "reference"
+    for row in rows[1:]:
+        passed = mode_passes(row["KL vs float32"], row["top-1 agreement"], row["match share"], yardstick["KL vs float32"],
+                             yardstick["top-1 agreement"], reference["match share"], count)
+        row["pass"] = "yes" if passed else "no"
+
+
+def parse_modes(text: str) -> List[str]:
+    """--sampling-modes: float32 and bf16-autocast first (the reference and the yardstick), each once."""
+    modes = [mode for mode in text.split(",") if mode]
+    unknown = [mode for mode in modes if mode not in SAMPLING_MODES]
+    if unknown:
+        raise ValueError(f"unknown sampling mode {', '.join(unknown)}; choose from {', '.join(SAMPLING_MODES)}")
+    return list(dict.fromkeys([REFERENCE_MODE, YARDSTICK_MODE, *modes]))
+
+
+def markdown_table(rows: List[dict]) -> List[str]:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    cell = lambda value: f"{value:.4g}" if isinstance(value, float) else str(value)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return lines + ["| " + " | ".join(cell(row.get(column, "-")) for column in columns) + " |" for row in rows]
+
+
+def write_csv(rows: List[dict], path: str) -> None:
+    with open(path, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot_losses(curves: Dict[str, List[float]], floor: float, vocab_size: int, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6.4, 4.0))
+    for name, losses in curves.items():
+        axis.plot(range(1, len(losses) + 1), losses, label=name, linewidth=1)
+    axis.axhline(math.log(vocab_size), color="grey", linestyle=":", label="ln V (chance)")
+    axis.axhline(floor, color="black", linestyle="--", label="lowest possible")
+    axis.set(xlabel="optimizer step", ylabel="training loss (nats)", title="training loss under each precision policy")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gpt-model", choices=list(ARPG_models), default="ARPG-L")
+    parser.add_argument("--precision-policies", default=",".join(PRECISION_POLICIES),
+                        help="comma-separated training policies, each trained beside exact")
+    parser.add_argument("--sampling-modes", default=",".join(SAMPLING_MODES),
+                        help=f"comma-separated, from {', '.join(SAMPLING_MODES)}")
+    parser.add_argument("--vocab-size", type=int, default=16384)
+    parser.add_argument("--num-classes", type=int, default=10)
+    parser.add_argument("--grid", type=int, default=16, help="codes per side of a sample (16: 256 tokens)")
+    parser.add_argument("--resample-fraction", type=float, default=0.25,
+                        help="share of a sample's positions redrawn from its class prototype")
+    parser.add_argument("--steps", type=int, default=300, help="optimizer steps per training run")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--warmup-steps", type=int, default=30)
+    parser.add_argument("--global-seed", type=int, default=0)
+    parser.add_argument("--eval-batch", type=int, default=64, help="held-out samples for the teacher-forced figures")
+    parser.add_argument("--samples-per-class", type=int, default=16, help="generated samples per class")
+    parser.add_argument("--sample-batch", type=int, default=64, help="samples generated at once")
+    parser.add_argument("--num-steps", type=int, default=None,
+                        help="decoding steps per generated sample (default: one token a step, so the first token "
+                             "fixes the shift the others follow; the tokens of one parallel step are drawn "
+                             "independently, each fixing a shift of its own)")
+    parser.add_argument("--cfg-scale", type=float, default=4.0)
+    parser.add_argument("--no-compile", action="store_true", help="train eagerly (CUDA compiles by default)")
+    parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    parser.add_argument("--num-threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--out-dir", default="results/check-precision")
+    return parser
+
+
+def check_args(args) -> None:
+    if not 0 < args.resample_fraction < 1:
+        raise UserError(f"--resample-fraction must be in (0, 1), got {args.resample_fraction}")
+    for name in ("steps", "batch_size", "eval_batch", "samples_per_class", "sample_batch", "num_steps"):
+        check_at_least(f"--{name.replace('_', '-')}", getattr(args, name), 1)
+    if args.vocab_size < args.grid ** 2:
+        raise UserError(f"--vocab-size {args.vocab_size} is smaller than the {args.grid ** 2} distinct codes of a "
+                         f"--grid {args.grid} prototype")
+    if args.warmup_steps > args.steps:
+        raise UserError(f"--warmup-steps {args.warmup_steps} is more than --steps {args.steps}")
+
+
+def run_check(args, info: DistInfo):
+    """Both comparisons; returns the training rows, the sampling rows and the loss curves."""
+    policies, modes = parse_policy_list(args.precision_policies), parse_modes(args.sampling_modes)
+    with torch.device("meta"):  # only its configuration is read
+        absolute_positions = build_model(policy_config(args, "exact", args.global_seed)).config.learned_pos_embed
+    dataset = PrototypeCodes(args.num_classes, args.grid, args.vocab_size, args.resample_fraction,
+                             args.steps * args.batch_size, args.global_seed, shift=not absolute_positions)
+    held_out = held_out_batch(dataset, args.eval_batch, args.global_seed, info.device)
+    with matmul_tf32(True):  # train_c2i.py trains with TF32 (enable_tf32)
+        training, curves, exact_model = run_training(args, info, dataset, held_out, policies)
+    sampling = run_sampling(args, exact_model, dataset, held_out, modes, info.device)
+    return training, sampling, curves
+
+
+def report(args, training: List[dict], sampling: List[dict], curves: Dict[str, List[float]]) -> None:
+    os.makedirs(args.out_dir, exist_ok=True)
+    floor = loss_floor(args.vocab_size, args.resample_fraction)
+    lines = [f"{args.gpt_model}, {args.steps} steps of batch {args.batch_size}, {args.num_classes} classes, "
+             f"{args.resample_fraction:.0%} of positions redrawn: ln V = {math.log(args.vocab_size):.3f}, "
+             f"lowest possible loss {floor:.3f}", "", "Training (held-out loss in float32):", "",
+             *markdown_table(training), "", "Sampling (teacher forcing against float32, exact run's weights):", "",
+             *markdown_table(sampling)]
+    if training[0]["held-out loss"] > (math.log(args.vocab_size) + floor) / 2:
+        lines += ["", "WARNING: exact did not learn the set (held-out loss above halfway from ln V to the lowest "
+                      "possible): the verdicts say little; raise --steps or --lr"]
+    with open(os.path.join(args.out_dir, "report.md"), "w") as file:
+        file.write("\n".join(lines) + "\n")
+    write_csv(training, os.path.join(args.out_dir, "training.csv"))
+    write_csv(sampling, os.path.join(args.out_dir, "sampling.csv"))
+    plot_losses(curves, floor, args.vocab_size, os.path.join(args.out_dir, "losses.png"))
+    print("\n".join(lines))
+    print(f"wrote report.md, training.csv, sampling.csv and losses.png to {args.out_dir}")
+
+
+def main(args) -> None:
+    check_args(args)
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    bf16 = "bf16" in parse_policy_list(args.precision_policies)
+    info = init_one_process_group(args.device) if bf16 else init_distributed(args.device)
+    report(args, *run_check(args, info))
+    cleanup()
+
+
+if __name__ == "__main__":
+    run_main(lambda argv: main(get_args_parser().parse_args(argv)))

@@ -1,0 +1,112 @@
+"""scripts/check_precision.py: the synthetic prototype set, the pass rules on hand-made numbers, and one
+small run of the whole check on the CPU (every policy and sampling mode in the tables)."""
+import csv
+import math
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from autoregressive.utils.dist import init_distributed
+from scripts import check_precision as check
+from scripts.check_precision import PrototypeCodes
+
+
+def test_samples_are_their_prototype_shifted_with_a_fraction_redrawn_and_reproducible():
+    dataset = PrototypeCodes(num_classes=3, grid=16, vocab_size=1000, resample_fraction=0.25, num_samples=30, seed=1)
+    assert all(len(set(prototype.tolist())) == 256 for prototype in dataset.prototypes)  # distinct codes
+    codes, label = dataset[4]
+    assert label == 1 and codes.shape == (256,) and codes.dtype == torch.long
+    assert torch.equal(codes, dataset[4][0]) and not torch.equal(codes, dataset[7][0])  # same class, other draw
+    agreement = dataset.agreement(codes[None], torch.tensor([1])).item()
+    assert 0.65 < agreement < 0.85  # about 1 - 0.25, at the sample's own shift
+    assert (codes == dataset.prototypes[1]).float().mean() < 0.2  # shifted: not at the prototype's places
+    assert torch.equal(dataset.held_out(2)[0][0], dataset[30][0])
+    labels = torch.tensor([0, 1, 2])
+    shifted = dataset.prototypes.view(3, 16, 16).roll((5, 11), dims=(1, 2)).reshape(3, 256)
+    assert dataset.match_share(shifted, labels) == 1.0
+    assert dataset.match_share(dataset.prototypes.roll(1, dims=0), labels) == 0.0  # other classes' prototypes
+    fixed = PrototypeCodes(num_classes=3, grid=16, vocab_size=1000, resample_fraction=0.25, num_samples=30, seed=1,
+                           shift=False)
+    assert (fixed[4][0] == fixed.prototypes[1]).float().mean() > 0.65  # in place
+    assert fixed.match_share(fixed.prototypes, labels) == 1.0 and fixed.match_share(shifted, labels) == 0.0
+    # V = 2, half redrawn: a token keeps its value with 3/4, flips with 1/4
+    assert check.loss_floor(2, 0.5) == pytest.approx(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))
+
+
+def test_pass_rules_on_hand_made_numbers():
+    assert check.within_noise(0.90, 0.90, 100) and check.within_noise(0.85, 0.90, 100)  # 2 sigma = 0.087 + 0.01
+    assert not check.within_noise(0.70, 0.90, 100)
+    assert check.within_noise(1.0, 1.0, 10) and check.within_noise(0.9, 1.0, 10) and not check.within_noise(0.4, 1.0, 10)
+    # training: |loss - exact| <= 2 x run-to-run, and a share within noise
+    assert check.policy_passes(2.09, 2.00, 0.05, 0.9, 0.9, 100)
+    assert not check.policy_passes(2.11, 2.00, 0.05, 0.9, 0.9, 100)
+    assert not check.policy_passes(2.00, 2.00, 0.05, 0.5, 0.9, 100)
+    # sampling: KL and top-1 disagreement within 2x the yardstick's, and a share within noise
+    assert check.mode_passes(0.0019, 0.981, 0.9, yardstick_kl=0.001, yardstick_top1=0.99, reference_share=0.9, count=100)
+    assert not check.mode_passes(0.0021, 0.98, 0.9, 0.001, 0.99, 0.9, 100)
+    assert not check.mode_passes(0.001, 0.97, 0.9, 0.001, 0.99, 0.9, 100)  # 3% disagreement > 2 x 1%
+    assert not check.mode_passes(0.001, 0.99, 0.6, 0.001, 0.99, 0.9, 100)
+
+
+def test_judging_fills_every_row():
+    rows = [{"run": "exact", "held-out loss": 2.0, "match share": 0.9},
+            {"run": "exact, next seed", "held-out loss": 2.05, "match share": 0.9},
+            {"run": "bf16", "held-out loss": 2.08, "match share": 0.88},
+            {"run": "bf16-bad", "held-out loss": 2.2, "match share": 0.9},
+            {"run": "fp8", "pass": "not run: no GPU"}]
+    check.judge_policies(rows, count=100)
+    assert [row["pass"] for row in rows] == ["reference", "run-to-run difference", "yes", "no", "not run: no GPU"]
+    assert rows[2]["vs exact"] == pytest.approx(0.08) and list(rows[2])[-1] == "pass"
+    modes = [{"mode": "float32", "KL vs float32": 0.0, "top-1 agreement": 1.0, "match share": 0.9},
+             {"mode": "bf16-autocast", "KL vs float32": 0.001, "top-1 agreement": 0.99, "match share": 0.9},
+             {"mode": "bf16", "KL vs float32": 0.003, "top-1 agreement": 0.99, "match share": 0.9}]
+    check.judge_modes(modes, count=100)
+    assert [row["pass"] for row in modes] == ["reference", "yes", "no"]
+    assert check.parse_modes("fp16") == ["float32", "bf16-autocast", "fp16"]
+    with pytest.raises(ValueError, match="unknown sampling mode fp4"):
+        check.parse_modes("fp4")
+
+
+@pytest.fixture
+def one_process_group(tmp_path):
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_a_small_check_learns_the_set_and_reports_every_policy_and_mode(tmp_path, one_process_group):
+    """ARPG-digits: learned absolute positions, so fixed prototypes (the tiny relative-only models learn the
+    shifted grids too slowly for a test)."""
+    args = check.get_args_parser().parse_args(
+        ["--gpt-model", "ARPG-digits", "--vocab-size", "32", "--num-classes", "5", "--grid", "4", "--steps", "60",
+         "--batch-size", "8", "--lr", "3e-3", "--warmup-steps", "4", "--eval-batch", "16", "--samples-per-class", "4",
+         "--sample-batch", "20", "--num-steps", "4", "--device", "cpu", "--out-dir", str(tmp_path / "out")])
+    check.check_args(args)
+    training, sampling, curves = check.run_check(args, init_distributed("cpu"))
+    assert [row["run"] for row in training] == ["exact", "exact, next seed", "bf16", "fp8"]
+    assert [row["mode"] for row in sampling] == list(check.SAMPLING_MODES)
+    exact = curves["exact"]
+    assert sum(exact[-10:]) / 10 < sum(exact[:10]) / 10 - 1.0  # the set is learnable
+    assert training[0]["held-out loss"] < math.log(32) - 1.0 and training[0]["match share"] >= 0.5
+    assert training[2]["pass"] in ("yes", "no") and training[3]["pass"].startswith("not run")
+    assert sampling[0]["KL vs float32"] == 0.0 and sampling[0]["top-1 agreement"] == 1.0
+    assert sampling[1]["KL vs float32"] > 0  # bf16 autocast moves the distributions a little
+    assert all(row["pass"] in ("reference", "yes", "no") for row in sampling)
+
+    check.report(args, training, sampling, curves)
+    out = tmp_path / "out"
+    assert {path.name for path in out.iterdir()} == {"report.md", "training.csv", "sampling.csv", "losses.png"}
+    with open(out / "sampling.csv") as file:
+        assert [row["mode"] for row in csv.DictReader(file)] == list(check.SAMPLING_MODES)
+    assert "| bf16 | 0 |" in (out / "report.md").read_text()
+
+
+def test_bad_arguments_are_refused():
+    parse = lambda *extra: check.get_args_parser().parse_args(list(extra))
+    with pytest.raises(ValueError, match="resample-fraction"):
+        check.check_args(parse("--resample-fraction", "1.5"))
+    with pytest.raises(ValueError, match="--vocab-size 100 is smaller than the 256 distinct codes"):
+        check.check_args(parse("--vocab-size", "100"))
+    with pytest.raises(ValueError, match="--warmup-steps 40 is more than --steps 30"):
+        check.check_args(parse("--steps", "30", "--warmup-steps", "40"))
