@@ -2,7 +2,10 @@
 
     python sample_c2i.py --gpt-model ARPG-L --gpt-ckpt arpg_300m.pt --vq-ckpt vq_ds16_c2i.pt \\
         --class-labels 207 360 387 974 88 979 417 279 --cfg-scale 4.5 --step 64
-A digits model needs no --vq-ckpt: its tokens are the pixels.
+A digits model needs no --vq-ckpt: its tokens are the pixels. A controllable model samples under a
+condition map (--condition-map, a .npy of condition ids on the token grid), e.g. the shape of a held-out digit:
+    python sample_c2i.py --gpt-model ARPG-digits --gpt-ckpt CKPT --condition-vocab-size 2 \\
+        --condition-map data/digits/val_shape/3/2.npy --class-labels 3 --samples-per-class 8 --cfg-scale 2.0
 """
 import argparse
 import os
@@ -20,6 +23,7 @@ from autoregressive.utils.cli import (UserError, check_at_least, check_at_most, 
                                       run_main)
 from autoregressive.utils.device import resolve_device
 from autoregressive.weights import PRECISIONS, add_weights_arg, load_gpt, load_vq
+from dataset.conditions import load_condition_map
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -41,6 +45,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-classes", type=int, default=None, help="default: the model size's")
     parser.add_argument("--codebook-size", type=int, default=None, help="default: the model size's")
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    parser.add_argument("--condition-map", default=None,
+                        help="controllable model: .npy condition ids on the token grid, one map for all samples "
+                             "or one per sample")
+    parser.add_argument("--condition-vocab-size", type=int, default=0,
+                        help="the controllable model's condition vocabulary (its condition.json; digits shapes: 2)")
     parser.add_argument("--out", default="samples/grid.png")
     parser.add_argument("--fused", action="store_true",
                         help="compile the layers too (CUDA): faster, logits close to, not equal to, the eager layers'")
@@ -58,6 +67,11 @@ def check_args(args) -> None:
     if args.image_size % args.downsample_size:
         raise UserError(f"--image-size {args.image_size} is not a multiple of --downsample-size {args.downsample_size}")
     check_image_output("--out", args.out)
+    check_file("--condition-map", args.condition_map)
+    check_at_least("--condition-vocab-size", args.condition_vocab_size, 0)
+    if args.condition_map and not args.condition_vocab_size:
+        raise UserError("--condition-map needs --condition-vocab-size: the controllable model's condition vocabulary "
+                        "(its condition.json; 2 for the digits shapes)")
 
 
 def main(args) -> None:
@@ -65,14 +79,20 @@ def main(args) -> None:
     sampling = SamplingConfig.from_args(args)
     args = with_checkpoints_fetched(args)  # hf:// paths and omitted checkpoints -> local files
     device = resolve_device(args.device)
-    overrides = {k: v for k, v in (("num_classes", args.num_classes), ("vocab_size", args.codebook_size)) if v}
+    overrides = {k: v for k, v in (("num_classes", args.num_classes), ("vocab_size", args.codebook_size),
+                                   ("condition_vocab_size", args.condition_vocab_size)) if v}
     if args.vq_ckpt:
         overrides["block_size"] = (args.image_size // args.downsample_size) ** 2
     model = load_gpt(args.gpt_model, args.gpt_ckpt, device, args.precision, args.weights, **overrides)
     labels = torch.tensor(args.class_labels, device=device).repeat_interleave(args.samples_per_class)
     check_class_ids(labels, model.config.num_classes)
     check_at_most("--step", args.step, model.config.block_size, "the number of tokens of an image")
-    tokens = make_sampler(model, fuse=args.fused)(labels, sampling, torch.Generator(device).manual_seed(args.seed))
+    extra = {}
+    if args.condition_map:
+        maps = load_condition_map(args.condition_map, len(labels), model.config.block_size, args.condition_vocab_size)
+        extra["condition_map"] = maps.to(device)
+    tokens = make_sampler(model, fuse=args.fused)(labels, sampling, torch.Generator(device).manual_seed(args.seed),
+                                                  **extra)
     vq = load_vq(args.vq_model, args.vq_ckpt, device) if args.vq_ckpt else None
     pixels = tokens_to_view(tokens, model.config.grid_size, vq, model.config.vocab_size)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)

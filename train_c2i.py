@@ -16,7 +16,7 @@ from autoregressive.models.arpg import ARPG_models
 from autoregressive.train.config import TrainConfig
 from autoregressive.train.loop import find_resume_checkpoint, new_run_dir, train
 from autoregressive.train.precision import PRECISION_POLICIES
-from autoregressive.utils.cli import InputNotFound, UserError, run_main
+from autoregressive.utils.cli import InputNotFound, UserError, check_file, run_main
 from autoregressive.utils.device import enable_tf32
 from autoregressive.utils.dist import check_shared_folder, cleanup, init_distributed
 from autoregressive.utils.files import output_folder
@@ -32,6 +32,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", choices=["imagenet_code", "llamagen_code", "digits"], default=d.dataset,
                         help="imagenet_code: RandAR layout {class}/{i}.npy; llamagen_code: *_codes/ + *_labels/; "
                              "digits: the embedded demo set (python -m dataset.digits)")
+    parser.add_argument("--condition-path", default=None,
+                        help="controllable generation: condition maps beside the codes (python -m dataset.digits "
+                             "writes {split}_shape/, extract_conditions_c2i.py edge maps); sizes the condition table")
+    parser.add_argument("--condition-dropout-p", type=float, default=d.condition_dropout_prob,
+                        help="condition map dropped to 'no condition' for guidance (also with every dropped class)")
+    parser.add_argument("--init-from", default=None,
+                        help="start from these weights with a fresh optimizer (fine-tuning); a class-only checkpoint "
+                             "for a --condition-path run loads strictly plus fresh condition parameters")
     parser.add_argument("--results-dir", default=d.results_dir)
     parser.add_argument("--epochs", type=int, default=d.epochs)
     parser.add_argument("--max-steps", type=int, default=d.max_steps, help="stop after this many optimizer steps")
@@ -103,8 +111,18 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         ckpt_every=args.ckpt_every, log_every=args.log_every, num_workers=args.num_workers,
         global_seed=args.global_seed, vocab_size=args.vocab_size, num_classes=args.num_classes,
         image_size=args.image_size, downsample_size=args.downsample_size, cls_token_num=args.cls_token_num,
-        resume=args.gpt_ckpt or args.resume, wandb=args.wandb, num_threads=args.num_threads, device=args.device)
-    return apply_dataset_shape(cfg)
+        resume=args.gpt_ckpt or args.resume, wandb=args.wandb, num_threads=args.num_threads, device=args.device,
+        condition_path=args.condition_path, condition_dropout_prob=args.condition_dropout_p, init_from=args.init_from)
+    return apply_condition_vocabulary(apply_dataset_shape(cfg))
+
+
+def apply_condition_vocabulary(cfg: TrainConfig) -> TrainConfig:
+    """A run with --condition-path gets the condition vocabulary its folder's condition.json records."""
+    if not cfg.condition_path:
+        return cfg
+    from dataset.conditions import read_condition_info
+
+    return dataclasses.replace(cfg, condition_vocab_size=read_condition_info(cfg.condition_path).vocab_size)
 
 
 def apply_dataset_shape(cfg: TrainConfig) -> TrainConfig:
@@ -168,8 +186,9 @@ def main(cfg: TrainConfig) -> None:
         enable_tf32()
     # Per-rank seed; a resumed run overwrites it with the saved RNG states.
     torch.manual_seed(cfg.global_seed * info.world_size + info.rank)
+    check_file("--init-from", cfg.init_from)
     dataset = build_dataset(cfg.dataset, cfg.code_path, seed=cfg.global_seed, vocab_size=cfg.vocab_size,
-                            num_classes=cfg.num_classes)
+                            num_classes=cfg.num_classes, condition_path=cfg.condition_path)
     check_data_fits(cfg, info.world_size, dataset)
     with output_folder(cfg.results_dir):  # made here and left empty by a refused run: removed again
         check_shared_folder(cfg.results_dir)  # every node must find (and write) the same checkpoints

@@ -65,6 +65,9 @@ class GraphedSteps:
         self.fed_ids = torch.zeros(rows, max_fed, dtype=torch.long, device=device)
         self.fed_slots = torch.zeros(rows, max_fed, dtype=torch.long, device=device)
         self.query_slots = torch.zeros(rows, max_size, dtype=torch.long, device=device)
+        self.query_conditions = None  # the targets' condition ids, for a decoding with a condition map
+        if start.target_conditions is not None:
+            self.query_conditions = torch.zeros(rows, max_size, dtype=torch.long, device=device)
         self.cache = model.new_cache(rows, start.cache_capacity)
         # One output buffer for all steps: step outputs held in the graph pool would never be reused.
         self.guided_logits = torch.zeros(batch, max_size, model.config.vocab_size, device=device)
@@ -75,8 +78,9 @@ class GraphedSteps:
     def _step(self, step: DecodingStep) -> None:
         """decode_step on the static buffers, into guided_logits[:, :step.size]: what a graph holds."""
         with eager_rounding(self.layer_parts):
+            conditions = None if self.query_conditions is None else self.query_conditions[:, :step.size]
             logits = decode_step(self.model, step, self.fed_ids[:, :step.fed], self.fed_slots[:, :step.fed],
-                                 self.query_slots[:, :step.size], self.cache, self.layer_parts)
+                                 self.query_slots[:, :step.size], self.cache, self.layer_parts, conditions)
             self.guided_logits[:, :step.size].copy_(logits)
 
     def _capture(self) -> None:
@@ -96,10 +100,12 @@ class GraphedSteps:
                     self._step(step)
                 self.graphs.append(graph)
 
-    def __call__(self, step: DecodingStep, fed_ids, fed_slots, query_slots) -> torch.Tensor:
+    def __call__(self, step: DecodingStep, fed_ids, fed_slots, query_slots, query_conditions=None) -> torch.Tensor:
         self.fed_ids[:, :step.fed].copy_(fed_ids)
         self.fed_slots[:, :step.fed].copy_(fed_slots)
         self.query_slots[:, :step.size].copy_(query_slots)
+        if self.query_conditions is not None:
+            self.query_conditions[:, :step.size].copy_(query_conditions)
         if self.graphs:
             self.graphs[step.index].replay()
         else:  # the step as it was planned when built, which is what a graph would replay
@@ -122,7 +128,8 @@ class FastSampler:
         self._key: Optional[Tuple] = None
 
     def _graphed_steps(self, start: DecodingStart, sampling: SamplingConfig) -> GraphedSteps:
-        key = (tuple(start.fed_ids.shape), start.steps, sampling.captured_settings())
+        key = (tuple(start.fed_ids.shape), start.steps, sampling.captured_settings(),
+               start.target_conditions is not None)
         if key != self._key:
             self._steps = None  # free the old cache and graphs before allocating new ones
             if torch.cuda.is_available():
@@ -134,16 +141,16 @@ class FastSampler:
     def generate(self, condition: torch.Tensor, sampling: Optional[SamplingConfig] = None,
                  orders: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
                  known: Optional[torch.Tensor] = None, known_mask: Optional[torch.Tensor] = None,
-                 **sampling_kwargs) -> torch.Tensor:
+                 condition_map: Optional[torch.Tensor] = None, **sampling_kwargs) -> torch.Tensor:
         """Same arguments and result as autoregressive.generate.generate."""
         sampling = sampling or SamplingConfig(**sampling_kwargs)
-        return generate(self.model, condition, sampling, orders, generator, known, known_mask,
+        return generate(self.model, condition, sampling, orders, generator, known, known_mask, condition_map,
                         runner=lambda start: self._graphed_steps(start, sampling))
 
 
 def make_sampler(model, use_fast: bool = True, fuse: Union[bool, str] = False):
     """A function (labels, sampling, generator, **known tokens) -> tokens: the CUDA-graph path on CUDA,
-    else the reference loop; keyword arguments (known, known_mask) go to either. fuse: compile the
+    else the reference loop; keyword arguments (known, known_mask, condition_map) go to either. fuse: compile the
     layers too (faster; logits close to, not equal to, the eager layers'), in either path; a string
     names the torch.compile backend (tests use "aot_eager")."""
     if use_fast and model.embeddings.weight.is_cuda:

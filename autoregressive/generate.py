@@ -5,6 +5,12 @@ layers, where they see each other and everything cached, and queries the next po
 with [MASK] embeddings rotated to those positions. With guidance, the batch is doubled: the second half
 carries the "no class" token, and logits combine as uncond + (cond - uncond) * scale.
 
+A controllable model (ARPGConfig.condition_vocab_size > 0) also takes a (B, N) condition map: each
+step's targets are queried with the condition ids at their positions, gathered through the order. Its
+unconditional half carries "no class" AND "no condition", so one scale guides towards the class and
+the condition together: uncond(no class, no condition) + (cond(class, map) - uncond) * scale, as
+ControlAR combines them.
+
 Every step is described once, by a DecodingStep planned before the first one; the loop below feeds
 them to a step runner: `EagerSteps` here, the CUDA-graph replays of autoregressive/fast_generate.py there.
 """
@@ -13,6 +19,7 @@ from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 
+from autoregressive.models.condition import check_condition_map
 from autoregressive.models.kv_cache import KVCache
 from autoregressive.sampling import SamplingConfig, guidance_scale, random_orders, step_sizes
 from autoregressive.utils.cli import UserError
@@ -105,6 +112,13 @@ class DecodingStart:
     steps: Tuple[DecodingStep, ...]
     fed_ids: torch.Tensor  # (rows, C + num_known) first-step tokens; rows = 2B with guidance
     fed_slots: torch.Tensor  # (rows, C + num_known)
+    target_conditions: Optional[torch.Tensor] = None  # (rows, N - num_known) condition ids, generation order
+
+    def step_conditions(self, step: DecodingStep) -> Optional[torch.Tensor]:
+        """(rows, step.size) condition ids of the step's targets; None without a condition map."""
+        if self.target_conditions is None:
+            return None
+        return self.target_conditions[:, step.done_before:step.done_after]
 
     @property
     def cache_capacity(self) -> int:
@@ -114,8 +128,9 @@ class DecodingStart:
 
 
 def start_decoding(model, condition, sampling: SamplingConfig, orders=None, generator=None,
-                   known=None, known_mask=None) -> DecodingStart:
-    """Check the inputs and lay out the decoding: class token (and known tokens), orders, steps."""
+                   known=None, known_mask=None, condition_map=None) -> DecodingStart:
+    """Check the inputs and lay out the decoding: class token (and known tokens), orders, steps, and the
+    targets' condition ids (the null half: "no condition")."""
     config = model.config
     check_class_ids(condition, config.num_classes)
     batch, num_tokens, device = condition.shape[0], config.block_size, condition.device
@@ -140,7 +155,14 @@ def start_decoding(model, condition, sampling: SamplingConfig, orders=None, gene
     num_steps = min(sampling.num_steps, num_tokens - num_known) if num_known else sampling.num_steps
     sizes = step_sizes(num_tokens - num_known, num_steps, sampling.sample_schedule)
     steps = plan_steps(fed_ids.shape[1], num_known, sizes, sampling)
-    return DecodingStart(orders, num_known, steps, fed_ids, fed_slots)
+    target_conditions = None
+    if condition_map is not None:
+        check_condition_map(condition_map, batch, num_tokens, config.condition_vocab_size)
+        target_conditions = condition_map.to(device).long().gather(1, orders[:, num_known:])
+        if sampling.uses_guidance:
+            target_conditions = torch.cat([target_conditions, torch.full_like(target_conditions,
+                                                                              config.null_condition_id)])
+    return DecodingStart(orders, num_known, steps, fed_ids, fed_slots, target_conditions)
 
 
 def guide(logits: torch.Tensor, scale: Optional[float]) -> torch.Tensor:
@@ -152,16 +174,19 @@ def guide(logits: torch.Tensor, scale: Optional[float]) -> torch.Tensor:
 
 
 def decode_step(model, step: DecodingStep, fed_ids, fed_slots, query_slots, cache: KVCache,
-                layer_parts=None) -> torch.Tensor:
+                layer_parts=None, query_conditions=None) -> torch.Tensor:
     """The network pass of one step: feed (rows, step.fed) tokens after the step's cache length, query
-    (rows, step.size) slots; returns guided (B, step.size, V) float32 logits. layer_parts: see ARPG.decode."""
+    (rows, step.size) slots (with their condition ids, if any); returns guided (B, step.size, V) float32
+    logits. layer_parts: see ARPG.decode."""
     cache.length = step.cache_length
-    logits = model.decode(fed_ids, fed_slots, query_slots, causal=step.causal, cache=cache, layer_parts=layer_parts)
+    logits = model.decode(fed_ids, fed_slots, query_slots, causal=step.causal, cache=cache, layer_parts=layer_parts,
+                          query_conditions=query_conditions)
     return guide(logits, step.guidance)
 
 
-# (step, fed_ids, fed_slots, query_slots) -> guided logits: one step of a decoding on some device path.
-StepRunner = Callable[[DecodingStep, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# (step, fed_ids, fed_slots, query_slots, query_conditions or None) -> guided logits: one step of a
+# decoding on some device path.
+StepRunner = Callable[[DecodingStep, torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
 
 
 class EagerSteps:
@@ -171,14 +196,16 @@ class EagerSteps:
         self.model, self.layer_parts = model, layer_parts
         self.cache = model.new_cache(start.fed_ids.shape[0], start.cache_capacity)
 
-    def __call__(self, step: DecodingStep, fed_ids, fed_slots, query_slots) -> torch.Tensor:
-        return decode_step(self.model, step, fed_ids, fed_slots, query_slots, self.cache, self.layer_parts)
+    def __call__(self, step: DecodingStep, fed_ids, fed_slots, query_slots, query_conditions=None) -> torch.Tensor:
+        return decode_step(self.model, step, fed_ids, fed_slots, query_slots, self.cache, self.layer_parts,
+                           query_conditions)
 
 
 @torch.inference_mode()
 def generate(model, condition: torch.Tensor, sampling: Optional[SamplingConfig] = None,
              orders: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
              known: Optional[torch.Tensor] = None, known_mask: Optional[torch.Tensor] = None,
+             condition_map: Optional[torch.Tensor] = None,
              runner: Optional[Callable[[DecodingStart], StepRunner]] = None, **sampling_kwargs) -> torch.Tensor:
     """Sample image tokens for (B,) class ids; returns (B, N) long in raster order.
 
@@ -188,11 +215,13 @@ def generate(model, condition: torch.Tensor, sampling: Optional[SamplingConfig] 
     known, known_mask: (B, N) long tokens and bool mask of the positions to keep (editing). The known
     tokens enter the cache first, in one causal pass (the cache teacher forcing would build); the
     other positions are generated in the order's sequence, the schedules running over them alone.
+    condition_map: (B, N) long condition ids in raster order, for a controllable model (id
+    condition_vocab_size: no condition at that position); see the module docstring for guidance.
     runner: builds the step runner from the DecodingStart (default EagerSteps; the fast path passes its
     CUDA-graph replays).
     """
     sampling = sampling or SamplingConfig(**sampling_kwargs)
-    start = start_decoding(model, condition, sampling, orders, generator, known, known_mask)
+    start = start_decoding(model, condition, sampling, orders, generator, known, known_mask, condition_map)
     run_step = runner(start) if runner is not None else EagerSteps(model, start)
     target_slots = start.orders[:, start.num_known:] + model.config.cls_token_num  # (B, M) the positions to generate
     copies = 2 if sampling.uses_guidance else 1
@@ -200,7 +229,8 @@ def generate(model, condition: torch.Tensor, sampling: Optional[SamplingConfig] 
     fed_ids, fed_slots = start.fed_ids, start.fed_slots
     for step in start.steps:
         query_slots = target_slots[:, step.done_before:step.done_after].repeat(copies, 1)
-        sampled = sampling.draw(run_step(step, fed_ids, fed_slots, query_slots), generator)  # (B, size)
+        logits = run_step(step, fed_ids, fed_slots, query_slots, start.step_conditions(step))
+        sampled = sampling.draw(logits, generator)  # (B, size)
         tokens[:, step.done_before:step.done_after] = sampled
         fed_ids, fed_slots = sampled.repeat(copies, 1), query_slots
     out = known.clone() if known is not None else torch.empty_like(start.orders)

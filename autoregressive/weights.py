@@ -132,6 +132,8 @@ def check_state_dict(model: torch.nn.Module, state: Dict[str, torch.Tensor]) -> 
         parts.append(f"{key}: checkpoint {tuple(state[key].shape)}, model {tuple(expected[key].shape)}")
     if hasattr(model, "config") and hasattr(model.config, "n_layer"):
         parts.append(f"the checkpoint looks like {describe_arpg_size(state)}")
+    if "condition_embeddings.weight" in unexpected or "condition_embeddings.weight" in missing:
+        parts.append("a controllable model: pass --condition-vocab-size as it was trained (its condition.json)")
     raise UserError(f"the checkpoint does not fit this {type(model).__name__}: " + "; ".join(parts))
 
 

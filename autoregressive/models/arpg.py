@@ -20,6 +20,7 @@ Quirks of the released checkpoints that we reproduce on purpose (each is what th
 Not in the release: `learned_pos_embed` adds a learned absolute embedding to each known token and each
 target query. The relative RoPE alone makes the model translation invariant, which is fatal on tiny
 centred images (the 8x8 digits demo); it is off for ARPG-L/XL/XXL so their state dicts stay official.
+Nor is `condition_vocab_size` (controllable generation, models/condition.py), off by default too.
 """
 import math
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from autoregressive.models.attention import CrossAttention, SelfAttention, merge_heads, split_heads
+from autoregressive.models.condition import target_queries, teacher_forced_conditions
 from autoregressive.models.kv_cache import KVCache
 from autoregressive.models.loss import chunked_cross_entropy
 from autoregressive.models.official_names import keep_official_names
@@ -62,6 +64,8 @@ class ARPGConfig:
     # Layers recomputed in the backward pass (training memory): "none", "all", "self" (the
     # self-attention layers), "cross", or a number n: the first n layers in compute order.
     grad_checkpointing: Union[str, bool] = "none"
+    condition_vocab_size: int = 0  # controllable generation: 0 = off; else ids 0..size-1, size = "no condition"
+    condition_dropout_prob: float = 0.1  # condition map dropped to "no condition" in training
 
     def __post_init__(self):
         if self.dim % self.n_head:
@@ -107,6 +111,10 @@ class ARPGConfig:
     @property
     def null_class_id(self) -> int:
         return self.vocab_size + self.num_classes + 1
+
+    @property
+    def null_condition_id(self) -> int:
+        return self.condition_vocab_size
 
     @property
     def embedding_rows(self) -> int:
@@ -241,6 +249,8 @@ class ARPG(nn.Module):
         self.embeddings = nn.Embedding(config.embedding_rows, config.dim)
         if config.learned_pos_embed:
             self.pos_embeddings = nn.Embedding(config.block_size, config.dim)
+        if config.condition_vocab_size:
+            self.condition_embeddings = nn.Embedding(config.condition_vocab_size + 1, config.dim)
         self.layers = TwoPassDecoder(config, drop_path_layer)
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.head = nn.Linear(config.dim, config.vocab_size, bias=False)
@@ -264,9 +274,9 @@ class ARPG(nn.Module):
             table = self._rope_on_device[slots.device] = self.rope_cpu.to(slots.device)
         return table[slots]
 
-    def embed(self, token_ids: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-        """Embed (B, n) ids at (B, n) slots; class slots get no position embedding."""
-        x = self.embeddings(token_ids)
+    def embed(self, token_ids: torch.Tensor, slots: torch.Tensor, table: Optional[nn.Embedding] = None):
+        """Embed (B, n) ids of `table` (default: the tokens') at (B, n) slots; class slots get no position."""
+        x = (self.embeddings if table is None else table)(token_ids)
         if self.config.learned_pos_embed:
             image_pos = (slots - self.config.cls_token_num).clamp(min=0)
             is_image = (slots >= self.config.cls_token_num).unsqueeze(-1)
@@ -285,26 +295,27 @@ class ARPG(nn.Module):
         return torch.arange(self.config.cls_token_num, device=device).expand(batch_size, -1)
 
     def decode_features(self, known_ids, known_slots, query_slots, causal: bool, training: bool = False,
-                        cache: Optional[KVCache] = None, layer_parts=None):
+                        cache: Optional[KVCache] = None, layer_parts=None, query_conditions=None):
         """Normalised features (B, m, D) of the targets at query_slots (B, m), given the known tokens
         known_ids (B, n) at known_slots (B, n) (plus whatever `cache` already holds). layer_parts: each
-        layer's (before_attention, after_attention) to run instead of its own, e.g. compiled ones."""
+        layer's (before_attention, after_attention) to run instead of its own, e.g. compiled ones.
+        query_conditions: (B, m) condition ids of the targets (condition models only)."""
         x = self.embed(known_ids, known_slots)
         x = F.dropout(x, self.config.token_dropout_p, training)
-        mask_ids = torch.full_like(query_slots, self.config.mask_token_id)
-        queries = self.embed(mask_ids, query_slots)
+        queries = target_queries(self, query_slots, query_conditions)
         out = self.layers(x, queries, self.rope(known_slots), self.rope(query_slots), causal, training, cache,
                           layer_parts)
         return self.norm(out)
 
     def decode(self, known_ids, known_slots, query_slots, causal: bool, training: bool = False,
-               cache: Optional[KVCache] = None, layer_parts=None):
+               cache: Optional[KVCache] = None, layer_parts=None, query_conditions=None):
         """Logits (B, m, V) float32; the arguments of decode_features."""
-        features = self.decode_features(known_ids, known_slots, query_slots, causal, training, cache, layer_parts)
+        features = self.decode_features(known_ids, known_slots, query_slots, causal, training, cache, layer_parts,
+                                        query_conditions)
         return self.head(features).float()
 
-    def forward(self, input_ids, condition, targets=None, orders=None,
-                return_logits: bool = True) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    def forward(self, input_ids, condition, targets=None, orders=None, return_logits: bool = True,
+                condition_map=None) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         """Teacher forcing in a random order.
 
         input_ids (B, N) long image tokens in raster order; condition (B,) long class ids;
@@ -313,6 +324,7 @@ class ARPG(nn.Module):
         (logits[b, i] predicts input_ids[b, orders[b, i]] from the class and input_ids[b, orders[b, :i]])
         and the mean cross-entropy against targets (None without targets). return_logits=False (with
         targets): the loss is computed chunk by chunk without keeping the logits, which come back None.
+        condition_map: (B, N) long condition ids in raster order (condition models; None: no condition).
         """
         batch, num_tokens = input_ids.shape
         if orders is None:
@@ -325,7 +337,9 @@ class ARPG(nn.Module):
         target_slots = orders + self.config.cls_token_num  # (B, N)
         known_ids = torch.cat([class_ids, ordered_ids[:, :-1]], dim=1)  # (B, C + N - 1)
         known_slots = torch.cat([self.class_slots(batch, input_ids.device), target_slots[:, :-1]], dim=1)
-        features = self.decode_features(known_ids, known_slots, target_slots, causal=True, training=self.training)
+        query_conditions = teacher_forced_conditions(self.config, condition_map, orders, class_ids[:, 0], self.training)
+        features = self.decode_features(known_ids, known_slots, target_slots, causal=True, training=self.training,
+                                        query_conditions=query_conditions)
         if targets is None or return_logits:
             logits = self.head(features).float()
             loss = None
@@ -343,14 +357,14 @@ class ARPG(nn.Module):
                        self.config.head_dim, weight.dtype, weight.device)
 
     def generate(self, condition, *, orders=None, generator: Optional[torch.Generator] = None, known=None,
-                 known_mask=None, **sampling) -> torch.Tensor:
+                 known_mask=None, condition_map=None, **sampling) -> torch.Tensor:
         """Sample (B, N) long tokens in raster order for (B,) class ids: the reference loop of
         autoregressive/generate.py, with SamplingConfig's fields (num_steps, cfg_scale, cfg_schedule,
         sample_schedule, temperature, top_k, top_p) as keyword arguments."""
         from autoregressive.generate import generate  # the loop is not part of the network
 
         return generate(self, condition, orders=orders, generator=generator, known=known, known_mask=known_mask,
-                        **sampling)
+                        condition_map=condition_map, **sampling)
 
 
 def ARPG_L(drop_path_layer=None, **overrides):

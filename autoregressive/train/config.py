@@ -49,6 +49,12 @@ class TrainConfig:
     image_size: int = 256
     downsample_size: int = 16
     cls_token_num: int = 1
+    # Controllable generation: condition maps beside the codes (dataset/conditions.py); the vocabulary
+    # size comes from the folder's condition.json (0 = a class-only model).
+    condition_path: Optional[str] = None
+    condition_vocab_size: int = 0
+    condition_dropout_prob: float = 0.1
+    init_from: Optional[str] = None  # start from these weights (fine-tuning; see train/finetune.py)
     resume: Optional[str] = None  # 'latest', a checkpoint file or a run folder
     wandb: bool = False
     num_threads: Optional[int] = None
@@ -64,6 +70,8 @@ class TrainConfig:
             raise UserError(f"--drop-path-rate must be in [0, 1), got {self.drop_path_rate}")
         if self.gradient_accumulation_steps < 1:
             raise UserError("--gradient-accumulation-steps must be >= 1")
+        if not 0.0 <= self.condition_dropout_prob <= 1.0:
+            raise UserError(f"--condition-dropout-p must be in [0, 1], got {self.condition_dropout_prob}")
         self.check_counts_and_rates()
         if self.image_size % self.downsample_size:
             raise UserError(f"--image-size {self.image_size} is not a multiple of --downsample-size {self.downsample_size}")
@@ -102,4 +110,5 @@ def build_model(cfg: TrainConfig) -> torch.nn.Module:
                                       cls_token_num=cfg.cls_token_num, resid_dropout_p=dropout_p,
                                       ffn_dropout_p=dropout_p, token_dropout_p=cfg.token_dropout_p,
                                       grad_checkpointing=cfg.grad_checkpointing, drop_path_rate=cfg.drop_path_rate,
-                                      drop_path_layer=drop_path_layer)
+                                      drop_path_layer=drop_path_layer, condition_vocab_size=cfg.condition_vocab_size,
+                                      condition_dropout_prob=cfg.condition_dropout_prob)

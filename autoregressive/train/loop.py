@@ -14,6 +14,7 @@ from autoregressive.train.checkpoint import (Progress, TrainingCheckpoint, check
                                              pack, resume_random_state, save_atomic, save_sharded)
 from autoregressive.train.config import TrainConfig, build_model
 from autoregressive.train.ema import create_ema, update_ema
+from autoregressive.train.finetune import load_initial_weights
 from autoregressive.train.optim import build_optimizer, learning_rate_at, set_learning_rate
 from autoregressive.train.parallel import (set_activation_memory_budget, shard_model, skip_gradient_sync,
                                           wrap_for_training)
@@ -81,6 +82,8 @@ class Trainer:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.global_seed)
                 model = build_model(cfg)
+            if cfg.init_from:
+                load_initial_weights(model, cfg.init_from)
         self.model = model.to(info.device)
         self.ema = create_ema(self.model) if cfg.ema else None
         self.sharded = cfg.data_parallel == "fsdp"
@@ -156,12 +159,14 @@ class Trainer:
     def optimizer_step(self, batches) -> torch.Tensor:
         """Forward/backward over the micro-batches of one step, clip, step, EMA; returns the mean loss."""
         cfg, total = self.cfg, torch.zeros((), device=self.info.device)
-        for index, (codes, labels) in enumerate(batches):
-            codes = codes.to(self.info.device, non_blocking=True)
-            labels = labels.to(self.info.device, non_blocking=True)
+        for index, batch in enumerate(batches):
+            # (codes, labels) or, with --condition-path, (codes, labels, condition maps)
+            codes, labels, *condition_map = (part.to(self.info.device, non_blocking=True) for part in batch)
+            extra = {"condition_map": condition_map[0]} if condition_map else {}
             with skip_gradient_sync(self.train_model, skip=index < len(batches) - 1):
                 with self.autocast():
-                    _, loss = self.train_model(codes, labels, targets=codes, return_logits=not cfg.chunked_loss)
+                    _, loss = self.train_model(codes, labels, targets=codes, return_logits=not cfg.chunked_loss,
+                                               **extra)
                 self.scaler.scale(loss / len(batches)).backward()
             total += loss.detach() / len(batches)
         if cfg.max_grad_norm > 0:
