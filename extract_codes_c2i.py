@@ -8,6 +8,7 @@ already written, so a killed run resumes.
 """
 import argparse
 import os
+from typing import Callable
 
 import numpy as np
 import torch
@@ -52,14 +53,22 @@ def encode_views(vq, views, device) -> np.ndarray:
 def extract(vq, folder: ImageFolder, code_path: str, rank: int, world_size: int, device, image_size: int,
             ten_crop: bool = False, crop_range: float = 1.1) -> int:
     """Encode this rank's share of the folder; returns how many files it wrote."""
+    return extract_views(lambda views: encode_views(vq, views, device), folder, code_path, rank, world_size,
+                         image_size, ten_crop, crop_range)
+
+
+def extract_views(encode: Callable[[list], np.ndarray], folder: ImageFolder, out_path: str, rank: int,
+                  world_size: int, image_size: int, ten_crop: bool = False, crop_range: float = 1.1) -> int:
+    """For this rank's share of the folder, write encode(the image's views) as {out_path}/{label}/{index}.npy,
+    skipping files that exist (so a rerun resumes); returns how many files it wrote."""
     written = 0
     for index in range(rank, len(folder), world_size):
         path, label = folder.samples[index]
-        target = code_file(code_path, label, index)
+        target = code_file(out_path, label, index)
         if os.path.exists(target):
             continue
         views = augmentations(open_rgb(path), image_size, ten_crop, crop_range)
-        save_npy_atomic(target, encode_views(vq, views, device))
+        save_npy_atomic(target, encode(views))
         written += 1
     return written
 

@@ -16,25 +16,16 @@ from torchvision.datasets import ImageFolder
 from autoregressive.utils.cli import InputNotFound, UserError, check_at_least, run_main
 from autoregressive.utils.dist import cleanup, init_distributed
 from autoregressive.utils.logger import get_logger
-from dataset.codes import save_npy_atomic
 from dataset.conditions import ConditionInfo, write_condition_info
 from dataset.edges import EDGE_VOCAB_SIZE, image_edge_tokens
-from extract_codes_c2i import augmentations, code_file, open_image_folder, open_rgb
+from extract_codes_c2i import extract_views, open_image_folder
 
 
 def extract(folder: ImageFolder, condition_path: str, rank: int, world_size: int, image_size: int, grid: int,
             ten_crop: bool = False, crop_range: float = 1.1) -> int:
     """Write this rank's share of the edge maps; returns how many files it wrote."""
-    written = 0
-    for index in range(rank, len(folder), world_size):
-        path, label = folder.samples[index]
-        target = code_file(condition_path, label, index)
-        if os.path.exists(target):
-            continue
-        views = augmentations(open_rgb(path), image_size, ten_crop, crop_range)
-        save_npy_atomic(target, np.stack([image_edge_tokens(view, grid) for view in views]))
-        written += 1
-    return written
+    return extract_views(lambda views: np.stack([image_edge_tokens(view, grid) for view in views]), folder,
+                         condition_path, rank, world_size, image_size, ten_crop, crop_range)
 
 
 def check_args(args) -> None:

@@ -15,7 +15,6 @@ fsdp is FSDP2 with every layer compiled and sharded over a one-process group.
 """
 import argparse
 import gc
-import os
 import statistics
 import time
 from typing import List, Optional
