@@ -5,6 +5,8 @@
 #   bash scripts/check_multigpu.sh scaling-large   # 4 GPUs, the same models and modes
 #   bash scripts/check_multigpu.sh recipe          # ARPG-L, --global-batch-size 1024 on 4 GPUs
 #   bash scripts/check_multigpu.sh sample          # 10,000 images on 1 and 4 GPUs, a killed 4-GPU run rerun
+#   bash scripts/check_multigpu.sh resume          # FSDP runs (XXL on 2 GPUs, L on 4) killed and resumed,
+#                                                  # converted and loaded strictly; a 4-GPU checkpoint on 2 GPUs
 # Runs on distinct GPUs of one phase share the host (CPU, PCIe); each phase is listed in the log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -76,6 +78,37 @@ PY
 
 phase() { echo "== phase: $*" | tee -a "$LOGS/phases.txt"; }
 
+fsdp_run() {  # gpus model batch_per_gpu results_dir [extra]: 30 steps, checkpoints every 10, logs every 5
+  local gpus=$1 model=$2 per_gpu=$3 dir=$4; shift 4
+  local nproc=$(( $(tr -cd , <<<"$gpus" | wc -c) + 1 ))
+  CUDA_VISIBLE_DEVICES=$gpus torchrun --standalone --nproc_per_node="$nproc" train_c2i.py --gpt-model "$model" \
+    --code-path "$CODES" --dataset imagenet_code --global-batch-size $((per_gpu * nproc)) --max-steps 30 \
+    --ckpt-every 10 --log-every 5 --lr 1e-3 --warmup-epochs 0 --data-parallel fsdp --num-workers 4 \
+    --results-dir "$dir" "$@"  # a learning rate that moves the logged loss within 30 steps
+}
+
+losses() { grep -o "step 00000[23][05] loss [0-9.]*" "$1" | tr '\n' ' '; }
+
+resume_check() {  # name gpus model batch_per_gpu: uninterrupted vs killed after the step-10 checkpoint + --resume
+  local name=$1 gpus=$2 model=$3 per_gpu=$4 full=$WORK/runs/$1-full cut=$WORK/runs/$1-cut
+  phase "resume: $name"
+  fsdp_run "$gpus" "$model" "$per_gpu" "$full" >"$LOGS/$name-full.log" 2>&1
+  fsdp_run "$gpus" "$model" "$per_gpu" "$cut" >"$LOGS/$name-cut.log" 2>&1 &
+  until grep -q "step 0000015 loss" "$LOGS/$name-cut.log" || ! kill -0 $! 2>/dev/null; do sleep 1; done
+  local pids; pids=$(pgrep -f -- "--results-dir $cut( |$)")
+  kill -9 $pids; wait  # the launcher and every worker, by process id, mid-way to the next checkpoint
+  echo "$name: killed $(wc -w <<<"$pids") processes at step 15; checkpoints: $(ls "$cut"/*/checkpoints | tr '\n' ' ')"
+  cp -r "$cut" "$cut-saved"  # the state at the kill, for the resume on fewer GPUs
+  fsdp_run "$gpus" "$model" "$per_gpu" "$cut" --resume >"$LOGS/$name-resumed.log" 2>&1
+  echo "$name uninterrupted: $(losses "$LOGS/$name-full.log")"
+  echo "$name resumed:       $(losses "$LOGS/$name-resumed.log")"
+  python -m scripts.convert_checkpoint "$cut/000-$model/checkpoints/0000030" "$WORK/$name.pt" | tail -1
+  python3 -c "import sys; from autoregressive.weights import load_gpt; [load_gpt(sys.argv[1], sys.argv[2], d) \
+for d in ('cuda', 'cpu')]; print(sys.argv[2], 'loads strictly on cuda and cpu')" "$model" "$WORK/$name.pt"
+  rm -rf "$full" "$WORK/$name.pt"
+  tar czf "$OUT/logs-${PART}.tgz" -C "$LOGS" .
+}
+
 sample() {  # name gpus [extra]
   local name=$1 gpus=$2; shift 2
   local nproc=$(( $(tr -cd , <<<"$gpus" | wc -c) + 1 ))
@@ -118,11 +151,19 @@ case "$PART" in
     md5sum "$WORK"/samples/*/*.npz
     python3 - "$WORK/samples/killed" <<'PY'
 import os, re, sys
-names = [n for _, _, files in os.walk(sys.argv[1]) for n in files if n.endswith(".png")]
-indices = sorted(int(re.sub(r"\D", "", n)) for n in names)
+names = [n for _, _, files in os.walk(sys.argv[1]) for n in files if re.fullmatch(r"\d{6}\.png", n)]
+indices = sorted(int(n[:6]) for n in names)
 print(f"PNGs {len(indices)}, distinct {len(set(indices))}, missing {sorted(set(range(10000)) - set(indices))[:5]}")
 PY
     ;;
-  *) echo "usage: $0 scaling-small|scaling-large|recipe|sample" >&2; exit 2 ;;
+  resume)
+    resume_check XXL-fsdp-2 0,1 ARPG-XXL 16
+    rm -rf "$WORK"/runs/XXL-fsdp-2-cut*
+    resume_check L-fsdp-4 0,1,2,3 ARPG-L 32
+    phase "resume: the 4-GPU checkpoint of step 10 on 2 GPUs (same global batch)"
+    fsdp_run 0,1 ARPG-L 64 "$WORK/runs/L-fsdp-4-cut-saved" --resume >"$LOGS/L-fsdp-4to2.log" 2>&1
+    echo "4 -> 2 GPUs: exit $?; $(grep -o "saved by 4 processes and resumes on 2[^,]*" "$LOGS/L-fsdp-4to2.log" | head -1)"
+    echo "4 -> 2 GPUs: $(losses "$LOGS/L-fsdp-4to2.log")" ;;
+  *) echo "usage: $0 scaling-small|scaling-large|recipe|sample|resume" >&2; exit 2 ;;
 esac
 tar czf "$OUT/logs-${PART}.tgz" -C "$LOGS" .
