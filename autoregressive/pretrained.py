@@ -120,6 +120,9 @@ class ARPGPipeline:
     model: torch.nn.Module
     vq: torch.nn.Module
 
+    def __post_init__(self):
+        self.sampler = make_sampler(self.model)  # built once: on CUDA it keeps its graphs across calls
+
     @classmethod
     def from_pretrained(cls, name: str, device="cpu", revision: Optional[str] = None, precision: str = "none",
                         tokenizer: str = "VQ-16") -> "ARPGPipeline":
@@ -133,6 +136,6 @@ class ARPGPipeline:
         labels = torch.as_tensor(class_labels, device=device).long()
         check_class_ids(labels, self.model.config.num_classes)
         generator = torch.Generator(device).manual_seed(seed)
-        tokens = make_sampler(self.model)(labels, SamplingConfig(**sampling), generator)
+        tokens = self.sampler(labels, SamplingConfig(**sampling), generator)
         images = tokens_to_images(tokens, self.model.config.grid_size, self.vq, self.model.config.vocab_size)
         return images.permute(0, 3, 1, 2).float() / 255
