@@ -16,7 +16,7 @@ from torchvision.utils import make_grid
 from autoregressive import editing
 from autoregressive.generate import SamplingConfig, check_class_ids
 from autoregressive.fast_generate import make_sampler
-from autoregressive.render import tokens_to_images
+from autoregressive.render import tokens_to_display
 from autoregressive.utils.device import resolve_device
 from autoregressive.weights import load_gpt, load_vq
 
@@ -59,10 +59,8 @@ class DemoModel:
 
     def render(self, tokens: torch.Tensor, zoom: int = DIGITS_ZOOM) -> np.ndarray:
         """(B, N) tokens -> (B, H, W, 3) uint8; digits are enlarged zoom times without smoothing."""
-        images = tokens_to_images(tokens.reshape(len(tokens), -1), self.grid, self.vq, self.model.config.vocab_size)
-        if self.vq is None:
-            images = images.repeat_interleave(zoom, dim=1).repeat_interleave(zoom, dim=2)
-        return images.numpy()
+        tokens = tokens.reshape(len(tokens), -1)
+        return tokens_to_display(tokens, self.grid, self.vq, self.model.config.vocab_size, zoom).numpy()
 
     @torch.inference_mode()
     def encode(self, picture: np.ndarray) -> torch.Tensor:

@@ -27,9 +27,16 @@ def tokens_to_images(tokens: torch.Tensor, grid: int, vq, vocab_size: int,
     return torch.clamp(127.5 * pixels + 128.0, 0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu()
 
 
+def tokens_to_display(tokens: torch.Tensor, grid: int, vq, vocab_size: int,
+                      digits_zoom: int = DIGITS_VIEW_SCALE) -> torch.Tensor:
+    """(B, N) tokens -> (B, H, W, 3) uint8 for looking at: digits (no VQ) enlarged digits_zoom times, each
+    token one flat square."""
+    images = tokens_to_images(tokens, grid, vq, vocab_size)
+    if vq is None:
+        images = images.repeat_interleave(digits_zoom, dim=1).repeat_interleave(digits_zoom, dim=2)
+    return images
+
+
 def tokens_to_view(tokens: torch.Tensor, grid: int, vq, vocab_size: int) -> torch.Tensor:
     """(B, N) tokens -> (B, 3, H, W) floats in [0, 1] for save_image; digits (no VQ) enlarged."""
-    pixels = tokens_to_images(tokens, grid, vq, vocab_size).permute(0, 3, 1, 2).float() / 255
-    if vq is None:
-        pixels = F.interpolate(pixels, scale_factor=DIGITS_VIEW_SCALE, mode="nearest")
-    return pixels
+    return tokens_to_display(tokens, grid, vq, vocab_size).permute(0, 3, 1, 2).float() / 255

@@ -68,7 +68,7 @@ def main(argv=None):
     from autoregressive.generate import generate
     from autoregressive.models.arpg import ARPG_models
     from autoregressive.sampling import SamplingConfig, add_sampling_args
-    from autoregressive.weights import add_weights_arg, load_model_weights
+    from autoregressive.weights import add_weights_arg, load_gpt
 
     parser = argparse.ArgumentParser(description="Sample a digits model and judge the samples.")
     parser.add_argument("--gpt-model", default="ARPG-digits", choices=list(ARPG_models))
@@ -80,7 +80,7 @@ def main(argv=None):
     check_file("--gpt-ckpt", args.gpt_ckpt)
     check_at_least("--num-samples", args.num_samples, 2)  # a Frechet distance needs a covariance
     sampling = SamplingConfig.from_args(args)
-    model = load_model_weights(ARPG_models[args.gpt_model](), args.gpt_ckpt, args.weights).eval()
+    model = load_gpt(args.gpt_model, args.gpt_ckpt, "cpu", "none", args.weights)
     labels = torch.arange(args.num_samples) % model.config.num_classes
     check_at_most("--step", args.step, model.config.block_size, "the number of tokens of an image")
     tokens = generate(model, labels, sampling, generator=torch.Generator().manual_seed(args.seed))

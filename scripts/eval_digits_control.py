@@ -24,11 +24,10 @@ from torchvision.utils import save_image
 
 from autoregressive import editing
 from autoregressive.generate import SamplingConfig, generate
-from autoregressive.models.arpg import ARPG_models
 from autoregressive.render import tokens_to_view
 from autoregressive.sampling import add_sampling_args
 from autoregressive.utils.cli import check_file, run_main
-from autoregressive.weights import add_weights_arg, load_model_weights
+from autoregressive.weights import add_weights_arg, load_gpt
 from dataset.digits import DIGITS_VOCAB_SIZE, SHAPE_INFO, digit_shapes, load_digits_split
 from evaluations.digits import class_accuracy, fit_digit_classifier
 
@@ -51,7 +50,7 @@ def other_class_shapes(labels: np.ndarray, shapes: np.ndarray, seed: int):
 
 
 def load(path: str, weights: Optional[str], **overrides):
-    return load_model_weights(ARPG_models["ARPG-digits"](**overrides), path, weights).eval()
+    return load_gpt("ARPG-digits", path, "cpu", "none", weights, **overrides)
 
 
 def main(argv=None):

@@ -13,10 +13,9 @@ import torch
 
 from autoregressive import editing
 from autoregressive.generate import SamplingConfig, generate
-from autoregressive.models.arpg import ARPG_models
 from autoregressive.sampling import add_sampling_args
 from autoregressive.utils.cli import check_file, run_main
-from autoregressive.weights import add_weights_arg, load_model_weights
+from autoregressive.weights import add_weights_arg, load_gpt
 from dataset.digits import load_digits_split
 from evaluations.digits import class_accuracy, fit_digit_classifier
 
@@ -30,7 +29,7 @@ def main(argv=None):
     check_file("--gpt-ckpt", args.gpt_ckpt)
     given = SamplingConfig.from_args(args)  # refuses bad sampling flags before the model and classifier are built
     dropped = dataclasses.replace(given, cfg_scale=0.0, cfg_schedule="constant")
-    model = load_model_weights(ARPG_models["ARPG-digits"](), args.gpt_ckpt, args.weights).eval()
+    model = load_gpt("ARPG-digits", args.gpt_ckpt, "cpu", "none", args.weights)
     classifier = fit_digit_classifier(*load_digits_split("train"))
     images, labels = load_digits_split("val")
     images, labels = torch.from_numpy(images), torch.from_numpy(labels)
