@@ -228,8 +228,16 @@ def main(argv=None):
         set_activation_memory_budget(args.activation_memory_budget)
     modes, policies = args.modes.split(","), parse_policy_list(args.precision_policies)
     info = init_one_process_group("cuda") if "fsdp" in modes else init_distributed("cuda")
-    results = [result for name in args.models.split(",") for batch in batch_sizes
-               for mode in modes for result in bench_group(name, batch, mode, policies, args, info)]
+    results = []
+    for name in args.models.split(","):
+        for batch in batch_sizes:
+            for mode in modes:
+                started = time.perf_counter()
+                group = bench_group(name, batch, mode, policies, args, info)
+                results += group
+                # Progress as each group ends: a run cut short by a time limit still reports what it measured.
+                rates = ", ".join(f"{r['policy']} {r.get('img_s') or r.get('skipped', 'out of memory')}" for r in group)
+                print(f"{name} b{batch} {mode} ({time.perf_counter() - started:.0f} s): img/s {rates}", flush=True)
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, bf16 autocast, "
           f"{'eager' if args.no_compile else 'compiled'}, chunked loss {args.chunked_loss}, "
           f"grad checkpointing {args.grad_checkpointing}, activation memory budget {args.activation_memory_budget}")

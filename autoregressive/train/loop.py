@@ -94,7 +94,7 @@ class Trainer:
         self.train_model = wrap_for_training(self.model, cfg.data_parallel, info, compile_model=compile_model,
                                              precision_policy=cfg.precision_policy)
         if self.sharded and self.ema is not None:
-            shard_model(self.ema)
+            shard_model(self.ema, self.info.device)
         self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, cfg.betas, info.device.type == "cuda")
         self.sampler = ResumableSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
                                         seed=cfg.global_seed, drop_last=True)

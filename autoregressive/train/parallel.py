@@ -32,12 +32,18 @@ def decoder_layers(model: nn.Module) -> List[nn.Module]:
     return [*model.layers.self_dec, *model.layers.cross_dec]
 
 
-def shard_model(model: nn.Module, compile_layers: bool = False, mp_policy=None) -> nn.Module:
+def shard_model(model: nn.Module, device: torch.device, compile_layers: bool = False, mp_policy=None) -> nn.Module:
     """Apply FSDP2 in place: one unit per decoder layer, the rest (embeddings, head, norms) at the root.
-    compile_layers: torch.compile each layer before sharding (whole-model compile of an FSDP2 model
-    needs newer torch than we support). mp_policy: a MixedPrecisionPolicy (None: float32 throughout)."""
+    device: this rank's device; the mesh is built on its type (FSDP's default mesh is CUDA whenever a GPU
+    is visible, which would move a CPU run's model there). compile_layers: torch.compile each layer before
+    sharding (whole-model compile of an FSDP2 model needs newer torch than we support). mp_policy: a
+    MixedPrecisionPolicy (None: float32 throughout)."""
+    from torch.distributed.device_mesh import init_device_mesh
+
     fully_shard = _fully_shard()
-    options = {} if mp_policy is None else {"mp_policy": mp_policy}
+    options = {"mesh": init_device_mesh(device.type, (torch.distributed.get_world_size(),))}
+    if mp_policy is not None:
+        options["mp_policy"] = mp_policy
     for layer in decoder_layers(model):
         if compile_layers:
             layer.compile()
@@ -66,7 +72,8 @@ def wrap_for_training(model: nn.Module, mode: str, info: DistInfo, compile_model
         if not is_distributed():
             raise UserError("--data-parallel fsdp needs a process group: launch with torchrun "
                             "(torchrun --nproc_per_node=1 works on one GPU)")
-        return shard_model(model, compile_layers=compile_model, mp_policy=fsdp_mixed_precision(precision_policy))
+        return shard_model(model, info.device, compile_layers=compile_model,
+                           mp_policy=fsdp_mixed_precision(precision_policy))
     train_model = torch.compile(model) if compile_model else model
     if info.world_size > 1:
         ids = [info.device.index] if info.device.type == "cuda" else None
