@@ -17,7 +17,7 @@ from autoregressive.train.config import TrainConfig
 from autoregressive.train.loop import find_resume_checkpoint, new_run_dir, train
 from autoregressive.train.precision import PRECISION_POLICIES
 from autoregressive.utils.cli import InputNotFound, UserError, check_file, run_main
-from autoregressive.utils.device import enable_tf32
+from autoregressive.utils.device import enable_tf32, use_deterministic_kernels
 from autoregressive.utils.dist import check_shared_folder, cleanup, init_distributed
 from autoregressive.utils.files import output_folder
 
@@ -81,6 +81,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-every", type=int, default=d.log_every)
     parser.add_argument("--num-workers", type=int, default=d.num_workers)
     parser.add_argument("--global-seed", type=int, default=d.global_seed)
+    parser.add_argument("--deterministic", action="store_true",
+                        help="deterministic kernels: two runs (or a run and its resume) from one seed give the same "
+                             "losses to the bit on the same GPUs and build, at some speed cost")
     parser.add_argument("--vocab-size", type=int, default=d.vocab_size)
     parser.add_argument("--num-classes", type=int, default=d.num_classes)
     parser.add_argument("--image-size", type=int, default=d.image_size)
@@ -109,7 +112,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         data_parallel=args.data_parallel, chunked_loss=args.chunked_loss,
         drop_path_rate=args.drop_path_rate,
         ckpt_every=args.ckpt_every, log_every=args.log_every, num_workers=args.num_workers,
-        global_seed=args.global_seed, vocab_size=args.vocab_size, num_classes=args.num_classes,
+        global_seed=args.global_seed, deterministic=args.deterministic, vocab_size=args.vocab_size, num_classes=args.num_classes,
         image_size=args.image_size, downsample_size=args.downsample_size, cls_token_num=args.cls_token_num,
         resume=args.gpt_ckpt or args.resume, wandb=args.wandb, num_threads=args.num_threads, device=args.device,
         condition_path=args.condition_path, condition_dropout_prob=args.condition_dropout_p, init_from=args.init_from)
@@ -181,6 +184,8 @@ def main(cfg: TrainConfig) -> None:
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    if cfg.deterministic:
+        use_deterministic_kernels()
     info = init_distributed(cfg.device, always_group=cfg.data_parallel == "fsdp")
     if info.device.type == "cuda":
         enable_tf32()

@@ -5,8 +5,9 @@
 #   bash scripts/check_multigpu.sh scaling-large   # 4 GPUs, the same models and modes
 #   bash scripts/check_multigpu.sh recipe          # ARPG-L, --global-batch-size 1024 on 4 GPUs
 #   bash scripts/check_multigpu.sh sample          # 10,000 images on 1 and 4 GPUs, a killed 4-GPU run rerun
-#   bash scripts/check_multigpu.sh resume          # FSDP runs (XXL on 2 GPUs, L on 4) killed and resumed,
-#                                                  # converted and loaded strictly; a 4-GPU checkpoint on 2 GPUs
+#   bash scripts/check_multigpu.sh resume-xxl      # FSDP XXL on 2 GPUs killed and resumed (--deterministic),
+#   bash scripts/check_multigpu.sh resume-l        # the same for L on 4 GPUs, then its checkpoint on 2 GPUs;
+#                                                  # each converted and loaded strictly on GPU and CPU
 # Runs on distinct GPUs of one phase share the host (CPU, PCIe); each phase is listed in the log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -89,18 +90,25 @@ fsdp_run() {  # gpus model batch_per_gpu results_dir [extra]: 30 steps, checkpoi
 
 losses() { grep -o "step 00000[23][05] loss [0-9.]*" "$1" | tr '\n' ' '; }
 
-resume_check() {  # name gpus model batch_per_gpu: uninterrupted vs killed after the step-10 checkpoint + --resume
-  local name=$1 gpus=$2 model=$3 per_gpu=$4 full=$WORK/runs/$1-full cut=$WORK/runs/$1-cut
+resume_check() {  # name full_gpus cut_gpus model batch_per_gpu: uninterrupted vs killed after the step-10
+  # checkpoint + --resume, both with --deterministic (without it two GPU runs from one seed drift apart within
+  # a few steps, so only a deterministic run can be compared to the bit). Disjoint GPU sets run concurrently.
+  local name=$1 full_gpus=$2 cut_gpus=$3 model=$4 per_gpu=$5 full=$WORK/runs/$1-full cut=$WORK/runs/$1-cut
   phase "resume: $name"
-  fsdp_run "$gpus" "$model" "$per_gpu" "$full" >"$LOGS/$name-full.log" 2>&1
-  fsdp_run "$gpus" "$model" "$per_gpu" "$cut" >"$LOGS/$name-cut.log" 2>&1 &
-  until grep -q "step 0000015 loss" "$LOGS/$name-cut.log" || ! kill -0 $! 2>/dev/null; do sleep 1; done
+  fsdp_run "$full_gpus" "$model" "$per_gpu" "$full" --deterministic >"$LOGS/$name-full.log" 2>&1 &
+  local full_pid=$!
+  [[ $full_gpus == "$cut_gpus" ]] && wait $full_pid
+  fsdp_run "$cut_gpus" "$model" "$per_gpu" "$cut" --deterministic >"$LOGS/$name-cut.log" 2>&1 &
+  local cut_pid=$!
+  until grep -q "step 0000015 loss" "$LOGS/$name-cut.log" || ! kill -0 $cut_pid 2>/dev/null; do sleep 1; done
   local pids; pids=$(pgrep -f -- "--results-dir $cut( |$)")
-  kill -9 $pids; wait  # the launcher and every worker, by process id, mid-way to the next checkpoint
+  kill -9 $pids; wait $cut_pid  # the launcher and every worker, by process id, mid-way to the next checkpoint
   echo "$name: killed $(wc -w <<<"$pids") processes at step 15; checkpoints: $(ls "$cut"/*/checkpoints | tr '\n' ' ')"
   cp -r "$cut" "$cut-saved"  # the state at the kill, for the resume on fewer GPUs
-  fsdp_run "$gpus" "$model" "$per_gpu" "$cut" --resume >"$LOGS/$name-resumed.log" 2>&1
+  fsdp_run "$cut_gpus" "$model" "$per_gpu" "$cut" --resume --deterministic >"$LOGS/$name-resumed.log" 2>&1
+  wait $full_pid
   echo "$name uninterrupted: $(losses "$LOGS/$name-full.log")"
+  echo "$name before kill:   $(grep -o "step 0000015 loss [0-9.]*" "$LOGS/$name-cut.log")"
   echo "$name resumed:       $(losses "$LOGS/$name-resumed.log")"
   python -m scripts.convert_checkpoint "$cut/000-$model/checkpoints/0000030" "$WORK/$name.pt" | tail -1
   python3 -c "import sys; from autoregressive.weights import load_gpt; [load_gpt(sys.argv[1], sys.argv[2], d) \
@@ -156,14 +164,15 @@ indices = sorted(int(n[:6]) for n in names)
 print(f"PNGs {len(indices)}, distinct {len(set(indices))}, missing {sorted(set(range(10000)) - set(indices))[:5]}")
 PY
     ;;
-  resume)
-    resume_check XXL-fsdp-2 0,1 ARPG-XXL 16
-    rm -rf "$WORK"/runs/XXL-fsdp-2-cut*
-    resume_check L-fsdp-4 0,1,2,3 ARPG-L 32
+  resume-xxl)
+    resume_check XXL-fsdp-2 0,1 2,3 ARPG-XXL 16
+    rm -rf "$WORK"/runs/XXL-fsdp-2-cut* ;;
+  resume-l)
+    resume_check L-fsdp-4 0,1,2,3 0,1,2,3 ARPG-L 32
     phase "resume: the 4-GPU checkpoint of step 10 on 2 GPUs (same global batch)"
-    fsdp_run 0,1 ARPG-L 64 "$WORK/runs/L-fsdp-4-cut-saved" --resume >"$LOGS/L-fsdp-4to2.log" 2>&1
+    fsdp_run 0,1 ARPG-L 64 "$WORK/runs/L-fsdp-4-cut-saved" --resume --deterministic >"$LOGS/L-fsdp-4to2.log" 2>&1
     echo "4 -> 2 GPUs: exit $?; $(grep -o "saved by 4 processes and resumes on 2[^,]*" "$LOGS/L-fsdp-4to2.log" | head -1)"
     echo "4 -> 2 GPUs: $(losses "$LOGS/L-fsdp-4to2.log")" ;;
-  *) echo "usage: $0 scaling-small|scaling-large|recipe|sample|resume" >&2; exit 2 ;;
+  *) echo "usage: $0 scaling-small|scaling-large|recipe|sample|resume-xxl|resume-l" >&2; exit 2 ;;
 esac
 tar czf "$OUT/logs-${PART}.tgz" -C "$LOGS" .

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,30 @@ def test_activation_memory_budget_flag():
     with functorch_config.patch(activation_memory_budget=1.0):
         set_activation_memory_budget(cfg.activation_memory_budget)
         assert functorch_config.activation_memory_budget == 0.75
+
+
+def test_deterministic_flag_turns_on_deterministic_kernels(monkeypatch):
+    """--deterministic reaches the config and, before any CUDA work, switches torch, cuDNN, cuBLAS and
+    inductor to their deterministic kernels (restored here: the switch is process-wide)."""
+    from torch._inductor import config as inductor_config
+
+    from autoregressive.utils.device import use_deterministic_kernels
+
+    assert not config_from_args(get_args_parser().parse_args(OFFICIAL.split())).deterministic
+    assert config_from_args(get_args_parser().parse_args(OFFICIAL.split() + ["--deterministic"])).deterministic
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    try:
+        with inductor_config.patch(deterministic=False) if hasattr(inductor_config, "deterministic") else nullcontext():
+            use_deterministic_kernels()
+            assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+            assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+            assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+            assert getattr(inductor_config, "deterministic", True)
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before[2], before[3]
 
 
 def test_digits_flags_that_contradict_the_dataset_are_refused():
@@ -124,7 +149,8 @@ def test_two_process_run_killed_and_resumed_equals_uninterrupted(tmp_path, mode)
     fsdp: sharded checkpoints, converted to one file at the end."""
     codes = tmp_path / "codes"
     write_codes(codes)  # 36 samples, 8 per step: 4 steps per epoch, so the kill lands mid-epoch
-    extra = ["--data-parallel", mode]
+    # fsdp also runs with --deterministic, as the GPU resume check (scripts/check_multigpu.sh) does
+    extra = ["--data-parallel", mode] + (["--deterministic"] if mode == "fsdp" else [])
     finish(launch(codes, tmp_path / "a", ["--max-steps", "9", *extra]))
     output = run_killed_and_resumed(codes, tmp_path / "b", extra)
     assert "resumed from" in output and "step 3" in output

@@ -44,6 +44,7 @@ class TrainConfig:
     log_every: int = 100
     num_workers: int = 24
     global_seed: int = 0
+    deterministic: bool = False  # deterministic kernels: bitwise-repeatable GPU runs (and resumes), slower
     vocab_size: int = 16384
     num_classes: int = 1000
     image_size: int = 256

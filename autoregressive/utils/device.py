@@ -17,3 +17,21 @@ def enable_tf32() -> None:
     """TF32 for float32 matmuls and convolutions on CUDA, as the official scripts run."""
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
+
+
+def use_deterministic_kernels() -> None:
+    """Kernels that give the same bits on every run of the same machine, build and process count (slower).
+    By default cuBLAS, atomic-add scatters in the embedding backward and inductor's tuned reductions make
+    two GPU runs from one seed drift apart within a few steps. Call before the first CUDA operation: cuBLAS
+    reads its workspace setting when it makes its first handle."""
+    import os
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    # warn_only: an op with no deterministic kernel (none in ARPG's step on torch 2.11) warns instead of failing.
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    from torch._inductor import config as inductor_config
+
+    if hasattr(inductor_config, "deterministic"):  # torch >= 2.10: fixed reduction configs, no autotuning
+        inductor_config.deterministic = True
