@@ -2,12 +2,14 @@
 # Multi-GPU measurements on one host (the README's "Several GPUs" tables): random weights and random codes,
 # so it runs anywhere with torchrun and 4 GPUs. Each part prints one summary line per run; the logs are packed into $OUT.
 #   bash scripts/check_multigpu.sh scaling-small   # 1 and 2 GPUs, ARPG-L and ARPG-XXL, DDP and FSDP
-#   bash scripts/check_multigpu.sh scaling-large   # 4 GPUs, the same models and modes
+#   bash scripts/check_multigpu.sh scaling-large   # 4 GPUs, the same models and modes (xxl-ddp-4: that one only)
 #   bash scripts/check_multigpu.sh recipe          # ARPG-L, --global-batch-size 1024 on 4 GPUs
 #   bash scripts/check_multigpu.sh sample          # 10,000 images on 1 and 4 GPUs, a killed 4-GPU run rerun
 #   bash scripts/check_multigpu.sh resume-xxl      # FSDP XXL on 2 GPUs killed and resumed (--deterministic),
 #   bash scripts/check_multigpu.sh resume-l        # the same for L on 4 GPUs, then its checkpoint on 2 GPUs;
 #                                                  # each converted and loaded strictly on GPU and CPU
+#   bash scripts/check_multigpu.sh two-nodes       # two launchers (--nnodes 2) of 2 GPUs: training killed and
+#                                                  # resumed, and sampling, against one launcher
 # Runs on distinct GPUs of one phase share the host (CPU, PCIe); each phase is listed in the log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -125,6 +127,22 @@ sample() {  # name gpus [extra]
     --step 64 --num-fid-samples 10000 --per-proc-batch-size 250 --no-compile-vq --sample-dir "$WORK/samples/$name" "$@"
 }
 
+two_nodes() {  # name extra...: one job on two "nodes" of this host, GPUs 0,1 and 2,3, a launcher each
+  # (--nnodes 2, rendezvous at node 0's launcher, NCCL); the command's flags follow
+  local name=$1 port=$((29500 + RANDOM % 1000)); shift
+  for node in 0 1; do
+    CUDA_VISIBLE_DEVICES=$([[ $node == 0 ]] && echo 0,1 || echo 2,3) torchrun --nnodes=2 --node_rank=$node \
+      --nproc_per_node=2 --master_addr=127.0.0.1 --master_port=$port "$@" >"$LOGS/$name-node$node.log" 2>&1 &
+  done
+}
+
+node_train() {  # name results_dir [extra]: ARPG-L DDP, 4 x 32, 30 steps, checkpoints every 10, deterministic
+  local name=$1 dir=$2; shift 2
+  two_nodes "$name" train_c2i.py --gpt-model ARPG-L --code-path "$CODES" --dataset imagenet_code \
+    --global-batch-size 128 --max-steps 30 --ckpt-every 10 --log-every 5 --lr 1e-3 --warmup-epochs 0 \
+    --num-workers 4 --deterministic --results-dir "$dir" "$@"
+}
+
 PART=${1:-none}
 make_inputs
 case "$PART" in
@@ -173,6 +191,28 @@ PY
     fsdp_run 0,1 ARPG-L 64 "$WORK/runs/L-fsdp-4-cut-saved" --resume --deterministic >"$LOGS/L-fsdp-4to2.log" 2>&1
     echo "4 -> 2 GPUs: exit $?; $(grep -o "saved by 4 processes and resumes on 2[^,]*" "$LOGS/L-fsdp-4to2.log" | head -1)"
     echo "4 -> 2 GPUs: $(losses "$LOGS/L-fsdp-4to2.log")" ;;
-  *) echo "usage: $0 scaling-small|scaling-large|recipe|sample|resume-xxl|resume-l" >&2; exit 2 ;;
+  xxl-ddp-4)  # the one scaling run that shared its GPUs with leftovers on 2026-11-27
+    phase "4 GPUs alone: XXL-ddp-4"; train XXL-ddp-4 0,1,2,3 ARPG-XXL 64 ddp ;;
+  two-nodes)
+    phase "two nodes (launchers) of 2 GPUs: training uninterrupted, killed after step 10's checkpoint, resumed"
+    node_train nodes-full "$WORK/runs/nodes-full"; wait
+    node_train nodes-cut "$WORK/runs/nodes-cut"
+    until grep -q "step 0000015 loss" "$LOGS/nodes-cut-node0.log" || ! pgrep -f -- "--results-dir $WORK/runs/nodes-cut" >/dev/null; do
+      sleep 1
+    done
+    pids=$(pgrep -f -- "--results-dir $WORK/runs/nodes-cut( |$)"); kill -9 $pids; wait
+    echo "two nodes: killed $(wc -w <<<"$pids") processes at step 15; checkpoints: $(ls "$WORK"/runs/nodes-cut/*/checkpoints | tr '\n' ' ')"
+    for node in 0 1; do mv "$LOGS/nodes-cut-node$node.log" "$LOGS/nodes-killed-node$node.log"; done
+    node_train nodes-cut "$WORK/runs/nodes-cut" --resume; wait
+    echo "two nodes uninterrupted: $(losses "$LOGS/nodes-full-node0.log")"
+    echo "two nodes resumed:       $(losses "$LOGS/nodes-cut-node0.log")"
+    phase "two nodes of 2 GPUs: sampling 2,000 images, against one GPU"
+    sample nodes-one 0 --num-fid-samples 2000 >"$LOGS/nodes-sample-one.log" 2>&1
+    two_nodes nodes-sample sample_c2i_ddp.py --gpt-model ARPG-L --gpt-ckpt "$WORK/arpg_l_random.pt" \
+      --vq-ckpt "$WORK/vq_random.pt" --sample-schedule arccos --cfg-scale 4.5 --step 64 --num-fid-samples 2000 \
+      --per-proc-batch-size 250 --no-compile-vq --sample-dir "$WORK/samples/nodes-two"; wait
+    md5sum "$WORK"/samples/nodes-*/*.npz
+    rm -rf "$WORK"/runs/nodes-* "$WORK"/samples/nodes-* ;;
+  *) echo "usage: $0 scaling-small|scaling-large|xxl-ddp-4|recipe|sample|resume-xxl|resume-l|two-nodes" >&2; exit 2 ;;
 esac
 tar czf "$OUT/logs-${PART}.tgz" -C "$LOGS" .
