@@ -4,8 +4,10 @@ A condition folder mirrors its code folder file by file: the code file `{code_pa
 shape (A, N) has its condition map at `{condition_path}/{rel}.npy`, (A, N) integer ids, one row per
 augmentation of the codes (a flipped crop has a flipped edge map), so a sample reads the same row of
 both. `condition.json` in the folder records the kind of condition and its vocabulary size, which
-training reads to size the model's condition table.
+training reads to size the model's condition table. Sampling scripts take a .npy map through
+the flags of add_condition_args.
 """
+import argparse
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -14,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from autoregressive.utils.cli import InputNotFound, UserError
+from autoregressive.utils.cli import InputNotFound, UserError, check_at_least, check_file
 from autoregressive.utils.files import write_atomic
 from dataset.codes import FolderCodes, augmentation_index, read_codes
 
@@ -104,3 +106,39 @@ class ConditionedCodes(Dataset):
             raise UserError(f"condition map {path} has ids outside 0..{self.info.vocab_size - 1}")
         row = augmentation_index(self.codes.seed, self.codes.epoch, index, augmentations)
         return codes, label, torch.from_numpy(maps[row].astype(np.int64))
+
+
+def add_condition_args(parser: argparse.ArgumentParser, with_folder: bool = False) -> None:
+    """The flags of a controllable model for a sampling script: --condition-map, --condition-vocab-size
+    and, with_folder, --condition-path (one map per sample, read from a condition folder)."""
+    group = parser.add_argument_group("controllable generation", "a model trained with --condition-path")
+    group.add_argument("--condition-map", default=None,
+                       help="controllable model: .npy condition ids on the token grid, one map for all samples "
+                            "or one per sample")
+    if with_folder:
+        group.add_argument("--condition-path", default=None,
+                           help="controllable model: a condition folder (extract_conditions_c2i.py, "
+                                "python -m dataset.digits); sample i takes its i-th map and that file's class")
+    group.add_argument("--condition-vocab-size", type=int, default=0,
+                       help="the controllable model's condition vocabulary (its condition.json; digits shapes: 2)"
+                            + ("; read from --condition-path's condition.json if omitted" if with_folder else ""))
+
+
+def check_condition_args(args) -> int:
+    """Check the flags of add_condition_args and return the model's condition vocabulary: the flag's, or
+    the condition folder's (both given: they must agree); 0 for a model without conditions."""
+    folder = getattr(args, "condition_path", None)
+    check_file("--condition-map", args.condition_map)
+    check_at_least("--condition-vocab-size", args.condition_vocab_size, 0)
+    if args.condition_map and folder:
+        raise UserError("--condition-map and --condition-path both give the condition maps; pass one of them")
+    if folder:
+        info = read_condition_info(folder)
+        if args.condition_vocab_size and args.condition_vocab_size != info.vocab_size:
+            raise UserError(f"--condition-vocab-size {args.condition_vocab_size} disagrees with {folder}/{INFO_FILE} "
+                            f"({info.vocab_size}); drop the flag or pass {info.vocab_size}")
+        return info.vocab_size
+    if args.condition_map and not args.condition_vocab_size:
+        raise UserError("--condition-map needs --condition-vocab-size: the controllable model's condition vocabulary "
+                        "(its condition.json; 2 for the digits shapes)")
+    return args.condition_vocab_size
