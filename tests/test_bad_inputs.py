@@ -47,6 +47,7 @@ EDIT = f"--task inpaint {DIGITS} --step 8 --out {{w}}/out/edit.png"
 TRAIN = ("--gpt-model ARPG-tiny --code-path {w}/codes --results-dir {w}/results --vocab-size 32 --num-classes 3 "
          "--image-size 64 --global-batch-size 4 --epochs 1 --num-workers 0 --device cpu")
 CONTROL = DDP.replace("digits.pt", "controlled.pt")  # a digits model with a 2-id condition table
+EDIT_CONTROL = f"{EDIT.replace('digits.pt', 'controlled.pt')} --digit-index 0 --shape center --condition-vocab-size 2"
 SWEEP = f"{DIGITS} --cfg-scales 1 2 --num-samples 4 --per-proc-batch-size 2 --step 4 --out-dir {{w}}/sweep"
 EVAL = "{w}/ref.npz {w}/sample.npz --inception-weights {w}/inception.pth --device cpu"
 
@@ -88,6 +89,13 @@ CASES = [
          f"{CONTROL} --condition-path {{w}}/shapes --num-fid-samples 5", "--num-fid-samples 5", "shapes (4)"),
     case("condition folder of another grid", "sample_c2i_ddp.py", f"{CONTROL} --condition-path {{w}}/shapes_4x4",
          "shapes_4x4", "4x4", "64 tokens"),
+    case("edit under a map of another size", "edit_c2i.py", f"{EDIT_CONTROL} --condition-map {{w}}/grid_5x5.npy",
+         "grid_5x5.npy", "(5, 5)"),
+    case("edit a class-only model under a map", "edit_c2i.py",
+         f"{EDIT_CONTROL.replace('controlled.pt', 'digits.pt')} --condition-map {{w}}/shape.npy", "no condition table"),
+    case("expand under a condition map", "edit_c2i.py",
+         f"{EDIT_CONTROL.replace('inpaint', 'expand').replace(' --shape center', '')} --condition-map {{w}}/shape.npy",
+         "--task expand", "--condition-map"),
     case("code grid of another size", "edit_c2i.py", f"{EDIT} --codes {{w}}/grid_5x5.npy --shape center",
          "grid_5x5.npy", "(5, 5)", "(8, 8)"),
     case("code ids past the vocabulary", "edit_c2i.py", f"{EDIT} --codes {{w}}/grid_big_ids.npy --shape center",

@@ -1,4 +1,5 @@
-"""Controllable sampling from the scripts: sample_c2i_ddp.py with a condition folder or a map."""
+"""Controllable sampling from the scripts: sample_c2i_ddp.py with a condition folder or map, edit_c2i.py
+with a map, and the condition flags they share with sample_c2i.py."""
 import os
 import subprocess
 import sys
@@ -129,3 +130,47 @@ def test_a_condition_map_reaches_the_ddp_sampler(controlled_ckpt, tmp_path):
         assert np.array_equal(the_npz(tmp_path / name)[0], expected_images(model, labels, maps))
         assert the_npz(tmp_path / name)[1].tolist() == [0, 1, 2]
     assert not np.array_equal(the_npz(tmp_path / "each")[0][1:], the_npz(tmp_path / "one")[0][1:])
+
+
+def edit(ckpt, out: Path, monkeypatch, *extra):
+    """Run edit_c2i.py (inpaint the lower half of held-out digit 3) and return the tokens it sampled and
+    the keywords its sampler got."""
+    import edit_c2i
+
+    calls, real = [], edit_c2i.make_sampler
+
+    def recording(model):
+        sampler = real(model)
+
+        def sample(*args, **kwargs):
+            tokens = sampler(*args, **kwargs)
+            calls.append((tokens, kwargs))
+            return tokens
+        return sample
+
+    monkeypatch.setattr(edit_c2i, "make_sampler", recording)
+    edit_c2i.main(edit_c2i.get_args_parser().parse_args(
+        ["--task", "inpaint", "--gpt-model", "ARPG-digits", "--gpt-ckpt", str(ckpt), "--digit-index", "3", "--shape",
+         "bottom", "--num-samples", "3", "--step", "4", "--condition-vocab-size", "2", "--device", "cpu",
+         "--out", str(out), *extra]))
+    [(tokens, kwargs)] = calls
+    return tokens, kwargs
+
+
+def test_edit_regenerates_the_masked_area_under_the_condition_map(controlled_ckpt, tmp_path, monkeypatch):
+    from dataset.digits import load_digits_split
+
+    shape = np.zeros((8, 8), dtype=np.int64)
+    shape[:, 2:6] = 1
+    np.save(tmp_path / "shape.npy", shape)
+    np.save(tmp_path / "other.npy", 1 - shape)
+    tokens, kwargs = edit(controlled_ckpt, tmp_path / "a.png", monkeypatch, "--condition-map", str(tmp_path / "shape.npy"))
+    assert torch.equal(kwargs["condition_map"], torch.from_numpy(shape.reshape(1, -1)).expand(3, -1))
+    digit = torch.from_numpy(load_digits_split("val")[0][3])
+    assert torch.equal(tokens[:, :32], digit[:32].expand(3, -1))  # the upper half is kept
+    assert (tmp_path / "a.png").exists()
+    other, _ = edit(controlled_ckpt, tmp_path / "b.png", monkeypatch, "--condition-map", str(tmp_path / "other.npy"))
+    unconditioned, kwargs = edit(controlled_ckpt, tmp_path / "c.png", monkeypatch)
+    assert "condition_map" not in kwargs
+    assert not torch.equal(tokens[:, 32:], other[:, 32:]) and not torch.equal(tokens[:, 32:], unconditioned[:, 32:])
+    assert torch.equal(other[:, :32], tokens[:, :32])
