@@ -1,5 +1,5 @@
-"""Controllable sampling from the scripts: sample_c2i_ddp.py with a condition folder or map, edit_c2i.py
-with a map, and the condition flags they share with sample_c2i.py."""
+"""Controllable sampling from the scripts: sample_c2i_ddp.py with a condition folder or a map, edit_c2i.py
+with a map."""
 import os
 import subprocess
 import sys
