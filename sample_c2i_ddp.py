@@ -5,10 +5,11 @@
 
 Sample i has class i mod num_classes. A controllable model samples under --condition-map (one map, or
 one per sample) or --condition-path, a condition folder such as ImageNet val's edges: sample i then
-takes the folder's i-th map and that file's class, as ControlAR evaluates. Batch k holds samples [k*B, (k+1)*B) (B = --per-proc-batch-size)
-and runs on rank k mod world size with randomness drawn from (--global-seed, k*B): at a fixed B the
-images do not depend on the number of processes. Each PNG is written atomically and a rerun skips
-finished batches, so a killed run resumes. Rank 0 finally packs arr_0 (N, H, W, 3) uint8 and labels.
+takes the folder's i-th map and that file's class, as ControlAR evaluates. Batch k holds samples
+[k*B, (k+1)*B) (B = --per-proc-batch-size) and runs on rank k mod world size with randomness drawn
+from (--global-seed, k*B): at a fixed B the images do not depend on the number of processes. Each PNG
+is written atomically and a rerun skips finished batches, so a killed run resumes. Rank 0 finally
+packs arr_0 (N, H, W, 3) uint8 and labels.
 """
 import argparse
 import math
