@@ -4,6 +4,9 @@
         --image photo.png --shape center --class-label 207 --num-samples 4 --out edit.png
     python edit_c2i.py --task inpaint --gpt-model ARPG-digits --gpt-ckpt digits.pt --digit-index 3 --shape bottom
 
+A controllable model regenerates the area under a condition map (--condition-map, --condition-vocab-size;
+the kept tokens stay as they are whatever the map says there).
+
 Writes one PNG row: the input, the mask (regenerated area darkened) and the results.
 """
 import argparse
@@ -24,6 +27,7 @@ from autoregressive.utils.cli import (UserError, check_at_least, check_at_most, 
                                       run_main)
 from autoregressive.utils.device import resolve_device
 from autoregressive.weights import PRECISIONS, add_weights_arg, load_gpt, load_vq
+from dataset.conditions import add_condition_args, check_condition_args, load_condition_map
 
 TASKS = ("inpaint", "outpaint", "class-edit", "expand")
 
@@ -56,11 +60,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", choices=list(PRECISIONS), default="none")
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     parser.add_argument("--out", default="samples/edit.png")
+    add_condition_args(parser)
     return add_sampling_args(parser, num_steps=16)
 
 
-def check_args(args) -> None:
-    """Refuse bad flags before any model is built."""
+def check_args(args) -> int:
+    """Refuse bad flags before any model is built; returns the condition vocabulary (0: none)."""
     for flag, path in (("--gpt-ckpt", args.gpt_ckpt), ("--vq-ckpt", args.vq_ckpt), ("--image", args.image),
                        ("--codes", args.codes), ("--mask-png", args.mask_png)):
         check_file(flag, path)
@@ -73,7 +78,11 @@ def check_args(args) -> None:
         raise UserError(f"--task {args.task} needs exactly one mask: --box, --mask-png or --shape")
     if args.task == "expand" and masks:
         raise UserError("--task expand takes no mask (it fills the new border); drop --box, --mask-png and --shape")
+    if args.task == "expand" and args.condition_map:
+        raise UserError("--task expand fills a canvas larger than the model's grid, which a --condition-map does not "
+                        "cover; condition inpaint, outpaint or class-edit")
     check_image_output("--out", args.out)
+    return check_condition_args(args)
 
 
 def load_source(args, model, vq, device):
@@ -135,12 +144,22 @@ def render(tokens: torch.Tensor, vq, model) -> torch.Tensor:
     return tokens_to_view(tokens.reshape(len(tokens), -1), tokens.shape[-1], vq, model.config.vocab_size)
 
 
+def condition_maps(args, model, device) -> dict:
+    """{"condition_map": (num_samples, N) long} for --condition-map, else {}: the sampler's keyword."""
+    if not args.condition_map:
+        return {}
+    config = model.config
+    maps = load_condition_map(args.condition_map, args.num_samples, config.block_size, config.condition_vocab_size)
+    return {"condition_map": maps.to(device)}
+
+
 def main(args) -> None:
-    check_args(args)
+    condition_vocab_size = check_args(args)
     sampling = SamplingConfig.from_args(args)
     args = with_checkpoints_fetched(args)  # hf:// paths and omitted checkpoints -> local files
     device = resolve_device(args.device)
-    model = load_gpt(args.gpt_model, args.gpt_ckpt, device, args.precision, args.weights)
+    overrides = {"condition_vocab_size": condition_vocab_size} if condition_vocab_size else {}
+    model = load_gpt(args.gpt_model, args.gpt_ckpt, device, args.precision, args.weights, **overrides)
     check_at_most("--step", args.step, model.config.block_size, "the number of tokens of an image")
     vq = load_vq(args.vq_model, args.vq_ckpt, device) if args.vq_ckpt else None
     tokens, own_label = load_source(args, model, vq, device)
@@ -148,8 +167,9 @@ def main(args) -> None:
     if label is None:
         raise UserError("--class-label is required for this input")
     generator = torch.Generator(device).manual_seed(args.seed)
-    decode = make_sampler(model)
-    sample = lambda labels, known, known_mask: decode(labels, sampling, generator, known=known, known_mask=known_mask)
+    decode, extra = make_sampler(model), condition_maps(args, model, device)
+    sample = lambda labels, known, known_mask: decode(labels, sampling, generator, known=known, known_mask=known_mask,
+                                                      **extra)
     grid = model.config.grid_size
     if args.task == "expand":
         results = editing.expand(sample, tokens, args.out_size or grid * 3 // 2, label, args.num_samples)

@@ -23,7 +23,7 @@ from autoregressive.utils.cli import (UserError, check_at_least, check_at_most, 
                                       run_main)
 from autoregressive.utils.device import resolve_device
 from autoregressive.weights import PRECISIONS, add_weights_arg, load_gpt, load_vq
-from dataset.conditions import load_condition_map
+from dataset.conditions import add_condition_args, check_condition_args, load_condition_map
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -45,14 +45,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-classes", type=int, default=None, help="default: the model size's")
     parser.add_argument("--codebook-size", type=int, default=None, help="default: the model size's")
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
-    parser.add_argument("--condition-map", default=None,
-                        help="controllable model: .npy condition ids on the token grid, one map for all samples "
-                             "or one per sample")
-    parser.add_argument("--condition-vocab-size", type=int, default=0,
-                        help="the controllable model's condition vocabulary (its condition.json; digits shapes: 2)")
     parser.add_argument("--out", default="samples/grid.png")
     parser.add_argument("--fused", action="store_true",
                         help="compile the layers too (CUDA): faster, logits close to, not equal to, the eager layers'")
+    add_condition_args(parser)
     return add_sampling_args(parser)
 
 
@@ -67,11 +63,7 @@ def check_args(args) -> None:
     if args.image_size % args.downsample_size:
         raise UserError(f"--image-size {args.image_size} is not a multiple of --downsample-size {args.downsample_size}")
     check_image_output("--out", args.out)
-    check_file("--condition-map", args.condition_map)
-    check_at_least("--condition-vocab-size", args.condition_vocab_size, 0)
-    if args.condition_map and not args.condition_vocab_size:
-        raise UserError("--condition-map needs --condition-vocab-size: the controllable model's condition vocabulary "
-                        "(its condition.json; 2 for the digits shapes)")
+    check_condition_args(args)
 
 
 def main(args) -> None:

@@ -3,15 +3,20 @@
     torchrun --nproc_per_node=8 sample_c2i_ddp.py --gpt-model ARPG-L --gpt-ckpt arpg_300m.pt \\
         --vq-ckpt vq_ds16_c2i.pt --sample-schedule arccos --cfg-scale 5.0 --step 64
 
-Sample i has class i mod num_classes. Batch k holds samples [k*B, (k+1)*B) (B = --per-proc-batch-size)
-and runs on rank k mod world size with randomness drawn from (--global-seed, k*B): at a fixed B the
-images do not depend on the number of processes. Each PNG is written atomically and a rerun skips
-finished batches, so a killed run resumes. Rank 0 finally packs arr_0 (N, H, W, 3) uint8 and labels.
+Sample i has class i mod num_classes. A controllable model samples under --condition-map (one map, or
+one per sample) or --condition-path, a condition folder such as ImageNet val's edges: sample i then
+takes the folder's i-th map and that file's class, as ControlAR evaluates. Batch k holds samples
+[k*B, (k+1)*B) (B = --per-proc-batch-size) and runs on rank k mod world size with randomness drawn
+from (--global-seed, k*B): at a fixed B the images do not depend on the number of processes. Each PNG
+is written atomically and a rerun skips finished batches, so a killed run resumes. Rank 0 finally
+packs arr_0 (N, H, W, 3) uint8 and labels.
 """
 import argparse
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -28,6 +33,9 @@ from autoregressive.utils.dist import barrier, check_shared_folder, cleanup, ini
 from autoregressive.utils.files import output_folder, remove_stale_temporaries, write_atomic
 from autoregressive.utils.logger import get_logger
 from autoregressive.weights import PRECISIONS, add_weights_arg, load_gpt, load_vq
+from dataset.conditions import ConditionFolder, add_condition_args, check_condition_args, load_condition_map
+
+DEFAULT_NUM_SAMPLES = 50000  # ImageNet's val set, the FID reference
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -61,7 +69,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-classes", type=int, default=None, help="default: the model size's (1000)")
     parser.add_argument("--sample-dir", default="samples")
     parser.add_argument("--per-proc-batch-size", type=int, default=32)
-    parser.add_argument("--num-fid-samples", type=int, default=50000)
+    parser.add_argument("--num-fid-samples", type=int, default=None,
+                        help=f"default: {DEFAULT_NUM_SAMPLES}, or the number of maps in --condition-path")
     parser.add_argument("--global-seed", type=int, default=0)
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     ignored = parser.add_argument_group(
@@ -70,6 +79,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     ignored.add_argument("--gpt-type", choices=["c2i"], default="c2i")
     ignored.add_argument("--from-fsdp", action="store_true")
     ignored.add_argument("--codebook-embed-dim", type=int, default=8)
+    add_condition_args(parser, with_folder=True)
     # The official sample_c2i_ddp.py's defaults: CFG 2.0 and 256 steps (one token per step at 256x256).
     return add_sampling_args(parser, cfg_scale=2.0, num_steps=256)
 
@@ -80,7 +90,15 @@ def folder_name(args, image_size: int, image_size_eval: int) -> str:
     vq = args.vq_model if args.vq_ckpt else "no-vq"
     return (f"{args.gpt_model}-{ckpt}-size-{image_size}-size-{image_size_eval}-{vq}-topk-{args.top_k}-topp-{args.top_p}-"
             f"temperature-{args.temperature}-cfg-{args.cfg_scale}-cfg-schedule-{args.cfg_schedule}-"
-            f"sample-schedule-{args.sample_schedule}-step-{args.step}-seed-{args.global_seed}")
+            f"sample-schedule-{args.sample_schedule}-step-{args.step}-seed-{args.global_seed}{condition_suffix(args)}")
+
+
+def condition_suffix(args) -> str:
+    """Names the condition maps in the folder name, so a conditioned run never resumes an unconditioned one."""
+    source = args.condition_map or args.condition_path
+    if not source:
+        return ""
+    return "-condition-" + os.path.basename(os.path.normpath(source)).replace(".npy", "")
 
 
 def save_png_atomic(image: np.ndarray, path: str) -> None:
@@ -92,9 +110,10 @@ def read_png_rgb(path: str) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
-def pack_npz(folder: str, num_samples: int, num_classes: int) -> str:
-    """Stack PNGs 0..num_samples-1 into {folder}.npz (arr_0 uint8 NHWC, labels), written atomically.
+def pack_npz(folder: str, labels: np.ndarray) -> str:
+    """Stack PNGs 0..N-1 into {folder}.npz (arr_0 uint8 NHWC, labels (N,) int64), written atomically.
     PNGs are decoded on threads straight into one preallocated array (50,000 images at 256 are 9.8 GB)."""
+    num_samples = len(labels)
     paths = [os.path.join(folder, f"{i:06d}.png") for i in range(num_samples)]
     first = read_png_rgb(paths[0])
     arr = np.empty((num_samples, *first.shape), dtype=np.uint8)
@@ -108,14 +127,64 @@ def pack_npz(folder: str, num_samples: int, num_classes: int) -> str:
 
     with ThreadPoolExecutor(max_workers=8) as readers:
         list(readers.map(fill, range(num_samples)))
-    labels = np.arange(num_samples, dtype=np.int64) % num_classes
     path = f"{folder}.npz"
     write_atomic(path, lambda tmp: np.savez(tmp, arr_0=arr, labels=labels))
     return path
 
 
-def model_overrides(args) -> dict:
+@dataclass(frozen=True)
+class SampleInputs:
+    """What sample i is generated under, a function of i alone: class i mod num_classes and no map; the
+    same with row i of --condition-map; or file i of --condition-path, its class and its first row.
+    Indices past the last sample only pad the final batch; their maps and folder classes are sample
+    (i mod num_samples)'s."""
+    num_samples: int
+    num_classes: int
+    maps: Optional[torch.Tensor] = None  # (num_samples, N) long condition ids from --condition-map
+    folder: Optional[ConditionFolder] = None
+
+    def labels(self, indices: torch.Tensor) -> torch.Tensor:
+        """(B,) long global sample indices -> (B,) long classes on the same device."""
+        if self.folder is None:
+            return indices % self.num_classes
+        return self.folder.labels[indices.cpu() % self.num_samples].to(indices.device)
+
+    def condition_maps(self, indices: torch.Tensor) -> Optional[torch.Tensor]:
+        """(B,) long global sample indices -> (B, N) long condition maps; None without conditions."""
+        if self.maps is not None:
+            return self.maps[indices.cpu() % self.num_samples].to(indices.device)
+        if self.folder is not None:
+            return self.folder.read_maps((indices.cpu() % self.num_samples).tolist()).to(indices.device)
+        return None
+
+
+def sample_inputs(args, config) -> SampleInputs:
+    """The run's classes and condition maps; refuses maps that do not fit the model and more samples
+    than the condition folder holds."""
+    if not args.condition_path:
+        num_samples = args.num_fid_samples or DEFAULT_NUM_SAMPLES
+        maps = None
+        if args.condition_map:
+            maps = load_condition_map(args.condition_map, num_samples, config.block_size, config.condition_vocab_size)
+        return SampleInputs(num_samples, config.num_classes, maps=maps)
+    folder = ConditionFolder(args.condition_path)
+    if folder.info.grid ** 2 != config.block_size:
+        raise UserError(f"the maps in {args.condition_path} are {folder.info.grid}x{folder.info.grid}, but the model "
+                        f"has {config.block_size} tokens; extract the conditions at the model's grid")
+    num_samples = args.num_fid_samples or len(folder)
+    check_at_most("--num-fid-samples", num_samples, len(folder), f"the number of maps in {args.condition_path}")
+    too_big = (folder.labels[:num_samples] >= config.num_classes).nonzero()
+    if len(too_big):
+        path, label = folder.files[int(too_big[0])]
+        raise UserError(f"{path} has class {label}, but the model has {config.num_classes} classes; pass the "
+                        "condition folder of this model's data (or --num-classes)")
+    return SampleInputs(num_samples, config.num_classes, folder=folder)
+
+
+def model_overrides(args, condition_vocab_size: int) -> dict:
     overrides = {"cls_token_num": args.cls_token_num}
+    if condition_vocab_size:
+        overrides["condition_vocab_size"] = condition_vocab_size
     if args.codebook_size:
         overrides["vocab_size"] = args.codebook_size
     if args.num_classes:
@@ -131,8 +200,8 @@ def finish_writes(futures) -> None:
         future.result()
 
 
-def check_args(args) -> None:
-    """Refuse bad flags before any model is built or folder made."""
+def check_args(args) -> int:
+    """Refuse bad flags before any model is built or folder made; returns the condition vocabulary."""
     check_file("--gpt-ckpt", args.gpt_ckpt)
     check_file("--vq-ckpt", args.vq_ckpt)
     for flag in ("--per-proc-batch-size", "--num-fid-samples", "--cls-token-num", "--codebook-size",
@@ -140,18 +209,21 @@ def check_args(args) -> None:
         check_at_least(flag, getattr(args, flag[2:].replace("-", "_")), 1)
     if args.image_size and args.image_size % args.downsample_size:
         raise UserError(f"--image-size {args.image_size} is not a multiple of --downsample-size {args.downsample_size}")
+    return check_condition_args(args)
 
 
 def main(args) -> None:
-    check_args(args)
+    condition_vocab_size = check_args(args)
     sampling = SamplingConfig.from_args(args)
     args = with_checkpoints_fetched(args)  # hf:// paths and omitted checkpoints -> local files
     info = init_distributed(args.device)
     logger = get_logger("arpg.sample", rank=info.rank)
     if info.device.type == "cuda":
         enable_tf32()
-    model = load_gpt(args.gpt_model, args.gpt_ckpt, info.device, args.precision, args.weights, **model_overrides(args))
+    model = load_gpt(args.gpt_model, args.gpt_ckpt, info.device, args.precision, args.weights,
+                     **model_overrides(args, condition_vocab_size))
     config = model.config
+    inputs = sample_inputs(args, config)
     vq = None
     if args.vq_ckpt:
         vq = load_vq(args.vq_model, args.vq_ckpt, info.device, PRECISIONS[args.vq_precision], args.compile_vq)
@@ -169,19 +241,20 @@ def main(args) -> None:
             if removed:
                 logger.info(f"removed {removed} partial PNGs of a killed run from {folder}")
         check_shared_folder(folder)  # rank 0 packs every rank's PNGs
-        sample_into(folder, model, vq, sampler, sampling, image_size_eval, info, args)
+        sample_into(folder, inputs, model, vq, sampler, sampling, image_size_eval, info, args)
     barrier()
     if info.is_main:
-        path = pack_npz(folder, args.num_fid_samples, config.num_classes)
+        path = pack_npz(folder, inputs.labels(torch.arange(inputs.num_samples)).numpy())
         logger.info(f"saved {path}")
     barrier()
     cleanup()
 
 
-def sample_into(folder: str, model, vq, sampler, sampling: SamplingConfig, image_size_eval: int, info, args) -> None:
+def sample_into(folder: str, inputs: SampleInputs, model, vq, sampler, sampling: SamplingConfig, image_size_eval: int,
+                info, args) -> None:
     """This rank's batches as PNGs in folder; finished batches of an earlier run are skipped."""
     logger, config = get_logger("arpg.sample", rank=info.rank), model.config
-    batch, total = args.per_proc_batch_size, args.num_fid_samples
+    batch, total = args.per_proc_batch_size, inputs.num_samples
     my_batches = range(info.rank, math.ceil(total / batch), info.world_size)
     logger.info(f"sampling {total} images into {folder} ({len(my_batches)} batches of {batch} on rank 0)")
     progress = my_batches
@@ -198,8 +271,11 @@ def sample_into(folder: str, model, vq, sampler, sampling: SamplingConfig, image
             indices = [i for i in range(first, first + batch) if i < total]
             if all(os.path.exists(os.path.join(folder, f"{i:06d}.png")) for i in indices):
                 continue
-            labels = torch.arange(first, first + batch, device=info.device) % config.num_classes
-            tokens = sampler(labels, sampling, batch_generator(info.device, args.global_seed, first))
+            batch_indices = torch.arange(first, first + batch, device=info.device)
+            condition_map = inputs.condition_maps(batch_indices)
+            extra = {} if condition_map is None else {"condition_map": condition_map}
+            tokens = sampler(inputs.labels(batch_indices), sampling, batch_generator(info.device, args.global_seed, first),
+                             **extra)
             images = tokens_to_images(tokens, config.grid_size, vq, config.vocab_size, image_size_eval).numpy()
             finish_writes(writing)
             writing = [writers.submit(save_png_atomic, images[i - first], os.path.join(folder, f"{i:06d}.png"))

@@ -130,10 +130,14 @@ def check_state_dict(model: torch.nn.Module, state: Dict[str, torch.Tensor]) -> 
             parts.append(f"{len(keys)} {label} keys: {', '.join(keys[:6])}{' ...' if len(keys) > 6 else ''}")
     for key in misshaped[:6]:
         parts.append(f"{key}: checkpoint {tuple(state[key].shape)}, model {tuple(expected[key].shape)}")
-    if hasattr(model, "config") and hasattr(model.config, "n_layer"):
+    only_conditions = set(missing + unexpected + misshaped) == {"condition_embeddings.weight"}
+    if hasattr(model, "config") and hasattr(model.config, "n_layer") and not only_conditions:  # the size is right
         parts.append(f"the checkpoint looks like {describe_arpg_size(state)}")
-    if "condition_embeddings.weight" in unexpected or "condition_embeddings.weight" in missing:
+    if "condition_embeddings.weight" in unexpected:
         parts.append("a controllable model: pass --condition-vocab-size as it was trained (its condition.json)")
+    if "condition_embeddings.weight" in missing:
+        parts.append("the checkpoint has no condition table: a class-only model takes no --condition-map, "
+                     "--condition-path or --condition-vocab-size")
     raise UserError(f"the checkpoint does not fit this {type(model).__name__}: " + "; ".join(parts))
 
 

@@ -67,6 +67,21 @@ def numeric_key(name: str):
     return (0, int(stem), "") if stem.isdigit() else (1, 0, stem)
 
 
+def list_class_files(root: str) -> List[Tuple[str, int]]:
+    """(path, class) of every `{root}/{class}/{index}.npy`, classes and then indices in numeric order."""
+    files = []
+    for class_dir in sorted(os.listdir(root), key=numeric_key):
+        path = os.path.join(root, class_dir)
+        if not os.path.isdir(path):
+            continue
+        if not class_dir.isdigit():
+            raise UserError(f"class folder {path} is not a class number; expected {{root}}/{{class}}/{{i}}.npy")
+        files += [(os.path.join(path, name), int(class_dir)) for name in list_npy(path)]
+    if not files:
+        raise UserError(f"no .npy files under {root}; expected {{root}}/{{class}}/{{i}}.npy")
+    return files
+
+
 class CodesDataset(Dataset):
     """Shared behaviour: one augmentation per (seed, epoch, index); items are (codes (N,), label)."""
 
@@ -95,17 +110,9 @@ class FolderCodes(CodesDataset):
         super().__init__(seed, vocab_size, num_classes)
         if not os.path.isdir(root):
             raise InputNotFound(f"code folder not found: {root}; pass --code-path to the extracted codes")
-        self.files: List[Tuple[str, int]] = []
-        for class_dir in sorted(os.listdir(root), key=numeric_key):
-            path = os.path.join(root, class_dir)
-            if not os.path.isdir(path):
-                continue
-            if not class_dir.isdigit():
-                raise UserError(f"class folder {path} is not a class number; expected {{root}}/{{class}}/{{i}}.npy")
-            check_label(int(class_dir), num_classes, path)
-            self.files += [(os.path.join(path, name), int(class_dir)) for name in list_npy(path)]
-        if not self.files:
-            raise UserError(f"no .npy code files under {root}; expected {{root}}/{{class}}/{{i}}.npy")
+        self.files = list_class_files(root)
+        for path, label in self.files:
+            check_label(label, num_classes, os.path.dirname(path))
         first = read_codes(self.files[0][0], 2)
         check_token_ids(first, vocab_size, self.files[0][0])
         self.num_tokens = first.shape[-1]

@@ -4,8 +4,10 @@ A condition folder mirrors its code folder file by file: the code file `{code_pa
 shape (A, N) has its condition map at `{condition_path}/{rel}.npy`, (A, N) integer ids, one row per
 augmentation of the codes (a flipped crop has a flipped edge map), so a sample reads the same row of
 both. `condition.json` in the folder records the kind of condition and its vocabulary size, which
-training reads to size the model's condition table.
+training reads to size the model's condition table. Sampling scripts take the same folders
+(ConditionFolder) or a single .npy map through the flags of add_condition_args.
 """
+import argparse
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -14,9 +16,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from autoregressive.utils.cli import InputNotFound, UserError
+from autoregressive.utils.cli import InputNotFound, UserError, check_at_least, check_file
 from autoregressive.utils.files import write_atomic
-from dataset.codes import FolderCodes, augmentation_index, read_codes
+from dataset.codes import FolderCodes, augmentation_index, list_class_files, read_codes
 
 INFO_FILE = "condition.json"
 
@@ -65,6 +67,12 @@ def load_condition_map(path: str, num_samples: int, num_tokens: int, vocab_size:
     return torch.from_numpy(flat.astype(np.int64)).expand(num_samples, -1).contiguous()
 
 
+def check_condition_ids(maps: np.ndarray, vocab_size: int, path: str) -> None:
+    """Refuse ids of a cached map outside 0..vocab_size-1 (a cached map never says "no condition")."""
+    if maps.min() < 0 or maps.max() >= vocab_size:
+        raise UserError(f"condition map {path} has ids outside 0..{vocab_size - 1}")
+
+
 def code_file(codes: Dataset, index: int) -> str:
     """The code file behind sample `index` of a FolderCodes or LlamaGenCodes dataset."""
     if isinstance(codes, FolderCodes):
@@ -100,7 +108,69 @@ class ConditionedCodes(Dataset):
         augmentations = np.load(source, mmap_mode="r").shape[-2]
         if maps.shape != (augmentations, codes.numel()):
             raise UserError(f"condition map {path} is {maps.shape}; its codes need ({augmentations}, {codes.numel()})")
-        if maps.min() < 0 or maps.max() >= self.info.vocab_size:
-            raise UserError(f"condition map {path} has ids outside 0..{self.info.vocab_size - 1}")
+        check_condition_ids(maps, self.info.vocab_size, path)
         row = augmentation_index(self.codes.seed, self.codes.epoch, index, augmentations)
         return codes, label, torch.from_numpy(maps[row].astype(np.int64))
+
+
+class ConditionFolder:
+    """A condition folder read for sampling: its files in sorted order ({class}/{index}.npy), so file i
+    gives sample i its class (the folder's name) and its map (the first row: the view without a flip)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.info = read_condition_info(path)
+        self.files = list_class_files(path)
+        self.labels = torch.tensor([label for _, label in self.files], dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def read_maps(self, indices) -> torch.Tensor:
+        """The first rows of the files at `indices` -> (len(indices), grid * grid) long ids."""
+        rows = []
+        for index in indices:
+            path = self.files[index][0]
+            maps = read_codes(path, 2)
+            if maps.shape[1] != self.info.grid ** 2:
+                raise UserError(f"condition map {path} has {maps.shape[1]} ids per row; {INFO_FILE} says "
+                                f"{self.info.grid}x{self.info.grid}")
+            check_condition_ids(maps, self.info.vocab_size, path)
+            rows.append(torch.from_numpy(maps[0].astype(np.int64)))
+        return torch.stack(rows)
+
+
+def add_condition_args(parser: argparse.ArgumentParser, with_folder: bool = False) -> None:
+    """The flags of a controllable model for a sampling script: --condition-map, --condition-vocab-size
+    and, with_folder, --condition-path (one map per sample, read from a condition folder)."""
+    group = parser.add_argument_group("controllable generation", "a model trained with --condition-path")
+    group.add_argument("--condition-map", default=None,
+                       help="controllable model: .npy condition ids on the token grid, one map for all samples "
+                            "or one per sample")
+    if with_folder:
+        group.add_argument("--condition-path", default=None,
+                           help="controllable model: a condition folder (extract_conditions_c2i.py, "
+                                "python -m dataset.digits); sample i takes its i-th map and that file's class")
+    group.add_argument("--condition-vocab-size", type=int, default=0,
+                       help="the controllable model's condition vocabulary (its condition.json; digits shapes: 2)"
+                            + ("; read from --condition-path's condition.json if omitted" if with_folder else ""))
+
+
+def check_condition_args(args) -> int:
+    """Check the flags of add_condition_args and return the model's condition vocabulary: the flag's, or
+    the condition folder's (both given: they must agree); 0 for a model without conditions."""
+    folder = getattr(args, "condition_path", None)
+    check_file("--condition-map", args.condition_map)
+    check_at_least("--condition-vocab-size", args.condition_vocab_size, 0)
+    if args.condition_map and folder:
+        raise UserError("--condition-map and --condition-path both give the condition maps; pass one of them")
+    if folder:
+        info = read_condition_info(folder)
+        if args.condition_vocab_size and args.condition_vocab_size != info.vocab_size:
+            raise UserError(f"--condition-vocab-size {args.condition_vocab_size} disagrees with {folder}/{INFO_FILE} "
+                            f"({info.vocab_size}); drop the flag or pass {info.vocab_size}")
+        return info.vocab_size
+    if args.condition_map and not args.condition_vocab_size:
+        raise UserError("--condition-map needs --condition-vocab-size: the controllable model's condition vocabulary "
+                        "(its condition.json; 2 for the digits shapes)")
+    return args.condition_vocab_size

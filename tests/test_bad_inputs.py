@@ -22,6 +22,7 @@ from PIL import Image
 
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.utils.cli import InputNotFound, UserError, check_file, run_main, user_message
+from dataset.conditions import ConditionInfo, write_condition_info
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,6 +46,8 @@ DDP = f"{DIGITS} --sample-dir {{w}}/samples --num-fid-samples 4 --per-proc-batch
 EDIT = f"--task inpaint {DIGITS} --step 8 --out {{w}}/out/edit.png"
 TRAIN = ("--gpt-model ARPG-tiny --code-path {w}/codes --results-dir {w}/results --vocab-size 32 --num-classes 3 "
          "--image-size 64 --global-batch-size 4 --epochs 1 --num-workers 0 --device cpu")
+CONTROL = DDP.replace("digits.pt", "controlled.pt")  # a digits model with a 2-id condition table
+EDIT_CONTROL = f"{EDIT.replace('digits.pt', 'controlled.pt')} --digit-index 0 --shape center --condition-vocab-size 2"
 SWEEP = f"{DIGITS} --cfg-scales 1 2 --num-samples 4 --per-proc-batch-size 2 --step 4 --out-dir {{w}}/sweep"
 EVAL = "{w}/ref.npz {w}/sample.npz --inception-weights {w}/inception.pth --device cpu"
 
@@ -66,6 +69,33 @@ CASES = [
     case("zero eval size", "sample_c2i_ddp.py", f"{DDP} --image-size-eval 0", "--image-size-eval", ">= 1"),
     case("top-p of zero", "sample_c2i_ddp.py", f"{DDP} --top-p 0", "top_p", "(0, 1]"),
     case("steps past the grid (after the model loads)", "sample_c2i_ddp.py", f"{DDP} --step 100", "--step 100", "64"),
+    case("condition map of another size", "sample_c2i_ddp.py", f"{CONTROL} --condition-vocab-size 2 --condition-map "
+         "{w}/grid_5x5.npy", "grid_5x5.npy", "(5, 5)", "64 ids"),
+    case("condition ids past the vocabulary", "sample_c2i_ddp.py", f"{CONTROL} --condition-vocab-size 2 "
+         "--condition-map {w}/grid_big_ids.npy", "grid_big_ids.npy", "ids 99..99", "--condition-vocab-size"),
+    case("condition map without its vocabulary", "sample_c2i_ddp.py", f"{CONTROL} --condition-map {{w}}/shape.npy",
+         "--condition-map needs --condition-vocab-size"),
+    case("condition folder without condition.json", "sample_c2i_ddp.py", f"{CONTROL} --condition-path {{w}}/codes",
+         "codes/condition.json not found"),
+    case("condition folder for a class-only model", "sample_c2i_ddp.py",
+         f"{DDP} --condition-path {{w}}/shapes", "condition_embeddings.weight", "no condition table"),
+    case("condition vocabulary against the folder's", "sample_c2i_ddp.py",
+         f"{CONTROL} --condition-path {{w}}/shapes --condition-vocab-size 3", "--condition-vocab-size 3",
+         "shapes/condition.json (2)"),
+    case("both a condition map and a folder", "sample_c2i_ddp.py",
+         f"{CONTROL} --condition-path {{w}}/shapes --condition-map {{w}}/shape.npy", "--condition-map",
+         "--condition-path", "one of them"),
+    case("more samples than condition maps", "sample_c2i_ddp.py",
+         f"{CONTROL} --condition-path {{w}}/shapes --num-fid-samples 5", "--num-fid-samples 5", "shapes (4)"),
+    case("condition folder of another grid", "sample_c2i_ddp.py", f"{CONTROL} --condition-path {{w}}/shapes_4x4",
+         "shapes_4x4", "4x4", "64 tokens"),
+    case("edit under a map of another size", "edit_c2i.py", f"{EDIT_CONTROL} --condition-map {{w}}/grid_5x5.npy",
+         "grid_5x5.npy", "(5, 5)"),
+    case("edit a class-only model under a map", "edit_c2i.py",
+         f"{EDIT_CONTROL.replace('controlled.pt', 'digits.pt')} --condition-map {{w}}/shape.npy", "no condition table"),
+    case("expand under a condition map", "edit_c2i.py",
+         f"{EDIT_CONTROL.replace('inpaint', 'expand').replace(' --shape center', '')} --condition-map {{w}}/shape.npy",
+         "--task expand", "--condition-map"),
     case("code grid of another size", "edit_c2i.py", f"{EDIT} --codes {{w}}/grid_5x5.npy --shape center",
          "grid_5x5.npy", "(5, 5)", "(8, 8)"),
     case("code ids past the vocabulary", "edit_c2i.py", f"{EDIT} --codes {{w}}/grid_big_ids.npy --shape center",
@@ -137,6 +167,13 @@ def make_workspace(w: Path) -> None:
     torch.manual_seed(0)
     digits = ARPG_models["ARPG-digits"]()
     torch.save({"model": digits.state_dict()}, w / "digits.pt")
+    torch.save({"model": ARPG_models["ARPG-digits"](condition_vocab_size=2).state_dict()}, w / "controlled.pt")
+    np.save(w / "shape.npy", np.zeros((8, 8), dtype=np.int64))
+    for name, grid in (("shapes", 8), ("shapes_4x4", 4)):  # condition folders of 4 maps, classes 0 and 1
+        for index in range(4):
+            (w / name / str(index // 2)).mkdir(parents=True, exist_ok=True)
+            np.save(w / name / str(index // 2) / f"{index}.npy", np.zeros((1, grid * grid), dtype=np.int64))
+        write_condition_info(str(w / name), ConditionInfo("test", 2, grid))
     (w / "corrupt.pt").write_bytes(b"not a checkpoint" * 16)
     (w / "corrupt.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{truncated")
     np.save(w / "grid_5x5.npy", np.zeros((5, 5), dtype=np.int64))
