@@ -68,7 +68,7 @@ class GraphedSteps:
         self.query_conditions = None  # the targets' condition ids, for a decoding with a condition map
         if start.target_conditions is not None:
             self.query_conditions = torch.zeros(rows, max_size, dtype=torch.long, device=device)
-        self.cache = model.new_cache(rows, start.cache_capacity)
+        self.cache = model.new_cache(rows, start.cache_capacity, start.cache_dtype)
         # One output buffer for all steps: step outputs held in the graph pool would never be reused.
         self.guided_logits = torch.zeros(batch, max_size, model.config.vocab_size, device=device)
         self.graphs: List[torch.cuda.CUDAGraph] = []
