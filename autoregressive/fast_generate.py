@@ -13,6 +13,7 @@ from typing import Callable, List, Optional, Tuple, Union
 import torch
 
 from autoregressive.generate import DecodingStart, DecodingStep, EagerSteps, decode_step, generate
+from autoregressive.models.kv_cache import KVCache
 from autoregressive.sampling import SamplingConfig
 
 LayerParts = List[Tuple[Callable, Callable]]
@@ -126,6 +127,11 @@ class FastSampler:
         self.layer_parts = fusion(model, fuse)
         self._steps: Optional[GraphedSteps] = None
         self._key: Optional[Tuple] = None
+
+    @property
+    def cache(self) -> Optional[KVCache]:
+        """The KV cache of the steps kept for the last settings (None before the first call)."""
+        return self._steps.cache if self._steps is not None else None
 
     def _graphed_steps(self, start: DecodingStart, sampling: SamplingConfig) -> GraphedSteps:
         key = (tuple(start.fed_ids.shape), start.steps, sampling.captured_settings(),

@@ -127,10 +127,11 @@ def test_each_kv_cache_kind_gets_steps_of_its_own():
         sampling = SamplingConfig(num_steps=5, cfg_scale=3.0, kv_cache=kv_cache)
         fast = sampler.generate(condition, sampling, generator=torch.Generator().manual_seed(2))
         assert torch.equal(fast, generate(model, condition, sampling, generator=torch.Generator().manual_seed(2)))
-        built.append(sampler._steps)
-    assert [steps.cache.keys.dtype for steps in built] == [torch.float32, torch.float8_e4m3fn, torch.float8_e4m3fn,
-                                                           torch.float32]
+        built.append(sampler.cache)
+    assert [cache.keys.dtype for cache in built] == [torch.float32, torch.float8_e4m3fn, torch.float8_e4m3fn,
+                                                     torch.float32]
     assert built[0] is not built[1] and built[1] is built[2] and built[3] is not built[0]
+    assert built[1].nbytes < built[0].nbytes / 3  # 1 byte a number instead of 4, plus a scale per vector
 
 
 def test_the_step_plan_is_the_one_description_of_a_decoding(tiny_model):

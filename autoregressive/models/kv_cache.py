@@ -65,6 +65,12 @@ class KVCache:
     def quantised(self) -> bool:
         return self.key_scales is not None
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the buffers, scales included."""
+        buffers = (self.keys, self.values, self.key_scales, self.value_scales)
+        return sum(buffer.numel() * buffer.element_size() for buffer in buffers if buffer is not None)
+
     def write(self, index: int, keys: torch.Tensor, values: torch.Tensor):
         """Store keys/values (B, H, n, head_dim) of set `index` after the cached ones.
 
