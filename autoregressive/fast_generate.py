@@ -13,6 +13,7 @@ from typing import Callable, List, Optional, Tuple, Union
 import torch
 
 from autoregressive.generate import DecodingStart, DecodingStep, EagerSteps, decode_step, generate
+from autoregressive.models.kv_cache import KVCache
 from autoregressive.sampling import SamplingConfig
 
 LayerParts = List[Tuple[Callable, Callable]]
@@ -68,7 +69,7 @@ class GraphedSteps:
         self.query_conditions = None  # the targets' condition ids, for a decoding with a condition map
         if start.target_conditions is not None:
             self.query_conditions = torch.zeros(rows, max_size, dtype=torch.long, device=device)
-        self.cache = model.new_cache(rows, start.cache_capacity)
+        self.cache = model.new_cache(rows, start.cache_capacity, start.cache_dtype)
         # One output buffer for all steps: step outputs held in the graph pool would never be reused.
         self.guided_logits = torch.zeros(batch, max_size, model.config.vocab_size, device=device)
         self.graphs: List[torch.cuda.CUDAGraph] = []
@@ -126,6 +127,11 @@ class FastSampler:
         self.layer_parts = fusion(model, fuse)
         self._steps: Optional[GraphedSteps] = None
         self._key: Optional[Tuple] = None
+
+    @property
+    def cache(self) -> Optional[KVCache]:
+        """The KV cache of the steps kept for the last settings (None before the first call)."""
+        return self._steps.cache if self._steps is not None else None
 
     def _graphed_steps(self, start: DecodingStart, sampling: SamplingConfig) -> GraphedSteps:
         key = (tuple(start.fed_ids.shape), start.steps, sampling.captured_settings(),

@@ -113,6 +113,7 @@ class DecodingStart:
     fed_ids: torch.Tensor  # (rows, C + num_known) first-step tokens; rows = 2B with guidance
     fed_slots: torch.Tensor  # (rows, C + num_known)
     target_conditions: Optional[torch.Tensor] = None  # (rows, N - num_known) condition ids, generation order
+    cache_dtype: Optional[torch.dtype] = None  # the KV cache's storage (SamplingConfig.kv_cache); None: the weights'
 
     def step_conditions(self, step: DecodingStep) -> Optional[torch.Tensor]:
         """(rows, step.size) condition ids of the step's targets; None without a condition map."""
@@ -129,8 +130,8 @@ class DecodingStart:
 
 def start_decoding(model, condition, sampling: SamplingConfig, orders=None, generator=None,
                    known=None, known_mask=None, condition_map=None) -> DecodingStart:
-    """Check the inputs and lay out the decoding: class token (and known tokens), orders, steps, and the
-    targets' condition ids (the null half: "no condition")."""
+    """Check the inputs and lay out the decoding: class token (and known tokens), orders, steps, the
+    targets' condition ids (the null half: "no condition") and the KV cache's storage dtype."""
     config = model.config
     check_class_ids(condition, config.num_classes)
     batch, num_tokens, device = condition.shape[0], config.block_size, condition.device
@@ -162,7 +163,7 @@ def start_decoding(model, condition, sampling: SamplingConfig, orders=None, gene
         if sampling.uses_guidance:
             target_conditions = torch.cat([target_conditions, torch.full_like(target_conditions,
                                                                               config.null_condition_id)])
-    return DecodingStart(orders, num_known, steps, fed_ids, fed_slots, target_conditions)
+    return DecodingStart(orders, num_known, steps, fed_ids, fed_slots, target_conditions, sampling.kv_cache_dtype)
 
 
 def guide(logits: torch.Tensor, scale: Optional[float]) -> torch.Tensor:
@@ -194,7 +195,7 @@ class EagerSteps:
 
     def __init__(self, model, start: DecodingStart, layer_parts=None):
         self.model, self.layer_parts = model, layer_parts
-        self.cache = model.new_cache(start.fed_ids.shape[0], start.cache_capacity)
+        self.cache = model.new_cache(start.fed_ids.shape[0], start.cache_capacity, start.cache_dtype)
 
     def __call__(self, step: DecodingStep, fed_ids, fed_slots, query_slots, query_conditions=None) -> torch.Tensor:
         return decode_step(self.model, step, fed_ids, fed_slots, query_slots, self.cache, self.layer_parts,

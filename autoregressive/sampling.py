@@ -13,6 +13,9 @@ from autoregressive.utils.cli import UserError
 
 SAMPLE_SCHEDULES = ("arccos", "cosine")
 CFG_SCHEDULES = ("linear", "constant")
+# How decoding stores keys and values: in the weights' dtype, or as e4m3 codes with a float32 scale per
+# vector (half the bytes that decoding reads; opt-in, scripts/check_precision.py judges its quality).
+KV_CACHE_DTYPES = {"model": None, "fp8": torch.float8_e4m3fn}
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,7 @@ class SamplingConfig:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+    kv_cache: str = "model"  # a key of KV_CACHE_DTYPES
 
     # Fields that act only on drawing tokens from the guided logits, outside the network pass; every
     # other field may change the work of a step (see captured_settings).
@@ -45,10 +49,17 @@ class SamplingConfig:
             raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise UserError(f"top_k must be >= 0, got {self.top_k}")
+        if self.kv_cache not in KV_CACHE_DTYPES:
+            raise UserError(f"unknown KV cache {self.kv_cache!r} (--kv-cache); choose one of {tuple(KV_CACHE_DTYPES)}")
 
     @property
     def uses_guidance(self) -> bool:
         return self.cfg_scale != 1.0
+
+    @property
+    def kv_cache_dtype(self) -> Optional[torch.dtype]:
+        """The KV cache's storage dtype; None: the weights' dtype."""
+        return KV_CACHE_DTYPES[self.kv_cache]
 
     def captured_settings(self) -> Tuple:
         """Every field that may change a step's network pass, as (name, value) pairs: what a cache of
@@ -75,13 +86,16 @@ SAMPLING_FLAGS = {
     "temperature": ("--temperature", "temperature", "0 = greedy"),
     "top_k": ("--top-k", "top_k", "0 = no top-k filter"),
     "top_p": ("--top-p", "top_p", "1 = no nucleus filter"),
+    "kv_cache": ("--kv-cache", "kv_cache", "how decoding stores keys and values: model = the weights' dtype, "
+                 "fp8 = float8 e4m3 with a scale per vector (opt-in: half the cache reads, close to, not equal to, "
+                 "model's tokens)"),
 }
-SCHEDULE_CHOICES = {"cfg_schedule": CFG_SCHEDULES, "sample_schedule": SAMPLE_SCHEDULES}
+FIELD_CHOICES = {"cfg_schedule": CFG_SCHEDULES, "sample_schedule": SAMPLE_SCHEDULES, "kv_cache": tuple(KV_CACHE_DTYPES)}
 
 
 def add_sampling_args(parser: argparse.ArgumentParser, **defaults) -> argparse.ArgumentParser:
     """Add the sampling flags (--step, --cfg-scale, --cfg-schedule, --sample-schedule, --temperature,
-    --top-k, --top-p) to `parser`, defaulting to SamplingConfig's defaults; `defaults` overrides them
+    --top-k, --top-p, --kv-cache) to `parser`, defaulting to SamplingConfig's defaults; `defaults` overrides them
     by field name (num_steps=256, say). Read them back with SamplingConfig.from_args."""
     fields = {field.name: field for field in dataclasses.fields(SamplingConfig)}
     unknown = set(defaults) - set(fields)
@@ -90,7 +104,7 @@ def add_sampling_args(parser: argparse.ArgumentParser, **defaults) -> argparse.A
     group = parser.add_argument_group("sampling")
     for name, (flag, dest, help_text) in SAMPLING_FLAGS.items():
         default = defaults.get(name, fields[name].default)
-        choices = SCHEDULE_CHOICES.get(name)
+        choices = FIELD_CHOICES.get(name)
         group.add_argument(flag, dest=dest, type=type(fields[name].default), choices=choices, default=default,
                            help=f"{help_text} (default {default})")
     return parser

@@ -6,7 +6,12 @@ the medians reported. Peaks are of sampling alone (the VQ weights, resident for 
 not counted). End-to-end adds the VQ-16 decode of the tokens as sample_c2i_ddp.py runs it by
 default (float32 with TF32, decoder compiled; --vq-precision fp16 for the faster one).
 
+--kv-caches model,fp8 adds the fast path over an FP8 KV cache (--kv-cache fp8), timed interleaved with
+the others; each fast path keeps its graphs and cache, so with several the peaks count all of them
+(the "KV cache GiB" column is each path's own cache).
+
     python -m scripts.bench_sample --models ARPG-L ARPG-XL ARPG-XXL --batch-sizes 64 256
+    python -m scripts.bench_sample --models ARPG-L --batch-sizes 256 --kv-caches model,fp8
 """
 import argparse
 import dataclasses
@@ -17,8 +22,10 @@ import torch
 
 from autoregressive.fast_generate import FastSampler, make_sampler
 from autoregressive.generate import generate
+from autoregressive.kernels.decode_attention import has_fp8
 from autoregressive.models.arpg import ARPG_models
-from autoregressive.sampling import SamplingConfig, add_sampling_args
+from autoregressive.models.kv_cache import ScaledFp8, quantise_fp8
+from autoregressive.sampling import KV_CACHE_DTYPES, SamplingConfig, add_sampling_args
 from autoregressive.utils.cli import UserError, check_at_least, run_main
 from autoregressive.utils.device import enable_tf32
 from autoregressive.weights import PRECISIONS, prepare_vq
@@ -85,15 +92,38 @@ def decode_kernel_check(model, device) -> str:
     exact = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
     triton_error = (decode_attention(q, k, v).float() - exact).abs().max()
     sdpa_error = (F.scaled_dot_product_attention(q, k, v).float() - exact).abs().max()
-    return f"decoding attention vs float32: Triton max |diff| {triton_error:.3g}, SDPA bf16 {sdpa_error:.3g}"
+    line = f"decoding attention vs float32: Triton max |diff| {triton_error:.3g}, SDPA bf16 {sdpa_error:.3g}"
+    if not has_fp8(q.device):
+        return line + "; Triton fp8 KV: not on this GPU (needs sm89+)"
+    k8, v8 = ScaledFp8(*quantise_fp8(cache[0])), ScaledFp8(*quantise_fp8(cache[1]))  # strided like a cache
+    k8, v8 = (ScaledFp8(part.data[:, :, :100], part.scale[:, :, :100]) for part in (k8, v8))
+    fp8_out = decode_attention(q, k8.data, v8.data, k8.scale, v8.scale).float()
+    dequantised = F.scaled_dot_product_attention(q.float(), k8.dequantise(torch.float32), v8.dequantise(torch.float32))
+    return (f"{line}; Triton fp8 KV {(fp8_out - exact).abs().max():.3g} "
+            f"({(fp8_out - dequantised).abs().max():.3g} against float32 over the dequantised cache)")
 
 
-def bench_model(name, batch_sizes, sampling, reps, vq, device, fused=False):
+
+def check_greedy(title: str, key: str, fast: FastSampler, reference, labels, sampling: SamplingConfig, order):
+    """Greedy tokens of a fast path in a fixed order, checked against the reference loop's with the same
+    settings (the fast path must equal it); returns them."""
+    greedy = dataclasses.replace(sampling, temperature=0.0)
+    tokens = fast.generate(labels, greedy, orders=order)
+    equal = reference(labels, greedy, None, orders=order) == tokens
+    print(f"{title}: greedy {key} == its reference loop: {bool(equal.all())} "
+          f"({100 * equal.float().mean():.2f}% of tokens equal)", flush=True)
+    return tokens
+
+
+def bench_model(name, batch_sizes, sampling, reps, vq, device, fused=False, kv_caches=("model",)):
     model = build_model(name, device)
     # The VQ weights stay resident for the decode column; the peaks are those of sampling alone.
     vq_bytes = sum(p.numel() * p.element_size() for p in vq.parameters()) if vq is not None else 0
-    fast = FastSampler(model, fuse=fused)
     fast_key = "fused" if fused else "fast"
+    # One fast sampler per cache kind: a sampler keeps the graphs of its last settings only.
+    fast = {kind: FastSampler(model, fuse=fused) for kind in kv_caches}
+    settings = {kind: dataclasses.replace(sampling, kv_cache=kind) for kind in kv_caches}
+    fast_keys = {kind: fast_key if kind == "model" else f"{fast_key}, {kind} KV" for kind in kv_caches}
     # The reference loop, with the same fused layers when the fast path has them.
     reference, plain_key = make_sampler(model, use_fast=False, fuse=fused), "plain, fused" if fused else "plain"
     print(f"{name}: {decode_kernel_check(model, device)}", flush=True)
@@ -103,22 +133,27 @@ def bench_model(name, batch_sizes, sampling, reps, vq, device, fused=False):
     for batch in batch_sizes:
         labels = torch.arange(batch, device=device) % model.config.num_classes
         grid = model.config.grid_size
-        paths = {
-            plain_key: lambda g: reference(labels, sampling, g),
-            fast_key: lambda g: fast.generate(labels, sampling, generator=g),
-        }
-        greedy = dataclasses.replace(sampling, temperature=0.0)
+        paths = {plain_key: lambda g: reference(labels, settings["model"], g)}
+        for kind in kv_caches:
+            paths[fast_keys[kind]] = lambda g, kind=kind: fast[kind].generate(labels, settings[kind], generator=g)
         order = torch.randperm(model.config.block_size, device=device)
-        fast_greedy = fast.generate(labels, greedy, orders=order)
-        equal = reference(labels, greedy, None, orders=order) == fast_greedy
+        greedy = {kind: check_greedy(f"{name} batch {batch}", fast_keys[kind], fast[kind], reference, labels,
+                                     settings[kind], order) for kind in kv_caches}
+        for kind in kv_caches[1:]:
+            print(f"{name} batch {batch}: greedy {fast_keys[kind]} tokens equal to {fast_key}'s "
+                  f"{100 * (greedy[kind] == greedy['model']).float().mean():.2f}%", flush=True)
         if fused:
-            eager_equal = generate(model, labels, greedy, orders=order) == fast_greedy
+            eager_equal = generate(model, labels, dataclasses.replace(sampling, temperature=0.0), orders=order) \
+                == greedy["model"]
             print(f"{name} batch {batch}: greedy fused tokens equal to the eager layers' "
                   f"{100 * eager_equal.float().mean():.2f}%", flush=True)
-        seeded = [path(torch.Generator(device).manual_seed(3)) for path in paths.values()]
+        # The reference loop allocates the cache the model-dtype fast path keeps.
+        cache_gib = {fast_keys[kind]: fast[kind].cache.nbytes / 2**30 for kind in kv_caches}
+        cache_gib[plain_key] = cache_gib[fast_key]
+        seeded = [paths[key](torch.Generator(device).manual_seed(3)) for key in (plain_key, fast_key)]
         times = {key: [] for key in paths}
         decode_times, peaks = [], {key: 0.0 for key in paths}
-        for key, path in paths.items():  # warm-up (graph capture for the fast path)
+        for key, path in paths.items():  # warm-up (graph capture for the fast paths)
             tokens = path(torch.Generator(device).manual_seed(0))
         if vq is not None:  # warm-up (compile) of the decoder at this batch size
             with torch.inference_mode():
@@ -134,15 +169,27 @@ def bench_model(name, batch_sizes, sampling, reps, vq, device, fused=False):
                     _, seconds, _ = timed(lambda: vq.decode_code(tokens, shape=shape))
                 decode_times.append(seconds)
         decode = statistics.median(decode_times) if decode_times else float("nan")
+        speeds = {}
         for key in paths:
             token_s = statistics.median(times[key])
-            rows.append((name, batch, key, batch / token_s, batch / (token_s + decode), peaks[key]))
-        rows.append((name, batch, f"{fast_key}/plain", rows[-1][3] / rows[-2][3], rows[-1][4] / rows[-2][4],
-                     float("nan")))
-        print(f"{name} batch {batch}: greedy {fast_key} == {plain_key}: {bool(equal.all())} "
-              f"({100 * equal.float().mean():.2f}% of tokens equal); sampled with the same seed, equal: "
+            speeds[key] = (batch / token_s, batch / (token_s + decode))
+            rows.append((name, batch, key, *speeds[key], peaks[key], cache_gib[key]))
+        for key in paths:
+            if key != plain_key:
+                rows.append((name, batch, f"{key}/plain", speeds[key][0] / speeds[plain_key][0],
+                             speeds[key][1] / speeds[plain_key][1], float("nan"), float("nan")))
+        print(f"{name} batch {batch}: sampled with the same seed, {fast_key} == {plain_key}: "
               f"{torch.equal(seeded[0], seeded[1])}", flush=True)
     return rows
+
+
+def parse_kv_caches(text: str):
+    """--kv-caches: cache kinds (SamplingConfig.kv_cache), model first and always (the baseline)."""
+    kinds = [kind for kind in text.split(",") if kind]
+    unknown = [kind for kind in kinds if kind not in KV_CACHE_DTYPES]
+    if unknown:
+        raise UserError(f"unknown KV cache {', '.join(unknown)} in --kv-caches; choose from {', '.join(KV_CACHE_DTYPES)}")
+    return tuple(dict.fromkeys(["model", *kinds]))
 
 
 def main(argv=None):
@@ -155,11 +202,16 @@ def main(argv=None):
                         help="decoder dtype (compiled), as sample_c2i_ddp.py's flag; none = float32 with TF32")
     parser.add_argument("--fused", action="store_true", help="time the fused fast path (layers compiled: close to, "
                         "not equal to, the reference loop) instead of the exact one")
+    parser.add_argument("--kv-caches", default="model", help="comma-separated KV cache kinds of the fast path, timed "
+                        f"side by side (from {', '.join(KV_CACHE_DTYPES)}; model always runs, as the baseline)")
     args = add_sampling_args(parser, cfg_scale=4.5, cfg_schedule="constant").parse_args(argv)
     for flag, values in (("--batch-sizes", args.batch_sizes), ("--step", [args.step]), ("--reps", [args.reps])):
         for value in values:
             check_at_least(flag, value, 1)
-    sampling = SamplingConfig.from_args(args)
+    sampling, kv_caches = SamplingConfig.from_args(args), parse_kv_caches(args.kv_caches)
+    if sampling.kv_cache != "model":
+        raise UserError("bench_sample.py compares cache kinds with --kv-caches (model always runs); "
+                        f"drop --kv-cache {sampling.kv_cache} and pass --kv-caches model,{sampling.kv_cache}")
     if not torch.cuda.is_available():
         raise UserError("bench_sample.py times the CUDA paths and needs a CUDA GPU; none is visible")
     device = torch.device("cuda")
@@ -171,17 +223,18 @@ def main(argv=None):
         vq = prepare_vq(VQ_models["VQ-16"](), device, PRECISIONS[args.vq_precision], compile_decoder=True)
     rows = []
     for name in args.models:
-        rows += bench_model(name, args.batch_sizes, sampling, args.reps, vq, device, args.fused)
+        rows += bench_model(name, args.batch_sizes, sampling, args.reps, vq, device, args.fused, kv_caches)
         torch.cuda.empty_cache()  # the model of this size is gone once bench_model returns
         torch._dynamo.reset()  # fused: compiled parts of the last size would count against the recompile limit
     print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, {args.step} steps, "
           f"CFG {args.cfg_scale} {args.cfg_schedule}, {args.sample_schedule}, bf16, medians of {args.reps}, "
           f"VQ decode {'float32' if args.vq_precision == 'none' else args.vq_precision} compiled")
-    print("| model | batch | path | img/s tokens | img/s with decode | peak GiB (sampling) |")
-    print("|---|---|---|---|---|---|")
-    for name, batch, key, tok, e2e, peak in rows:
+    print("| model | batch | path | img/s tokens | img/s with decode | peak GiB (sampling) | KV cache GiB |")
+    print("|---|---|---|---|---|---|---|")
+    for name, batch, key, tok, e2e, peak, cache in rows:
         fmt = (lambda v: f"{v:.2f}x") if key.endswith("/plain") else (lambda v: f"{v:.1f}")
-        print(f"| {name} | {batch} | {key} | {fmt(tok)} | {fmt(e2e)} | {'' if peak != peak else f'{peak:.2f}'} |")
+        gib = lambda v: "" if v != v else f"{v:.2f}"
+        print(f"| {name} | {batch} | {key} | {fmt(tok)} | {fmt(e2e)} | {gib(peak)} | {gib(cache)} |")
 
 
 if __name__ == "__main__":

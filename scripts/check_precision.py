@@ -9,15 +9,19 @@ order with train_c2i.py's own step (Trainer.optimizer_step), plus exact once mor
 run-to-run difference that the policies are judged against. Per-step losses go to losses.png.
 
 Sampling: the exact run's weights, in each sampling mode (SAMPLING_MODES: float32 without TF32 as the
-reference, bf16 autocast, TF32, bf16 and fp16 weights): next-token distributions on a held-out batch
-(teacher forcing, fixed orders) against float32 (mean KL(float32 || mode), top-1 agreement), and the
-share of generated samples that match their class prototype. Training runs with TF32, as train_c2i.py.
+reference, bf16 autocast, TF32, bf16 and fp16 weights, bf16 weights with an FP8 KV cache): next-token
+distributions on a held-out batch against float32 (mean KL(float32 || mode), top-1 agreement), and the
+share of generated samples that match their class prototype. The distributions are read as sampling
+reads them, through the KV cache (in the mode's cache kind), decoding the held-out tokens in fixed
+orders with the sampling steps, each step feeding the true tokens of the last (no guidance); the float32
+reference is read the same way. Training runs with TF32, as train_c2i.py.
 
 Pass rules (TOLERANCE = 2):
 - a training policy: its held-out loss is within 2x exact's run-to-run difference of exact's, and
   its samples' prototype match share is within noise of exact's (see within_noise);
-- a sampling mode: its KL and its top-1 disagreement are within 2x those of bf16 autocast (the exact
-  recipe's own numerics), and its match share is within noise of float32's.
+- a sampling mode: its KL and its top-1 disagreement are within 2x those of its yardstick mode (bf16
+  autocast, the exact recipe's own numerics; for fp8-kv, bf16: the same weights with a bf16 cache), and
+  its match share is within noise of float32's.
 
     python -m scripts.check_precision --precision-policies exact,bf16,fp8 --out-dir results/check-precision
 """
@@ -104,14 +108,20 @@ def loss_floor(vocab_size: int, resample_fraction: float) -> float:
     return -(keep * math.log(keep) + (vocab_size - 1) * other * math.log(other))
 
 
+REFERENCE_MODE, YARDSTICK_MODE = "float32", "bf16-autocast"
+
+
 @dataclass(frozen=True)
 class SamplingMode:
     """How a trained float32 model is run for sampling: `prepare` turns (a copy of) it into the model
     that runs (weights cast, or quantised: an FP8 mode is one more entry), under autocast to `autocast`,
-    with TF32 float32 matmuls on CUDA or not."""
+    with TF32 float32 matmuls on CUDA or not, with a KV cache of kind `kv_cache` (SamplingConfig's).
+    yardstick: the mode whose KL and top-1 disagreement it must stay within TOLERANCE x of."""
     prepare: Callable[[torch.nn.Module], torch.nn.Module]
     autocast: Optional[torch.dtype] = None
     tf32: bool = False
+    kv_cache: str = "model"
+    yardstick: str = YARDSTICK_MODE
 
 
 SAMPLING_MODES: Dict[str, SamplingMode] = {
@@ -120,8 +130,9 @@ SAMPLING_MODES: Dict[str, SamplingMode] = {
     "tf32": SamplingMode(lambda model: model.float(), tf32=True),  # sample_c2i.py's default (--precision none)
     "bf16": SamplingMode(lambda model: model.to(torch.bfloat16)),  # sample_c2i.py --precision bf16
     "fp16": SamplingMode(lambda model: model.to(torch.float16)),  # sample_c2i.py --precision fp16
+    # --precision bf16 --kv-cache fp8; judged against bf16, so the figures show what the cache adds
+    "fp8-kv": SamplingMode(lambda model: model.to(torch.bfloat16), kv_cache="fp8", yardstick="bf16"),
 }
-REFERENCE_MODE, YARDSTICK_MODE = "float32", "bf16-autocast"
 
 
 @contextlib.contextmanager
@@ -202,11 +213,26 @@ def float32_copy(cfg: TrainConfig, trained: torch.nn.Module, device: torch.devic
 
 
 @torch.no_grad()
-def next_token_log_probs(model, mode: SamplingMode, codes, labels, orders) -> torch.Tensor:
-    """(B, N, V) float32 log-probabilities of teacher forcing in the given orders."""
+def next_token_log_probs(model, mode: SamplingMode, codes, labels, orders, num_steps: int) -> torch.Tensor:
+    """(B, N, V) float32 log-probabilities of the tokens at orders' positions, in generation order, read
+    through the KV cache as sampling reads them: `num_steps` steps of the default schedule over the
+    fixed orders, each step feeding the true codes (B, N) of the positions the last one predicted, no
+    guidance. With one token a step this is teacher forcing (the forward pass, which has no cache)."""
+    from autoregressive.generate import EagerSteps, start_decoding
+    from autoregressive.sampling import SamplingConfig
+
+    sampling = SamplingConfig(num_steps=num_steps, cfg_scale=1.0, kv_cache=mode.kv_cache)
+    true_ids = codes.gather(1, orders)  # (B, N) generation order
+    target_slots = orders + model.config.cls_token_num
+    logits = []
     with mode_context(mode, codes.device):
-        logits, _ = model(codes, labels, orders=orders)
-    return F.log_softmax(logits.float(), dim=-1)
+        start = start_decoding(model, labels, sampling, orders=orders)
+        run_step, fed_ids, fed_slots = EagerSteps(model, start), start.fed_ids, start.fed_slots
+        for step in start.steps:
+            query_slots = target_slots[:, step.done_before:step.done_after]
+            logits.append(run_step(step, fed_ids, fed_slots, query_slots))
+            fed_ids, fed_slots = true_ids[:, step.done_before:step.done_after], query_slots
+    return F.log_softmax(torch.cat(logits, dim=1).float(), dim=-1)
 
 
 def compare_to_reference(reference: torch.Tensor, log_probs: torch.Tensor):
@@ -216,6 +242,11 @@ def compare_to_reference(reference: torch.Tensor, log_probs: torch.Tensor):
     return max(kl, 0.0), top1
 
 
+def decoding_steps(args) -> int:
+    """Steps per decoding, generating and reading the held-out distributions alike."""
+    return args.num_steps or args.grid ** 2
+
+
 @torch.no_grad()
 def sample_match_share(model, mode: SamplingMode, dataset: PrototypeCodes, args, device) -> float:
     """Share of args.samples_per_class samples of every class that match their prototype; the same
@@ -223,7 +254,7 @@ def sample_match_share(model, mode: SamplingMode, dataset: PrototypeCodes, args,
     from autoregressive.generate import generate
     from autoregressive.sampling import SamplingConfig
 
-    sampling = SamplingConfig(num_steps=args.num_steps or args.grid ** 2, cfg_scale=args.cfg_scale)
+    sampling = SamplingConfig(num_steps=decoding_steps(args), cfg_scale=args.cfg_scale, kv_cache=mode.kv_cache)
     labels = torch.arange(args.num_classes, device=device).repeat_interleave(args.samples_per_class)
     generator = torch.Generator(device).manual_seed(args.global_seed)
     with mode_context(mode, device):
@@ -288,12 +319,14 @@ def judge_policies(rows: List[dict], count: int) -> None:
 def run_sampling(args, model, dataset: PrototypeCodes, held_out, modes: List[str], device) -> List[dict]:
     """The exact run's weights in every sampling mode against float32: KL, top-1, match share."""
     codes, labels, orders = held_out
-    reference = next_token_log_probs(model, SAMPLING_MODES[REFERENCE_MODE], codes, labels, orders)
+    num_steps = decoding_steps(args)
+    reference = next_token_log_probs(model, SAMPLING_MODES[REFERENCE_MODE], codes, labels, orders, num_steps)
     rows = []
     for name in modes:
         mode = SAMPLING_MODES[name]
         prepared = mode.prepare(copy.deepcopy(model))
-        kl, top1 = compare_to_reference(reference, next_token_log_probs(prepared, mode, codes, labels, orders))
+        kl, top1 = compare_to_reference(reference, next_token_log_probs(prepared, mode, codes, labels, orders,
+                                                                        num_steps))
         rows.append({"mode": name, "KL vs float32": kl, "top-1 agreement": top1,
                      "match share": sample_match_share(prepared, mode, dataset, args, device)})
     judge_modes(rows, args.num_classes * args.samples_per_class)
@@ -301,22 +334,27 @@ def run_sampling(args, model, dataset: PrototypeCodes, held_out, modes: List[str
 
 
 def judge_modes(rows: List[dict], count: int) -> None:
-    """Fill each row's "pass" (rows: float32, bf16-autocast, then the other modes)."""
-    reference, yardstick = rows[0], rows[1]
+    """Fill each row's "yardstick" and "pass" (rows: float32 first, every yardstick before the modes
+    judged against it)."""
+    reference, by_name = rows[0], {row["mode"]: row for row in rows}
     reference["pass"] = "reference"
     for row in rows[1:]:
+        row["yardstick"] = SAMPLING_MODES[row["mode"]].yardstick
+        yardstick = by_name[row["yardstick"]]
         passed = mode_passes(row["KL vs float32"], row["top-1 agreement"], row["match share"], yardstick["KL vs float32"],
                              yardstick["top-1 agreement"], reference["match share"], count)
         row["pass"] = "yes" if passed else "no"
 
 
 def parse_modes(text: str) -> List[str]:
-    """--sampling-modes: float32 and bf16-autocast first (the reference and the yardstick), each once."""
+    """--sampling-modes: float32 and bf16-autocast first (the reference and the yardstick), each mode's
+    yardstick before it, each once."""
     modes = [mode for mode in text.split(",") if mode]
     unknown = [mode for mode in modes if mode not in SAMPLING_MODES]
     if unknown:
         raise ValueError(f"unknown sampling mode {', '.join(unknown)}; choose from {', '.join(SAMPLING_MODES)}")
-    return list(dict.fromkeys([REFERENCE_MODE, YARDSTICK_MODE, *modes]))
+    with_yardsticks = [name for mode in modes for name in (SAMPLING_MODES[mode].yardstick, mode)]
+    return list(dict.fromkeys([REFERENCE_MODE, YARDSTICK_MODE, *with_yardsticks]))
 
 
 def markdown_table(rows: List[dict]) -> List[str]:
@@ -368,7 +406,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--warmup-steps", type=int, default=30)
     parser.add_argument("--global-seed", type=int, default=0)
-    parser.add_argument("--eval-batch", type=int, default=64, help="held-out samples for the teacher-forced figures")
+    parser.add_argument("--eval-batch", type=int, default=64, help="held-out samples for the next-token figures")
     parser.add_argument("--samples-per-class", type=int, default=16, help="generated samples per class")
     parser.add_argument("--sample-batch", type=int, default=64, help="samples generated at once")
     parser.add_argument("--num-steps", type=int, default=None,
@@ -415,7 +453,8 @@ def report(args, training: List[dict], sampling: List[dict], curves: Dict[str, L
     lines = [f"{args.gpt_model}, {args.steps} steps of batch {args.batch_size}, {args.num_classes} classes, "
              f"{args.resample_fraction:.0%} of positions redrawn: ln V = {math.log(args.vocab_size):.3f}, "
              f"lowest possible loss {floor:.3f}", "", "Training (held-out loss in float32):", "",
-             *markdown_table(training), "", "Sampling (teacher forcing against float32, exact run's weights):", "",
+             *markdown_table(training), "",
+             "Sampling (next-token distributions read through the KV cache, against float32; exact run's weights):", "",
              *markdown_table(sampling)]
     if training[0]["held-out loss"] > (math.log(args.vocab_size) + floor) / 2:
         lines += ["", "WARNING: exact did not learn the set (held-out loss above halfway from ln V to the lowest "

@@ -61,11 +61,39 @@ def test_judging_fills_every_row():
     modes = [{"mode": "float32", "KL vs float32": 0.0, "top-1 agreement": 1.0, "match share": 0.9},
              {"mode": "bf16-autocast", "KL vs float32": 0.001, "top-1 agreement": 0.99, "match share": 0.9},
              {"mode": "bf16", "KL vs float32": 0.003, "top-1 agreement": 0.99, "match share": 0.9}]
+    modes.append({"mode": "fp8-kv", "KL vs float32": 0.005, "top-1 agreement": 0.985, "match share": 0.9})
     check.judge_modes(modes, count=100)
-    assert [row["pass"] for row in modes] == ["reference", "yes", "no"]
+    assert [row["pass"] for row in modes] == ["reference", "yes", "no", "yes"]  # fp8-kv: within 2x of bf16's
+    assert [row.get("yardstick") for row in modes] == [None, "bf16-autocast", "bf16-autocast", "bf16"]
     assert check.parse_modes("fp16") == ["float32", "bf16-autocast", "fp16"]
+    assert check.parse_modes("fp8-kv") == ["float32", "bf16-autocast", "bf16", "fp8-kv"]  # its yardstick first
     with pytest.raises(ValueError, match="unknown sampling mode fp4"):
         check.parse_modes("fp4")
+
+
+def test_next_token_distributions_are_read_through_the_kv_cache():
+    """One token a step: the cached decoding of the true tokens is teacher forcing (the forward pass).
+    Several a step: the tokens of a step see each other, as in sampling, so the figures move a little.
+    The fp8-kv mode reads an FP8 cache (bf16 weights): close to the bf16 mode's distributions, not equal."""
+    from conftest import build_tiny
+
+    model = build_tiny().float()
+    generator = torch.Generator().manual_seed(0)
+    codes, labels = torch.randint(0, 32, (6, 16), generator=generator), torch.arange(6) % 5
+    orders = torch.rand(6, 16, generator=generator).argsort(1)
+    float32 = check.SAMPLING_MODES["float32"]
+    cached = check.next_token_log_probs(model, float32, codes, labels, orders, num_steps=16)
+    with torch.no_grad():
+        forward = torch.log_softmax(model(codes, labels, orders=orders)[0], dim=-1)
+    assert cached.shape == (6, 16, 32) and torch.allclose(cached, forward, atol=1e-5)
+    parallel = check.next_token_log_probs(model, float32, codes, labels, orders, num_steps=4)
+    assert 0 < check.compare_to_reference(cached, parallel)[0] < 0.5
+    figures = {}
+    for name in ("bf16", "fp8-kv"):
+        mode = check.SAMPLING_MODES[name]
+        figures[name] = check.next_token_log_probs(mode.prepare(build_tiny().float()), mode, codes, labels, orders, 16)
+    kl, top1 = check.compare_to_reference(figures["bf16"], figures["fp8-kv"])
+    assert 0 < kl < 0.05 and top1 >= 0.9
 
 
 @pytest.fixture

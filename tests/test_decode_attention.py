@@ -1,5 +1,6 @@
 """The Triton decoding-attention kernel, run on the CPU by Triton's interpreter (float16: the
-interpreter has no bfloat16 arithmetic; the GPU benchmark checks bfloat16 against SDPA)."""
+interpreter has no bfloat16 arithmetic; the GPU benchmark checks bfloat16 against SDPA), over a
+model-dtype cache and over an FP8 one (the interpreter loads and converts float8_e4m3fn)."""
 import os
 import subprocess
 import sys
@@ -48,6 +49,35 @@ def test_kernel_matches_float32_attention_in_the_interpreter():
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
 
 
+@pytest.mark.skipif(not interpreter_runs_loops_over_arguments(), reason="Triton's interpreter is too old")
+def test_fp8_kernel_matches_float32_attention_over_the_dequantised_cache_in_the_interpreter():
+    """SCALED: float8_e4m3fn codes and per-position float32 scales, as views of an FP8 KVCache (a longer
+    capacity, one set of several), against float32 attention over the same cache dequantised: the
+    kernel adds no error beyond the float16 one of the unscaled kernel (the e4m3 rounding itself is
+    what scripts/check_precision.py judges)."""
+    script = textwrap.dedent("""
+        import torch, torch.nn.functional as F
+        from autoregressive.kernels.decode_attention import decode_attention
+        from autoregressive.models.kv_cache import FP8_DTYPE, KVCache
+        torch.manual_seed(0)
+        for m, n in [(1, 1), (3, 5), (4, 70), (17, 130)]:
+            cache = KVCache(2, 2, 3, 140, 32, FP8_DTYPE, torch.device("cpu"))
+            k_in, v_in = torch.randn(2, 3, n, 32) * 3, torch.randn(2, 3, n, 32)
+            k, v = cache.write(1, k_in, v_in)
+            q = torch.randn(2, m, 3, 32, dtype=torch.float16).transpose(1, 2)
+            out = decode_attention(q, k.data, v.data, k.scale, v.scale, block_n=32)
+            assert out.shape == (2, 3, m, 32) and out.dtype == torch.float16, (m, n, out.shape)
+            k32, v32 = k.dequantise(torch.float32), v.dequantise(torch.float32)
+            expected = F.scaled_dot_product_attention(q.float(), k32, v32)
+            error = (out.float() - expected).abs().max().item()
+            assert error < 2e-3, (m, n, error)
+        print("ok")
+    """)
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": ROOT}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
 def test_only_cuda_inference_inputs_take_the_kernel():
     q = torch.randn(1, 2, 4, 64, dtype=torch.bfloat16)
     k = v = torch.randn(1, 2, 10, 64, dtype=torch.bfloat16)
@@ -58,3 +88,9 @@ def test_only_cuda_inference_inputs_take_the_kernel():
         assert not decode_attention.supports(q.float(), k.float(), v.float())
         assert not decode_attention.supports(q.repeat(1, 1, 20, 1), k, v)  # 80 queries
         assert not decode_attention.supports(q.requires_grad_(), k, v)
+        codes = k.to(torch.float8_e4m3fn)
+        assert not decode_attention.supports(q, codes, codes)  # FP8 codes only with their scales
+        assert decode_attention.supports(q, codes, codes, scaled=True) == (
+            torch.cuda.get_device_capability() >= (8, 9))  # Triton converts e4m3 from sm89 on
+    assert not decode_attention.supports(q.cpu(), k.cpu().to(torch.float8_e4m3fn), v.cpu().to(torch.float8_e4m3fn),
+                                         scaled=True)

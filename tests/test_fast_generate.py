@@ -93,7 +93,7 @@ def test_reference_loop_runs_the_fused_layers_when_asked():
 
 # A second value of every SamplingConfig field, each changing the tokens of BASE below.
 CHANGED_FIELDS = {"num_steps": 6, "cfg_scale": 1.5, "cfg_schedule": "constant", "sample_schedule": "cosine",
-                  "temperature": 0.5, "top_k": 4, "top_p": 0.8}
+                  "temperature": 0.5, "top_k": 4, "top_p": 0.8, "kv_cache": "fp8"}
 
 
 def test_changing_any_sampling_field_between_calls_follows_the_reference_loop():
@@ -114,6 +114,24 @@ def test_changing_any_sampling_field_between_calls_follows_the_reference_loop():
         reference = generate(model, condition, changed, generator=seeded())
         assert not torch.equal(reference, base_tokens), name  # the change matters
         assert torch.equal(sampler.generate(condition, changed, generator=seeded()), reference), name
+
+
+def test_each_kv_cache_kind_gets_steps_of_its_own():
+    """kv_cache is part of the key of the captured steps (it is not a draw field): switching it builds
+    new steps on a cache of that kind, and switching back builds model-dtype ones again, with the
+    reference loop's tokens each time."""
+    model, condition = build_tiny(), torch.tensor([0, 4, 2])
+    sampler = FastSampler(model, use_graphs=False)
+    built = []
+    for kv_cache in ("model", "fp8", "fp8", "model"):
+        sampling = SamplingConfig(num_steps=5, cfg_scale=3.0, kv_cache=kv_cache)
+        fast = sampler.generate(condition, sampling, generator=torch.Generator().manual_seed(2))
+        assert torch.equal(fast, generate(model, condition, sampling, generator=torch.Generator().manual_seed(2)))
+        built.append(sampler.cache)
+    assert [cache.keys.dtype for cache in built] == [torch.float32, torch.float8_e4m3fn, torch.float8_e4m3fn,
+                                                     torch.float32]
+    assert built[0] is not built[1] and built[1] is built[2] and built[3] is not built[0]
+    assert built[1].nbytes < built[0].nbytes / 3  # 1 byte a number instead of 4, plus a scale per vector
 
 
 def test_the_step_plan_is_the_one_description_of_a_decoding(tiny_model):

@@ -4,7 +4,8 @@ import dataclasses
 
 import pytest
 
-from autoregressive.sampling import (CFG_SCHEDULES, SAMPLE_SCHEDULES, SamplingConfig, add_sampling_args)
+from autoregressive.sampling import CFG_SCHEDULES, SAMPLE_SCHEDULES, SamplingConfig, add_sampling_args
+from autoregressive.utils.cli import UserError
 
 OFFICIAL_DDP = ["--gpt-model", "ARPG-L", "--gpt-ckpt", "arpg_300m.pt", "--vq-ckpt", "vq_ds16_c2i.pt",
                 "--sample-schedule", "arccos", "--cfg-scale", "6.0", "--step", "64"]
@@ -18,8 +19,8 @@ def test_flags_round_trip_every_field_and_take_defaults_by_field_name():
     parser = add_sampling_args(argparse.ArgumentParser(), num_steps=16, cfg_scale=2.0)
     assert parsed(parser, []) == SamplingConfig(num_steps=16, cfg_scale=2.0)
     argv = ["--step", "8", "--cfg-scale", "1.5", "--cfg-schedule", "constant", "--sample-schedule", "cosine",
-            "--temperature", "0.5", "--top-k", "3", "--top-p", "0.9"]
-    expected = SamplingConfig(8, 1.5, "constant", "cosine", 0.5, 3, 0.9)
+            "--temperature", "0.5", "--top-k", "3", "--top-p", "0.9", "--kv-cache", "fp8"]
+    expected = SamplingConfig(8, 1.5, "constant", "cosine", 0.5, 3, 0.9, "fp8")
     assert parsed(parser, argv) == expected
     assert {field.name for field in dataclasses.fields(SamplingConfig)} == set(dataclasses.asdict(expected))
     with pytest.raises(TypeError, match="unknown sampling defaults"):
@@ -29,10 +30,27 @@ def test_flags_round_trip_every_field_and_take_defaults_by_field_name():
 def test_schedule_choices_come_from_the_tables(capsys):
     parser = add_sampling_args(argparse.ArgumentParser())
     choices = {action.dest: action.choices for action in parser._actions if action.choices}
-    assert choices == {"cfg_schedule": CFG_SCHEDULES, "sample_schedule": SAMPLE_SCHEDULES}
+    assert choices == {"cfg_schedule": CFG_SCHEDULES, "sample_schedule": SAMPLE_SCHEDULES, "kv_cache": ("model", "fp8")}
     with pytest.raises(SystemExit):
         parser.parse_args(["--sample-schedule", "bogus"])
     assert "invalid choice: 'bogus'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--kv-cache", "int8"])
+    assert "invalid choice: 'int8'" in capsys.readouterr().err
+    with pytest.raises(UserError, match=r"unknown KV cache 'fp4' \(--kv-cache\); choose one of \('model', 'fp8'\)"):
+        SamplingConfig(kv_cache="fp4")  # the Python API: model.generate(..., kv_cache="fp4")
+
+
+def test_every_sampling_script_takes_the_kv_cache_flag():
+    """--kv-cache comes with add_sampling_args, so the sampling scripts take it without their own code."""
+    import edit_c2i
+    import sample_c2i
+    import sample_c2i_ddp
+
+    assert parsed(sample_c2i_ddp.get_args_parser(), ["--gpt-ckpt", "x.pt", "--kv-cache", "fp8"]).kv_cache == "fp8"
+    assert parsed(sample_c2i.get_args_parser(), ["--gpt-ckpt", "x.pt", "--kv-cache", "fp8"]).kv_cache == "fp8"
+    edit = ["--task", "inpaint", "--gpt-ckpt", "x.pt", "--digit-index", "0", "--kv-cache", "fp8"]
+    assert parsed(edit_c2i.get_args_parser(), edit).kv_cache == "fp8"
 
 
 def test_every_sampling_script_keeps_its_defaults():

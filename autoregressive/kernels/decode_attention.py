@@ -7,9 +7,16 @@ bookkeeping; this kernel gives each (row, head) one program that streams its key
 online softmax in float32, and writes the output already in (B, n_q, H, d) order, so merging the
 heads afterwards is a free view.
 
+An FP8 cache (float8_e4m3fn keys and values, one float32 scale per key and per value vector) is read
+by the same kernel compiled with SCALED: the codes are widened to the queries' dtype in registers, the
+key scales multiply the score columns, and the value scales are folded into the probabilities before
+the p @ V product. SCALED is a compile-time flag, so the unscaled kernel is today's.
+
 Triton ships with torch's CUDA builds; without it `available()` is False and callers use SDPA.
 """
+import functools
 import math
+from typing import Optional
 
 import torch
 
@@ -26,21 +33,32 @@ def available() -> bool:
     return triton is not None
 
 
-def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    """Whether decode_attention handles these inputs (else use SDPA)."""
+@functools.lru_cache(maxsize=None)
+def has_fp8(device: torch.device) -> bool:
+    """Whether Triton converts float8_e4m3fn on this GPU (compute capability 8.9 and newer)."""
+    return torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaled: bool = False) -> bool:
+    """Whether decode_attention handles these inputs (else use SDPA). scaled: k and v are the
+    float8_e4m3fn codes of an FP8 cache (their scales go to decode_attention too)."""
     head_dim = q.shape[-1]
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    cache_dtype = torch.float8_e4m3fn if scaled else q.dtype
     return (triton is not None and q.is_cuda and not needs_grad  # forward only
-            and q.dtype in (torch.bfloat16, torch.float16) and k.dtype == q.dtype and v.dtype == q.dtype
+            and q.dtype in (torch.bfloat16, torch.float16) and k.dtype == cache_dtype and v.dtype == cache_dtype
             and q.shape[2] <= MAX_QUERIES and k.shape[2] > 0 and head_dim in (16, 32, 64, 128)
-            and q.stride(-1) == 1 and k.stride(-1) == 1 and v.stride(-1) == 1)
+            and q.stride(-1) == 1 and k.stride(-1) == 1 and v.stride(-1) == 1
+            and (not scaled or has_fp8(q.device)))
 
 
 if triton is not None:
     @triton.jit
-    def _decode_attention_kernel(Q, K, V, O, scale_log2, num_heads, num_queries, num_keys,
+    def _decode_attention_kernel(Q, K, V, O, K_SCALE, V_SCALE, scale_log2, num_heads, num_queries, num_keys,
                                  q_sb, q_sh, q_sm, k_sb, k_sh, k_sn, v_sb, v_sh, v_sn, o_sb, o_sh, o_sm,
-                                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
+                                 ks_sb, ks_sh, vs_sb, vs_sh,
+                                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+                                 SCALED: tl.constexpr):
         pid = tl.program_id(0)
         b = pid // num_heads
         h = pid % num_heads
@@ -59,12 +77,19 @@ if triton is not None:
             key_ok = n < num_keys
             k = tl.load(k_base + n[:, None] * k_sn + cols[None, :], mask=key_ok[:, None], other=0.0)
             v = tl.load(v_base + n[:, None] * v_sn + cols[None, :], mask=key_ok[:, None], other=0.0)
+            if SCALED:  # e4m3 codes widen exactly to the queries' dtype
+                k = k.to(q.dtype)
+                v = v.to(q.dtype)
             s = tl.dot(q, tl.trans(k)) * scale_log2  # log2 domain: exp2 is the cheap exponential
+            if SCALED:
+                s = s * tl.load(K_SCALE + b * ks_sb + h * ks_sh + n, mask=key_ok, other=0.0)[None, :]
             s = tl.where(key_ok[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             alpha = tl.exp2(m_i - m_new)
             p = tl.exp2(s - m_new[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
+            if SCALED:  # sum_j p_j (scale_j code_j) = sum_j (p_j scale_j) code_j; l_i keeps the plain p
+                p = p * tl.load(V_SCALE + b * vs_sb + h * vs_sh + n, mask=key_ok, other=0.0)[None, :]
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             m_i = m_new
         out = acc / l_i[:, None]
@@ -72,20 +97,30 @@ if triton is not None:
                  mask=row_ok[:, None])
 
 
-def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_n: int = 64,
-                     num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_scale: Optional[torch.Tensor] = None,
+                     v_scale: Optional[torch.Tensor] = None, block_n: int = 64, num_warps: int = 4,
+                     num_stages: int = 2) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v for q (B, H, n_q, d) and k, v (B, H, n_k, d), no mask. The query
     tile is n_q rounded up to a power of two, at least 16 (tl.dot's smallest).
 
-    Returns (B, H, n_q, d), a transposed view of a (B, n_q, H, d) tensor. See `supports`.
+    k_scale, v_scale: (B, H, n_k) float32 scales (last dim contiguous) of float8_e4m3fn k and v, which
+    then stand for k * k_scale[..., None] and v * v_scale[..., None]; None for k and v in q's dtype.
+    Returns (B, H, n_q, d) in q's dtype, a transposed view of a (B, n_q, H, d) tensor. See `supports`.
     """
     batch, heads, num_queries, head_dim = q.shape
     num_keys = k.shape[2]
     out = torch.empty(batch, num_queries, heads, head_dim, dtype=q.dtype, device=q.device).transpose(1, 2)
     scale_log2 = 1.0 / math.sqrt(head_dim) * 1.4426950408889634  # log2(e)
+    scaled = k_scale is not None
+    if scaled:
+        assert k_scale.stride(-1) == 1 and v_scale.stride(-1) == 1, "scales must be contiguous along the keys"
+    else:
+        k_scale = v_scale = k  # never read: SCALED is off
     _decode_attention_kernel[(batch * heads,)](
-        q, k, v, out, scale_log2, heads, num_queries, num_keys,
+        q, k, v, out, k_scale, v_scale, scale_log2, heads, num_queries, num_keys,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        BLOCK_M=max(16, triton.next_power_of_2(num_queries)), BLOCK_N=block_n, HEAD_DIM=head_dim, num_warps=num_warps, num_stages=num_stages)
+        k_scale.stride(0), k_scale.stride(1), v_scale.stride(0), v_scale.stride(1),
+        BLOCK_M=max(16, triton.next_power_of_2(num_queries)), BLOCK_N=block_n, HEAD_DIM=head_dim,
+        SCALED=scaled, num_warps=num_warps, num_stages=num_stages)
     return out

@@ -349,18 +349,19 @@ class ARPG(nn.Module):
         loss = chunked_cross_entropy(features.flatten(0, 1), self.head.weight, targets.gather(1, orders).reshape(-1))
         return None, loss
 
-    def new_cache(self, batch_size: int, max_len: Optional[int] = None) -> KVCache:
-        """An empty cache for batch_size rows and max_len tokens (default: class tokens + every image token)."""
+    def new_cache(self, batch_size: int, max_len: Optional[int] = None, dtype: Optional[torch.dtype] = None) -> KVCache:
+        """An empty cache for batch_size rows and max_len tokens (default: class tokens + every image token),
+        stored in `dtype` (default: the weights'; torch.float8_e4m3fn: an FP8 cache, see KVCache)."""
         weight = self.embeddings.weight
         max_len = max_len or self.config.cls_token_num + self.config.block_size
         return KVCache(len(self.layers.self_dec) + 1, batch_size, self.config.n_head, max_len,
-                       self.config.head_dim, weight.dtype, weight.device)
+                       self.config.head_dim, dtype or weight.dtype, weight.device)
 
     def generate(self, condition, *, orders=None, generator: Optional[torch.Generator] = None, known=None,
                  known_mask=None, condition_map=None, **sampling) -> torch.Tensor:
         """Sample (B, N) long tokens in raster order for (B,) class ids: the reference loop of
         autoregressive/generate.py, with SamplingConfig's fields (num_steps, cfg_scale, cfg_schedule,
-        sample_schedule, temperature, top_k, top_p) as keyword arguments."""
+        sample_schedule, temperature, top_k, top_p, kv_cache) as keyword arguments."""
         from autoregressive.generate import generate  # the loop is not part of the network
 
         return generate(self, condition, orders=orders, generator=generator, known=known, known_mask=known_mask,

@@ -3,8 +3,36 @@
 ARPG keeps one key/value set per self-attention layer plus one shared set that every guided
 cross-attention layer reads. All of them grow by the same tokens at the same time, so one cache object
 holds them in two buffers of shape (num_sets, B, H, max_len, head_dim) and one shared length.
+
+An FP8 cache (dtype torch.float8_e4m3fn, opt-in: SamplingConfig.kv_cache) stores each key and value
+vector as e4m3 codes with one float32 scale, which halves what decoding reads from the cache.
 """
+from typing import NamedTuple, Tuple
+
 import torch
+
+FP8_DTYPE = torch.float8_e4m3fn
+FP8_MAX = 448.0  # largest finite e4m3 value: each vector's largest |entry| is stored as +-448
+
+
+class ScaledFp8(NamedTuple):
+    """Vectors stored as e4m3 codes times one float32 scale each: x ~= data * scale[..., None]."""
+    data: torch.Tensor  # (..., d) float8_e4m3fn
+    scale: torch.Tensor  # (...) float32
+
+    def dequantise(self, dtype: torch.dtype) -> torch.Tensor:
+        return (self.data.float() * self.scale.unsqueeze(-1)).to(dtype)
+
+
+def quantise_fp8(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(..., d) -> (..., d) float8_e4m3fn codes and (...) float32 scales (amax over d / 448).
+
+    Rounding to nearest keeps 3 mantissa bits: each entry is off by at most 1/16 of itself, or by
+    scale / 1024 below e4m3's normal range. An all-zero vector (the class token's key) gets scale 0."""
+    scale = x.abs().amax(-1).float() / FP8_MAX
+    divisor = scale.clamp_min(torch.finfo(torch.float32).tiny).unsqueeze(-1)
+    # e4m3 has no infinity: a quotient rounded just past 448 must not become NaN where the cast does not saturate.
+    return (x.float() / divisor).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE), scale
 
 
 class KVCache:
@@ -13,6 +41,9 @@ class KVCache:
     Set i < num_self_layers belongs to self-attention layer i; the last set is the shared key/value
     set of the cross-attention layers. A decoding step calls `write` for every set with the step's new
     tokens at positions [length, length + n), then `advance(n)` once.
+
+    dtype float8_e4m3fn: keys and values are quantised as they are written, with one float32 scale per
+    (set, row, head, position) in key_scales / value_scales, and read back as ScaledFp8.
     """
 
     def __init__(self, num_sets: int, batch_size: int, num_heads: int, max_len: int, head_dim: int,
@@ -20,23 +51,44 @@ class KVCache:
         shape = (num_sets, batch_size, num_heads, max_len, head_dim)
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.key_scales = self.value_scales = None
+        if dtype == FP8_DTYPE:
+            self.key_scales = torch.zeros(shape[:-1], dtype=torch.float32, device=device)
+            self.value_scales = torch.zeros(shape[:-1], dtype=torch.float32, device=device)
         self.length = 0
 
     @property
     def max_len(self) -> int:
         return self.keys.shape[3]
 
+    @property
+    def quantised(self) -> bool:
+        return self.key_scales is not None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the buffers, scales included."""
+        buffers = (self.keys, self.values, self.key_scales, self.value_scales)
+        return sum(buffer.numel() * buffer.element_size() for buffer in buffers if buffer is not None)
+
     def write(self, index: int, keys: torch.Tensor, values: torch.Tensor):
         """Store keys/values (B, H, n, head_dim) of set `index` after the cached ones.
 
-        Returns the keys and values of all positions so far, (B, H, length + n, head_dim) views.
+        Returns the keys and values of all positions so far, (B, H, length + n, head_dim) views, or
+        ScaledFp8 views of the codes and (B, H, length + n) scales for a quantised cache.
         """
         end = self.length + keys.shape[2]
         if end > self.max_len:
             raise ValueError(f"KV cache overflow: {end} positions > capacity {self.max_len}")
-        self.keys[index, :, :, self.length:end] = keys
-        self.values[index, :, :, self.length:end] = values
-        return self.keys[index, :, :, :end], self.values[index, :, :, :end]
+        if not self.quantised:
+            self.keys[index, :, :, self.length:end] = keys
+            self.values[index, :, :, self.length:end] = values
+            return self.keys[index, :, :, :end], self.values[index, :, :, :end]
+        stored = []
+        for buffer, scales, new in ((self.keys, self.key_scales, keys), (self.values, self.value_scales, values)):
+            buffer[index, :, :, self.length:end], scales[index, :, :, self.length:end] = quantise_fp8(new)
+            stored.append(ScaledFp8(buffer[index, :, :, :end], scales[index, :, :, :end]))
+        return tuple(stored)
 
     def advance(self, num_tokens: int) -> None:
         """Mark the tokens written by the current step as cached."""
