@@ -90,7 +90,16 @@ def folder_name(args, image_size: int, image_size_eval: int) -> str:
     vq = args.vq_model if args.vq_ckpt else "no-vq"
     return (f"{args.gpt_model}-{ckpt}-size-{image_size}-size-{image_size_eval}-{vq}-topk-{args.top_k}-topp-{args.top_p}-"
             f"temperature-{args.temperature}-cfg-{args.cfg_scale}-cfg-schedule-{args.cfg_schedule}-"
-            f"sample-schedule-{args.sample_schedule}-step-{args.step}-seed-{args.global_seed}{condition_suffix(args)}")
+            f"sample-schedule-{args.sample_schedule}-step-{args.step}-seed-{args.global_seed}{numerics_suffix(args)}"
+            f"{condition_suffix(args)}")
+
+
+def numerics_suffix(args) -> str:
+    """Names non-default numerics (weights dtype, KV cache) in the folder name, so such a run never resumes
+    into the PNGs of another; the default name stays the official one."""
+    parts = [f"-precision-{args.precision}" if args.precision != "bf16" else "",
+             f"-kv-cache-{args.kv_cache}" if args.kv_cache != "model" else ""]
+    return "".join(parts)
 
 
 def condition_suffix(args) -> str:

@@ -153,3 +153,18 @@ def test_packing_refuses_a_folder_of_mixed_sizes(tmp_path):
     with np.load(pack_npz(str(folder), np.arange(4) % 3)) as data:
         assert data["arr_0"].shape == (4, 8, 8, 3) and data["arr_0"][:, 0, 0, 0].tolist() == [0, 1, 2, 3]
         assert data["labels"].tolist() == [0, 1, 2, 0]
+
+
+def test_non_default_numerics_get_their_own_folder():
+    """A run with other numerics must not resume into (and skip past) the PNGs of a default run; the
+    default folder name stays the official one."""
+    from sample_c2i_ddp import folder_name
+
+    def name(*extra):
+        args = get_args_parser().parse_args(["--gpt-model", "ARPG-L", "--gpt-ckpt", "arpg_300m.pt", *extra])
+        return folder_name(args, 256, 256)
+
+    default = name()
+    assert default.endswith("-step-256-seed-0") and default.startswith("ARPG-L-arpg_300m-size-256-size-256-")
+    assert len({default, name("--kv-cache", "fp8"), name("--precision", "fp16"),
+                name("--precision", "fp16", "--kv-cache", "fp8")}) == 4
