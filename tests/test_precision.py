@@ -126,3 +126,22 @@ def test_fp8_conversion_keeps_the_exact_models_names_and_float32_weights():
         fp8_loss = model.eval()(codes, labels, targets=codes, orders=orders)[1]
         exact_loss = exact.eval()(codes, labels, targets=codes, orders=orders)[1]
     assert fp8_loss != exact_loss and abs(fp8_loss - exact_loss) < 0.1
+
+
+def test_sharding_builds_its_mesh_on_the_runs_device(one_process_group, monkeypatch):
+    """FSDP's default mesh is CUDA whenever a GPU is visible, which moved a CPU run's model there (seen on
+    the H100): shard_model must hand every fully_shard call a mesh of the run's own device type."""
+    from autoregressive.train import parallel
+
+    real, meshes = parallel._fully_shard(), []
+
+    def recording_fully_shard(module, **options):
+        meshes.append(options.get("mesh"))
+        return real(module, **options)
+
+    monkeypatch.setattr(parallel, "_fully_shard", lambda: recording_fully_shard)
+    model = ARPG_models["ARPG-tiny"](**TINY)
+    parallel.shard_model(model, torch.device("cpu"))
+    assert len(meshes) == len(parallel.decoder_layers(model)) + 1
+    assert all(mesh is not None and mesh.device_type == "cpu" for mesh in meshes)
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
