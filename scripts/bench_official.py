@@ -1,0 +1,223 @@
+"""Ours against the official code (github hp-l33/ARPG) in one process: training step and sampling, the
+repetitions of the two interleaved, medians, peak memory. The official model is imported from a copy of
+that repository given by --official-repo (not part of this project; it needs `transformers` and
+`einops`), so the ratios of issue #17's targets are measured in the same run on the same GPU.
+
+    git clone https://github.com/hp-l33/ARPG /tmp/ARPG-official
+    python -m scripts.bench_official --official-repo /tmp/ARPG-official --train-models ARPG-L --train-batch 128 \\
+        --sample-models ARPG-L ARPG-XXL --sample-batches 64 256
+
+Training, both sides: random codes, bf16 autocast, torch.compile, gradient clipping, fused AdamW with
+weight decay on 2-D parameters (the official train_c2i.py's step); ours is `Trainer.optimizer_step` with
+train_c2i.py's defaults (chunked loss). Sampling, both sides: random bf16 weights (the official
+--precision bf16), 64 steps, CFG 4.5 constant, arccos; theirs is `Transformer.generate`, ours the
+CUDA-graph fast path (plus `--kv-caches` variants). Tokens only, no VQ decode.
+"""
+import argparse
+import importlib.util
+import os
+import statistics
+import sys
+from typing import Callable, Dict, List
+
+import torch
+
+from autoregressive.fast_generate import FastSampler
+from autoregressive.models.arpg import ARPG_models
+from autoregressive.sampling import SamplingConfig
+from autoregressive.utils.cli import InputNotFound, UserError, check_at_least, run_main
+from autoregressive.utils.device import enable_tf32, resolve_device
+from autoregressive.utils.dist import cleanup, init_distributed
+from scripts.bench_train import PolicyRun, start_run, synchronize, time_steps
+
+OFFICIAL_MODULE = "arpg_official_model"
+
+
+def load_official(repo: str):
+    """The official models/arpg.py as a module of its own name (our `autoregressive` is not shadowed)."""
+    path = os.path.join(repo, "models", "arpg.py")
+    if not os.path.isfile(path):
+        raise InputNotFound(f"--official-repo {repo}: no models/arpg.py there; pass a clone of "
+                            "https://github.com/hp-l33/ARPG")
+    spec = importlib.util.spec_from_file_location(OFFICIAL_MODULE, path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except ImportError as error:
+        raise UserError(f"the official model needs a package that is missing here: {error} "
+                        "(it imports transformers and einops)") from error
+    return module
+
+
+class OfficialTrainer:
+    """The official train_c2i.py's optimizer step on its own model, behind Trainer's `optimizer_step`."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, compile_model: bool, lr: float = 1e-4):
+        decay = [p for p in model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in model.parameters() if p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": 5e-2}, {"params": no_decay, "weight_decay": 0.0}]
+        self.optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=device.type == "cuda")
+        self.model, self.device = model, device
+        self.train_model = torch.compile(model) if compile_model else model
+
+    def optimizer_step(self, batches) -> torch.Tensor:
+        (codes, labels), = batches
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            _, loss = self.train_model(codes, labels, targets=codes)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+
+def start_official_run(official, name: str, batch: int, device: torch.device, compile_model: bool) -> PolicyRun:
+    """Build and warm up (compile) the official model's step on random codes of ours' shape."""
+    torch.manual_seed(0)
+    model = official.ARPG_models[name]().to(device)
+    torch.nn.init.normal_(model.head.weight, std=0.02)  # as ours in bench_train: a zero head makes every loss log V
+    codes = torch.randint(0, model.config.vocab_size, (batch, model.config.block_size), device=device)
+    labels = torch.randint(0, model.config.num_classes, (batch,), device=device)
+    synchronize(device)
+    before = torch.cuda.memory_allocated() if device.type == "cuda" else 0
+    run = PolicyRun({"model": name, "batch": batch, "side": "official"}, OfficialTrainer(model, device, compile_model),
+                    step=[(codes, labels)])
+    for _ in range(3):  # compile and warm up
+        run.trainer.optimizer_step(run.step)
+    synchronize(device)
+    if device.type == "cuda":
+        run.resident = torch.cuda.memory_allocated() - before
+    return run
+
+
+def bench_training(official, name: str, batch: int, args, info) -> List[dict]:
+    """Official and ours (exact policy) on one model and batch, repetitions interleaved."""
+    ours = start_run(name, batch, "ddp", "exact", args, info)
+    ours.result["side"] = "ours"
+    runs = [start_official_run(official, name, batch, info.device, not args.no_compile), ours]
+    for _ in range(args.reps):
+        for run in runs:
+            if run.trainer is not None:
+                time_steps(run, args.steps, batch, info.device)
+    rows = []
+    for run in runs:
+        row = {"model": name, "batch": batch, "side": run.result["side"]}
+        row["img_s"] = statistics.median(run.rates) if run.rates else None
+        row["peak_gib"] = max(run.peaks) / 2**30 if run.peaks else None
+        rows.append(row)
+    del runs
+    torch._dynamo.reset()
+    if info.device.type == "cuda":
+        torch.cuda.empty_cache()
+    return rows
+
+
+def timed(fn: Callable, device: torch.device):
+    """Run fn once: (seconds, peak bytes allocated during it)."""
+    import time
+
+    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start, torch.cuda.max_memory_allocated() if device.type == "cuda" else 0
+
+
+def bench_sampling(official, name: str, batches: List[int], kv_caches: List[str], args, device) -> List[dict]:
+    """The official generate() against our fast path (one per KV cache kind) on random bf16 weights."""
+    torch.manual_seed(0)
+    theirs = official.ARPG_models[name]().to(device=device, dtype=torch.bfloat16).eval()
+    torch.nn.init.normal_(theirs.head.weight, std=0.02)
+    torch.manual_seed(0)
+    ours = ARPG_models[name]().to(device=device, dtype=torch.bfloat16).eval()
+    torch.nn.init.normal_(ours.head.weight, std=0.02)
+    sampler = FastSampler(ours, use_graphs=device.type == "cuda")  # CPU: the same steps, uncaptured
+    rows = []
+    for batch in batches:
+        labels = torch.arange(batch, device=device) % ours.config.num_classes
+        settings = {kind: SamplingConfig(num_steps=args.step, cfg_scale=args.cfg_scale, cfg_schedule="constant",
+                                         kv_cache=kind) for kind in kv_caches}
+        paths: Dict[str, Callable] = {"official": lambda: theirs.generate(
+            labels, guidance_scale=args.cfg_scale, cfg_schedule="constant", sample_schedule="arccos",
+            num_iter=args.step)}
+        for kind, sampling in settings.items():
+            paths[f"ours, kv-cache {kind}"] = (lambda s: lambda: sampler.generate(labels, s))(sampling)
+        for path in paths.values():  # warm-up: graph capture, kernel compilation
+            path()
+        times, peaks = {key: [] for key in paths}, {key: 0 for key in paths}
+        for _ in range(args.reps):
+            for key, path in paths.items():
+                seconds, peak = timed(path, device)
+                times[key].append(seconds)
+                peaks[key] = max(peaks[key], peak)
+        for key in paths:
+            rows.append({"model": name, "batch": batch, "side": key, "img_s": batch / statistics.median(times[key]),
+                         "peak_gib": peaks[key] / 2**30 if device.type == "cuda" else None})
+    return rows
+
+
+def table(rows: List[dict], title: str) -> List[str]:
+    """Markdown: one row per model, batch and side; "x official" divides by the official row's img/s."""
+    official = {(r["model"], r["batch"]): r["img_s"] for r in rows if r["side"] == "official"}
+    lines = [title, "", "| model | batch | side | img/s (median) | x official | peak GiB |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        base = official.get((r["model"], r["batch"]))
+        ratio = f"{r['img_s'] / base:.2f}x" if r["img_s"] and base else "-"
+        rate = f"{r['img_s']:.1f}" if r["img_s"] else "out of memory"
+        peak = f"{r['peak_gib']:.1f}" if r["peak_gib"] is not None else "-"
+        lines.append(f"| {r['model']} | {r['batch']} | {r['side']} | {rate} | {ratio} | {peak} |")
+    return lines
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--official-repo", required=True, help="a clone of https://github.com/hp-l33/ARPG")
+    parser.add_argument("--train-models", nargs="*", default=["ARPG-L"], choices=list(ARPG_models))
+    parser.add_argument("--train-batch", type=int, default=128, help="per GPU")
+    parser.add_argument("--sample-models", nargs="*", default=["ARPG-L"], choices=list(ARPG_models))
+    parser.add_argument("--sample-batches", nargs="+", type=int, default=[64, 256])
+    parser.add_argument("--kv-caches", default="model", help="comma-separated KV caches of our path: model, fp8")
+    parser.add_argument("--step", type=int, default=64)
+    parser.add_argument("--cfg-scale", type=float, default=4.5)
+    parser.add_argument("--steps", type=int, default=10, help="timed training steps per repetition")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--no-compile", action="store_true", help="train eagerly (both sides)")
+    parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto",
+                        help="cpu only checks that the harness runs; timings mean something on a GPU")
+    return parser
+
+
+def main(argv=None) -> None:
+    args = get_args_parser().parse_args(argv)
+    for flag, value in (("--train-batch", args.train_batch), ("--step", args.step), ("--steps", args.steps),
+                        ("--reps", args.reps), *(("--sample-batches", b) for b in args.sample_batches)):
+        check_at_least(flag, value, 1)
+    kv_caches = [kind for kind in args.kv_caches.split(",") if kind] or ["model"]
+    for kind in kv_caches:
+        SamplingConfig(kv_cache=kind)  # refuses an unknown kind in one line
+    official = load_official(args.official_repo)
+    device = resolve_device(args.device)
+    if device.type == "cuda":
+        enable_tf32()  # both official scripts turn TF32 on
+    # bench_train's helpers read these
+    args.chunked_loss, args.grad_checkpointing, args.check_loss = True, "none", False
+    info = init_distributed(device.type)
+    training = [row for name in args.train_models for row in bench_training(official, name, args.train_batch, args, info)]
+    sampling = [row for name in args.sample_models
+                for row in bench_sampling(official, name, args.sample_batches, kv_caches, args, device)]
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
+    print(f"\n{name}, torch {torch.__version__}, official code at {os.path.abspath(args.official_repo)}")
+    if training:
+        print("\n".join(table(training, f"Training, bf16 autocast, {'eager' if args.no_compile else 'compiled'}, "
+                                        f"medians of {args.reps} x {args.steps} steps:")))
+    if sampling:
+        print("\n".join(table(sampling, f"\nSampling, bf16 weights, {args.step} steps, CFG {args.cfg_scale} constant, "
+                                        f"arccos, tokens only, medians of {args.reps}:")))
+    cleanup()
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,52 @@
+"""scripts/bench_official.py's plumbing on the CPU. The official repository is not part of this project,
+so a stand-in with its interface (models/arpg.py exposing ARPG_models; forward(ids, labels, targets) ->
+(logits, loss); generate(labels, guidance_scale=..., num_iter=...)) wraps our tiny model."""
+import textwrap
+
+import pytest
+
+from scripts import bench_official
+from autoregressive.utils.cli import InputNotFound
+
+STAND_IN = textwrap.dedent('''
+    import torch
+    from autoregressive.models.arpg import ARPG_models as OURS
+
+    class Official(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = OURS["ARPG-tiny"]()
+            self.config, self.head = self.inner.config, self.inner.head
+            self.generate_calls = 0
+
+        def forward(self, input_ids, condition, targets=None):
+            return self.inner(input_ids, condition, targets=targets)
+
+        @torch.inference_mode()
+        def generate(self, condition, guidance_scale=4.0, cfg_schedule="linear", sample_schedule="arccos",
+                     temperature=1.0, top_k=0, top_p=1, seq_len=256, num_iter=64):
+            self.generate_calls += 1
+            return self.inner.generate(condition, num_steps=num_iter, cfg_scale=guidance_scale,
+                                       cfg_schedule=cfg_schedule, sample_schedule=sample_schedule)
+
+    ARPG_models = {"ARPG-tiny": Official}
+''')
+
+
+def test_the_harness_times_both_sides_and_tabulates_ratios(tmp_path, capsys):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "arpg.py").write_text(STAND_IN)
+    bench_official.main(["--official-repo", str(tmp_path), "--device", "cpu", "--train-models", "ARPG-tiny",
+                         "--train-batch", "2", "--steps", "1", "--reps", "2", "--no-compile", "--sample-models",
+                         "ARPG-tiny", "--sample-batches", "2", "--step", "4", "--kv-caches", "model,fp8"])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ARPG-tiny |")]
+    assert [row.split(" | ")[2] for row in rows] == ["official", "ours", "official", "ours, kv-cache model",
+                                                     "ours, kv-cache fp8"]
+    assert all(row.split(" | ")[4].endswith("x") for row in rows)  # every row has its ratio to official
+    assert rows[0].split(" | ")[4] == "1.00x" and rows[2].split(" | ")[4] == "1.00x"
+
+
+def test_a_folder_without_the_official_model_is_refused(tmp_path):
+    with pytest.raises(InputNotFound, match="models/arpg.py"):
+        bench_official.load_official(str(tmp_path))
