@@ -38,6 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from autoregressive.fast_generate import eager_rounding, fusion
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.train.config import TrainConfig, build_model
 from autoregressive.train.loop import Trainer
@@ -121,6 +122,7 @@ class SamplingMode:
     autocast: Optional[torch.dtype] = None
     tf32: bool = False
     kv_cache: str = "model"
+    fused: bool = False  # the layers' cache-free parts compiled (make_sampler's fuse, bench_sample --fused)
     yardstick: str = YARDSTICK_MODE
 
 
@@ -132,6 +134,9 @@ SAMPLING_MODES: Dict[str, SamplingMode] = {
     "fp16": SamplingMode(lambda model: model.to(torch.float16)),  # sample_c2i.py --precision fp16
     # --precision bf16 --kv-cache fp8; judged against bf16, so the figures show what the cache adds
     "fp8-kv": SamplingMode(lambda model: model.to(torch.bfloat16), kv_cache="fp8", yardstick="bf16"),
+    # --precision bf16 with the layers compiled (--fused of the samplers): fused kernels keep float32 where
+    # eager ops round; judged against bf16, the same weights unfused
+    "bf16-fused": SamplingMode(lambda model: model.to(torch.bfloat16), fused=True, yardstick="bf16"),
 }
 
 
@@ -213,11 +218,13 @@ def float32_copy(cfg: TrainConfig, trained: torch.nn.Module, device: torch.devic
 
 
 @torch.no_grad()
-def next_token_log_probs(model, mode: SamplingMode, codes, labels, orders, num_steps: int) -> torch.Tensor:
+def next_token_log_probs(model, mode: SamplingMode, codes, labels, orders, num_steps: int,
+                         layer_parts=None) -> torch.Tensor:
     """(B, N, V) float32 log-probabilities of the tokens at orders' positions, in generation order, read
     through the KV cache as sampling reads them: `num_steps` steps of the default schedule over the
     fixed orders, each step feeding the true codes (B, N) of the positions the last one predicted, no
-    guidance. With one token a step this is teacher forcing (the forward pass, which has no cache)."""
+    guidance. With one token a step this is teacher forcing (the forward pass, which has no cache).
+    layer_parts: the compiled layer parts of a fused mode (fast_generate.fusion)."""
     from autoregressive.generate import EagerSteps, start_decoding
     from autoregressive.sampling import SamplingConfig
 
@@ -225,9 +232,9 @@ def next_token_log_probs(model, mode: SamplingMode, codes, labels, orders, num_s
     true_ids = codes.gather(1, orders)  # (B, N) generation order
     target_slots = orders + model.config.cls_token_num
     logits = []
-    with mode_context(mode, codes.device):
+    with mode_context(mode, codes.device), eager_rounding(layer_parts):
         start = start_decoding(model, labels, sampling, orders=orders)
-        run_step, fed_ids, fed_slots = EagerSteps(model, start), start.fed_ids, start.fed_slots
+        run_step, fed_ids, fed_slots = EagerSteps(model, start, layer_parts), start.fed_ids, start.fed_slots
         for step in start.steps:
             query_slots = target_slots[:, step.done_before:step.done_after]
             logits.append(run_step(step, fed_ids, fed_slots, query_slots))
@@ -248,17 +255,18 @@ def decoding_steps(args) -> int:
 
 
 @torch.no_grad()
-def sample_match_share(model, mode: SamplingMode, dataset: PrototypeCodes, args, device) -> float:
+def sample_match_share(model, mode: SamplingMode, dataset: PrototypeCodes, args, device, layer_parts=None) -> float:
     """Share of args.samples_per_class samples of every class that match their prototype; the same
-    random stream for every model and mode."""
-    from autoregressive.generate import generate
+    random stream for every model and mode. layer_parts: as next_token_log_probs'."""
+    from autoregressive.generate import EagerSteps, generate
     from autoregressive.sampling import SamplingConfig
 
     sampling = SamplingConfig(num_steps=decoding_steps(args), cfg_scale=args.cfg_scale, kv_cache=mode.kv_cache)
     labels = torch.arange(args.num_classes, device=device).repeat_interleave(args.samples_per_class)
     generator = torch.Generator(device).manual_seed(args.global_seed)
-    with mode_context(mode, device):
-        tokens = torch.cat([generate(model, chunk, sampling, generator=generator)
+    runner = lambda start: EagerSteps(model, start, layer_parts)  # noqa: E731
+    with mode_context(mode, device), eager_rounding(layer_parts):
+        tokens = torch.cat([generate(model, chunk, sampling, generator=generator, runner=runner)
                             for chunk in labels.split(args.sample_batch)])
     return dataset.match_share(tokens, labels)
 
@@ -325,10 +333,11 @@ def run_sampling(args, model, dataset: PrototypeCodes, held_out, modes: List[str
     for name in modes:
         mode = SAMPLING_MODES[name]
         prepared = mode.prepare(copy.deepcopy(model))
+        parts = fusion(prepared, args.fuse_backend) if mode.fused else None
         kl, top1 = compare_to_reference(reference, next_token_log_probs(prepared, mode, codes, labels, orders,
-                                                                        num_steps))
+                                                                        num_steps, parts))
         rows.append({"mode": name, "KL vs float32": kl, "top-1 agreement": top1,
-                     "match share": sample_match_share(prepared, mode, dataset, args, device)})
+                     "match share": sample_match_share(prepared, mode, dataset, args, device, parts)})
     judge_modes(rows, args.num_classes * args.samples_per_class)
     return rows
 
@@ -415,6 +424,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "independently, each fixing a shift of its own)")
     parser.add_argument("--cfg-scale", type=float, default=4.0)
     parser.add_argument("--no-compile", action="store_true", help="train eagerly (CUDA compiles by default)")
+    parser.add_argument("--fuse-backend", default="inductor",
+                        help="torch.compile backend of the fused sampling mode (tests: aot_eager)")
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     parser.add_argument("--num-threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out-dir", default="results/check-precision")

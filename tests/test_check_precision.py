@@ -96,6 +96,34 @@ def test_next_token_distributions_are_read_through_the_kv_cache():
     assert 0 < kl < 0.05 and top1 >= 0.9
 
 
+def test_the_fused_mode_runs_the_compiled_layer_parts():
+    """bf16-fused reads its distributions through the layers' compiled parts (a counting backend here, which
+    runs them as traced: the figures equal the bf16 mode's to rounding)."""
+    from conftest import build_tiny
+
+    from autoregressive.fast_generate import compiled_layer_parts
+
+    compiled = []
+
+    def counting_backend(graph_module, example_inputs):
+        compiled.append(graph_module)
+        return graph_module.forward
+
+    generator = torch.Generator().manual_seed(0)
+    codes, labels = torch.randint(0, 32, (4, 16), generator=generator), torch.arange(4) % 5
+    orders = torch.rand(4, 16, generator=generator).argsort(1)
+    figures = {}
+    for name in ("bf16", "bf16-fused"):
+        mode = check.SAMPLING_MODES[name]
+        model = mode.prepare(build_tiny().float())
+        parts = compiled_layer_parts(model, counting_backend) if mode.fused else None
+        figures[name] = check.next_token_log_probs(model, mode, codes, labels, orders, 4, parts)
+    torch._dynamo.reset()
+    assert compiled  # the fused mode went through torch.compile
+    kl, top1 = check.compare_to_reference(figures["bf16"], figures["bf16-fused"])
+    assert kl < 1e-3 and top1 >= 0.95
+
+
 @pytest.fixture
 def one_process_group(tmp_path):
     dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
@@ -109,7 +137,8 @@ def test_a_small_check_learns_the_set_and_reports_every_policy_and_mode(tmp_path
     args = check.get_args_parser().parse_args(
         ["--gpt-model", "ARPG-digits", "--vocab-size", "32", "--num-classes", "5", "--grid", "4", "--steps", "60",
          "--batch-size", "8", "--lr", "3e-3", "--warmup-steps", "4", "--eval-batch", "16", "--samples-per-class", "4",
-         "--sample-batch", "20", "--num-steps", "4", "--device", "cpu", "--out-dir", str(tmp_path / "out")])
+         "--sample-batch", "20", "--num-steps", "4", "--device", "cpu", "--fuse-backend", "aot_eager",
+         "--out-dir", str(tmp_path / "out")])
     check.check_args(args)
     training, sampling, curves = check.run_check(args, init_distributed("cpu"))
     assert [row["run"] for row in training] == ["exact", "exact, next seed", "bf16", "fp8"]
