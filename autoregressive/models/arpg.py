@@ -352,10 +352,9 @@ class ARPG(nn.Module):
     def new_cache(self, batch_size: int, max_len: Optional[int] = None, dtype: Optional[torch.dtype] = None) -> KVCache:
         """An empty cache for batch_size rows and max_len tokens (default: class tokens + every image token),
         stored in `dtype` (default: the weights'; torch.float8_e4m3fn: an FP8 cache, see KVCache)."""
-        weight = self.embeddings.weight
-        max_len = max_len or self.config.cls_token_num + self.config.block_size
-        return KVCache(len(self.layers.self_dec) + 1, batch_size, self.config.n_head, max_len,
-                       self.config.head_dim, dtype or weight.dtype, weight.device)
+        weight, config = self.embeddings.weight, self.config
+        return KVCache(len(self.layers.self_dec) + 1, batch_size, config.n_head, max_len or config.cls_token_num
+                       + config.block_size, config.head_dim, dtype or weight.dtype, weight.device)
 
     def generate(self, condition, *, orders=None, generator: Optional[torch.Generator] = None, known=None,
                  known_mask=None, condition_map=None, **sampling) -> torch.Tensor:
