@@ -283,9 +283,16 @@ def sample_into(folder: str, inputs: SampleInputs, model, vq, sampler, sampling:
             batch_indices = torch.arange(first, first + batch, device=info.device)
             condition_map = inputs.condition_maps(batch_indices)
             extra = {} if condition_map is None else {"condition_map": condition_map}
-            tokens = sampler(inputs.labels(batch_indices), sampling, batch_generator(info.device, args.global_seed, first),
-                             **extra)
-            images = tokens_to_images(tokens, config.grid_size, vq, config.vocab_size, image_size_eval).numpy()
+            try:
+                tokens = sampler(inputs.labels(batch_indices), sampling,
+                                 batch_generator(info.device, args.global_seed, first), **extra)
+                images = tokens_to_images(tokens, config.grid_size, vq, config.vocab_size, image_size_eval).numpy()
+            except torch.cuda.OutOfMemoryError as error:
+                if info.is_main:
+                    progress.close()  # the error's line must not land on the bar's line
+                raise UserError(f"out of GPU memory at --per-proc-batch-size {batch}: lower it; the finished PNGs "
+                                "are kept and skipped on the rerun (the samples still to come are drawn under the new "
+                                "batch size)") from error
             finish_writes(writing)
             writing = [writers.submit(save_png_atomic, images[i - first], os.path.join(folder, f"{i:06d}.png"))
                        for i in indices]

@@ -168,3 +168,29 @@ def test_non_default_numerics_get_their_own_folder():
     assert default.endswith("-step-256-seed-0") and default.startswith("ARPG-L-arpg_300m-size-256-size-256-")
     assert len({default, name("--kv-cache", "fp8"), name("--precision", "fp16"),
                 name("--precision", "fp16", "--kv-cache", "fp8")}) == 4
+
+
+def test_a_batch_out_of_gpu_memory_says_what_to_do_and_keeps_the_pngs(digits_ckpt, tmp_path, monkeypatch, capsys):
+    import sample_c2i_ddp
+    from autoregressive.utils.cli import run_main
+
+    real_make_sampler, calls = sample_c2i_ddp.make_sampler, []
+
+    def sampler_out_of_memory_on_the_third_batch(model, **options):
+        sample = real_make_sampler(model, **options)
+
+        def run(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 3:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return sample(*args, **kwargs)
+        return run
+
+    monkeypatch.setattr(sample_c2i_ddp, "make_sampler", sampler_out_of_memory_on_the_third_batch)
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(lambda argv: main(get_args_parser().parse_args(argv)), flags(digits_ckpt, tmp_path / "out"))
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err
+    assert "Traceback" not in stderr and stderr.rstrip().splitlines()[-1].startswith(
+        "error: out of GPU memory at --per-proc-batch-size 4: lower it")
+    assert len(list((tmp_path / "out").glob("*/*.png"))) >= 4  # the first batches' PNGs stay

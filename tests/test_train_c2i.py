@@ -211,3 +211,33 @@ def test_bare_resume_without_checkpoints_starts_a_new_run(tmp_path):
     assert find_resume_checkpoint(cfg).endswith("0000040.pt")
     explicit = config_from_args(get_args_parser().parse_args(["--code-path", "x", "--gpt-ckpt", str(run / "0000012.pt")]))
     assert find_resume_checkpoint(explicit).endswith("0000012.pt")
+
+
+def test_a_step_out_of_gpu_memory_says_what_to_do_and_keeps_the_checkpoints(tmp_path, monkeypatch, capsys):
+    """The official 1024 on 4 GPUs is 256 per GPU, which does not fit ARPG-L on 80 GB: the run ends with
+    one line naming the micro-batch and the flags that fit the same global batch, not a traceback, and the
+    checkpoint written before stays."""
+    import train_c2i
+    from autoregressive.train.loop import Trainer
+    from autoregressive.utils.cli import run_main
+
+    codes, results = tmp_path / "codes", tmp_path / "results"
+    write_codes(codes)
+    real_step, steps = Trainer.optimizer_step, []
+
+    def step_then_out_of_memory(self, batches):
+        steps.append(len(steps))
+        if len(steps) > 3:  # after the step-3 checkpoint
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB")
+        return real_step(self, batches)
+
+    monkeypatch.setattr(Trainer, "optimizer_step", step_then_out_of_memory)
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(train_c2i.cli, train_flags(codes, results)[1:])
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err
+    errors = [line for line in stderr.splitlines() if "error" in line.lower()]  # the progress bar has lines too
+    assert "Traceback" not in stderr and len(errors) == 1
+    assert errors[0].startswith("error: out of GPU memory at 4 images per GPU") and stderr.rstrip().endswith(errors[0])
+    assert "--gradient-accumulation-steps 4" in errors[0] and "--global-batch-size 8" in errors[0]
+    assert (results / "000-ARPG-tiny" / "checkpoints" / "0000003.pt").exists()

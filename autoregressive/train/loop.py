@@ -195,33 +195,47 @@ def train(cfg: TrainConfig, info: DistInfo, dataset, run_dir: str, resume_path: 
     total_steps = min(cfg.max_steps or 10**12, cfg.epochs * trainer.steps_per_epoch)
     progress_bar = make_progress_bar(info, total_steps, trainer.progress.step)
     running, logged_steps, start_time = torch.zeros((), device=info.device), 0, time.time()
-    while trainer.progress.step < total_steps:
-        progress, accum = trainer.progress, cfg.gradient_accumulation_steps
-        trainer.sampler.set_epoch(progress.epoch)
-        dataset.set_epoch(progress.epoch)
-        trainer.sampler.start = progress.batch_in_epoch * accum * trainer.micro_batch
-        batches = iter(trainer.loader)
-        while progress.batch_in_epoch < trainer.steps_per_epoch and progress.step < total_steps:
-            epoch_float = progress.epoch + progress.batch_in_epoch / trainer.steps_per_epoch
-            lr = learning_rate_at(epoch_float, cfg.lr, cfg.min_lr, cfg.warmup_epochs, cfg.epochs, cfg.lr_schedule)
-            set_learning_rate(trainer.optimizer, lr)
-            running += trainer.optimizer_step([next(batches) for _ in range(accum)])
-            progress.step, progress.batch_in_epoch, logged_steps = progress.step + 1, progress.batch_in_epoch + 1, logged_steps + 1
-            if progress.batch_in_epoch == trainer.steps_per_epoch:
-                progress.epoch, progress.batch_in_epoch = progress.epoch + 1, 0
-            if progress_bar is not None:
-                progress_bar.update(1)
-            if progress.step % cfg.log_every == 0 or progress.step == total_steps:
-                seconds = time.time() - start_time
-                log_step(logger, wandb_run, trainer, running / logged_steps, lr, logged_steps * cfg.global_batch_size / seconds)
-                running, logged_steps, start_time = torch.zeros((), device=info.device), 0, time.time()
-            if progress.step % cfg.ckpt_every == 0 or progress.step == total_steps:
-                logger.info(f"saved {trainer.save(run_dir)}")
-            if progress.batch_in_epoch == 0:
-                break
-    if progress_bar is not None:
-        progress_bar.close()
+    # Closed on the way out, also by an error: the error's line must not land on the bar's line.
+    with progress_bar if progress_bar is not None else contextlib.nullcontext():
+        while trainer.progress.step < total_steps:
+            progress, accum = trainer.progress, cfg.gradient_accumulation_steps
+            trainer.sampler.set_epoch(progress.epoch)
+            dataset.set_epoch(progress.epoch)
+            trainer.sampler.start = progress.batch_in_epoch * accum * trainer.micro_batch
+            batches = iter(trainer.loader)
+            while progress.batch_in_epoch < trainer.steps_per_epoch and progress.step < total_steps:
+                epoch_float = progress.epoch + progress.batch_in_epoch / trainer.steps_per_epoch
+                lr = learning_rate_at(epoch_float, cfg.lr, cfg.min_lr, cfg.warmup_epochs, cfg.epochs, cfg.lr_schedule)
+                set_learning_rate(trainer.optimizer, lr)
+                try:
+                    running += trainer.optimizer_step([next(batches) for _ in range(accum)])
+                except torch.cuda.OutOfMemoryError as error:
+                    raise UserError(out_of_memory_advice(cfg, trainer.micro_batch)) from error
+                progress.step, progress.batch_in_epoch, logged_steps = progress.step + 1, progress.batch_in_epoch + 1, logged_steps + 1
+                if progress.batch_in_epoch == trainer.steps_per_epoch:
+                    progress.epoch, progress.batch_in_epoch = progress.epoch + 1, 0
+                if progress_bar is not None:
+                    progress_bar.update(1)
+                if progress.step % cfg.log_every == 0 or progress.step == total_steps:
+                    seconds = time.time() - start_time
+                    log_step(logger, wandb_run, trainer, running / logged_steps, lr, logged_steps * cfg.global_batch_size / seconds)
+                    running, logged_steps, start_time = torch.zeros((), device=info.device), 0, time.time()
+                if progress.step % cfg.ckpt_every == 0 or progress.step == total_steps:
+                    logger.info(f"saved {trainer.save(run_dir)}")
+                if progress.batch_in_epoch == 0:
+                    break
     return trainer
+
+
+def out_of_memory_advice(cfg: TrainConfig, micro_batch: int) -> str:
+    """What to do when a step does not fit in GPU memory: the same global batch in smaller pieces, or
+    recomputation, instead of a traceback (the official recipe's 1024 on 4 GPUs is 256 per GPU, which does
+    not fit ARPG-L on 80 GB)."""
+    accum = cfg.gradient_accumulation_steps
+    return (f"out of GPU memory at {micro_batch} images per GPU per forward pass ({cfg.gpt_model}): pass "
+            f"--gradient-accumulation-steps {2 * accum} (the same --global-batch-size {cfg.global_batch_size} in "
+            "half-size micro-batches), or recompute activations with --activation-memory-budget "
+            "0.75 or --grad-checkpointing; checkpoints already written are kept, resume with --resume")
 
 
 def log_step(logger, wandb_run, trainer: Trainer, loss: torch.Tensor, lr: float, images_per_second: float) -> None:
