@@ -133,7 +133,9 @@ def bench_sampling(official, name: str, batches: List[int], kv_caches: List[str]
     torch.manual_seed(0)
     ours = ARPG_models[name]().to(device=device, dtype=torch.bfloat16).eval()
     torch.nn.init.normal_(ours.head.weight, std=0.02)
-    sampler = FastSampler(ours, use_graphs=device.type == "cuda")  # CPU: the same steps, uncaptured
+    # CPU: the same steps, uncaptured. fused: the layers' cache-free parts compiled (close to, not equal to, eager)
+    sampler = FastSampler(ours, use_graphs=device.type == "cuda", fuse=args.fused)
+    ours_name = "ours, fused" if args.fused else "ours"
     rows = []
     for batch in batches:
         labels = torch.arange(batch, device=device) % ours.config.num_classes
@@ -143,7 +145,7 @@ def bench_sampling(official, name: str, batches: List[int], kv_caches: List[str]
             labels, guidance_scale=args.cfg_scale, cfg_schedule="constant", sample_schedule="arccos",
             num_iter=args.step)}
         for kind, sampling in settings.items():
-            paths[f"ours, kv-cache {kind}"] = (lambda s: lambda: sampler.generate(labels, s))(sampling)
+            paths[f"{ours_name}, kv-cache {kind}"] = (lambda s: lambda: sampler.generate(labels, s))(sampling)
         for path in paths.values():  # warm-up: graph capture, kernel compilation
             path()
         times, peaks = {key: [] for key in paths}, {key: 0 for key in paths}
@@ -179,6 +181,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sample-models", nargs="*", default=["ARPG-L"], choices=list(ARPG_models))
     parser.add_argument("--sample-batches", nargs="+", type=int, default=[64, 256])
     parser.add_argument("--kv-caches", default="model", help="comma-separated KV caches of our path: model, fp8")
+    parser.add_argument("--fused", action="store_true", help="our sampling with the layers compiled (the samplers' "
+                        "--fused; scripts/check_precision.py's bf16-fused mode judges it)")
     parser.add_argument("--step", type=int, default=64)
     parser.add_argument("--cfg-scale", type=float, default=4.5)
     parser.add_argument("--steps", type=int, default=10, help="timed training steps per repetition")
