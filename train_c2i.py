@@ -75,8 +75,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mixed-precision", choices=["none", "fp16", "bf16"], default=d.mixed_precision)
     parser.add_argument("--precision-policy", choices=list(PRECISION_POLICIES), default=d.precision_policy,
                         help="exact: the released numerics (float32 weights and residual stream, bf16 autocast); "
-                             "opt-in bf16: bf16 compute weights over float32 master weights (needs --data-parallel "
-                             "fsdp); fp8: torchao float8 matmuls (CUDA sm89+). Checkpoints hold float32 weights")
+                             "opt-in bf16: bf16 compute weights over float32 master weights (DDP or FSDP; with "
+                             "--grad-checkpointing, FSDP only); fp8: torchao float8 matmuls (CUDA sm89+). Checkpoints hold float32 weights")
     parser.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
     parser.add_argument("--log-every", type=int, default=d.log_every)
     parser.add_argument("--num-workers", type=int, default=d.num_workers)

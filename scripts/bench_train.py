@@ -61,12 +61,12 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def unavailable_reason(policy: str, mode: str, device: torch.device) -> Optional[str]:
+def unavailable_reason(policy: str, mode: str, device: torch.device, grad_checkpointing: str = "none") -> Optional[str]:
     """Why `policy` cannot run in `mode` here (shown in its table row), or None."""
     try:
-        check_policy(policy, mode)
-    except ValueError:
-        return f"{policy} runs under --modes fsdp only"
+        check_policy(policy, mode, grad_checkpointing)
+    except ValueError as error:
+        return str(error)
     return fp8_unavailable_reason(device) if policy == "fp8" else None
 
 
@@ -130,7 +130,7 @@ def start_run(name: str, batch: int, mode: str, policy: str, args, info: DistInf
     and in eager float32 and bf16 once, beside the exact policy."""
     device = info.device
     result = {"model": name, "batch": batch, "mode": mode, "policy": policy}
-    reason = unavailable_reason(policy, mode, device)
+    reason = unavailable_reason(policy, mode, device, args.grad_checkpointing)
     if reason is not None:
         result["skipped"] = reason
         return PolicyRun(result)
@@ -201,7 +201,7 @@ def main(argv=None):
     parser.add_argument("--batch-sizes", default="128", help="comma-separated batch sizes per GPU")
     parser.add_argument("--modes", default="ddp", help="comma-separated: ddp, fsdp")
     parser.add_argument("--precision-policies", default="exact",
-                        help="comma-separated: exact, bf16 (with --modes fsdp), fp8 (torchao, sm89+); each is timed "
+                        help="comma-separated: exact, bf16, fp8 (torchao, sm89+); each is timed "
                              "beside exact, repetitions interleaved")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per repetition")
     parser.add_argument("--reps", type=int, default=3)

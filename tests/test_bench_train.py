@@ -59,7 +59,8 @@ def test_policy_list_and_table():
     assert parse_policy_list("fp8,exact,fp8") == ["exact", "fp8"]
     with pytest.raises(ValueError, match="unknown precision policy fp4"):
         parse_policy_list("exact,fp4")
-    assert bench_train.unavailable_reason("bf16", "ddp", torch.device("cpu")) == "bf16 runs under --modes fsdp only"
+    assert bench_train.unavailable_reason("bf16", "ddp", torch.device("cpu")) is None  # Bf16Compute
+    assert "needs --data-parallel fsdp" in bench_train.unavailable_reason("bf16", "ddp", torch.device("cpu"), "all")
     row = dict(model="ARPG-L", batch=128, mode="fsdp", flops=1e12, peak_gib=30.0)
     lines = bench_train.result_table([{**row, "policy": "exact", "img_s": 800.0},
                                       {**row, "policy": "bf16", "img_s": 1000.0},

@@ -15,13 +15,15 @@ from conftest import TINY, build_tiny
 from train_c2i import config_from_args, get_args_parser
 
 
-def test_the_flag_defaults_to_exact_and_bf16_needs_fsdp():
+def test_the_flag_defaults_to_exact_and_bf16_recomputes_only_under_fsdp():
     parse = lambda *extra: config_from_args(get_args_parser().parse_args(["--code-path", "x", *extra]))
     assert parse().precision_policy == "exact"
     assert parse("--precision-policy", "bf16", "--data-parallel", "fsdp").precision_policy == "bf16"
+    assert parse("--precision-policy", "bf16").precision_policy == "bf16"  # DDP: Bf16Compute
+    assert parse("--precision-policy", "bf16", "--data-parallel", "fsdp", "--grad-checkpointing").grad_checkpointing
     assert parse("--precision-policy", "fp8").precision_policy == "fp8"
-    with pytest.raises(ValueError, match="add --data-parallel fsdp"):
-        parse("--precision-policy", "bf16")
+    with pytest.raises(ValueError, match="with --grad-checkpointing needs --data-parallel fsdp"):
+        parse("--precision-policy", "bf16", "--grad-checkpointing", "self")
     with pytest.raises(ValueError, match="exact, bf16, fp8"):
         check_policy("fp4", "ddp")
 
@@ -68,9 +70,10 @@ def one_process_group(tmp_path):
 
 
 def tiny_config(tmp_path, **overrides) -> TrainConfig:
-    return TrainConfig(code_path="", gpt_model="ARPG-tiny", vocab_size=TINY["vocab_size"], num_classes=TINY["num_classes"],
-                       image_size=4, downsample_size=1, global_batch_size=4, compile=False, num_workers=0, device="cpu",
-                       results_dir=str(tmp_path), data_parallel="fsdp", ema=True, lr=1e-3, **overrides)
+    settings = dict(code_path="", gpt_model="ARPG-tiny", vocab_size=TINY["vocab_size"], num_classes=TINY["num_classes"],
+                    image_size=4, downsample_size=1, global_batch_size=4, compile=False, num_workers=0, device="cpu",
+                    results_dir=str(tmp_path), data_parallel="fsdp", ema=True, lr=1e-3)
+    return TrainConfig(**{**settings, **overrides})
 
 
 def test_bf16_computes_in_bf16_over_float32_master_weights_and_saves_an_exact_checkpoint(tmp_path, one_process_group):
@@ -145,3 +148,35 @@ def test_sharding_builds_its_mesh_on_the_runs_device(one_process_group, monkeypa
     assert len(meshes) == len(parallel.decoder_layers(model)) + 1
     assert all(mesh is not None and mesh.device_type == "cpu" for mesh in meshes)
     assert {p.device.type for p in model.parameters()} == {"cpu"}
+
+
+def test_bf16_without_fsdp_trains_what_fsdp_bf16_trains_over_float32_master_weights(tmp_path, one_process_group):
+    """Bf16Compute (the bf16 policy under DDP or one process): bf16 weights and hidden states in the pass,
+    float32 gradients, master weights and AdamW state, a checkpoint that loads strictly into the exact
+    model, and the losses of FSDP's MixedPrecisionPolicy on the same data (one gloo process)."""
+    from autoregressive.train.loop import Trainer
+    from autoregressive.utils.dist import init_distributed
+    from autoregressive.weights import load_model_weights
+
+    torch.manual_seed(0)
+    codes = torch.randint(0, TINY["vocab_size"], (4, 16))
+    labels = torch.arange(4) % TINY["num_classes"]
+    dataset = torch.utils.data.TensorDataset(codes, labels)
+    losses = {}
+    for mode in ("ddp", "fsdp"):
+        torch.manual_seed(1)
+        trainer = Trainer(tiny_config(tmp_path / mode, precision_policy="bf16", data_parallel=mode, ema=False),
+                          init_distributed("cpu"), dataset)
+        seen = []
+        trainer.model.layers.cross_dec[0].ffn.w2.register_forward_hook(
+            lambda module, inputs, output: seen.append((module.weight.dtype, inputs[0].dtype)))
+        losses[mode] = [trainer.optimizer_step([(codes, labels)]).item() for _ in range(3)]
+        assert seen == [(torch.bfloat16, torch.bfloat16)] * 3
+        assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}
+        assert {s["exp_avg"].dtype for s in trainer.optimizer.state_dict()["state"].values()} == {torch.float32}
+        if mode == "ddp":
+            assert isinstance(trainer.train_model, precision.Bf16Compute)
+            assert {p.grad.dtype for p in trainer.model.parameters() if p.grad is not None} <= {torch.float32}
+            load_model_weights(ARPG_models["ARPG-tiny"](**TINY), trainer.save(str(tmp_path / "run")))  # strict
+    assert losses["ddp"][-1] < losses["ddp"][0]
+    assert losses["ddp"] == pytest.approx(losses["fsdp"], rel=1e-3)

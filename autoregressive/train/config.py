@@ -64,7 +64,7 @@ class TrainConfig:
     def __post_init__(self):
         if self.data_parallel not in ("ddp", "fsdp"):
             raise UserError(f"--data-parallel must be ddp or fsdp, got {self.data_parallel!r}")
-        check_policy(self.precision_policy, self.data_parallel)
+        check_policy(self.precision_policy, self.data_parallel, self.grad_checkpointing)
         if not 0.0 <= self.activation_memory_budget <= 1.0:
             raise UserError(f"--activation-memory-budget must be in [0, 1], got {self.activation_memory_budget}")
         if not 0.0 <= self.drop_path_rate < 1.0:

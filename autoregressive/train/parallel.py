@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
-from autoregressive.train.precision import fsdp_mixed_precision, prepare_model
+from autoregressive.train.precision import Bf16Compute, fsdp_mixed_precision, prepare_model
 from autoregressive.utils.cli import UserError
 from autoregressive.utils.dist import DistInfo, is_distributed
 
@@ -63,8 +63,9 @@ def is_sharded(model: nn.Module) -> bool:
 def wrap_for_training(model: nn.Module, mode: str, info: DistInfo, compile_model: bool,
                       precision_policy: str = "exact") -> nn.Module:
     """The module the training step calls. The precision policy's changes to `model` come first (in
-    place). ddp: compile, then DDP when there are several ranks. fsdp: shard `model` in place (compiling
-    its layers, gathering parameters in the policy's dtype); the returned module is `model` itself."""
+    place). ddp: (bf16 policy: Bf16Compute around it,) compile, then DDP when there are several ranks. fsdp:
+    shard `model` in place (compiling its layers, gathering parameters in the policy's dtype); the returned
+    module is `model` itself."""
     if mode not in DATA_PARALLEL_MODES:
         raise ValueError(f"--data-parallel must be one of {DATA_PARALLEL_MODES}, got {mode!r}")
     model = prepare_model(model, precision_policy, info.device)
@@ -74,7 +75,8 @@ def wrap_for_training(model: nn.Module, mode: str, info: DistInfo, compile_model
                             "(torchrun --nproc_per_node=1 works on one GPU)")
         return shard_model(model, info.device, compile_layers=compile_model,
                            mp_policy=fsdp_mixed_precision(precision_policy))
-    train_model = torch.compile(model) if compile_model else model
+    compute = Bf16Compute(model) if precision_policy == "bf16" else model  # FSDP casts by itself
+    train_model = torch.compile(compute) if compile_model else compute
     if info.world_size > 1:
         ids = [info.device.index] if info.device.type == "cuda" else None
         train_model = DistributedDataParallel(train_model, device_ids=ids)

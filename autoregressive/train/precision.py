@@ -2,10 +2,11 @@
 opt-in, faster, and checked against it by scripts/check_precision.py.
 
 exact  float32 parameters, residual stream and AdamW state; matmuls under bf16 autocast (--mixed-precision).
-bf16   FSDP2's MixedPrecisionPolicy: every unit gathers its parameters in bf16 for the forward and backward
-       pass (so the residual stream is bf16 too) and reduces gradients in float32 into the float32 sharded
-       parameters, which stay the master weights that AdamW (float32 state) updates. It therefore needs
-       --data-parallel fsdp (one GPU: torchrun --nproc_per_node=1).
+bf16   every pass runs on bf16 copies of the float32 parameters (so the residual stream is bf16 too);
+       gradients come back in float32 to the float32 parameters, which stay the master weights that AdamW
+       (float32 state) updates and checkpoints save. Under FSDP through its MixedPrecisionPolicy (gathered
+       in bf16, reduced in float32); under DDP or one process through Bf16Compute (cast in the pass,
+       float32 gradients reduced), which cannot run with --grad-checkpointing (FSDP can).
 fp8    torchao's float8 training: the Linear layers that `converts_to_float8` picks run their matmuls in
        float8 with dynamic scales; parameters and optimizer state stay float32. CUDA, compute capability
        8.9+ (Ada, Hopper) and the optional torchao package.
@@ -27,13 +28,14 @@ FP8_MIN_FEATURES = 1024
 FP8_MIN_CAPABILITY = (8, 9)
 
 
-def check_policy(policy: str, data_parallel: str) -> None:
+def check_policy(policy: str, data_parallel: str, grad_checkpointing: str = "none") -> None:
     """A clear error for an unknown policy or one that the data-parallel mode cannot run."""
     if policy not in PRECISION_POLICIES:
         raise UserError(f"--precision-policy must be one of {', '.join(PRECISION_POLICIES)}, got {policy!r}")
-    if policy == "bf16" and data_parallel != "fsdp":
-        raise UserError("--precision-policy bf16 runs through FSDP2's mixed precision: add --data-parallel fsdp "
-                         "(on one GPU: torchrun --nproc_per_node=1)")
+    if policy == "bf16" and data_parallel != "fsdp" and grad_checkpointing != "none":
+        # The recomputation runs after Bf16Compute's pass has put the float32 parameters back.
+        raise UserError("--precision-policy bf16 with --grad-checkpointing needs --data-parallel fsdp (on one GPU: "
+                        "torchrun --nproc_per_node=1); without FSDP use --activation-memory-budget to save memory")
 
 
 def parse_policy_list(text: str) -> List[str]:
@@ -79,6 +81,21 @@ def prepare_model(model: nn.Module, policy: str, device: torch.device) -> nn.Mod
     from torchao.float8 import convert_to_float8_training
 
     return convert_to_float8_training(model, module_filter_fn=converts_to_float8)
+
+
+class Bf16Compute(nn.Module):
+    """The bf16 policy without FSDP: calls `model` with bf16 copies of its float32 parameters, made
+    inside the pass, so autograd brings the gradients back through the cast into the float32 .grad of
+    the master weights (what DDP reduces and AdamW updates). Buffers (the float32 RoPE tables) are left
+    alone. The training step calls this module; optimizer, EMA and checkpoints see `model`."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args, **kwargs):
+        bf16 = {name: parameter.to(torch.bfloat16) for name, parameter in self.model.named_parameters()}
+        return torch.func.functional_call(self.model, bf16, args, kwargs)
 
 
 def fsdp_mixed_precision(policy: str):
