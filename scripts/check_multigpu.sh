@@ -73,7 +73,7 @@ rows = re.findall(r"step (\d+) loss ([\d.]+) lr \S+ ([\d.]+) img/s, peak memory 
 after = [float(r[2]) for r in rows[1:]] or [0.0]
 peak = max([float(r[3]) for r in rows] or [0.0])
 status = re.findall(r"exit (\w+)", text)
-oom = "OUT OF MEMORY" if "OutOfMemoryError" in text or "out of memory" in text else ""
+oom = "OUT OF MEMORY" if any(s in text for s in ("OutOfMemoryError", "out of memory", "out of GPU memory")) else ""
 print(f"{sys.argv[2]:<24} img/s {statistics.median(after):8.1f}  peak {peak:5.1f} GiB  "
       f"loss@{rows[-1][0] if rows else '-'} {rows[-1][1] if rows else '-'}  exit {status[-1] if status else '?'} {oom}")
 PY
@@ -162,7 +162,7 @@ case "$PART" in
   recipe)  # the official flags; 256 per GPU on 4 GPUs, or 128 with accumulation if 256 does not fit
     phase "recipe: global batch 1024 on 4 GPUs"
     train recipe-1024 0,1,2,3 ARPG-L 256 ddp --lr 4e-4
-    if grep -q "out of memory\|OutOfMemoryError" "$LOGS/recipe-1024.log"; then
+    if grep -q "out of memory\|out of GPU memory\|OutOfMemoryError" "$LOGS/recipe-1024.log"; then
       train recipe-1024-accum2 0,1,2,3 ARPG-L 256 ddp --lr 4e-4 --gradient-accumulation-steps 2
     fi ;;
   sample)
