@@ -57,17 +57,20 @@ def test_deterministic_flag_turns_on_deterministic_kernels(monkeypatch):
     assert config_from_args(get_args_parser().parse_args(OFFICIAL.split() + ["--deterministic"])).deterministic
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-              torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+              torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, torch.backends.cuda.cudnn_sdp_enabled())
     try:
         with inductor_config.patch(deterministic=False) if hasattr(inductor_config, "deterministic") else nullcontext():
             use_deterministic_kernels()
-            assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+            assert torch.are_deterministic_algorithms_enabled()
+            assert not torch.is_deterministic_algorithms_warn_only_enabled()  # efficient attention's exact backward
+            assert not torch.backends.cuda.cudnn_sdp_enabled()  # cuDNN attention's backward is not deterministic
             assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
             assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
             assert getattr(inductor_config, "deterministic", True)
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before[2], before[3]
+        torch.backends.cuda.enable_cudnn_sdp(before[4])
 
 
 def test_digits_flags_that_contradict_the_dataset_are_refused():

@@ -27,8 +27,11 @@ def use_deterministic_kernels() -> None:
     import os
 
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    # warn_only: an op with no deterministic kernel (none in ARPG's step on torch 2.11) warns instead of failing.
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    # Not warn_only: then SDPA's memory-efficient backward also runs its deterministic variant, and an op
+    # without a deterministic kernel stops the run naming itself instead of drifting silently.
+    torch.use_deterministic_algorithms(True)
+    if hasattr(torch.backends.cuda, "enable_cudnn_sdp"):
+        torch.backends.cuda.enable_cudnn_sdp(False)  # cuDNN's attention backward has no deterministic mode in torch
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
     from torch._inductor import config as inductor_config
