@@ -161,10 +161,15 @@ def make_sampler(model, use_fast: bool = True, fuse: Union[bool, str] = False):
     names the torch.compile backend (tests use "aot_eager")."""
     if use_fast and model.embeddings.weight.is_cuda:
         decode = FastSampler(model, fuse=fuse).generate
-    else:
-        layer_parts = fusion(model, fuse)
+        return lambda labels, sampling, generator, **kwargs: decode(labels, sampling, generator=generator, **kwargs)
+    return reference_sampler(model, fusion(model, fuse))
 
-        def decode(*args, **kwargs):
-            with eager_rounding(layer_parts):
-                return generate(model, *args, runner=lambda start: EagerSteps(model, start, layer_parts), **kwargs)
-    return lambda labels, sampling, generator, **kwargs: decode(labels, sampling, generator=generator, **kwargs)
+
+def reference_sampler(model, layer_parts: Optional[LayerParts] = None):
+    """The reference loop as make_sampler's function, over the model's eager layers or the given compiled
+    layer parts (compiled once by the caller, who may use them elsewhere too)."""
+    def decode(labels, sampling, generator, **kwargs):
+        with eager_rounding(layer_parts):
+            return generate(model, labels, sampling, generator=generator,
+                            runner=lambda start: EagerSteps(model, start, layer_parts), **kwargs)
+    return decode

@@ -28,6 +28,7 @@ from autoregressive.sampling import SamplingConfig
 from autoregressive.utils.cli import InputNotFound, UserError, check_at_least, run_main
 from autoregressive.utils.device import enable_tf32, resolve_device
 from autoregressive.utils.dist import cleanup, init_distributed
+from scripts.bench_sample import build_model, parse_kv_caches, timed
 from scripts.bench_train import PolicyRun, start_run, synchronize, time_steps
 
 OFFICIAL_MODULE = "arpg_official_model"
@@ -112,27 +113,9 @@ def bench_training(official, name: str, batch: int, args, info) -> List[dict]:
     return rows
 
 
-def timed(fn: Callable, device: torch.device):
-    """Run fn once: (seconds, peak bytes allocated during it)."""
-    import time
-
-    synchronize(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - start, torch.cuda.max_memory_allocated() if device.type == "cuda" else 0
-
-
 def bench_sampling(official, name: str, batches: List[int], kv_caches: List[str], args, device) -> List[dict]:
     """The official generate() against our fast path (one per KV cache kind) on random bf16 weights."""
-    torch.manual_seed(0)
-    theirs = official.ARPG_models[name]().to(device=device, dtype=torch.bfloat16).eval()
-    torch.nn.init.normal_(theirs.head.weight, std=0.02)
-    torch.manual_seed(0)
-    ours = ARPG_models[name]().to(device=device, dtype=torch.bfloat16).eval()
-    torch.nn.init.normal_(ours.head.weight, std=0.02)
+    theirs, ours = build_model(name, device, official.ARPG_models[name]), build_model(name, device)
     # CPU: the same steps, uncaptured. fused: the layers' cache-free parts compiled (close to, not equal to, eager)
     sampler = FastSampler(ours, use_graphs=device.type == "cuda", fuse=args.fused)
     ours_name = "ours, fused" if args.fused else "ours"
@@ -151,7 +134,7 @@ def bench_sampling(official, name: str, batches: List[int], kv_caches: List[str]
         times, peaks = {key: [] for key in paths}, {key: 0 for key in paths}
         for _ in range(args.reps):
             for key, path in paths.items():
-                seconds, peak = timed(path, device)
+                _, seconds, peak = timed(path)
                 times[key].append(seconds)
                 peaks[key] = max(peaks[key], peak)
         for key in paths:
@@ -180,7 +163,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-batch", type=int, default=128, help="per GPU")
     parser.add_argument("--sample-models", nargs="*", default=["ARPG-L"], choices=list(ARPG_models))
     parser.add_argument("--sample-batches", nargs="+", type=int, default=[64, 256])
-    parser.add_argument("--kv-caches", default="model", help="comma-separated KV caches of our path: model, fp8")
+    parser.add_argument("--kv-caches", default="model", help="comma-separated KV caches of our path: model "
+                        "(always), fp8")
     parser.add_argument("--fused", action="store_true", help="our sampling with the layers compiled (the samplers' "
                         "--fused; scripts/check_precision.py's bf16-fused mode judges it)")
     parser.add_argument("--step", type=int, default=64)
@@ -198,9 +182,7 @@ def main(argv=None) -> None:
     for flag, value in (("--train-batch", args.train_batch), ("--step", args.step), ("--steps", args.steps),
                         ("--reps", args.reps), *(("--sample-batches", b) for b in args.sample_batches)):
         check_at_least(flag, value, 1)
-    kv_caches = [kind for kind in args.kv_caches.split(",") if kind] or ["model"]
-    for kind in kv_caches:
-        SamplingConfig(kv_cache=kind)  # refuses an unknown kind in one line
+    kv_caches = parse_kv_caches(args.kv_caches)
     official = load_official(args.official_repo)
     device = resolve_device(args.device)
     if device.type == "cuda":

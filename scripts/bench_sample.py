@@ -32,18 +32,25 @@ from autoregressive.weights import PRECISIONS, prepare_vq
 
 
 def timed(fn):
-    """Run fn once; return (result, seconds, peak bytes allocated since the call began)."""
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+    """Run fn once; return (result, seconds, peak bytes allocated since the call began; 0 without CUDA,
+    where only scripts/bench_official.py's CPU check of its plumbing calls this)."""
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     result = fn()
-    torch.cuda.synchronize()
-    return result, time.perf_counter() - start, torch.cuda.max_memory_allocated()
+    if cuda:
+        torch.cuda.synchronize()
+    return result, time.perf_counter() - start, torch.cuda.max_memory_allocated() if cuda else 0
 
 
-def build_model(name: str, device):
+def build_model(name: str, device, builder=None):
+    """Random bf16 weights (seed 0) in eval mode; the head gets random weights too (a zero head, the
+    training init, would make every token equally likely). builder: another constructor of `name`'s
+    model (the official code's, in scripts/bench_official.py)."""
     torch.manual_seed(0)
-    model = ARPG_models[name]().to(device=device, dtype=torch.bfloat16).eval()
+    model = (builder or ARPG_models[name])().to(device=device, dtype=torch.bfloat16).eval()
     torch.nn.init.normal_(model.head.weight, std=0.02)
     return model
 
@@ -101,7 +108,6 @@ def decode_kernel_check(model, device) -> str:
     dequantised = F.scaled_dot_product_attention(q.float(), k8.dequantise(torch.float32), v8.dequantise(torch.float32))
     return (f"{line}; Triton fp8 KV {(fp8_out - exact).abs().max():.3g} "
             f"({(fp8_out - dequantised).abs().max():.3g} against float32 over the dequantised cache)")
-
 
 
 def check_greedy(title: str, key: str, fast: FastSampler, reference, labels, sampling: SamplingConfig, order):

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from autoregressive.fast_generate import eager_rounding, fusion
+from autoregressive.fast_generate import eager_rounding, fusion, reference_sampler
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.train.config import TrainConfig, build_model
 from autoregressive.train.loop import Trainer
@@ -258,16 +258,14 @@ def decoding_steps(args) -> int:
 def sample_match_share(model, mode: SamplingMode, dataset: PrototypeCodes, args, device, layer_parts=None) -> float:
     """Share of args.samples_per_class samples of every class that match their prototype; the same
     random stream for every model and mode. layer_parts: as next_token_log_probs'."""
-    from autoregressive.generate import EagerSteps, generate
     from autoregressive.sampling import SamplingConfig
 
     sampling = SamplingConfig(num_steps=decoding_steps(args), cfg_scale=args.cfg_scale, kv_cache=mode.kv_cache)
     labels = torch.arange(args.num_classes, device=device).repeat_interleave(args.samples_per_class)
     generator = torch.Generator(device).manual_seed(args.global_seed)
-    runner = lambda start: EagerSteps(model, start, layer_parts)  # noqa: E731
-    with mode_context(mode, device), eager_rounding(layer_parts):
-        tokens = torch.cat([generate(model, chunk, sampling, generator=generator, runner=runner)
-                            for chunk in labels.split(args.sample_batch)])
+    sample = reference_sampler(model, layer_parts)
+    with mode_context(mode, device):
+        tokens = torch.cat([sample(chunk, sampling, generator) for chunk in labels.split(args.sample_batch)])
     return dataset.match_share(tokens, labels)
 
 
