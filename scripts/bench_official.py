@@ -29,7 +29,7 @@ from autoregressive.utils.cli import InputNotFound, UserError, check_at_least, r
 from autoregressive.utils.device import enable_tf32, resolve_device
 from autoregressive.utils.dist import cleanup, init_distributed
 from scripts.bench_sample import build_model, parse_kv_caches, timed
-from scripts.bench_train import PolicyRun, start_run, synchronize, time_steps
+from scripts.bench_train import PolicyRun, start_run, synchronize, time_steps, warm_up
 
 OFFICIAL_MODULE = "arpg_official_model"
 
@@ -83,12 +83,7 @@ def start_official_run(official, name: str, batch: int, device: torch.device, co
     before = torch.cuda.memory_allocated() if device.type == "cuda" else 0
     run = PolicyRun({"model": name, "batch": batch, "side": "official"}, OfficialTrainer(model, device, compile_model),
                     step=[(codes, labels)])
-    for _ in range(3):  # compile and warm up
-        run.trainer.optimizer_step(run.step)
-    synchronize(device)
-    if device.type == "cuda":
-        run.resident = torch.cuda.memory_allocated() - before
-    return run
+    return warm_up(run, device, before)
 
 
 def bench_training(official, name: str, batch: int, args, info) -> List[dict]:

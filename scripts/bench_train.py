@@ -120,7 +120,7 @@ def time_steps(run: PolicyRun, steps: int, batch: int, device: torch.device) -> 
         run.rates.append(steps * batch / (time.perf_counter() - start))
         if device.type == "cuda":
             run.peaks.append(run.resident + torch.cuda.max_memory_allocated() - before)
-    except torch.OutOfMemoryError:
+    except torch.cuda.OutOfMemoryError:
         run.out_of_memory()
 
 
@@ -154,15 +154,19 @@ def start_run(name: str, batch: int, mode: str, policy: str, args, info: DistInf
     trainer = Trainer(cfg, info, torch.utils.data.TensorDataset(codes, labels), model=model)
     if args.check_loss:
         result["loss_compiled"] = fixed_batch_loss(trainer.train_model, codes, labels, orders, autocast=True)
-    run = PolicyRun(result, trainer, step=[(codes, labels)])  # one micro-batch: gradient accumulation 1
+    return warm_up(PolicyRun(result, trainer, step=[(codes, labels)]), device, before)  # gradient accumulation 1
+
+
+def warm_up(run: PolicyRun, device: torch.device, allocated_before: int) -> PolicyRun:
+    """Three steps (compilation), then what the trainer keeps resident since `allocated_before`."""
     try:
-        for _ in range(3):  # compile and warm up
-            trainer.optimizer_step(run.step)
+        for _ in range(3):
+            run.trainer.optimizer_step(run.step)
         synchronize(device)
-    except torch.OutOfMemoryError:
+    except torch.cuda.OutOfMemoryError:
         run.out_of_memory()
     if device.type == "cuda":
-        run.resident = torch.cuda.memory_allocated() - before
+        run.resident = torch.cuda.memory_allocated() - allocated_before
     return run
 
 
