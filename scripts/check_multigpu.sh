@@ -17,6 +17,7 @@ WORK=${WORK:-/tmp/arpg_multigpu}
 OUT=${OUT:-$WORK/out}  # only the summary and logs.tgz land here
 LOGS=$WORK/logs
 STEPS=${STEPS:-40}
+RESUME_STEPS=${RESUME_STEPS:-20}  # the kill-and-resume runs: checkpoints every 10, killed at step 15
 mkdir -p "$WORK" "$OUT" "$LOGS"
 CODES=$WORK/codes
 
@@ -81,16 +82,16 @@ PY
 
 phase() { echo "== phase: $*" | tee -a "$LOGS/phases.txt"; }
 
-fsdp_run() {  # gpus model batch_per_gpu results_dir [extra]: 30 steps, checkpoints every 10, logs every 5
+fsdp_run() {  # gpus model batch_per_gpu results_dir [extra]: RESUME_STEPS steps, checkpoints every 10, logs every 5
   local gpus=$1 model=$2 per_gpu=$3 dir=$4; shift 4
   local nproc=$(( $(tr -cd , <<<"$gpus" | wc -c) + 1 ))
   CUDA_VISIBLE_DEVICES=$gpus torchrun --standalone --nproc_per_node="$nproc" train_c2i.py --gpt-model "$model" \
-    --code-path "$CODES" --dataset imagenet_code --global-batch-size $((per_gpu * nproc)) --max-steps 30 \
+    --code-path "$CODES" --dataset imagenet_code --global-batch-size $((per_gpu * nproc)) --max-steps "$RESUME_STEPS" \
     --ckpt-every 10 --log-every 5 --lr 1e-3 --warmup-epochs 0 --data-parallel fsdp --num-workers 4 \
     --results-dir "$dir" "$@"  # a learning rate that moves the logged loss within 30 steps
 }
 
-losses() { grep -o "step 00000[23][05] loss [0-9.]*" "$1" | tr '\n' ' '; }
+losses() { grep -o "step 00000[1-9][05] loss [0-9.]*" "$1" | awk '$2 > 10' | tr '\n' ' '; }  # after the kill's checkpoint
 
 resume_check() {  # name full_gpus cut_gpus model batch_per_gpu: uninterrupted vs killed after the step-10
   # checkpoint + --resume, both with --deterministic (without it two GPU runs from one seed drift apart within
@@ -112,7 +113,7 @@ resume_check() {  # name full_gpus cut_gpus model batch_per_gpu: uninterrupted v
   echo "$name uninterrupted: $(losses "$LOGS/$name-full.log")"
   echo "$name before kill:   $(grep -o "step 0000015 loss [0-9.]*" "$LOGS/$name-cut.log")"
   echo "$name resumed:       $(losses "$LOGS/$name-resumed.log")"
-  python -m scripts.convert_checkpoint "$cut/000-$model/checkpoints/0000030" "$WORK/$name.pt" | tail -1
+  python -m scripts.convert_checkpoint "$cut/000-$model/checkpoints/$(printf %07d "$RESUME_STEPS")" "$WORK/$name.pt" | tail -1
   python3 -c "import sys; from autoregressive.weights import load_gpt; [load_gpt(sys.argv[1], sys.argv[2], d) \
 for d in ('cuda', 'cpu')]; print(sys.argv[2], 'loads strictly on cuda and cpu')" "$model" "$WORK/$name.pt"
   rm -rf "$full" "$WORK/$name.pt"
@@ -136,10 +137,10 @@ two_nodes() {  # name extra...: one job on two "nodes" of this host, GPUs 0,1 an
   done
 }
 
-node_train() {  # name results_dir [extra]: ARPG-L DDP, 4 x 32, 30 steps, checkpoints every 10, deterministic
+node_train() {  # name results_dir [extra]: ARPG-L DDP, 4 x 32, RESUME_STEPS steps, checkpoints every 10, deterministic
   local name=$1 dir=$2; shift 2
   two_nodes "$name" train_c2i.py --gpt-model ARPG-L --code-path "$CODES" --dataset imagenet_code \
-    --global-batch-size 128 --max-steps 30 --ckpt-every 10 --log-every 5 --lr 1e-3 --warmup-epochs 0 \
+    --global-batch-size 128 --max-steps "$RESUME_STEPS" --ckpt-every 10 --log-every 5 --lr 1e-3 --warmup-epochs 0 \
     --num-workers 4 --deterministic --results-dir "$dir" "$@"
 }
 
