@@ -92,7 +92,8 @@ class Trainer:
         if compile_model and cfg.activation_memory_budget < 1.0:
             set_activation_memory_budget(cfg.activation_memory_budget)
         self.train_model = wrap_for_training(self.model, cfg.data_parallel, info, compile_model=compile_model,
-                                             precision_policy=cfg.precision_policy)
+                                             precision_policy=cfg.precision_policy,
+                                             deterministic=cfg.deterministic)
         if self.sharded and self.ema is not None:
             shard_model(self.ema, self.info.device)
         self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, cfg.betas, info.device.type == "cuda")
