@@ -9,12 +9,18 @@ compiled, against the eager float32 path.
     python -m scripts.bench_train --models ARPG-L,ARPG-XL,ARPG-XXL --batch-sizes 64,128 --modes ddp,fsdp
     python -m scripts.bench_train --models ARPG-XXL --batch-sizes 128 --chunked-loss --grad-checkpointing 32
     python -m scripts.bench_train --models ARPG-L --batch-sizes 128 --modes ddp,fsdp --precision-policies exact,bf16,fp8
+    python -m scripts.bench_train --models ARPG-L --precision-policies exact,bf16 --profile results/profile
+
+--profile DIR: after the timing, 3 more steps of each run under torch.profiler; DIR/<model>-b<batch>-<mode>-
+<policy>.md gets the kernels' time by kind (matmul, attention, optimizer, ...), the costliest kernels and
+the step's FLOP floor (scripts/kernel_profile.py); the same report is printed.
 
 ddp at world size 1 is the compiled model itself (train_c2i.py wraps DDP only for several ranks);
 fsdp is FSDP2 with every layer compiled and sharded over a one-process group.
 """
 import argparse
 import gc
+import os
 import statistics
 import time
 from typing import List, Optional
@@ -29,6 +35,7 @@ from autoregressive.train.precision import check_policy, fp8_unavailable_reason,
 from autoregressive.utils.cli import UserError, check_at_least, run_main
 from autoregressive.utils.device import enable_tf32
 from autoregressive.utils.dist import DistInfo, cleanup, init_distributed, init_one_process_group
+from scripts.kernel_profile import profile_calls, report
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, SXM
 
@@ -95,6 +102,8 @@ def bench_group(name: str, batch: int, mode: str, policies: List[str], args, inf
         if run.trainer is not None:
             run.result["img_s"] = statistics.median(run.rates)
             run.result["peak_gib"] = max(run.peaks) / 2**30 if run.peaks else None
+            if args.profile:
+                write_profile(run, batch, args.profile, device)
     results = [run.result for run in runs]
     del runs
     gc.collect()
@@ -122,6 +131,25 @@ def time_steps(run: PolicyRun, steps: int, batch: int, device: torch.device) -> 
             run.peaks.append(run.resident + torch.cuda.max_memory_allocated() - before)
     except torch.cuda.OutOfMemoryError:
         run.out_of_memory()
+
+
+def write_profile(run: PolicyRun, batch: int, out_dir: str, device: torch.device, steps: int = 3) -> str:
+    """Profile `steps` more optimizer steps of the run; write and print the report; returns its path."""
+    r = run.result
+    result = profile_calls(lambda: run.trainer.optimizer_step(run.step), steps, device)
+    title = f"{r['model']}, batch {batch}, {r['mode']}, {r['policy']}"
+    notes = []
+    if device.type == "cuda":
+        floor_ms = 1e3 * r["flops"] * batch / (peak_tflops() * 1e12)
+        notes.append(f"Model FLOPs of a step: {r['flops'] * batch / 1e12:.1f} TFLOP, {floor_ms:.1f} ms at "
+                     f"{peak_tflops():.0f} TFLOP/s (dense bf16 peak): the step's floor.")
+    lines = report(result, title, notes=notes)
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, f"{r['model']}-b{batch}-{r['mode']}-{r['policy']}.md")
+    with open(path, "w") as file:
+        file.write("\n".join(lines) + "\n")
+    print("\n".join(lines), flush=True)
+    return path
 
 
 def start_run(name: str, batch: int, mode: str, policy: str, args, info: DistInfo) -> PolicyRun:
@@ -215,6 +243,8 @@ def main(argv=None):
                         help="layers recomputed in the backward pass: none, all, self, cross or a number")
     parser.add_argument("--activation-memory-budget", type=float, default=None,
                         help="torch.compile's partitioner budget: below 1 it recomputes cheap ops to save memory")
+    parser.add_argument("--profile", metavar="DIR", default=None,
+                        help="after the timing, profile 3 steps of each run: kernel time by kind into DIR")
     parser.add_argument("--no-check-loss", dest="check_loss", action="store_false",
                         help="skip the fixed-batch loss check (saves the memory of the float32 forward)")
     args = parser.parse_args(argv)

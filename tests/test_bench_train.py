@@ -11,7 +11,8 @@ from autoregressive.train.precision import fp8_unavailable_reason, parse_policy_
 from autoregressive.utils.dist import init_distributed
 from scripts import bench_train
 
-ARGS = dict(steps=2, reps=2, no_compile=True, chunked_loss=True, grad_checkpointing="none", check_loss=True)
+ARGS = dict(steps=2, reps=2, no_compile=True, chunked_loss=True, grad_checkpointing="none", check_loss=True,
+            profile=None)
 
 
 def count_steps(monkeypatch):
@@ -69,3 +70,35 @@ def test_policy_list_and_table():
     assert lines[2] == "| ARPG-L | 128 | fsdp | exact | 800 | 1.00x | 30.0 | 80.0% |"
     assert lines[3] == "| ARPG-L | 128 | fsdp | bf16 | 1000 | 1.25x | 30.0 | 100.0% |"
     assert lines[4] == "| ARPG-L | 128 | fsdp | fp8 | not run: needs a CUDA GPU (this run is on cpu) | - | - | - |"
+
+
+def test_kernel_names_fall_into_kinds():
+    from scripts.kernel_profile import kind_of
+
+    assert kind_of("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64") == "matmul"
+    assert kind_of("nvjet_tst_128x256_64x4_2x1_v_bz_coopA_TNT") == "matmul"
+    assert kind_of("flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128>>") == "attention"
+    assert kind_of("triton_poi_fused__to_copy_add_mul_0") == "fused (triton)"  # not a copy: a fused kernel
+    assert kind_of("ncclDevKernel_AllReduce_Sum_f32_RING_LL") == "communication"
+    assert kind_of("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamMathFunctor>") == "optimizer"
+    assert kind_of("Memcpy DtoD (Device -> Device)") == "copies and casts"
+    assert kind_of("void at::native::vectorized_elementwise_kernel<4, CUDAFunctor_add<float>>") == "other"
+
+
+def test_profile_reports_where_the_step_time_goes(monkeypatch, tmp_path):
+    """--profile: three more steps of each run under the profiler, a report per run whose kinds add up to
+    the busy time (here CPU ops; on the GPU, kernels) with the matmuls among them."""
+    calls = count_steps(monkeypatch)
+    args = argparse.Namespace(**{**ARGS, "profile": str(tmp_path / "profile")})
+    bench_train.bench_group("ARPG-tiny", 2, "ddp", ["exact"], args, init_distributed("cpu"))
+    assert len(calls) == 3 + 2 * 2 + 3  # warm-up, timed repetitions, profiled
+    text = (tmp_path / "profile" / "ARPG-tiny-b2-ddp-exact.md").read_text()
+    assert text.startswith("### ARPG-tiny, batch 2, ddp, exact")
+    kinds = {}
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if len(cells) == 3 and cells[2].endswith("%"):
+            kinds[cells[0]] = (float(cells[1]), float(cells[2][:-1]))
+    assert kinds["matmul"][0] > 0 and "attention" in kinds
+    assert abs(sum(share for _, share in kinds.values()) - 100) < 1
+    assert "| costliest CPU ops (self time) |" in text
