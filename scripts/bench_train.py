@@ -133,23 +133,23 @@ def time_steps(run: PolicyRun, steps: int, batch: int, device: torch.device) -> 
         run.out_of_memory()
 
 
-def write_profile(run: PolicyRun, batch: int, out_dir: str, device: torch.device, steps: int = 3) -> str:
-    """Profile `steps` more optimizer steps of the run; write and print the report; returns its path."""
+def write_profile(run: PolicyRun, batch: int, out_dir: str, device: torch.device, steps: int = 3) -> None:
+    """Profile `steps` more optimizer steps of the run; write the report into out_dir and print it."""
     r = run.result
     result = profile_calls(lambda: run.trainer.optimizer_step(run.step), steps, device)
     title = f"{r['model']}, batch {batch}, {r['mode']}, {r['policy']}"
     notes = []
     if device.type == "cuda":
-        floor_ms = 1e3 * r["flops"] * batch / (peak_tflops() * 1e12)
-        notes.append(f"Model FLOPs of a step: {r['flops'] * batch / 1e12:.1f} TFLOP, {floor_ms:.1f} ms at "
-                     f"{peak_tflops():.0f} TFLOP/s (dense bf16 peak): the step's floor.")
+        peak = peak_tflops()
+        notes.append(f"Model FLOPs of a step: {r['flops'] * batch / 1e12:.1f} TFLOP, "
+                     f"{1e3 * r['flops'] * batch / (peak * 1e12):.1f} ms at {peak:.0f} TFLOP/s (dense bf16 peak): "
+                     "the step's floor.")
     lines = report(result, title, notes=notes)
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{r['model']}-b{batch}-{r['mode']}-{r['policy']}.md")
     with open(path, "w") as file:
         file.write("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
-    return path
 
 
 def start_run(name: str, batch: int, mode: str, policy: str, args, info: DistInfo) -> PolicyRun:

@@ -88,7 +88,7 @@ fsdp_run() {  # gpus model batch_per_gpu results_dir [extra]: RESUME_STEPS steps
   CUDA_VISIBLE_DEVICES=$gpus torchrun --standalone --nproc_per_node="$nproc" train_c2i.py --gpt-model "$model" \
     --code-path "$CODES" --dataset imagenet_code --global-batch-size $((per_gpu * nproc)) --max-steps "$RESUME_STEPS" \
     --ckpt-every 10 --log-every 5 --lr 1e-3 --warmup-epochs 0 --data-parallel fsdp --num-workers 4 \
-    --results-dir "$dir" "$@"  # a learning rate that moves the logged loss within 30 steps
+    --results-dir "$dir" "$@"  # a learning rate that moves the logged loss within these few steps
 }
 
 losses() { grep -o "step 00000[1-9][05] loss [0-9.]*" "$1" | awk '$2 > 10' | tr '\n' ' '; }  # after the kill's checkpoint
