@@ -1,10 +1,12 @@
 """scripts/bench_official.py's plumbing on the CPU. The official repository is not part of this project,
 so a stand-in with its interface (models/arpg.py exposing ARPG_models; forward(ids, labels, targets) ->
 (logits, loss); generate(labels, guidance_scale=..., num_iter=...)) wraps our tiny model."""
+import sys
 import textwrap
 
 import pytest
 
+from autoregressive import fast_generate
 from scripts import bench_official
 from autoregressive.utils.cli import InputNotFound
 
@@ -33,7 +35,15 @@ STAND_IN = textwrap.dedent('''
 ''')
 
 
-def test_the_harness_times_both_sides_and_tabulates_ratios(tmp_path, capsys):
+def test_the_harness_times_both_sides_and_tabulates_ratios(tmp_path, capsys, monkeypatch):
+    builds = []  # decoding steps (graphs, on a GPU) built by our samplers: once per cache kind, not per call
+
+    class CountedSteps(fast_generate.GraphedSteps):
+        def __init__(self, *args, **kwargs):
+            builds.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(fast_generate, "GraphedSteps", CountedSteps)
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "arpg.py").write_text(STAND_IN)
     bench_official.main(["--official-repo", str(tmp_path), "--device", "cpu", "--train-models", "ARPG-tiny",
@@ -45,8 +55,25 @@ def test_the_harness_times_both_sides_and_tabulates_ratios(tmp_path, capsys):
                                                      "ours, kv-cache fp8"]
     assert all(row.split(" | ")[4].endswith("x") for row in rows)  # every row has its ratio to official
     assert rows[0].split(" | ")[4] == "1.00x" and rows[2].split(" | ")[4] == "1.00x"
+    assert len(builds) == 2  # model and fp8, each kept over the warm-up and both repetitions
 
 
 def test_a_folder_without_the_official_model_is_refused(tmp_path):
     with pytest.raises(InputNotFound, match="models/arpg.py"):
         bench_official.load_official(str(tmp_path))
+
+
+def test_a_missing_transformers_gets_a_stand_in_config_base(tmp_path, monkeypatch):
+    # the official ModelArgs subclasses transformers' PretrainedConfig and nothing else of transformers
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "arpg.py").write_text(textwrap.dedent('''
+        from transformers.configuration_utils import PretrainedConfig
+
+        class ModelArgs(PretrainedConfig):
+            def __init__(self, dim=8):
+                self.dim = dim
+    '''))
+    monkeypatch.setitem(sys.modules, "transformers", None)  # None: "not installed" to the import system
+    monkeypatch.setitem(sys.modules, "transformers.configuration_utils", None)
+    official = bench_official.load_official(str(tmp_path))
+    assert official.ModelArgs(dim=3).dim == 3
