@@ -11,6 +11,8 @@ from typing import NamedTuple, Tuple
 
 import torch
 
+from autoregressive.kernels import fp8_cache_write
+
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0  # largest finite e4m3 value: each vector's largest |entry| is stored as +-448
 
@@ -33,6 +35,15 @@ def quantise_fp8(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     divisor = scale.clamp_min(torch.finfo(torch.float32).tiny).unsqueeze(-1)
     # e4m3 has no infinity: a quotient rounded just past 448 must not become NaN where the cast does not saturate.
     return (x.float() / divisor).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE), scale
+
+
+def write_fp8(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> None:
+    """quantise_fp8(x) into `codes` and `scales` (views into a cache): one Triton kernel where the GPU
+    has it (autoregressive/kernels/fp8_cache_write.py, the same bits), else the eager ops."""
+    if fp8_cache_write.supports(x, codes, scales):
+        fp8_cache_write.quantise_into(x, codes, scales)
+    else:
+        codes[...], scales[...] = quantise_fp8(x)
 
 
 class KVCache:
@@ -86,7 +97,7 @@ class KVCache:
             return self.keys[index, :, :, :end], self.values[index, :, :, :end]
         stored = []
         for buffer, scales, new in ((self.keys, self.key_scales, keys), (self.values, self.value_scales, values)):
-            buffer[index, :, :, self.length:end], scales[index, :, :, self.length:end] = quantise_fp8(new)
+            write_fp8(new, buffer[index, :, :, self.length:end], scales[index, :, :, self.length:end])
             stored.append(ScaledFp8(buffer[index, :, :, :end], scales[index, :, :, :end]))
         return tuple(stored)
 

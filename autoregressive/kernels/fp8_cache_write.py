@@ -1,0 +1,78 @@
+"""Quantise new keys or values into an FP8 KV cache, as one Triton kernel (CUDA only).
+
+The eager form (autoregressive/models/kv_cache.py's quantise_fp8, then two slice copies) is about ten
+small kernels per tensor; a decoding step writes a key and a value tensor into every layer set, so an
+FP8 cache added some 500 launches a step to ARPG-L and made decoding slower than the bf16 cache it
+halves (first GPU run, 2026-11-27). This kernel reads each new vector once and writes its e4m3 codes
+and float32 scale straight into the cache, with the eager form's arithmetic: scale = amax / 448,
+codes = x / max(scale, tiny) clamped to +-448, rounded to nearest even (both divisions correctly
+rounded, as torch's), so the cache holds the same bits either way.
+"""
+import functools
+
+import torch
+
+from autoregressive.kernels.decode_attention import has_fp8
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only torch builds
+    triton = None
+
+
+
+def supports(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> bool:
+    """Whether quantise_into handles these tensors (else the caller quantises eagerly)."""
+    return (triton is not None and x.is_cuda and codes.dtype == torch.float8_e4m3fn and has_fp8(x.device)
+            and x.dtype in (torch.bfloat16, torch.float16, torch.float32) and x.shape[-1] in (16, 32, 64, 128)
+            and x.stride(-1) == 1 and codes.stride(-1) == 1 and scales.stride(-1) == 1)
+
+
+@functools.lru_cache(maxsize=None)
+def _tiny() -> float:
+    return torch.finfo(torch.float32).tiny
+
+
+if triton is not None:
+    @triton.jit
+    def _quantise_kernel(X, CODES, SCALES, num_heads, num_vectors, tiny,
+                         x_sb, x_sh, x_sn, c_sb, c_sh, c_sn, s_sb, s_sh,
+                         BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, CODE_MAX: tl.constexpr):
+        pid = tl.program_id(0)
+        b = pid // num_heads
+        h = pid % num_heads
+        n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        cols = tl.arange(0, HEAD_DIM)
+        ok = n < num_vectors
+        x = tl.load(X + b * x_sb + h * x_sh + n[:, None] * x_sn + cols[None, :], mask=ok[:, None], other=0.0)
+        x = x.to(tl.float32)
+        scale = tl.math.div_rn(tl.max(tl.abs(x), 1), tl.full([BLOCK_N], CODE_MAX, tl.float32))
+        divisor = tl.maximum(scale, tiny)
+        quotient = tl.math.div_rn(x, tl.broadcast_to(divisor[:, None], [BLOCK_N, HEAD_DIM]))
+        quotient = tl.minimum(tl.maximum(quotient, -CODE_MAX), CODE_MAX)
+        # Round to e4m3's grid here, to nearest even, so that the cast below is exact: Triton's interpreter
+        # (the CPU tests) rounds wrongly where rounding up crosses a power of two (7.86 -> 4, not 8).
+        bits = quotient.to(tl.int32, bitcast=True)
+        exponent = ((bits >> 23) & 0xFF) - 127
+        step_exponent = tl.maximum(exponent, -6) - 3  # 3 mantissa bits; e4m3's subnormals are 2^-9 apart
+        step = ((step_exponent + 127) << 23).to(tl.float32, bitcast=True)
+        # |quotient| / step < 16: adding and subtracting 1.5 * 2^23 rounds it to an integer, ties to even
+        magnitude = (tl.math.div_rn(tl.abs(quotient), step) + 12582912.0 - 12582912.0) * step
+        rounded = tl.where(bits < 0, -magnitude, magnitude)  # the sign bit, so -0.0 stays -0.0
+        tl.store(CODES + b * c_sb + h * c_sh + n[:, None] * c_sn + cols[None, :],
+                 rounded.to(CODES.dtype.element_ty), mask=ok[:, None])
+        tl.store(SCALES + b * s_sb + h * s_sh + n, scale, mask=ok)
+
+
+def quantise_into(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, block_n: int = 16) -> None:
+    """Write x (B, H, n, d) as float8_e4m3fn codes into `codes` (B, H, n, d) and its per-vector float32
+    scales into `scales` (B, H, n): views into a cache, any strides with the last dim contiguous."""
+    batch, heads, num_vectors, head_dim = x.shape
+    if num_vectors == 0:
+        return
+    grid = (batch * heads, triton.cdiv(num_vectors, block_n))
+    _quantise_kernel[grid](x, codes, scales, heads, num_vectors, _tiny(),
+                           x.stride(0), x.stride(1), x.stride(2), codes.stride(0), codes.stride(1), codes.stride(2),
+                           scales.stride(0), scales.stride(1), BLOCK_N=block_n, HEAD_DIM=head_dim,
+                           CODE_MAX=torch.finfo(codes.dtype).max)

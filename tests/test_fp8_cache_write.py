@@ -1,0 +1,91 @@
+"""The Triton kernel that quantises keys and values into an FP8 KV cache: the same bits as the eager
+quantise_fp8, in Triton's interpreter on the CPU (float16 and float32 inputs: the interpreter has no
+bfloat16 arithmetic) and, where a GPU with float8 is present, in bfloat16 on it."""
+import inspect
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from autoregressive.kernels import decode_attention, fp8_cache_write
+from autoregressive.models.kv_cache import FP8_DTYPE, KVCache, quantise_fp8
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def awkward_vectors(shape, dtype, device="cpu"):
+    """Random vectors over nine decades (e4m3 subnormals and saturation), with an all-zero vector (the
+    class token's key), a negative zero and tiny negatives that round to -0."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=generator) * torch.logspace(-6, 3, shape[2])[None, None, :, None]
+    x[0, 0, 0] = 0.0
+    x[0, 1, 0, :] = 1.0
+    x[0, 1, 0, 0], x[0, 1, 0, 1] = -0.0, -1e-6
+    return x.to(device=device, dtype=dtype)
+
+
+@pytest.mark.skipif(not decode_attention.available(), reason="Triton is not installed")
+def test_kernel_writes_the_eager_bits_in_the_interpreter():
+    """Into strided views of a cache (set 1 of 2, positions 3 .. 3+n of 50), neighbours untouched; then
+    KVCache.write through the kernel holds what the eager write holds."""
+    script = textwrap.dedent("""
+        from autoregressive.kernels import fp8_cache_write
+        from autoregressive.models import kv_cache
+        from autoregressive.models.kv_cache import FP8_DTYPE, KVCache, quantise_fp8
+        for dtype in (torch.float16, torch.float32):
+            for n in (1, 5, 17, 40):
+                x = awkward_vectors((2, 3, n, 32), dtype)
+                codes = torch.full((2, 2, 3, 50, 32), 7.0).to(FP8_DTYPE)
+                scales = torch.full((2, 2, 3, 50), 7.0)
+                fp8_cache_write.quantise_into(x, codes[1, :, :, 3:3 + n], scales[1, :, :, 3:3 + n])
+                expected_codes, expected_scales = quantise_fp8(x)
+                assert torch.equal(codes[1, :, :, 3:3 + n].view(torch.uint8), expected_codes.view(torch.uint8)), (dtype, n)
+                assert torch.equal(scales[1, :, :, 3:3 + n], expected_scales), (dtype, n)
+                untouched = torch.ones(2, 2, 3, 50, dtype=torch.bool)
+                untouched[1, :, :, 3:3 + n] = False
+                assert (codes.float()[untouched] == 7).all() and (scales[untouched] == 7).all(), (dtype, n)
+        caches = []
+        for use_kernel in (False, True):
+            kv_cache.fp8_cache_write.supports = lambda *tensors, use_kernel=use_kernel: use_kernel
+            cache = KVCache(2, 2, 3, 50, 32, FP8_DTYPE, torch.device("cpu"))
+            for length in (1, 4, 9):
+                k = awkward_vectors((2, 3, length, 32), torch.float16)
+                v = torch.randn(2, 3, length, 32, generator=torch.Generator().manual_seed(length)).half()
+                cache.write(1, k, v)
+                cache.advance(length)
+            caches.append(cache)
+        for eager, kernel in zip(*([c.keys, c.values, c.key_scales, c.value_scales] for c in caches)):
+            assert torch.equal(eager.view(torch.uint8) if eager.dtype == FP8_DTYPE else eager,
+                               kernel.view(torch.uint8) if kernel.dtype == FP8_DTYPE else kernel)
+        print("ok")
+    """)
+    script = "import torch\n" + inspect.getsource(awkward_vectors) + script  # tests/ is no package to import it from
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": ROOT}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and decode_attention.available()
+                         and decode_attention.has_fp8(torch.device("cuda"))), reason="needs a GPU with float8 (sm89+)")
+def test_kernel_writes_the_eager_bits_on_the_gpu():
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        x = awkward_vectors((64, 16, 28, 64), dtype, "cuda")
+        codes = torch.zeros(64, 16, 257, 64, dtype=FP8_DTYPE, device="cuda")[:, :, 100:128]
+        scales = torch.zeros(64, 16, 257, device="cuda")[:, :, 100:128]
+        assert fp8_cache_write.supports(x, codes, scales)
+        fp8_cache_write.quantise_into(x, codes, scales)
+        expected_codes, expected_scales = quantise_fp8(x)
+        assert torch.equal(codes.view(torch.uint8), expected_codes.view(torch.uint8)), dtype
+        assert torch.equal(scales, expected_scales), dtype
+
+
+def test_the_eager_write_runs_where_the_kernel_cannot():
+    x = torch.randn(1, 2, 3, 32)
+    codes, scales = torch.zeros(1, 2, 3, 32, dtype=FP8_DTYPE), torch.zeros(1, 2, 3)
+    assert not fp8_cache_write.supports(x, codes, scales)  # a CPU tensor
+    cache = KVCache(1, 1, 2, 8, 32, FP8_DTYPE, torch.device("cpu"))
+    k, _ = cache.write(0, x, x)
+    assert torch.equal(k.data.view(torch.uint8), quantise_fp8(x)[0].view(torch.uint8))
