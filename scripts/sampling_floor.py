@@ -1,0 +1,98 @@
+"""The least time one sampling batch can take: the work the decoding plan fixes, over a GPU's peak rates.
+
+Per step of the plan (autoregressive/generate.py's plan_steps, rows = 2 x batch under guidance):
+- matmuls: 2 FLOPs per weight per token, fed tokens through the self-attention layers and the shared
+  key/value projection, the step's targets through the cross-attention layers and the head; every
+  weight is read once per step. Their floor is the larger of FLOPs / peak and weight bytes / bandwidth.
+- attention: every self-attention layer reads its own cache, every cross-attention layer the shared
+  set, each of (cached + fed) positions, keys and values, once (plus its few FLOPs, which never bind).
+- logits: the head's float32 logits written once and read once (guidance, softmax, the draw).
+These run one after another on one stream, so the floor of a step is the sum of the three. Whatever a
+measured batch takes beyond it is launch gaps, norms, RoPE, SwiGLU, the cache writes, and kernels short
+of the peak rates; the README's "Floors" read the gap.
+
+    python -m scripts.sampling_floor --models ARPG-L ARPG-XL ARPG-XXL --batch-sizes 64 256
+"""
+import argparse
+from typing import NamedTuple
+
+import torch
+
+from autoregressive.generate import plan_steps
+from autoregressive.models.arpg import ARPG_models
+from autoregressive.sampling import SamplingConfig, step_sizes
+from autoregressive.utils.cli import run_main
+
+H100_BF16_FLOPS = 989e12  # dense bf16 tensor-core peak (SXM datasheet)
+H100_BYTES_PER_S = 3.35e12  # HBM3 peak (SXM datasheet)
+
+
+class Work(NamedTuple):
+    matmul_flops: float
+    weight_bytes: float  # read once per step, summed over the steps
+    matmul_seconds: float  # per step max(FLOPs / peak, weight bytes / bandwidth), summed
+    cache_bytes: float
+    logit_bytes: float
+
+    def seconds(self, bytes_per_s: float) -> float:
+        return self.matmul_seconds + (self.cache_bytes + self.logit_bytes) / bytes_per_s
+
+
+def linear_weights(module: torch.nn.Module) -> int:
+    return sum(m.weight.numel() for m in module.modules() if isinstance(m, torch.nn.Linear))
+
+
+def decoding_work(model, batch: int, sampling: SamplingConfig, flops_per_s: float = H100_BF16_FLOPS,
+                  bytes_per_s: float = H100_BYTES_PER_S, weight_bytes_each: int = 2, cache_bytes_each: int = 2,
+                  logit_bytes_each: int = 4) -> Work:
+    """The work of one batch of class-conditional sampling (no known tokens). cache_bytes_each: 2 for a
+    bf16 cache, 1 for FP8 codes (their float32 scales, 4 bytes a vector, are added)."""
+    config, layers = model.config, model.layers
+    rows = 2 * batch if sampling.uses_guidance else batch
+    self_weights = linear_weights(layers.self_dec) + layers.to_kv.weight.numel()
+    cross_weights, head_weights = linear_weights(layers.cross_dec), model.head.weight.numel()
+    num_self, num_cross, dim = len(layers.self_dec), len(layers.cross_dec), config.dim
+    # a cached vector: dim values of cache_bytes_each, plus one float32 scale per head where quantised
+    vector_bytes = dim * cache_bytes_each + (4 * config.n_head if cache_bytes_each == 1 else 0)
+    sizes = step_sizes(config.block_size, sampling.num_steps, sampling.sample_schedule)
+    flops = weight_bytes = matmul_seconds = cache_bytes = logit_bytes = 0.0
+    for step in plan_steps(config.cls_token_num, 0, sizes, sampling):
+        step_flops = 2 * rows * (step.fed * self_weights + step.size * (cross_weights + head_weights))
+        step_weight_bytes = weight_bytes_each * (self_weights + cross_weights + head_weights)
+        flops, weight_bytes = flops + step_flops, weight_bytes + step_weight_bytes
+        matmul_seconds += max(step_flops / flops_per_s, step_weight_bytes / bytes_per_s)
+        positions = step.cache_length + step.fed  # what every layer's attention reads this step
+        cache_bytes += rows * (num_self + num_cross) * 2 * positions * vector_bytes
+        logit_bytes += 2 * rows * step.size * config.vocab_size * logit_bytes_each
+    return Work(flops, weight_bytes, matmul_seconds, cache_bytes, logit_bytes)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["ARPG-L", "ARPG-XL", "ARPG-XXL"], choices=list(ARPG_models))
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[64, 256])
+    parser.add_argument("--step", type=int, default=64)
+    parser.add_argument("--tflops", type=float, default=H100_BF16_FLOPS / 1e12, help="matmul peak, TFLOP/s")
+    parser.add_argument("--tbps", type=float, default=H100_BYTES_PER_S / 1e12, help="memory bandwidth, TB/s")
+    args = parser.parse_args(argv)
+    sampling = SamplingConfig(num_steps=args.step, cfg_scale=4.5, cfg_schedule="constant")
+    flops_per_s, bytes_per_s = args.tflops * 1e12, args.tbps * 1e12
+    print(f"{args.step} steps, CFG, arccos; peaks {args.tflops:g} TFLOP/s, {args.tbps:g} TB/s; ms per batch")
+    print("| model | batch | cache | matmuls ms (TFLOP) | attention ms (GB of cache) | logits ms | floor ms | "
+          "img/s at the floor |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in args.models:
+        with torch.device("meta"):
+            model = ARPG_models[name]()
+        for batch in args.batch_sizes:
+            for cache, cache_bytes_each in (("bf16", 2), ("fp8", 1)):
+                work = decoding_work(model, batch, sampling, flops_per_s, bytes_per_s,
+                                     cache_bytes_each=cache_bytes_each)
+                seconds = work.seconds(bytes_per_s)
+                print(f"| {name} | {batch} | {cache} | {1e3 * work.matmul_seconds:.0f} ({work.matmul_flops / 1e12:.0f}) | "
+                      f"{1e3 * work.cache_bytes / bytes_per_s:.0f} ({work.cache_bytes / 1e9:.0f}) | "
+                      f"{1e3 * work.logit_bytes / bytes_per_s:.0f} | {1e3 * seconds:.0f} | {batch / seconds:.0f} |")
+
+
+if __name__ == "__main__":
+    run_main(main)
