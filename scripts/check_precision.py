@@ -1,6 +1,6 @@
 """Does quality hold under the opt-in precision policies (training) and sampling modes? Runs without the
 released weights, on a learnable synthetic code set made here (`PrototypeCodes`): one random grid of
-distinct codes per class (its prototype); a sample is its class's prototype, shifted cyclically at random
+square blocks per class, each block its own code (its prototype); a sample is its class's prototype, shifted cyclically at random
 (unless the model has learned absolute positions, as ARPG-digits), with a fraction of the positions
 redrawn. No loss goes below the entropy of one token given class and shift, far below ln(V) (loss_floor).
 
@@ -51,21 +51,33 @@ TOLERANCE = 2.0
 
 
 class PrototypeCodes(torch.utils.data.Dataset):
-    """Sample i: class i mod num_classes's prototype (a grid x grid arrangement of distinct codes), shifted
-    cyclically by a random (rows, columns) if `shift`, then with each position redrawn uniformly from the
-    vocabulary with probability resample_fraction; a function of (seed, i) only. Items: ((grid**2,) long
-    codes, class).
+    """Sample i: class i mod num_classes's prototype, shifted cyclically by a random (rows, columns) if
+    `shift`, then with each position redrawn uniformly from the vocabulary with probability
+    resample_fraction; a function of (seed, i) only. Items: ((grid**2,) long codes, class).
 
-    The shift matches what a model without absolute positions can generate: ARPG's 2-D RoPE is relative,
-    so nothing tells it where the first token it places sits; the others follow that token's shift."""
+    A prototype is a grid x grid arrangement of regions x regions square blocks, each block one code,
+    all distinct within the class (regions = grid: every position its own code). The shift matches what
+    a model without absolute positions can generate: ARPG's 2-D RoPE is relative, so nothing tells it
+    where the first token it places sits; the others follow that token's shift. Blocks of several
+    positions make the set learnable in a few hundred steps by a model with relative positions only: a
+    target's nearest known tokens mostly hold its code. With one code per position (regions = grid) the
+    code must be looked up from a neighbour's code and offset, and ARPG-L sat at the class's code
+    frequencies (loss 7.13 of ln V 9.70) for all of its 300 steps (H100, 2026-11-27), as ARPG-tiny
+    did for 800 steps on the CPU, where 4 x 4 blocks of 4 x 4 broke through by step 550."""
 
     def __init__(self, num_classes: int, grid: int, vocab_size: int, resample_fraction: float, num_samples: int,
-                 seed: int, shift: bool = True):
-        if vocab_size < grid * grid:
-            raise ValueError(f"--vocab-size {vocab_size} is smaller than the {grid * grid} distinct codes of a prototype")
+                 seed: int, shift: bool = True, regions: Optional[int] = None):
+        regions = regions or grid
+        if grid % regions:
+            raise ValueError(f"--regions {regions} does not divide --grid {grid}")
+        if vocab_size < regions * regions:
+            raise ValueError(f"--vocab-size {vocab_size} is smaller than the {regions * regions} distinct codes of "
+                             "a prototype")
         generator = torch.Generator().manual_seed(seed)
-        self.prototypes = torch.stack([torch.randperm(vocab_size, generator=generator)[:grid * grid]
-                                       for _ in range(num_classes)])  # (K, N)
+        block = grid // regions
+        self.prototypes = torch.stack([  # (K, N)
+            torch.randperm(vocab_size, generator=generator)[:regions * regions].view(regions, regions)
+            .repeat_interleave(block, 0).repeat_interleave(block, 1).flatten() for _ in range(num_classes)])
         self.grid, self.vocab_size, self.resample_fraction = grid, vocab_size, resample_fraction
         self.num_samples, self.seed, self.shift = num_samples, seed, shift
 
@@ -406,6 +418,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--vocab-size", type=int, default=16384)
     parser.add_argument("--num-classes", type=int, default=10)
     parser.add_argument("--grid", type=int, default=16, help="codes per side of a sample (16: 256 tokens)")
+    parser.add_argument("--regions", type=int, default=4, help="blocks per side of a prototype, each one code "
+                        "(it must divide --grid; 0 or --grid: one code per position, which ARPG-L did not learn "
+                        "in 300 steps)")
     parser.add_argument("--resample-fraction", type=float, default=0.25,
                         help="share of a sample's positions redrawn from its class prototype")
     parser.add_argument("--steps", type=int, default=300, help="optimizer steps per training run")
@@ -435,9 +450,14 @@ def check_args(args) -> None:
         raise UserError(f"--resample-fraction must be in (0, 1), got {args.resample_fraction}")
     for name in ("steps", "batch_size", "eval_batch", "samples_per_class", "sample_batch", "num_steps"):
         check_at_least(f"--{name.replace('_', '-')}", getattr(args, name), 1)
-    if args.vocab_size < args.grid ** 2:
-        raise UserError(f"--vocab-size {args.vocab_size} is smaller than the {args.grid ** 2} distinct codes of a "
-                         f"--grid {args.grid} prototype")
+    regions = args.regions or args.grid
+    check_at_least("--regions", regions, 1)
+    if args.grid % regions:
+        raise UserError(f"--regions {regions} does not divide --grid {args.grid}: a prototype is --regions blocks "
+                        "a side")
+    if args.vocab_size < regions ** 2:
+        raise UserError(f"--vocab-size {args.vocab_size} is smaller than the {regions ** 2} distinct codes of a "
+                        f"--regions {regions} prototype")
     if args.warmup_steps > args.steps:
         raise UserError(f"--warmup-steps {args.warmup_steps} is more than --steps {args.steps}")
 
@@ -448,7 +468,8 @@ def run_check(args, info: DistInfo):
     with torch.device("meta"):  # only its configuration is read
         absolute_positions = build_model(policy_config(args, "exact", args.global_seed)).config.learned_pos_embed
     dataset = PrototypeCodes(args.num_classes, args.grid, args.vocab_size, args.resample_fraction,
-                             args.steps * args.batch_size, args.global_seed, shift=not absolute_positions)
+                             args.steps * args.batch_size, args.global_seed, shift=not absolute_positions,
+                             regions=args.regions)
     held_out = held_out_batch(dataset, args.eval_batch, args.global_seed, info.device)
     with matmul_tf32(True):  # train_c2i.py trains with TF32 (enable_tf32)
         training, curves, exact_model = run_training(args, info, dataset, held_out, policies)

@@ -34,6 +34,21 @@ def test_samples_are_their_prototype_shifted_with_a_fraction_redrawn_and_reprodu
     assert check.loss_floor(2, 0.5) == pytest.approx(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))
 
 
+def test_prototypes_of_blocks():
+    dataset = PrototypeCodes(num_classes=2, grid=16, vocab_size=100, resample_fraction=0.25, num_samples=10, seed=1,
+                             regions=4)
+    grids = dataset.prototypes.view(2, 16, 16)
+    assert all(len(set(prototype.tolist())) == 16 for prototype in dataset.prototypes)  # 16 codes, distinct
+    assert torch.equal(grids[:, ::4, ::4].repeat_interleave(4, 1).repeat_interleave(4, 2), grids)  # 4 x 4 blocks
+    codes, label = dataset[3]
+    assert 0.65 < dataset.agreement(codes[None], torch.tensor([label])).item() < 0.85
+    labels = torch.tensor([0, 1])
+    assert dataset.match_share(grids.roll((5, 11), dims=(1, 2)).reshape(2, 256), labels) == 1.0
+    assert dataset.match_share(dataset.prototypes.roll(1, dims=0), labels) == 0.0
+    with pytest.raises(ValueError, match="does not divide"):
+        PrototypeCodes(2, 16, 100, 0.25, 10, 1, regions=5)
+
+
 def test_pass_rules_on_hand_made_numbers():
     assert check.within_noise(0.90, 0.90, 100) and check.within_noise(0.85, 0.90, 100)  # 2 sigma = 0.087 + 0.01
     assert not check.within_noise(0.70, 0.90, 100)
@@ -164,6 +179,8 @@ def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="resample-fraction"):
         check.check_args(parse("--resample-fraction", "1.5"))
     with pytest.raises(ValueError, match="--vocab-size 100 is smaller than the 256 distinct codes"):
-        check.check_args(parse("--vocab-size", "100"))
+        check.check_args(parse("--vocab-size", "100", "--regions", "16"))
+    with pytest.raises(ValueError, match="--regions 5 does not divide --grid 16"):
+        check.check_args(parse("--regions", "5"))
     with pytest.raises(ValueError, match="--warmup-steps 40 is more than --steps 30"):
         check.check_args(parse("--steps", "30", "--warmup-steps", "40"))
