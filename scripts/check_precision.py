@@ -423,7 +423,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "in 300 steps)")
     parser.add_argument("--resample-fraction", type=float, default=0.25,
                         help="share of a sample's positions redrawn from its class prototype")
-    parser.add_argument("--steps", type=int, default=500, help="optimizer steps per training run (ARPG-L on an H100: about 8 s per 100)")
+    parser.add_argument("--steps", type=int, default=500, help="optimizer steps per training run")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--warmup-steps", type=int, default=30)
