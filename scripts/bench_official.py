@@ -31,6 +31,7 @@ from autoregressive.utils.device import enable_tf32, resolve_device
 from autoregressive.utils.dist import cleanup, init_distributed
 from scripts.bench_sample import build_model, parse_kv_caches, timed
 from scripts.bench_train import PolicyRun, start_run, synchronize, time_steps, warm_up
+from scripts.sampling_floor import H100_BYTES_PER_S, decoding_work
 
 OFFICIAL_MODULE = "arpg_official_model"
 
@@ -154,8 +155,11 @@ def bench_sampling(official, name: str, batches: List[int], kv_caches: List[str]
                 times[key].append(seconds)
                 peaks[key] = max(peaks[key], peak)
         for key in paths:
+            kind = key.rsplit("kv-cache ", 1)[-1] if key != "official" else "model"  # the official cache is bf16
+            floor = decoding_work(ours, batch, settings[kind], cache_bytes_each=1 if kind == "fp8" else 2)
             rows.append({"model": name, "batch": batch, "side": key, "img_s": batch / statistics.median(times[key]),
-                         "peak_gib": peaks[key] / 2**30 if device.type == "cuda" else None})
+                         "peak_gib": peaks[key] / 2**30 if device.type == "cuda" else None,
+                         "floor_img_s": batch / floor.seconds(H100_BYTES_PER_S)})
     del samplers, theirs, ours
     # The fused parts of this size would count against the next size's recompile limit: past it, torch.compile
     # runs the layers eagerly (seen on the GPU: ARPG-XXL after L and XL sampled 11% slower than alone).
@@ -166,15 +170,23 @@ def bench_sampling(official, name: str, batches: List[int], kv_caches: List[str]
 
 
 def table(rows: List[dict], title: str) -> List[str]:
-    """Markdown: one row per model, batch and side; "x official" divides by the official row's img/s."""
+    """Markdown: one row per model, batch and side; "x official" divides by the official row's img/s;
+    rows with a "floor_img_s" (sampling) add the share of scripts/sampling_floor.py's floor reached."""
     official = {(r["model"], r["batch"]): r["img_s"] for r in rows if r["side"] == "official"}
-    lines = [title, "", "| model | batch | side | img/s (median) | x official | peak GiB |", "|---|---|---|---|---|---|"]
+    floors = any("floor_img_s" in r for r in rows)
+    extra = (" of the floor (H100 peaks) |", "---|") if floors else ("", "")
+    lines = [title, "", f"| model | batch | side | img/s (median) | x official | peak GiB |{extra[0]}",
+             f"|---|---|---|---|---|---|{extra[1]}"]
     for r in rows:
         base = official.get((r["model"], r["batch"]))
         ratio = f"{r['img_s'] / base:.2f}x" if r["img_s"] and base else "-"
         rate = f"{r['img_s']:.1f}" if r["img_s"] else "out of memory"
         peak = f"{r['peak_gib']:.1f}" if r["peak_gib"] is not None else "-"
-        lines.append(f"| {r['model']} | {r['batch']} | {r['side']} | {rate} | {ratio} | {peak} |")
+        share = ""
+        if floors:
+            share = f" {100 * r['img_s'] / r['floor_img_s']:.0f}% of {r['floor_img_s']:.0f} img/s |" \
+                if r["img_s"] and r.get("floor_img_s") else " - |"
+        lines.append(f"| {r['model']} | {r['batch']} | {r['side']} | {rate} | {ratio} | {peak} |{share}")
     return lines
 
 

@@ -56,6 +56,7 @@ def test_the_harness_times_both_sides_and_tabulates_ratios(tmp_path, capsys, mon
     assert all(row.split(" | ")[4].endswith("x") for row in rows)  # every row has its ratio to official
     assert rows[0].split(" | ")[4] == "1.00x" and rows[2].split(" | ")[4] == "1.00x"
     assert len(builds) == 2  # model and fp8, each kept over the warm-up and both repetitions
+    assert rows[0].count("|") == 7 and all("% of " in row for row in rows[2:])  # sampling: share of the floor
 
 
 def test_a_folder_without_the_official_model_is_refused(tmp_path):
