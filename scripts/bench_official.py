@@ -1,7 +1,10 @@
 """Ours against the official code (github hp-l33/ARPG) in one process: training step and sampling, the
 repetitions of the two interleaved, medians, peak memory. The official model is imported from a copy of
-that repository given by --official-repo (not part of this project; it needs `transformers` and
-`einops`), so the ratios of issue #17's targets are measured in the same run on the same GPU.
+that repository given by --official-repo (not part of this project; it needs `einops`, and takes
+`transformers` where installed), so the ratios of issue #17's targets are measured in the same run on the
+same GPU. Sampling rows give the share of scripts/sampling_floor.py's floor they reach; --profile DIR adds
+one profiled batch per sampling path (scripts/kernel_profile.py's report: where the time above the floor
+goes).
 
     git clone https://github.com/hp-l33/ARPG /tmp/ARPG-official
     python -m scripts.bench_official --official-repo /tmp/ARPG-official --train-models ARPG-L --train-batch 128 \\
@@ -31,6 +34,7 @@ from autoregressive.utils.device import enable_tf32, resolve_device
 from autoregressive.utils.dist import cleanup, init_distributed
 from scripts.bench_sample import build_model, parse_kv_caches, timed
 from scripts.bench_train import PolicyRun, start_run, synchronize, time_steps, warm_up
+from scripts.kernel_profile import profile_calls, report
 from scripts.sampling_floor import H100_BYTES_PER_S, decoding_work
 
 OFFICIAL_MODULE = "arpg_official_model"
@@ -160,6 +164,9 @@ def bench_sampling(official, name: str, batches: List[int], kv_caches: List[str]
             rows.append({"model": name, "batch": batch, "side": key, "img_s": batch / statistics.median(times[key]),
                          "peak_gib": peaks[key] / 2**30 if device.type == "cuda" else None,
                          "floor_img_s": batch / floor.seconds(H100_BYTES_PER_S)})
+            if args.profile:
+                stem = f"{name}-b{batch}-" + "-".join("".join(c if c.isalnum() else " " for c in key).split())
+                write_sampling_profile(paths[key], f"{name}, batch {batch}, {key}", stem, floor, args.profile, device)
     del samplers, theirs, ours
     # The fused parts of this size would count against the next size's recompile limit: past it, torch.compile
     # runs the layers eagerly (seen on the GPU: ARPG-XXL after L and XL sampled 11% slower than alone).
@@ -167,6 +174,22 @@ def bench_sampling(official, name: str, batches: List[int], kv_caches: List[str]
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return rows
+
+
+def write_sampling_profile(path: Callable, title: str, stem: str, floor, out_dir: str, device: torch.device) -> None:
+    """One more batch of a sampling path under torch.profiler: kernel time by kind, launches, busy against
+    wall, beside the batch's floor; into out_dir, and printed."""
+    result = profile_calls(path, 1, device)
+    launches = sum(kernel.count for kernel in result.kernels)
+    notes = [f"{launches} kernels (or CPU ops) per batch. Floor of the batch (scripts/sampling_floor.py, H100 "
+             f"peaks): matmuls {1e3 * floor.matmul_seconds:.1f} ms ({floor.matmul_flops / 1e12:.1f} TFLOP), cache "
+             f"reads {1e3 * floor.cache_bytes / H100_BYTES_PER_S:.1f} ms ({floor.cache_bytes / 1e9:.1f} GB), logits "
+             f"{1e3 * floor.logit_bytes / H100_BYTES_PER_S:.1f} ms."]
+    lines = report(result, title, notes=notes)
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, f"{stem}.md"), "w") as file:
+        file.write("\n".join(lines) + "\n")
+    print("\n".join(lines), flush=True)
 
 
 def table(rows: List[dict], title: str) -> List[str]:
@@ -201,6 +224,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "(always), fp8")
     parser.add_argument("--fused", action="store_true", help="our sampling with the layers compiled (the samplers' "
                         "--fused; scripts/check_precision.py's bf16-fused mode judges it)")
+    parser.add_argument("--profile", metavar="DIR", default=None, help="after the timing, one more batch of every "
+                        "sampling path under torch.profiler: kernel time by kind and launches, into DIR")
     parser.add_argument("--step", type=int, default=64)
     parser.add_argument("--cfg-scale", type=float, default=4.5)
     parser.add_argument("--steps", type=int, default=10, help="timed training steps per repetition")

@@ -48,7 +48,8 @@ def test_the_harness_times_both_sides_and_tabulates_ratios(tmp_path, capsys, mon
     (tmp_path / "models" / "arpg.py").write_text(STAND_IN)
     bench_official.main(["--official-repo", str(tmp_path), "--device", "cpu", "--train-models", "ARPG-tiny",
                          "--train-batch", "2", "--steps", "1", "--reps", "2", "--no-compile", "--sample-models",
-                         "ARPG-tiny", "--sample-batches", "2", "--step", "4", "--kv-caches", "model,fp8"])
+                         "ARPG-tiny", "--sample-batches", "2", "--step", "4", "--kv-caches", "model,fp8",
+                         "--profile", str(tmp_path / "profile")])
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| ARPG-tiny |")]
     assert [row.split(" | ")[2] for row in rows] == ["official", "ours", "official", "ours, kv-cache model",
@@ -57,6 +58,11 @@ def test_the_harness_times_both_sides_and_tabulates_ratios(tmp_path, capsys, mon
     assert rows[0].split(" | ")[4] == "1.00x" and rows[2].split(" | ")[4] == "1.00x"
     assert len(builds) == 2  # model and fp8, each kept over the warm-up and both repetitions
     assert rows[0].count("|") == 7 and all("% of " in row for row in rows[2:])  # sampling: share of the floor
+    profiles = sorted(path.name for path in (tmp_path / "profile").iterdir())
+    assert profiles == ["ARPG-tiny-b2-official.md", "ARPG-tiny-b2-ours-kv-cache-fp8.md",
+                        "ARPG-tiny-b2-ours-kv-cache-model.md"]
+    text = (tmp_path / "profile" / profiles[1]).read_text()
+    assert "| kind | ms per call |" in text and "per batch. Floor of the batch" in text
 
 
 def test_a_folder_without_the_official_model_is_refused(tmp_path):
