@@ -35,7 +35,7 @@ from autoregressive.utils.dist import cleanup, init_distributed
 from scripts.bench_sample import build_model, parse_kv_caches, timed
 from scripts.bench_train import PolicyRun, start_run, synchronize, time_steps, warm_up
 from scripts.kernel_profile import profile_calls, report
-from scripts.sampling_floor import H100_BYTES_PER_S, decoding_work
+from scripts.sampling_floor import decoding_work
 
 OFFICIAL_MODULE = "arpg_official_model"
 
@@ -148,8 +148,10 @@ def bench_sampling(official, name: str, batches: List[int], kv_caches: List[str]
         paths: Dict[str, Callable] = {"official": lambda: theirs.generate(
             labels, guidance_scale=args.cfg_scale, cfg_schedule="constant", sample_schedule="arccos",
             num_iter=args.step)}
+        cache_kinds = {"official": "model"}  # each path's cache kind; the official cache is in the weights' dtype
         for kind, sampling in settings.items():
-            paths[f"{ours_name}, kv-cache {kind}"] = (lambda k, s: lambda: samplers[k].generate(labels, s))(kind, sampling)
+            key = f"{ours_name}, kv-cache {kind}"
+            paths[key], cache_kinds[key] = (lambda k, s: lambda: samplers[k].generate(labels, s))(kind, sampling), kind
         for path in paths.values():  # warm-up: graph capture, kernel compilation
             path()
         times, peaks = {key: [] for key in paths}, {key: 0 for key in paths}
@@ -159,11 +161,11 @@ def bench_sampling(official, name: str, batches: List[int], kv_caches: List[str]
                 times[key].append(seconds)
                 peaks[key] = max(peaks[key], peak)
         for key in paths:
-            kind = key.rsplit("kv-cache ", 1)[-1] if key != "official" else "model"  # the official cache is bf16
+            kind = cache_kinds[key]
             floor = decoding_work(ours, batch, settings[kind], cache_bytes_each=1 if kind == "fp8" else 2)
             rows.append({"model": name, "batch": batch, "side": key, "img_s": batch / statistics.median(times[key]),
                          "peak_gib": peaks[key] / 2**30 if device.type == "cuda" else None,
-                         "floor_img_s": batch / floor.seconds(H100_BYTES_PER_S)})
+                         "floor_img_s": batch / floor.seconds})
             if args.profile:
                 stem = f"{name}-b{batch}-" + "-".join("".join(c if c.isalnum() else " " for c in key).split())
                 write_sampling_profile(paths[key], f"{name}, batch {batch}, {key}", stem, floor, args.profile, device)
@@ -183,8 +185,8 @@ def write_sampling_profile(path: Callable, title: str, stem: str, floor, out_dir
     launches = sum(kernel.count for kernel in result.kernels)
     notes = [f"{launches} kernels (or CPU ops) per batch. Floor of the batch (scripts/sampling_floor.py, H100 "
              f"peaks): matmuls {1e3 * floor.matmul_seconds:.1f} ms ({floor.matmul_flops / 1e12:.1f} TFLOP), cache "
-             f"reads {1e3 * floor.cache_bytes / H100_BYTES_PER_S:.1f} ms ({floor.cache_bytes / 1e9:.1f} GB), logits "
-             f"{1e3 * floor.logit_bytes / H100_BYTES_PER_S:.1f} ms."]
+             f"reads {1e3 * floor.cache_seconds:.1f} ms ({floor.cache_bytes / 1e9:.1f} GB), logits "
+             f"{1e3 * floor.logit_seconds:.1f} ms."]
     lines = report(result, title, notes=notes)
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, f"{stem}.md"), "w") as file:

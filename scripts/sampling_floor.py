@@ -30,12 +30,15 @@ H100_BYTES_PER_S = 3.35e12  # HBM3 peak (SXM datasheet)
 class Work(NamedTuple):
     matmul_flops: float
     weight_bytes: float  # read once per step, summed over the steps
-    matmul_seconds: float  # per step max(FLOPs / peak, weight bytes / bandwidth), summed
     cache_bytes: float
     logit_bytes: float
+    matmul_seconds: float  # per step max(FLOPs / peak, weight bytes / bandwidth), summed
+    cache_seconds: float
+    logit_seconds: float
 
-    def seconds(self, bytes_per_s: float) -> float:
-        return self.matmul_seconds + (self.cache_bytes + self.logit_bytes) / bytes_per_s
+    @property
+    def seconds(self) -> float:
+        return self.matmul_seconds + self.cache_seconds + self.logit_seconds
 
 
 def linear_weights(module: torch.nn.Module) -> int:
@@ -64,7 +67,8 @@ def decoding_work(model, batch: int, sampling: SamplingConfig, flops_per_s: floa
         positions = step.cache_length + step.fed  # what every layer's attention reads this step
         cache_bytes += rows * (num_self + num_cross) * 2 * positions * vector_bytes
         logit_bytes += 2 * rows * step.size * config.vocab_size * logit_bytes_each
-    return Work(flops, weight_bytes, matmul_seconds, cache_bytes, logit_bytes)
+    return Work(flops, weight_bytes, cache_bytes, logit_bytes, matmul_seconds, cache_bytes / bytes_per_s,
+                logit_bytes / bytes_per_s)
 
 
 def main(argv=None):
@@ -88,10 +92,9 @@ def main(argv=None):
             for cache, cache_bytes_each in (("bf16", 2), ("fp8", 1)):
                 work = decoding_work(model, batch, sampling, flops_per_s, bytes_per_s,
                                      cache_bytes_each=cache_bytes_each)
-                seconds = work.seconds(bytes_per_s)
                 print(f"| {name} | {batch} | {cache} | {1e3 * work.matmul_seconds:.0f} ({work.matmul_flops / 1e12:.0f}) | "
-                      f"{1e3 * work.cache_bytes / bytes_per_s:.0f} ({work.cache_bytes / 1e9:.0f}) | "
-                      f"{1e3 * work.logit_bytes / bytes_per_s:.0f} | {1e3 * seconds:.0f} | {batch / seconds:.0f} |")
+                      f"{1e3 * work.cache_seconds:.0f} ({work.cache_bytes / 1e9:.0f}) | {1e3 * work.logit_seconds:.0f} | "
+                      f"{1e3 * work.seconds:.0f} | {batch / work.seconds:.0f} |")
 
 
 if __name__ == "__main__":

@@ -8,8 +8,6 @@ and float32 scale straight into the cache, with the eager form's arithmetic: sca
 codes = x / max(scale, tiny) clamped to +-448, rounded to nearest even (both divisions correctly
 rounded, as torch's), so the cache holds the same bits either way.
 """
-import functools
-
 import torch
 
 from autoregressive.kernels.decode_attention import has_fp8
@@ -20,6 +18,7 @@ try:
 except ImportError:  # CPU-only torch builds
     triton = None
 
+FLOAT32_TINY = torch.finfo(torch.float32).tiny  # the eager form's floor under a scale (all-zero vectors)
 
 
 def supports(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> bool:
@@ -27,11 +26,6 @@ def supports(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> bool
     return (triton is not None and x.is_cuda and codes.dtype == torch.float8_e4m3fn and has_fp8(x.device)
             and x.dtype in (torch.bfloat16, torch.float16, torch.float32) and x.shape[-1] in (16, 32, 64, 128)
             and x.stride(-1) == 1 and codes.stride(-1) == 1 and scales.stride(-1) == 1)
-
-
-@functools.lru_cache(maxsize=None)
-def _tiny() -> float:
-    return torch.finfo(torch.float32).tiny
 
 
 if triton is not None:
@@ -72,7 +66,7 @@ def quantise_into(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, bl
     if num_vectors == 0:
         return
     grid = (batch * heads, triton.cdiv(num_vectors, block_n))
-    _quantise_kernel[grid](x, codes, scales, heads, num_vectors, _tiny(),
+    _quantise_kernel[grid](x, codes, scales, heads, num_vectors, FLOAT32_TINY,
                            x.stride(0), x.stride(1), x.stride(2), codes.stride(0), codes.stride(1), codes.stride(2),
                            scales.stride(0), scales.stride(1), BLOCK_N=block_n, HEAD_DIM=head_dim,
                            CODE_MAX=torch.finfo(codes.dtype).max)
