@@ -31,6 +31,7 @@ import copy
 import csv
 import math
 import os
+import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
@@ -301,8 +302,10 @@ def run_training(args, info: DistInfo, dataset: PrototypeCodes, held_out, polici
         if reason is not None:
             rows.append({**row, "pass": f"not run: {reason}"})
             continue
+        started = time.perf_counter()
         cfg = policy_config(args, policy, seed)
         trainer, curves[name] = train_policy(cfg, info, dataset, args.steps)
+        trained = time.perf_counter()
         model = float32_copy(cfg, trainer.model, info.device)
         del trainer
         torch._dynamo.reset()  # the next run compiles its own model
@@ -313,7 +316,9 @@ def run_training(args, info: DistInfo, dataset: PrototypeCodes, held_out, polici
                      "match share": sample_match_share(model, SAMPLING_MODES[REFERENCE_MODE], dataset, args, info.device)})
         exact_model = model if name == "exact" else exact_model
         # As each run ends: a run cut short by a time limit still shows what it measured.
-        print(f"trained {name}: held-out loss {loss.item():.4f}, match share {rows[-1]['match share']:.3f}", flush=True)
+        print(f"trained {name}: held-out loss {loss.item():.4f}, match share {rows[-1]['match share']:.3f} "
+              f"(training {trained - started:.0f} s, compilation included; evaluation {time.perf_counter() - trained:.0f} s)",
+              flush=True)
     judge_policies(rows, args.num_classes * args.samples_per_class)
     return rows, curves, exact_model
 
@@ -341,6 +346,7 @@ def run_sampling(args, model, dataset: PrototypeCodes, held_out, modes: List[str
     reference = next_token_log_probs(model, SAMPLING_MODES[REFERENCE_MODE], codes, labels, orders, num_steps)
     rows = []
     for name in modes:
+        started = time.perf_counter()
         mode = SAMPLING_MODES[name]
         prepared = mode.prepare(copy.deepcopy(model))
         parts = fusion(prepared, args.fuse_backend) if mode.fused else None
@@ -348,6 +354,8 @@ def run_sampling(args, model, dataset: PrototypeCodes, held_out, modes: List[str
                                                                         num_steps, parts))
         rows.append({"mode": name, "KL vs float32": kl, "top-1 agreement": top1,
                      "match share": sample_match_share(prepared, mode, dataset, args, device, parts)})
+        print(f"sampled {name}: KL {kl:.3g}, top-1 agreement {top1:.4f}, match share {rows[-1]['match share']:.3f} "
+              f"({time.perf_counter() - started:.0f} s)", flush=True)
     judge_modes(rows, args.num_classes * args.samples_per_class)
     return rows
 
