@@ -35,10 +35,7 @@ from autoregressive.train.precision import check_policy, fp8_unavailable_reason,
 from autoregressive.utils.cli import UserError, check_at_least, run_main
 from autoregressive.utils.device import enable_tf32
 from autoregressive.utils.dist import DistInfo, cleanup, init_distributed, init_one_process_group
-from scripts.kernel_profile import profile_calls, report
-
-PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, SXM
-
+from scripts.kernel_profile import PEAK_BF16_TFLOPS, profile_calls, report
 
 def peak_tflops() -> float:
     name = torch.cuda.get_device_name()

@@ -9,6 +9,10 @@ from typing import Callable, List, NamedTuple, Sequence
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+# Datasheet peaks (SXM parts), the floors' rates: dense bf16 tensor-core TFLOP/s, and H100 HBM3 bandwidth.
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+H100_BYTES_PER_S = 3.35e12
+
 # First match wins; lower-case substrings of CUDA kernel names or, on the CPU, of aten op names.
 KINDS = (
     ("matmul", ("gemm", "cutlass", "xmma", "nvjet", "cublas", "aten::mm", "aten::addmm", "aten::bmm",

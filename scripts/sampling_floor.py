@@ -22,9 +22,9 @@ from autoregressive.generate import plan_steps
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.sampling import SamplingConfig, step_sizes
 from autoregressive.utils.cli import run_main
+from scripts.kernel_profile import H100_BYTES_PER_S, PEAK_BF16_TFLOPS
 
-H100_BF16_FLOPS = 989e12  # dense bf16 tensor-core peak (SXM datasheet)
-H100_BYTES_PER_S = 3.35e12  # HBM3 peak (SXM datasheet)
+H100_BF16_FLOPS = PEAK_BF16_TFLOPS["H100"] * 1e12
 
 
 class Work(NamedTuple):

@@ -14,7 +14,7 @@ import torch
 from autoregressive.kernels import fp8_cache_write
 
 FP8_DTYPE = torch.float8_e4m3fn
-FP8_MAX = 448.0  # largest finite e4m3 value: each vector's largest |entry| is stored as +-448
+FP8_MAX = torch.finfo(FP8_DTYPE).max  # 448, e4m3's largest finite value: each vector's largest |entry| is stored as +-448
 
 
 class ScaledFp8(NamedTuple):
@@ -32,7 +32,7 @@ def quantise_fp8(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     Rounding to nearest keeps 3 mantissa bits: each entry is off by at most 1/16 of itself, or by
     scale / 1024 below e4m3's normal range. An all-zero vector (the class token's key) gets scale 0."""
     scale = x.abs().amax(-1).float() / FP8_MAX
-    divisor = scale.clamp_min(torch.finfo(torch.float32).tiny).unsqueeze(-1)
+    divisor = scale.clamp_min(fp8_cache_write.FLOAT32_TINY).unsqueeze(-1)  # the kernel's floor too
     # e4m3 has no infinity: a quotient rounded just past 448 must not become NaN where the cast does not saturate.
     return (x.float() / divisor).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE), scale
 
