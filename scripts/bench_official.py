@@ -252,8 +252,12 @@ def main(argv=None) -> None:
     args.chunked_loss, args.grad_checkpointing, args.check_loss = True, "none", False
     info = init_distributed(device.type)
     training = [row for name in args.train_models for row in bench_training(official, name, args.train_batch, args, info)]
-    sampling = [row for name in args.sample_models
-                for row in bench_sampling(official, name, args.sample_batches, kv_caches, args, device)]
+    sampling = []
+    for name in args.sample_models:
+        rows = bench_sampling(official, name, args.sample_batches, kv_caches, args, device)
+        # each size's rows as soon as they exist, so a run cut short by a time limit keeps them
+        print("\n".join(table(rows, f"\n{name} sampling (the full table follows at the end):")), flush=True)
+        sampling += rows
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     print(f"\n{name}, torch {torch.__version__}, official code at {os.path.abspath(args.official_repo)}")
     if training:

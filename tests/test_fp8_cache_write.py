@@ -89,3 +89,12 @@ def test_the_eager_write_runs_where_the_kernel_cannot():
     cache = KVCache(1, 1, 2, 8, 32, FP8_DTYPE, torch.device("cpu"))
     k, _ = cache.write(0, x, x)
     assert torch.equal(k.data.view(torch.uint8), quantise_fp8(x)[0].view(torch.uint8))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_the_kernel_benchmark_refuses_a_machine_without_a_float8_gpu_in_one_line():
+    result = subprocess.run([sys.executable, "-m", "scripts.bench_cache_kernels", "--models", "ARPG-L"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == \
+        "error: bench_cache_kernels needs a CUDA GPU with float8 (sm89+) and Triton"

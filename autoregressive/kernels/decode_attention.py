@@ -8,9 +8,11 @@ online softmax in float32, and writes the output already in (B, n_q, H, d) order
 heads afterwards is a free view.
 
 An FP8 cache (float8_e4m3fn keys and values, one float32 scale per key and per value vector) is read
-by the same kernel compiled with SCALED: the codes are widened to the queries' dtype in registers, the
-key scales multiply the score columns, and the value scales are folded into the probabilities before
-the p @ V product. SCALED is a compile-time flag, so the unscaled kernel is today's.
+by the same kernel compiled with SCALED: the codes are widened to fp16 in registers (one instruction per
+pair; bf16 takes several), the queries are scaled into fp16's range by a power of two per row, the key
+scales multiply the score columns, and the value scales, relative to the largest so far, are folded into
+the probabilities before the p @ V product. Accumulation stays float32. SCALED is a compile-time flag,
+so the unscaled kernel is the bf16 cache's.
 
 Triton ships with torch's CUDA builds; without it `available()` is False and callers use SDPA.
 """
@@ -67,6 +69,20 @@ if triton is not None:
         keys = tl.arange(0, BLOCK_N)
         row_ok = rows < num_queries
         q = tl.load(Q + b * q_sb + h * q_sh + rows[:, None] * q_sm + cols[None, :], mask=row_ok[:, None], other=0.0)
+        if SCALED:
+            # fp16 operands: e4m3 codes widen to fp16 in one instruction each pair (to bf16 it takes several,
+            # which kept the FP8 cache no faster than bf16). Each query row is scaled by a power of two into
+            # [-2, 2), which moves only its exponent, so fp16 cannot overflow; scores get the power back.
+            q32 = q.to(tl.float32)
+            exponent = (tl.max(tl.abs(q32), 1).to(tl.int32, bitcast=True) >> 23) & 0xFF
+            exponent = tl.minimum(tl.maximum(exponent, 1), 253)  # zero rows and float32's extremes stay finite
+            q_down = ((254 - exponent) << 23).to(tl.float32, bitcast=True)  # 2^-(exponent - 127)
+            q_up = (exponent << 23).to(tl.float32, bitcast=True)
+            q = (q32 * q_down[:, None]).to(tl.float16)
+            score_scale = q_up * scale_log2
+            # Value scales enter the probabilities relative to the largest seen so far (online, as the
+            # softmax's maximum), so p * scale stays in [0, 1] where fp16 keeps 11 bits.
+            v_max = tl.full([BLOCK_M], 1.1754943508222875e-38, tl.float32)  # float32's tiny: never 0
         k_base = K + b * k_sb + h * k_sh
         v_base = V + b * v_sb + h * v_sh
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -77,29 +93,35 @@ if triton is not None:
             key_ok = n < num_keys
             k = tl.load(k_base + n[:, None] * k_sn + cols[None, :], mask=key_ok[:, None], other=0.0)
             v = tl.load(v_base + n[:, None] * v_sn + cols[None, :], mask=key_ok[:, None], other=0.0)
-            if SCALED:  # e4m3 codes widen exactly to the queries' dtype
-                k = k.to(q.dtype)
-                v = v.to(q.dtype)
-            s = tl.dot(q, tl.trans(k)) * scale_log2  # log2 domain: exp2 is the cheap exponential
-            if SCALED:
+            if SCALED:  # e4m3 codes widen exactly to fp16
+                s = tl.dot(q, tl.trans(k.to(tl.float16))) * score_scale[:, None]
                 s = s * tl.load(K_SCALE + b * ks_sb + h * ks_sh + n, mask=key_ok, other=0.0)[None, :]
+            else:
+                s = tl.dot(q, tl.trans(k)) * scale_log2  # log2 domain: exp2 is the cheap exponential
             s = tl.where(key_ok[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             alpha = tl.exp2(m_i - m_new)
             p = tl.exp2(s - m_new[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
-            if SCALED:  # sum_j p_j (scale_j code_j) = sum_j (p_j scale_j) code_j; l_i keeps the plain p
-                p = p * tl.load(V_SCALE + b * vs_sb + h * vs_sh + n, mask=key_ok, other=0.0)[None, :]
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            if SCALED:  # sum_j p_j (scale_j code_j) = v_max sum_j (p_j scale_j / v_max) code_j; l_i keeps plain p
+                v_scale = tl.load(V_SCALE + b * vs_sb + h * vs_sh + n, mask=key_ok, other=0.0)
+                v_max_new = tl.maximum(v_max, tl.max(v_scale, 0))
+                p = p * (v_scale[None, :] / v_max_new[:, None])
+                acc = acc * (alpha * (v_max / v_max_new))[:, None] + tl.dot(p.to(tl.float16), v.to(tl.float16))
+                v_max = v_max_new
+            else:
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             m_i = m_new
         out = acc / l_i[:, None]
+        if SCALED:
+            out = out * v_max[:, None]
         tl.store(O + b * o_sb + h * o_sh + rows[:, None] * o_sm + cols[None, :], out.to(O.dtype.element_ty),
                  mask=row_ok[:, None])
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_scale: Optional[torch.Tensor] = None,
-                     v_scale: Optional[torch.Tensor] = None, block_n: int = 64, num_warps: int = 4,
-                     num_stages: int = 2) -> torch.Tensor:
+                     v_scale: Optional[torch.Tensor] = None, block_n: Optional[int] = None, num_warps: int = 4,
+                     num_stages: Optional[int] = None) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v for q (B, H, n_q, d) and k, v (B, H, n_k, d), no mask. The query
     tile is n_q rounded up to a power of two, at least 16 (tl.dot's smallest).
 
@@ -112,6 +134,10 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_scale:
     out = torch.empty(batch, num_queries, heads, head_dim, dtype=q.dtype, device=q.device).transpose(1, 2)
     scale_log2 = 1.0 / math.sqrt(head_dim) * 1.4426950408889634  # log2(e)
     scaled = k_scale is not None
+    # FP8 codes are half the bytes per key: longer blocks and a deeper pipeline keep enough of them in flight
+    # (scripts/bench_cache_kernels.py, one H100, 2026-11-28)
+    block_n = block_n or (128 if scaled else 64)
+    num_stages = num_stages or (3 if scaled else 2)
     if scaled:
         assert k_scale.stride(-1) == 1 and v_scale.stride(-1) == 1, "scales must be contiguous along the keys"
     else:

@@ -4,9 +4,9 @@ The eager form (autoregressive/models/kv_cache.py's quantise_fp8, then two slice
 small kernels per tensor; a decoding step writes a key and a value tensor into every layer set, so an
 FP8 cache added some 500 launches a step to ARPG-L and made decoding slower than the bf16 cache it
 halves (first GPU run, 2026-11-27). This kernel reads each new vector once and writes its e4m3 codes
-and float32 scale straight into the cache, with the eager form's arithmetic: scale = amax / 448,
-codes = x / max(scale, tiny) clamped to +-448, rounded to nearest even (both divisions correctly
-rounded, as torch's), so the cache holds the same bits either way.
+and float32 scale straight into the cache, with the eager form's arithmetic: scale = amax times
+float32(1/448), codes = x / max(scale, tiny) clamped to +-448, rounded to nearest even (the division
+correctly rounded, as torch's between tensors), so the cache holds the same bits either way.
 """
 import torch
 
@@ -19,6 +19,7 @@ except ImportError:  # CPU-only torch builds
     triton = None
 
 FLOAT32_TINY = torch.finfo(torch.float32).tiny  # the eager form's floor under a scale (all-zero vectors)
+INV_FP8_MAX = torch.tensor(1 / torch.finfo(torch.float8_e4m3fn).max, dtype=torch.float32).item()  # exact in float32
 
 
 def supports(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> bool:
@@ -30,20 +31,24 @@ def supports(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> bool
 
 if triton is not None:
     @triton.jit
-    def _quantise_kernel(X, CODES, SCALES, num_heads, num_vectors, tiny,
+    def _quantise_kernel(X, CODES, SCALES, num_heads, num_vectors, total, tiny, inv_code_max,
                          x_sb, x_sh, x_sn, c_sb, c_sh, c_sn, s_sb, s_sh,
-                         BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, CODE_MAX: tl.constexpr):
-        pid = tl.program_id(0)
-        b = pid // num_heads
-        h = pid % num_heads
-        n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+                         BLOCK_V: tl.constexpr, HEAD_DIM: tl.constexpr, CODE_MAX: tl.constexpr):
+        # One program quantises BLOCK_V vectors of the flattened (B, H, n) index: a decoding step writes
+        # only a few positions per (row, head), and a program per (row, head) left the GPU mostly idle on
+        # ten thousand tiny programs (46 us a launch for ARPG-XL b256 on an H100, 2026-11-28).
+        vector = tl.program_id(0) * BLOCK_V + tl.arange(0, BLOCK_V)
+        ok = vector < total
+        n = vector % num_vectors
+        row_head = vector // num_vectors
+        b = row_head // num_heads
+        h = row_head % num_heads
         cols = tl.arange(0, HEAD_DIM)
-        ok = n < num_vectors
-        x = tl.load(X + b * x_sb + h * x_sh + n[:, None] * x_sn + cols[None, :], mask=ok[:, None], other=0.0)
+        x = tl.load(X + (b * x_sb + h * x_sh + n * x_sn)[:, None] + cols[None, :], mask=ok[:, None], other=0.0)
         x = x.to(tl.float32)
-        scale = tl.math.div_rn(tl.max(tl.abs(x), 1), tl.full([BLOCK_N], CODE_MAX, tl.float32))
+        scale = tl.max(tl.abs(x), 1) * inv_code_max
         divisor = tl.maximum(scale, tiny)
-        quotient = tl.math.div_rn(x, tl.broadcast_to(divisor[:, None], [BLOCK_N, HEAD_DIM]))
+        quotient = tl.math.div_rn(x, tl.broadcast_to(divisor[:, None], [BLOCK_V, HEAD_DIM]))
         quotient = tl.minimum(tl.maximum(quotient, -CODE_MAX), CODE_MAX)
         # Round to e4m3's grid here, to nearest even, so that the cast below is exact: Triton's interpreter
         # (the CPU tests) rounds wrongly where rounding up crosses a power of two (7.86 -> 4, not 8).
@@ -54,19 +59,21 @@ if triton is not None:
         # |quotient| / step < 16: adding and subtracting 1.5 * 2^23 rounds it to an integer, ties to even
         magnitude = (tl.math.div_rn(tl.abs(quotient), step) + 12582912.0 - 12582912.0) * step
         rounded = tl.where(bits < 0, -magnitude, magnitude)  # the sign bit, so -0.0 stays -0.0
-        tl.store(CODES + b * c_sb + h * c_sh + n[:, None] * c_sn + cols[None, :],
+        tl.store(CODES + (b * c_sb + h * c_sh + n * c_sn)[:, None] + cols[None, :],
                  rounded.to(CODES.dtype.element_ty), mask=ok[:, None])
         tl.store(SCALES + b * s_sb + h * s_sh + n, scale, mask=ok)
 
 
-def quantise_into(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, block_n: int = 16) -> None:
+def quantise_into(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, block_v: int = 64,
+                  num_warps: int = 4) -> None:
     """Write x (B, H, n, d) as float8_e4m3fn codes into `codes` (B, H, n, d) and its per-vector float32
     scales into `scales` (B, H, n): views into a cache, any strides with the last dim contiguous."""
     batch, heads, num_vectors, head_dim = x.shape
-    if num_vectors == 0:
+    total = batch * heads * num_vectors
+    if total == 0:
         return
-    grid = (batch * heads, triton.cdiv(num_vectors, block_n))
-    _quantise_kernel[grid](x, codes, scales, heads, num_vectors, FLOAT32_TINY,
-                           x.stride(0), x.stride(1), x.stride(2), codes.stride(0), codes.stride(1), codes.stride(2),
-                           scales.stride(0), scales.stride(1), BLOCK_N=block_n, HEAD_DIM=head_dim,
-                           CODE_MAX=torch.finfo(codes.dtype).max)
+    _quantise_kernel[(triton.cdiv(total, block_v),)](
+        x, codes, scales, heads, num_vectors, total, FLOAT32_TINY, INV_FP8_MAX,
+        x.stride(0), x.stride(1), x.stride(2), codes.stride(0), codes.stride(1), codes.stride(2),
+        scales.stride(0), scales.stride(1), BLOCK_V=block_v, HEAD_DIM=head_dim,
+        CODE_MAX=torch.finfo(codes.dtype).max, num_warps=num_warps)

@@ -27,11 +27,13 @@ class ScaledFp8(NamedTuple):
 
 
 def quantise_fp8(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(..., d) -> (..., d) float8_e4m3fn codes and (...) float32 scales (amax over d / 448).
+    """(..., d) -> (..., d) float8_e4m3fn codes and (...) float32 scales (amax over d times float32(1/448)).
 
     Rounding to nearest keeps 3 mantissa bits: each entry is off by at most 1/16 of itself, or by
     scale / 1024 below e4m3's normal range. An all-zero vector (the class token's key) gets scale 0."""
-    scale = x.abs().amax(-1).float() / FP8_MAX
+    # A product, not amax / 448: CUDA torch divides by a Python number as a product with its reciprocal and
+    # the CPU divides exactly, so only the product gives the same bits everywhere (and in the Triton kernel).
+    scale = x.abs().amax(-1).float() * fp8_cache_write.INV_FP8_MAX
     divisor = scale.clamp_min(fp8_cache_write.FLOAT32_TINY).unsqueeze(-1)  # the kernel's floor too
     # e4m3 has no infinity: a quotient rounded just past 448 must not become NaN where the cast does not saturate.
     return (x.float() / divisor).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE), scale
