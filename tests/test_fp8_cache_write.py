@@ -78,8 +78,21 @@ def test_kernel_writes_the_eager_bits_on_the_gpu():
         assert fp8_cache_write.supports(x, codes, scales)
         fp8_cache_write.quantise_into(x, codes, scales)
         expected_codes, expected_scales = quantise_fp8(x)
-        assert torch.equal(codes.view(torch.uint8), expected_codes.view(torch.uint8)), dtype
-        assert torch.equal(scales, expected_scales), dtype
+        assert torch.equal(scales, expected_scales), (dtype, mismatches(scales, expected_scales, x, scales))
+        assert torch.equal(codes.view(torch.uint8), expected_codes.view(torch.uint8)), \
+            (dtype, mismatches(codes.float(), expected_codes.float(), x, scales))
+
+
+def mismatches(got, expected, x, scales, shown=5):
+    """How many entries differ, and the first few as (input, scale, kernel, eager): what a GPU run
+    that fails must bring back (this test failed on an H100 on 2026-11-28 without saying where)."""
+    where = (got != expected).nonzero().tolist()
+    examples = []
+    for index in where[:shown]:
+        vector = tuple(index[:3])
+        value = x[tuple(index)].item() if len(index) == 4 else x[vector].abs().amax().item()
+        examples.append((value, scales[vector].item(), got[tuple(index)].item(), expected[tuple(index)].item()))
+    return f"{len(where)} differ, e.g. (input, scale, kernel, eager): {examples}"
 
 
 def test_the_eager_write_runs_where_the_kernel_cannot():
