@@ -7,7 +7,7 @@ with a few launch settings). Each line: median time of a CUDA-graph replay
 (triton.testing.do_bench_cudagraph), the bytes the kernel must move over that time, and the error
 against float32 attention over the bf16 cache (attention rows only). Interleaved repetitions, medians.
 
-    python -m scripts.bench_cache_kernels --models ARPG-L ARPG-XL ARPG-XXL --batch 256
+    python -m scripts.bench_cache_kernels --models ARPG-L ARPG-XL ARPG-XXL --batch-sizes 64 256
 """
 import argparse
 import statistics
@@ -23,11 +23,13 @@ from autoregressive.utils.cli import UserError, run_main
 
 HEAD_DIM = 64
 # label: decode_attention launch settings for the FP8 cache (8 warps ran at half the speed of 4 on an H100,
-# 2026-11-28, and are left out)
+# 2026-11-28, and are left out); "e4m3 tiles": codes loaded as float8, which Triton moves through shared
+# memory a byte at a time, against the default int16 pairs
 ATTENTION_SETTINGS = {
     "fp8 n64 w4 s2": dict(block_n=64, num_warps=4, num_stages=2),
     "fp8 n128 w4 s3 (default)": dict(block_n=128, num_warps=4, num_stages=3),
     "fp8 n256 w4 s2": dict(block_n=256, num_warps=4, num_stages=2),
+    "fp8 n128 w4 s3, e4m3 tiles": dict(block_n=128, num_warps=4, num_stages=3, packed=False),
 }
 
 
@@ -85,7 +87,7 @@ def bench_size(name: str, batch: int, new_tokens: int, queries: int, keys: int, 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["ARPG-L", "ARPG-XL", "ARPG-XXL"], choices=list(ARPG_models))
-    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[64, 256])
     parser.add_argument("--new-tokens", type=int, default=8, help="tokens a step writes per row")
     parser.add_argument("--queries", type=int, default=8)
     parser.add_argument("--keys", type=int, default=257)
@@ -94,8 +96,9 @@ def main(argv=None):
     if not (torch.cuda.is_available() and attention_kernel.available()
             and attention_kernel.has_fp8(torch.device("cuda"))):
         raise UserError("bench_cache_kernels needs a CUDA GPU with float8 (sm89+) and Triton")
-    for name in args.models:
-        bench_size(name, args.batch, args.new_tokens, args.queries, args.keys, args.reps)
+    for batch in args.batch_sizes:
+        for name in args.models:
+            bench_size(name, batch, args.new_tokens, args.queries, args.keys, args.reps)
 
 
 if __name__ == "__main__":
