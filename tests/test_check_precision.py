@@ -34,6 +34,16 @@ def test_samples_are_their_prototype_shifted_with_a_fraction_redrawn_and_reprodu
     assert check.loss_floor(2, 0.5) == pytest.approx(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))
 
 
+def test_the_plateau_is_the_class_code_frequency_entropy():
+    # V = 4, 2 codes a class, half redrawn: each own code 1/4 + 1/8, each other code 1/8
+    assert check.plateau_loss(4, 2, 0.5) == pytest.approx(-(2 * 0.375 * math.log(0.375) + 2 * 0.125 * math.log(0.125)))
+    # where ARPG-L sat on the H100: 7.13 with one code per position, 5.1 with 4 x 4 blocks
+    assert check.plateau_loss(16384, 256, 0.25) == pytest.approx(7.12, abs=0.01)
+    assert check.plateau_loss(16384, 16, 0.25) == pytest.approx(5.07, abs=0.01)
+    args = check.get_args_parser().parse_args([])
+    assert check.learned_below(args) == pytest.approx((5.066 + 2.988) / 2, abs=0.01)
+
+
 def test_prototypes_of_blocks():
     dataset = PrototypeCodes(num_classes=2, grid=16, vocab_size=100, resample_fraction=0.25, num_samples=10, seed=1,
                              regions=4)
@@ -70,9 +80,22 @@ def test_judging_fills_every_row():
             {"run": "bf16", "held-out loss": 2.08, "match share": 0.88},
             {"run": "bf16-bad", "held-out loss": 2.2, "match share": 0.9},
             {"run": "fp8", "pass": "not run: no GPU"}]
-    check.judge_policies(rows, count=100)
+    check.judge_policies(rows, count=100, learned_below=3.0)
     assert [row["pass"] for row in rows] == ["reference", "run-to-run difference", "yes", "no", "not run: no GPU"]
     assert rows[2]["vs exact"] == pytest.approx(0.08) and list(rows[2])[-1] == "pass"
+    assert [row.get("learned") for row in rows] == ["yes", "yes", "yes", "yes", None]
+    # a policy that stayed on the plateau fails; an exact run that did leaves nothing to judge against
+    rows = [{"run": "exact", "held-out loss": 2.0, "match share": 0.9},
+            {"run": "exact, next seed", "held-out loss": 2.05, "match share": 0.9},
+            {"run": "bf16", "held-out loss": 5.1, "match share": 0.0}]
+    check.judge_policies(rows, count=100, learned_below=3.0)
+    assert rows[2]["pass"] == "no: did not learn the set"
+    rows = [{"run": "exact", "held-out loss": 5.128, "match share": 0.0},  # the H100 run of 2026-11-28
+            {"run": "exact, next seed", "held-out loss": 3.621, "match share": 0.77},
+            {"run": "bf16", "held-out loss": 4.297, "match share": 0.43}]
+    check.judge_policies(rows, count=160, learned_below=4.03)
+    assert rows[2]["pass"] == "inconclusive: exact did not learn the set"
+    assert [row["learned"] for row in rows] == ["no", "yes", "no"]
     modes = [{"mode": "float32", "KL vs float32": 0.0, "top-1 agreement": 1.0, "match share": 0.9},
              {"mode": "bf16-autocast", "KL vs float32": 0.001, "top-1 agreement": 0.99, "match share": 0.9},
              {"mode": "bf16", "KL vs float32": 0.003, "top-1 agreement": 0.99, "match share": 0.9}]
