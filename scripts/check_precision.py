@@ -404,7 +404,9 @@ def judge_modes(rows: List[dict], count: int) -> None:
 
 def parse_modes(text: str) -> List[str]:
     """--sampling-modes: float32 and bf16-autocast first (the reference and the yardstick), each mode's
-    yardstick before it, each once."""
+    yardstick before it, each once; "none": no sampling comparison (training only, to fit a time limit)."""
+    if text == "none":
+        return []
     modes = [mode for mode in text.split(",") if mode]
     unknown = [mode for mode in modes if mode not in SAMPLING_MODES]
     if unknown:
@@ -451,7 +453,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision-policies", default=",".join(PRECISION_POLICIES),
                         help="comma-separated training policies, each trained beside exact")
     parser.add_argument("--sampling-modes", default=",".join(SAMPLING_MODES),
-                        help=f"comma-separated, from {', '.join(SAMPLING_MODES)}")
+                        help=f"comma-separated, from {', '.join(SAMPLING_MODES)}; or none (training only)")
     parser.add_argument("--vocab-size", type=int, default=16384)
     parser.add_argument("--num-classes", type=int, default=10)
     parser.add_argument("--grid", type=int, default=16, help="codes per side of a sample (16: 256 tokens)")
@@ -511,7 +513,7 @@ def run_check(args, info: DistInfo):
     held_out = held_out_batch(dataset, args.eval_batch, args.global_seed, info.device)
     with matmul_tf32(True):  # train_c2i.py trains with TF32 (enable_tf32)
         training, curves, exact_model = run_training(args, info, dataset, held_out, policies)
-    sampling = run_sampling(args, exact_model, dataset, held_out, modes, info.device)
+    sampling = run_sampling(args, exact_model, dataset, held_out, modes, info.device) if modes else []
     return training, sampling, curves
 
 
@@ -521,9 +523,10 @@ def report(args, training: List[dict], sampling: List[dict], curves: Dict[str, L
     lines = [f"{args.gpt_model}, {args.steps} steps of batch {args.batch_size}, {args.num_classes} classes, "
              f"{args.resample_fraction:.0%} of positions redrawn: ln V = {math.log(args.vocab_size):.3f}, "
              f"lowest possible loss {floor:.3f}", "", "Training (held-out loss in float32):", "",
-             *markdown_table(training), "",
-             "Sampling (next-token distributions read through the KV cache, against float32; exact run's weights):", "",
-             *markdown_table(sampling)]
+             *markdown_table(training)]
+    if sampling:
+        lines += ["", "Sampling (next-token distributions read through the KV cache, against float32; exact run's "
+                      "weights):", "", *markdown_table(sampling)]
     stuck = [row["run"] for row in training if row.get("learned") == "no"]
     if stuck:
         lines += ["", f"WARNING: {', '.join(stuck)} did not learn the set (held-out loss above "
@@ -532,10 +535,13 @@ def report(args, training: List[dict], sampling: List[dict], curves: Dict[str, L
     with open(os.path.join(args.out_dir, "report.md"), "w") as file:
         file.write("\n".join(lines) + "\n")
     write_csv(training, os.path.join(args.out_dir, "training.csv"))
-    write_csv(sampling, os.path.join(args.out_dir, "sampling.csv"))
+    written = ["report.md", "training.csv"]
+    if sampling:
+        write_csv(sampling, os.path.join(args.out_dir, "sampling.csv"))
+        written.append("sampling.csv")
     plot_losses(curves, floor, args.vocab_size, os.path.join(args.out_dir, "losses.png"))
     print("\n".join(lines))
-    print(f"wrote report.md, training.csv, sampling.csv and losses.png to {args.out_dir}")
+    print(f"wrote {', '.join(written)} and losses.png to {args.out_dir}")
 
 
 def main(args) -> None:

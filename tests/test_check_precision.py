@@ -197,6 +197,23 @@ def test_a_small_check_learns_the_set_and_reports_every_policy_and_mode(tmp_path
     assert "| bf16 | 0 |" in (out / "report.md").read_text()
 
 
+def test_training_alone_when_sampling_modes_is_none(tmp_path, one_process_group):
+    """--sampling-modes none: the training runs and their table only (a device call too short for both
+    runs the two halves apart)."""
+    assert check.parse_modes("none") == []
+    args = check.get_args_parser().parse_args(
+        ["--gpt-model", "ARPG-digits", "--vocab-size", "32", "--num-classes", "5", "--grid", "4", "--steps", "10",
+         "--batch-size", "8", "--lr", "3e-3", "--warmup-steps", "2", "--eval-batch", "8", "--samples-per-class", "2",
+         "--sample-batch", "10", "--num-steps", "4", "--device", "cpu", "--precision-policies", "exact",
+         "--sampling-modes", "none", "--out-dir", str(tmp_path / "out")])
+    training, sampling, curves = check.run_check(args, init_distributed("cpu"))
+    assert [row["run"] for row in training] == ["exact", "exact, next seed"] and sampling == []
+    check.report(args, training, sampling, curves)
+    out = tmp_path / "out"
+    assert {path.name for path in out.iterdir()} == {"report.md", "training.csv", "losses.png"}
+    assert "Sampling" not in (out / "report.md").read_text()
+
+
 def test_bad_arguments_are_refused():
     parse = lambda *extra: check.get_args_parser().parse_args(list(extra))
     with pytest.raises(ValueError, match="resample-fraction"):
