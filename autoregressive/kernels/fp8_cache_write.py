@@ -7,8 +7,13 @@ halves (first GPU run, 2026-11-27). This kernel reads each new vector once and w
 and float32 scale straight into the cache, with the eager form's arithmetic: scale = amax times
 float32(1/448), codes = x / max(scale, tiny) clamped to +-448, rounded to nearest even (the division
 correctly rounded, as torch's between tensors), meant to give the cache the same bits either way: so
-in Triton 3.8's interpreter; on an H100 the bitwise test failed (2026-11-28) and now reports where.
+in Triton 3.8's interpreter. On an H100 the bitwise test failed (2026-11-28) while the kernel rounded
+on e4m3's grid with float arithmetic before its cast (needed for the interpreter's cast); on a GPU it
+now casts directly (cvt.rn.satfinite, to nearest even as torch), and the test reports any entry that
+still differs.
 """
+import os
+
 import torch
 
 from autoregressive.kernels.decode_attention import has_fp8
@@ -34,7 +39,8 @@ if triton is not None:
     @triton.jit
     def _quantise_kernel(X, CODES, SCALES, num_heads, num_vectors, total, tiny, inv_code_max,
                          x_sb, x_sh, x_sn, c_sb, c_sh, c_sn, s_sb, s_sh,
-                         BLOCK_V: tl.constexpr, HEAD_DIM: tl.constexpr, CODE_MAX: tl.constexpr):
+                         BLOCK_V: tl.constexpr, HEAD_DIM: tl.constexpr, CODE_MAX: tl.constexpr,
+                         ROUND_ON_GRID: tl.constexpr):
         # One program quantises BLOCK_V vectors of the flattened (B, H, n) index: a decoding step writes
         # only a few positions per (row, head), and a program per (row, head) left the GPU mostly idle on
         # ten thousand tiny programs (46 us a launch for ARPG-XL b256 on an H100, 2026-11-28).
@@ -51,17 +57,19 @@ if triton is not None:
         divisor = tl.maximum(scale, tiny)
         quotient = tl.math.div_rn(x, tl.broadcast_to(divisor[:, None], [BLOCK_V, HEAD_DIM]))
         quotient = tl.minimum(tl.maximum(quotient, -CODE_MAX), CODE_MAX)
-        # Round to e4m3's grid here, to nearest even, so that the cast below is exact: Triton's interpreter
-        # (the CPU tests) rounds wrongly where rounding up crosses a power of two (7.86 -> 4, not 8).
-        bits = quotient.to(tl.int32, bitcast=True)
-        exponent = ((bits >> 23) & 0xFF) - 127
-        step_exponent = tl.maximum(exponent, -6) - 3  # 3 mantissa bits; e4m3's subnormals are 2^-9 apart
-        step = ((step_exponent + 127) << 23).to(tl.float32, bitcast=True)
-        # |quotient| / step < 16: adding and subtracting 1.5 * 2^23 rounds it to an integer, ties to even
-        magnitude = (tl.math.div_rn(tl.abs(quotient), step) + 12582912.0 - 12582912.0) * step
-        rounded = tl.where(bits < 0, -magnitude, magnitude)  # the sign bit, so -0.0 stays -0.0
+        if ROUND_ON_GRID:
+            # Round to e4m3's grid here, to nearest even, so that the cast below is exact: Triton's interpreter
+            # (the CPU tests) rounds wrongly where rounding up crosses a power of two (7.86 -> 4, not 8). A GPU
+            # casts with cvt.rn.satfinite, to nearest even as torch does, and skips this.
+            bits = quotient.to(tl.int32, bitcast=True)
+            exponent = ((bits >> 23) & 0xFF) - 127
+            step_exponent = tl.maximum(exponent, -6) - 3  # 3 mantissa bits; e4m3's subnormals are 2^-9 apart
+            step = ((step_exponent + 127) << 23).to(tl.float32, bitcast=True)
+            # |quotient| / step < 16: adding and subtracting 1.5 * 2^23 rounds it to an integer, ties to even
+            magnitude = (tl.math.div_rn(tl.abs(quotient), step) + 12582912.0 - 12582912.0) * step
+            quotient = tl.where(bits < 0, -magnitude, magnitude)  # the sign bit, so -0.0 stays -0.0
         tl.store(CODES + (b * c_sb + h * c_sh + n * c_sn)[:, None] + cols[None, :],
-                 rounded.to(CODES.dtype.element_ty), mask=ok[:, None])
+                 quotient.to(CODES.dtype.element_ty), mask=ok[:, None])
         tl.store(SCALES + b * s_sb + h * s_sh + n, scale, mask=ok)
 
 
@@ -77,4 +85,5 @@ def quantise_into(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, bl
         x, codes, scales, heads, num_vectors, total, FLOAT32_TINY, INV_FP8_MAX,
         x.stride(0), x.stride(1), x.stride(2), codes.stride(0), codes.stride(1), codes.stride(2),
         scales.stride(0), scales.stride(1), BLOCK_V=block_v, HEAD_DIM=head_dim,
-        CODE_MAX=torch.finfo(codes.dtype).max, num_warps=num_warps)
+        CODE_MAX=torch.finfo(codes.dtype).max, ROUND_ON_GRID=os.environ.get("TRITON_INTERPRET") == "1",
+        num_warps=num_warps)
