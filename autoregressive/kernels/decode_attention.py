@@ -153,7 +153,8 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_scale:
 
     k_scale, v_scale: (B, H, n_k) float32 scales (last dim contiguous) of float8_e4m3fn k and v, which
     then stand for k * k_scale[..., None] and v * v_scale[..., None]; None for k and v in q's dtype.
-    packed: read FP8 codes as int16 pairs (where every stride but the last is even, as in a KVCache).
+    packed: read FP8 codes as int16 pairs (where every stride but the last and the offset are even, as in
+    a KVCache); else as e4m3.
     Returns (B, H, n_q, d) in q's dtype, a transposed view of a (B, n_q, H, d) tensor. See `supports`.
     """
     batch, heads, num_queries, head_dim = q.shape
@@ -168,7 +169,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_scale:
     num_stages = num_stages or (3 if scaled else 2)
     if scaled:
         assert k_scale.stride(-1) == 1 and v_scale.stride(-1) == 1, "scales must be contiguous along the keys"
-        packed = packed and all(stride % 2 == 0 for t in (k, v) for stride in t.stride()[:-1])
+        packed = packed and all(step % 2 == 0 for t in (k, v) for step in (*t.stride()[:-1], t.storage_offset()))
         if packed:  # pairs of codes as int16 words: the kernel widens them in registers
             k, v = k.view(torch.int16), v.view(torch.int16)
     else:
