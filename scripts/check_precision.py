@@ -462,7 +462,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "in 300 steps)")
     parser.add_argument("--resample-fraction", type=float, default=0.25,
                         help="share of a sample's positions redrawn from its class prototype")
-    parser.add_argument("--steps", type=int, default=1000, help="optimizer steps per training run (ARPG-L left the "
+    parser.add_argument("--steps", type=int, default=800, help="optimizer steps per training run (ARPG-L left the "
                         "class code-frequency plateau between step 200 and past 350 at --lr 6e-4, by seed)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=6e-4)
