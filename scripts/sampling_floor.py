@@ -12,16 +12,19 @@ measured batch takes beyond it is launch gaps, norms, RoPE, SwiGLU, the cache wr
 of the peak rates; the README's "Floors" read the gap.
 
     python -m scripts.sampling_floor --models ARPG-L ARPG-XL ARPG-XXL --batch-sizes 64 256
+    python -m scripts.sampling_floor --measure     # at the rates this GPU reaches, not its datasheet's
 """
 import argparse
-from typing import NamedTuple
+import statistics
+import time
+from typing import NamedTuple, Tuple
 
 import torch
 
 from autoregressive.generate import plan_steps
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.sampling import SamplingConfig, step_sizes
-from autoregressive.utils.cli import run_main
+from autoregressive.utils.cli import UserError, run_main
 from scripts.kernel_profile import H100_BYTES_PER_S, PEAK_BF16_TFLOPS
 
 H100_BF16_FLOPS = PEAK_BF16_TFLOPS["H100"] * 1e12
@@ -71,6 +74,38 @@ def decoding_work(model, batch: int, sampling: SamplingConfig, flops_per_s: floa
                 logit_bytes / bytes_per_s)
 
 
+def measure_ceilings(device: torch.device, copy_bytes: int = 2 << 30, matmul_size: int = 8192,
+                     reps: int = 10) -> Tuple[float, float]:
+    """(FLOP/s, bytes/s) this device reaches: a bf16 matmul of matmul_size cubed, and a device-to-device
+    copy of copy_bytes (counted as read plus written), medians of `reps` after a warm-up. Floors at these
+    rates say what the hardware gives in practice, where the datasheet's are a bound no kernel meets."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a = torch.randn(matmul_size, matmul_size, device=device, dtype=dtype)
+    b = torch.randn(matmul_size, matmul_size, device=device, dtype=dtype)
+    source = torch.randn(copy_bytes // 4, device=device)
+    target = torch.empty_like(source)
+
+    def median_seconds(fn) -> float:
+        fn()
+        times = []
+        for _ in range(reps):
+            synchronize(device)
+            started = time.perf_counter()
+            fn()
+            synchronize(device)
+            times.append(time.perf_counter() - started)
+        return statistics.median(times)
+
+    flops = 2 * matmul_size ** 3 / median_seconds(lambda: a @ b)
+    bytes_per_s = 2 * source.numel() * 4 / median_seconds(lambda: target.copy_(source))
+    return flops, bytes_per_s
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["ARPG-L", "ARPG-XL", "ARPG-XXL"], choices=list(ARPG_models))
@@ -78,10 +113,19 @@ def main(argv=None):
     parser.add_argument("--step", type=int, default=64)
     parser.add_argument("--tflops", type=float, default=H100_BF16_FLOPS / 1e12, help="matmul peak, TFLOP/s")
     parser.add_argument("--tbps", type=float, default=H100_BYTES_PER_S / 1e12, help="memory bandwidth, TB/s")
+    parser.add_argument("--measure", action="store_true", help="use the rates this machine's GPU reaches (a bf16 "
+                        "8192^3 matmul, a 2 GiB copy) instead of --tflops and --tbps")
     args = parser.parse_args(argv)
     sampling = SamplingConfig(num_steps=args.step, cfg_scale=4.5, cfg_schedule="constant")
     flops_per_s, bytes_per_s = args.tflops * 1e12, args.tbps * 1e12
-    print(f"{args.step} steps, CFG, arccos; peaks {args.tflops:g} TFLOP/s, {args.tbps:g} TB/s; ms per batch")
+    source = "peaks"
+    if args.measure:
+        if not torch.cuda.is_available():
+            raise UserError("--measure needs a CUDA GPU (it times a matmul and a copy there)")
+        flops_per_s, bytes_per_s = measure_ceilings(torch.device("cuda"))
+        source = f"measured on {torch.cuda.get_device_name()}"
+    print(f"{args.step} steps, CFG, arccos; {source}: {flops_per_s / 1e12:.0f} TFLOP/s, {bytes_per_s / 1e12:.2f} TB/s; "
+          "ms per batch")
     print("| model | batch | cache | matmuls ms (TFLOP) | attention ms (GB of cache) | logits ms | floor ms | "
           "img/s at the floor |")
     print("|---|---|---|---|---|---|---|---|")

@@ -1,8 +1,10 @@
 """scripts/sampling_floor.py's count of a sampling batch's work, against closed forms."""
+import pytest
 import torch
 
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.sampling import SamplingConfig, step_sizes
+from autoregressive.utils.cli import UserError
 from scripts import sampling_floor
 
 
@@ -42,3 +44,15 @@ def test_the_table_prints_every_model_batch_and_cache(capsys):
     sampling_floor.main(["--models", "ARPG-tiny", "--batch-sizes", "2", "4", "--step", "4"])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ARPG-tiny")]
     assert [row.split(" | ")[1:3] for row in rows] == [["2", "bf16"], ["2", "fp8"], ["4", "bf16"], ["4", "fp8"]]
+
+
+def test_ceilings_are_measured_as_rates():
+    flops, bytes_per_s = sampling_floor.measure_ceilings(torch.device("cpu"), copy_bytes=1 << 20, matmul_size=64,
+                                                         reps=3)
+    assert 1e6 < flops < 1e15 and 1e6 < bytes_per_s < 1e13  # a CPU's rates, within sane bounds
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_measured_floors_need_a_gpu():
+    with pytest.raises(UserError, match="--measure needs a CUDA GPU"):
+        sampling_floor.main(["--models", "ARPG-tiny", "--measure"])
