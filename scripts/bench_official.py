@@ -30,10 +30,10 @@ from autoregressive.fast_generate import FastSampler
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.sampling import SamplingConfig
 from autoregressive.utils.cli import InputNotFound, UserError, check_at_least, run_main
-from autoregressive.utils.device import enable_tf32, resolve_device
+from autoregressive.utils.device import enable_tf32, resolve_device, synchronize
 from autoregressive.utils.dist import cleanup, init_distributed
 from scripts.bench_sample import build_model, parse_kv_caches, timed
-from scripts.bench_train import PolicyRun, start_run, synchronize, time_steps, warm_up
+from scripts.bench_train import PolicyRun, start_run, time_steps, warm_up
 from scripts.kernel_profile import profile_calls, report
 from scripts.sampling_floor import decoding_work
 

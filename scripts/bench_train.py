@@ -33,7 +33,7 @@ from autoregressive.train.loop import Trainer
 from autoregressive.train.parallel import set_activation_memory_budget
 from autoregressive.train.precision import check_policy, fp8_unavailable_reason, parse_policy_list
 from autoregressive.utils.cli import UserError, check_at_least, run_main
-from autoregressive.utils.device import enable_tf32
+from autoregressive.utils.device import enable_tf32, synchronize
 from autoregressive.utils.dist import DistInfo, cleanup, init_distributed, init_one_process_group
 from scripts.kernel_profile import PEAK_BF16_TFLOPS, profile_calls, report
 
@@ -58,11 +58,6 @@ def fixed_batch_loss(model, codes, labels, orders, autocast: bool) -> float:
         _, loss = model(codes, labels, targets=codes, orders=orders)
     model.train()
     return loss.item()
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def unavailable_reason(policy: str, mode: str, device: torch.device, grad_checkpointing: str = "none") -> Optional[str]:

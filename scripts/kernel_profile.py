@@ -9,6 +9,8 @@ from typing import Callable, List, NamedTuple, Sequence
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from autoregressive.utils.device import synchronize
+
 # Datasheet peaks (SXM parts), the floors' rates: dense bf16 tensor-core TFLOP/s, and H100 HBM3 bandwidth.
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 H100_BYTES_PER_S = 3.35e12
@@ -61,8 +63,7 @@ def profile_calls(fn: Callable[[], object], calls: int, device: torch.device) ->
         start = time.perf_counter()
         for _ in range(calls):
             fn()
-        if on_gpu:
-            torch.cuda.synchronize(device)
+        synchronize(device)
         wall = time.perf_counter() - start
     kernels = []
     for event in recorded.key_averages():

@@ -25,6 +25,7 @@ from autoregressive.generate import plan_steps
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.sampling import SamplingConfig, step_sizes
 from autoregressive.utils.cli import UserError, run_main
+from autoregressive.utils.device import synchronize
 from scripts.kernel_profile import H100_BYTES_PER_S, PEAK_BF16_TFLOPS
 
 H100_BF16_FLOPS = PEAK_BF16_TFLOPS["H100"] * 1e12
@@ -99,11 +100,6 @@ def measure_ceilings(device: torch.device, copy_bytes: int = 2 << 30, matmul_siz
     flops = 2 * matmul_size ** 3 / median_seconds(lambda: a @ b)
     bytes_per_s = 2 * source.numel() * 4 / median_seconds(lambda: target.copy_(source))
     return flops, bytes_per_s
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main(argv=None):

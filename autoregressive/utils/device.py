@@ -13,6 +13,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (timings); nothing to wait for on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def enable_tf32() -> None:
     """TF32 for float32 matmuls and convolutions on CUDA, as the official scripts run."""
     torch.backends.cuda.matmul.allow_tf32 = True
