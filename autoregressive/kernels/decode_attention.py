@@ -12,9 +12,9 @@ by the same kernel compiled with SCALED: the codes are widened to fp16 in regist
 e4m3 value; bf16 would take several instructions per pair), the queries are scaled into fp16's range by
 a power of two per row, the key scales multiply the score columns, and the value scales, relative to
 the largest so far, are folded into the probabilities before the p @ V product. Accumulation stays
-float32. With PACKED (the default) the codes are loaded as int16 pairs and widened by moving bits:
-loaded as e4m3, Triton converted their tiles' layout a byte at a time through shared memory
-(st.shared.b8 in the sm_90 PTX). SCALED and PACKED are compile-time flags, so the unscaled kernel is
+float32. With PACKED (opt-in until timed on a GPU) the codes are loaded as int16 pairs and widened by
+moving bits: loaded as e4m3, Triton converts their tiles' layout a byte at a time through shared
+memory (st.shared.b8 in the sm_90 PTX). SCALED and PACKED are compile-time flags, so the unscaled kernel is
 the bf16 cache's.
 
 Triton ships with torch's CUDA builds; without it `available()` is False and callers use SDPA.
@@ -147,14 +147,15 @@ if triton is not None:
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_scale: Optional[torch.Tensor] = None,
                      v_scale: Optional[torch.Tensor] = None, block_n: Optional[int] = None, num_warps: int = 4,
-                     num_stages: Optional[int] = None, packed: bool = True) -> torch.Tensor:
+                     num_stages: Optional[int] = None, packed: bool = False) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v for q (B, H, n_q, d) and k, v (B, H, n_k, d), no mask. The query
     tile is n_q rounded up to a power of two, at least 16 (tl.dot's smallest).
 
     k_scale, v_scale: (B, H, n_k) float32 scales (last dim contiguous) of float8_e4m3fn k and v, which
     then stand for k * k_scale[..., None] and v * v_scale[..., None]; None for k and v in q's dtype.
     packed: read FP8 codes as int16 pairs (where every stride but the last and the offset are even, as in
-    a KVCache); else as e4m3.
+    a KVCache); else as e4m3. Off by default until a GPU has compiled and timed it
+    (scripts/bench_cache_kernels.py compares the two).
     Returns (B, H, n_q, d) in q's dtype, a transposed view of a (B, n_q, H, d) tensor. See `supports`.
     """
     batch, heads, num_queries, head_dim = q.shape
