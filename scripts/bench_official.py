@@ -34,7 +34,7 @@ from autoregressive.utils.device import enable_tf32, resolve_device, synchronize
 from autoregressive.utils.dist import cleanup, init_distributed
 from scripts.bench_sample import build_model, parse_kv_caches, timed
 from scripts.bench_train import PolicyRun, start_run, time_steps, warm_up
-from scripts.kernel_profile import profile_calls, report
+from scripts.kernel_profile import profile_calls, report, write_report
 from scripts.sampling_floor import decoding_work
 
 OFFICIAL_MODULE = "arpg_official_model"
@@ -187,11 +187,7 @@ def write_sampling_profile(path: Callable, title: str, stem: str, floor, out_dir
              f"peaks): matmuls {1e3 * floor.matmul_seconds:.1f} ms ({floor.matmul_flops / 1e12:.1f} TFLOP), cache "
              f"reads {1e3 * floor.cache_seconds:.1f} ms ({floor.cache_bytes / 1e9:.1f} GB), logits "
              f"{1e3 * floor.logit_seconds:.1f} ms."]
-    lines = report(result, title, notes=notes)
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, f"{stem}.md"), "w") as file:
-        file.write("\n".join(lines) + "\n")
-    print("\n".join(lines), flush=True)
+    write_report(report(result, title, notes=notes), out_dir, stem)
 
 
 def table(rows: List[dict], title: str) -> List[str]:

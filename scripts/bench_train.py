@@ -20,7 +20,6 @@ fsdp is FSDP2 with every layer compiled and sharded over a one-process group.
 """
 import argparse
 import gc
-import os
 import statistics
 import time
 from typing import List, Optional
@@ -35,7 +34,8 @@ from autoregressive.train.precision import check_policy, fp8_unavailable_reason,
 from autoregressive.utils.cli import UserError, check_at_least, run_main
 from autoregressive.utils.device import enable_tf32, synchronize
 from autoregressive.utils.dist import DistInfo, cleanup, init_distributed, init_one_process_group
-from scripts.kernel_profile import PEAK_BF16_TFLOPS, profile_calls, report
+from scripts.kernel_profile import PEAK_BF16_TFLOPS, profile_calls, report, write_report
+
 
 def peak_tflops() -> float:
     name = torch.cuda.get_device_name()
@@ -136,12 +136,7 @@ def write_profile(run: PolicyRun, batch: int, out_dir: str, device: torch.device
         notes.append(f"Model FLOPs of a step: {r['flops'] * batch / 1e12:.1f} TFLOP, "
                      f"{1e3 * r['flops'] * batch / (peak * 1e12):.1f} ms at {peak:.0f} TFLOP/s (dense bf16 peak): "
                      "the step's floor.")
-    lines = report(result, title, notes=notes)
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, f"{r['model']}-b{batch}-{r['mode']}-{r['policy']}.md")
-    with open(path, "w") as file:
-        file.write("\n".join(lines) + "\n")
-    print("\n".join(lines), flush=True)
+    write_report(report(result, title, notes=notes), out_dir, f"{r['model']}-b{batch}-{r['mode']}-{r['policy']}")
 
 
 def start_run(name: str, batch: int, mode: str, policy: str, args, info: DistInfo) -> PolicyRun:

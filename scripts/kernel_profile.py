@@ -3,6 +3,7 @@
 time per call and share, the GPU's idle share, and the costliest kernels. On the CPU (no kernels) the
 aten ops' self times stand in for kernels, which is what the tests run. Used by bench_train.py --profile.
 """
+import os
 import time
 from typing import Callable, List, NamedTuple, Sequence
 
@@ -103,3 +104,11 @@ def report(result: Profile, title: str, top: int = 12, notes: Sequence[str] = ()
         lines.append(f"| `{name}` | {kind_of(kernel.name)} | {1e3 * kernel.seconds / result.calls:.3f} | "
                      f"{kernel.count / result.calls:g} |")
     return lines + ([""] + list(notes) if notes else [])
+
+
+def write_report(lines: List[str], out_dir: str, stem: str) -> None:
+    """A report into out_dir/stem.md, and printed (a run cut short still shows it)."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, f"{stem}.md"), "w") as file:
+        file.write("\n".join(lines) + "\n")
+    print("\n".join(lines), flush=True)
