@@ -32,11 +32,15 @@ import argparse
 import contextlib
 import copy
 import csv
+import json
 import math
 import os
+import socket
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -309,12 +313,18 @@ def held_out_batch(dataset: PrototypeCodes, count: int, seed: int, device):
     return codes.to(device), labels.to(device), orders.to(device)
 
 
-def run_training(args, info: DistInfo, dataset: PrototypeCodes, held_out, policies: List[str]):
-    """Train under exact (twice: the seed and the next one) and every other policy; returns the table
-    rows, the per-step losses by run, and the exact run's float32 model."""
-    codes, labels, orders = held_out
+def planned_runs(args) -> List[Tuple[str, str, int]]:
+    """(name, policy, seed) of every training run: exact twice (the seed and the next one), then each
+    other policy from the seed."""
     runs = [("exact", "exact", args.global_seed), ("exact, next seed", "exact", args.global_seed + 1)]
-    runs += [(policy, policy, args.global_seed) for policy in policies if policy != "exact"]
+    return runs + [(policy, policy, args.global_seed) for policy in parse_policy_list(args.precision_policies)
+                   if policy != "exact"]
+
+
+def run_training(args, info: DistInfo, dataset: PrototypeCodes, held_out, runs: List[Tuple[str, str, int]]):
+    """Train and evaluate `runs` (planned_runs' entries) one after the other; returns the table rows
+    (not judged), the per-step losses by run, and the exact run's float32 model (None if not among them)."""
+    codes, labels, orders = held_out
     rows, curves, exact_model = [], {}, None
     for name, policy, seed in runs:
         row = {"run": name, "seed": seed}
@@ -339,7 +349,6 @@ def run_training(args, info: DistInfo, dataset: PrototypeCodes, held_out, polici
         print(f"trained {name}: held-out loss {loss.item():.4f}, match share {rows[-1]['match share']:.3f} "
               f"(training {trained - started:.0f} s, compilation included; evaluation {time.perf_counter() - trained:.0f} s)",
               flush=True)
-    judge_policies(rows, args.num_classes * args.samples_per_class, learned_below(args))
     return rows, curves, exact_model
 
 
@@ -349,6 +358,11 @@ def judge_policies(rows: List[dict], count: int, learned_below: float = math.inf
     not run has its reason in "pass" already). Until both exact runs have learned the set, their
     difference is when each left the plateau, not numerics, and no policy can be judged against it."""
     exact, next_seed = rows[0], rows[1]
+    missing = [row["run"] for row in (exact, next_seed) if "held-out loss" not in row]
+    if missing:  # a failed exact run: nothing to judge against
+        for row in rows:
+            row["pass"] = row.pop("pass", None) or f"inconclusive: {' and '.join(missing)} did not finish"
+        return
     run_to_run = abs(next_seed["held-out loss"] - exact["held-out loss"])
     stuck = [row["run"] for row in (exact, next_seed) if row["held-out loss"] >= learned_below]
     for row in rows:
@@ -482,13 +496,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     parser.add_argument("--num-threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out-dir", default="results/check-precision")
+    parser.add_argument("--parallel", type=int, default=1, help="training runs at once, each in a process of its "
+                        "own on a GPU of its own (a 4-GPU machine runs exact, its next seed, bf16 and fp8 together)")
+    parser.add_argument("--only-run", default=None, help=argparse.SUPPRESS)  # a --parallel child: this run alone
+    parser.add_argument("--run-file", default=None, help=argparse.SUPPRESS)  # where the child writes its result
     return parser
 
 
 def check_args(args) -> None:
     if not 0 < args.resample_fraction < 1:
         raise UserError(f"--resample-fraction must be in (0, 1), got {args.resample_fraction}")
-    for name in ("steps", "batch_size", "eval_batch", "samples_per_class", "sample_batch", "num_steps"):
+    for name in ("steps", "batch_size", "eval_batch", "samples_per_class", "sample_batch", "num_steps", "parallel"):
         check_at_least(f"--{name.replace('_', '-')}", getattr(args, name), 1)
     regions = args.regions or args.grid
     check_at_least("--regions", regions, 1)
@@ -502,18 +520,82 @@ def check_args(args) -> None:
         raise UserError(f"--warmup-steps {args.warmup_steps} is more than --steps {args.steps}")
 
 
-def run_check(args, info: DistInfo):
-    """Both comparisons; returns the training rows, the sampling rows and the loss curves."""
-    policies, modes = parse_policy_list(args.precision_policies), parse_modes(args.sampling_modes)
+def prepare_data(args, device: torch.device):
+    """The synthetic set and its held-out batch, the same in every process of a check."""
     with torch.device("meta"):  # only its configuration is read
         absolute_positions = build_model(policy_config(args, "exact", args.global_seed)).config.learned_pos_embed
     dataset = PrototypeCodes(args.num_classes, args.grid, args.vocab_size, args.resample_fraction,
                              args.steps * args.batch_size, args.global_seed, shift=not absolute_positions,
                              regions=args.regions)
-    held_out = held_out_batch(dataset, args.eval_batch, args.global_seed, info.device)
+    return dataset, held_out_batch(dataset, args.eval_batch, args.global_seed, device)
+
+
+def run_check(args, info: DistInfo, only_run: Optional[str] = None):
+    """Both comparisons in this process; returns the training rows, the sampling rows and the loss curves.
+    only_run: that one training run (and the sampling modes if it is the exact one), rows not judged."""
+    dataset, held_out = prepare_data(args, info.device)
+    runs = [run for run in planned_runs(args) if only_run in (None, run[0])]
     with matmul_tf32(True):  # train_c2i.py trains with TF32 (enable_tf32)
-        training, curves, exact_model = run_training(args, info, dataset, held_out, policies)
-    sampling = run_sampling(args, exact_model, dataset, held_out, modes, info.device) if modes else []
+        training, curves, exact_model = run_training(args, info, dataset, held_out, runs)
+    modes = parse_modes(args.sampling_modes)
+    sampling = run_sampling(args, exact_model, dataset, held_out, modes, info.device) if modes and exact_model is not None else []
+    if only_run is None:
+        judge_policies(training, args.num_classes * args.samples_per_class, learned_below(args))
+    return training, sampling, curves
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def run_in_parallel(args, argv: List[str]):
+    """Every training run in a process of its own, args.parallel at a time, each on a GPU of its own
+    (CUDA_VISIBLE_DEVICES; on the CPU they share the cores); the exact run's process also runs the
+    sampling modes. Each writes its rows and curve to <out-dir>/runs/; they are judged here together.
+    A run whose process fails gets a row saying so, and the others are still reported."""
+    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    if use_cuda and args.parallel > torch.cuda.device_count():
+        raise UserError(f"--parallel {args.parallel} needs as many GPUs; this machine has {torch.cuda.device_count()}")
+    run_dir = os.path.join(args.out_dir, "runs")
+    os.makedirs(run_dir, exist_ok=True)
+    pending = list(enumerate(planned_runs(args)))
+    running, finished = {}, {}  # slot -> (index, run, process, file); index -> (run, result or exit code)
+    while pending or running:
+        for slot in [slot for slot in range(args.parallel) if slot not in running][:len(pending)]:
+            index, run = pending.pop(0)
+            result_file = os.path.join(run_dir, f"run{index}.json")
+            if os.path.exists(result_file):
+                os.remove(result_file)  # never read an earlier check's result as this one's
+            env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0",
+                   "WORLD_SIZE": "1"}
+            if use_cuda:
+                env["CUDA_VISIBLE_DEVICES"] = str(slot)
+            command = [sys.executable, "-m", "scripts.check_precision", *argv, "--parallel", "1",
+                       "--only-run", run[0], "--run-file", result_file]
+            running[slot] = (index, run, subprocess.Popen(command, env=env), result_file)
+        time.sleep(0.2)
+        for slot, (index, run, process, result_file) in list(running.items()):
+            if process.poll() is None:
+                continue
+            del running[slot]
+            if process.returncode == 0 and os.path.exists(result_file):
+                with open(result_file) as file:
+                    finished[index] = (run, json.load(file))
+            else:
+                finished[index] = (run, process.returncode)
+    training, sampling, curves = [], [], {}
+    for index in sorted(finished):
+        (name, _, seed), result = finished[index]
+        if isinstance(result, int):
+            training.append({"run": name, "seed": seed, "pass": f"failed: its process exited with code {result} "
+                                                                  "(its output is above)"})
+            continue
+        training += result["training"]
+        sampling += result["sampling"]
+        curves.update(result["curves"])
+    judge_policies(training, args.num_classes * args.samples_per_class, learned_below(args))
     return training, sampling, curves
 
 
@@ -544,15 +626,26 @@ def report(args, training: List[dict], sampling: List[dict], curves: Dict[str, L
     print(f"wrote {', '.join(written)} and losses.png to {args.out_dir}")
 
 
-def main(args) -> None:
+def main(argv: Optional[List[str]] = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = get_args_parser().parse_args(argv)
     check_args(args)
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
+    if args.parallel > 1:
+        report(args, *run_in_parallel(args, argv))
+        return
     bf16 = "bf16" in parse_policy_list(args.precision_policies)
     info = init_one_process_group(args.device) if bf16 else init_distributed(args.device)
-    report(args, *run_check(args, info))
+    training, sampling, curves = run_check(args, info, args.only_run)
+    if args.run_file:
+        with open(args.run_file + ".tmp", "w") as file:
+            json.dump({"training": training, "sampling": sampling, "curves": curves}, file)
+        os.replace(args.run_file + ".tmp", args.run_file)  # whole or absent
+    else:
+        report(args, training, sampling, curves)
     cleanup()
 
 
 if __name__ == "__main__":
-    run_main(lambda argv: main(get_args_parser().parse_args(argv)))
+    run_main(main)

@@ -214,6 +214,36 @@ def test_training_alone_when_sampling_modes_is_none(tmp_path, one_process_group)
     assert "Sampling" not in (out / "report.md").read_text()
 
 
+def test_parallel_runs_give_the_tables_of_one_process(tmp_path, one_process_group):
+    """--parallel 2: each training run in a process of its own (sharing the CPU here, a GPU each on a
+    GPU machine), the exact one's also sampling; the parent's tables equal those of one process."""
+    argv = ["--gpt-model", "ARPG-digits", "--vocab-size", "32", "--num-classes", "5", "--grid", "4", "--steps", "12",
+            "--batch-size", "8", "--lr", "3e-3", "--warmup-steps", "2", "--eval-batch", "8", "--samples-per-class", "2",
+            "--sample-batch", "10", "--num-steps", "4", "--device", "cpu", "--precision-policies", "exact,bf16",
+            "--sampling-modes", "bf16", "--out-dir", str(tmp_path / "parallel")]
+    check.main(argv + ["--parallel", "2"])
+    with open(tmp_path / "parallel" / "training.csv") as file:
+        parallel_training = list(csv.DictReader(file))
+    with open(tmp_path / "parallel" / "sampling.csv") as file:
+        parallel_sampling = list(csv.DictReader(file))
+    training, sampling, _ = check.run_check(check.get_args_parser().parse_args(argv), init_distributed("cpu"))
+    assert [row["run"] for row in parallel_training] == ["exact", "exact, next seed", "bf16"]
+    for mine, theirs in zip(parallel_training, training):
+        assert float(mine["held-out loss"]) == pytest.approx(theirs["held-out loss"], abs=1e-4)
+        assert mine["pass"] == theirs["pass"]
+    assert [row["mode"] for row in parallel_sampling] == [row["mode"] for row in sampling]
+    for mine, theirs in zip(parallel_sampling, sampling):
+        assert float(mine["KL vs float32"]) == pytest.approx(theirs["KL vs float32"], rel=1e-2, abs=1e-7)
+
+
+def test_a_failed_exact_run_leaves_the_policies_inconclusive():
+    rows = [{"run": "exact", "seed": 0, "pass": "failed: its process exited with code 1 (its output is above)"},
+            {"run": "exact, next seed", "held-out loss": 2.05, "match share": 0.9},
+            {"run": "bf16", "held-out loss": 2.08, "match share": 0.88}]
+    check.judge_policies(rows, count=100, learned_below=3.0)
+    assert rows[0]["pass"].startswith("failed") and rows[2]["pass"] == "inconclusive: exact did not finish"
+
+
 def test_bad_arguments_are_refused():
     parse = lambda *extra: check.get_args_parser().parse_args(list(extra))
     with pytest.raises(ValueError, match="resample-fraction"):
