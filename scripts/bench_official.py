@@ -247,8 +247,12 @@ def main(argv=None) -> None:
     # bench_train's helpers read these
     args.chunked_loss, args.grad_checkpointing, args.check_loss = True, "none", False
     info = init_distributed(device.type)
-    training = [row for name in args.train_models for row in bench_training(official, name, args.train_batch, args, info)]
-    sampling = []
+    training, sampling = [], []
+    for name in args.train_models:
+        rows = bench_training(official, name, args.train_batch, args, info)
+        # as the sampling rows below: each size's rows as soon as they exist
+        print("\n".join(table(rows, f"\n{name} training (the full table follows at the end):")), flush=True)
+        training += rows
     for name in args.sample_models:
         rows = bench_sampling(official, name, args.sample_batches, kv_caches, args, device)
         # each size's rows as soon as they exist, so a run cut short by a time limit keeps them
