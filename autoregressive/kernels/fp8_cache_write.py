@@ -6,11 +6,10 @@ FP8 cache added some 500 launches a step to ARPG-L and made decoding slower than
 halves (first GPU run, 2026-11-27). This kernel reads each new vector once and writes its e4m3 codes
 and float32 scale straight into the cache, with the eager form's arithmetic: scale = amax times
 float32(1/448), codes = x / max(scale, tiny) clamped to +-448, rounded to nearest even (the division
-correctly rounded, as torch's between tensors), meant to give the cache the same bits either way: so
-in Triton 3.8's interpreter. On an H100 the bitwise test failed (2026-11-28) while the kernel rounded
-on e4m3's grid with float arithmetic before its cast (needed for the interpreter's cast); on a GPU it
-now casts directly (cvt.rn.satfinite, to nearest even as torch), and the test reports any entry that
-still differs.
+correctly rounded, as torch's between tensors), so the cache holds the same bits either way (tested on
+an H100 and in Triton 3.8's interpreter, 2026-11-28). On a GPU the cast is the hardware's
+(cvt.rn.satfinite, to nearest even as torch); only the interpreter, whose cast rounds wrongly, first
+rounds on e4m3's grid with float arithmetic.
 """
 import os
 
