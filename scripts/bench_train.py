@@ -86,10 +86,13 @@ def bench_group(name: str, batch: int, mode: str, policies: List[str], args, inf
     batch; their repetitions interleave, so a slow spell of the machine hits them all alike."""
     device = info.device
     runs = [start_run(name, batch, mode, policy, args, info) for policy in policies]
-    for _ in range(args.reps):
+    for rep in range(args.reps):
         for run in runs:
             if run.trainer is not None:
                 time_steps(run, args.steps, batch, device)
+        # each repetition as it ends: a run cut short by a time limit keeps what it measured
+        rates = ", ".join(f"{run.result['policy']} {run.rates[-1]:.1f}" for run in runs if run.rates)
+        print(f"{name} b{batch} {mode} repetition {rep + 1}: img/s {rates}", flush=True)
     for run in runs:
         if run.trainer is not None:
             run.result["img_s"] = statistics.median(run.rates)

@@ -27,11 +27,14 @@ def count_steps(monkeypatch):
     return calls
 
 
-def test_bench_times_the_trainer_step(monkeypatch):
+def test_bench_times_the_trainer_step(monkeypatch, capsys):
     calls = count_steps(monkeypatch)
     [result] = bench_train.bench_group("ARPG-tiny", 2, "ddp", ["exact"], argparse.Namespace(**ARGS),
                                        init_distributed("cpu"))
     assert calls == [("exact", [torch.Size([2, 256])])] * (3 + 2 * 2)  # warm-up, then steps x reps, one micro-batch
+    progress = [line for line in capsys.readouterr().out.splitlines() if "repetition" in line]
+    assert [line.split(": img/s exact ")[0] for line in progress] == [f"ARPG-tiny b2 ddp repetition {rep}"
+                                                                      for rep in (1, 2)]
     assert result["img_s"] > 0 and result["peak_gib"] is None and result["policy"] == "exact"
     # uncompiled on the CPU, the "compiled" loss is the eager one; a zero head would make all of them log V
     assert result["loss_compiled"] == result["loss_fp32"] != torch.log(torch.tensor(16384.0)).item()
