@@ -541,7 +541,9 @@ def run_check(args, info: DistInfo, only_run: Optional[str] = None):
     with matmul_tf32(True):  # train_c2i.py trains with TF32 (enable_tf32)
         training, curves, exact_model = run_training(args, info, dataset, held_out, runs)
     modes = parse_modes(args.sampling_modes)
-    sampling = run_sampling(args, exact_model, dataset, held_out, modes, info.device) if modes and exact_model is not None else []
+    sampling = []
+    if modes and exact_model is not None:
+        sampling = run_sampling(args, exact_model, dataset, held_out, modes, info.device)
     if only_run is None:
         judge_policies(training, args.num_classes * args.samples_per_class, learned_below(args))
     return training, sampling, curves
