@@ -91,7 +91,7 @@ def bench_group(name: str, batch: int, mode: str, policies: List[str], args, inf
             if run.trainer is not None:
                 time_steps(run, args.steps, batch, device)
         # each repetition as it ends: a run cut short by a time limit keeps what it measured
-        rates = ", ".join(f"{run.result['policy']} {run.rates[-1]:.1f}" for run in runs if run.rates)
+        rates = ", ".join(f"{run.result['policy']} {run.rates[-1]:.1f}" for run in runs if run.trainer is not None)
         print(f"{name} b{batch} {mode} repetition {rep + 1}: img/s {rates}", flush=True)
     for run in runs:
         if run.trainer is not None:
