@@ -14,7 +14,9 @@ Training, both sides: random codes, bf16 autocast, torch.compile, gradient clipp
 weight decay on 2-D parameters (the official train_c2i.py's step); ours is `Trainer.optimizer_step` with
 train_c2i.py's defaults (chunked loss). Sampling, both sides: random bf16 weights (the official
 --precision bf16), 64 steps, CFG 4.5 constant, arccos; theirs is `Transformer.generate`, ours the
-CUDA-graph fast path (plus `--kv-caches` variants). Tokens only, no VQ decode.
+CUDA-graph fast path (plus `--kv-caches` variants). Tokens only, no VQ decode. Peak memory: a training
+side's own state plus its step's transient peak (bench_train's count); a sampling path's alone
+(bench_sample.alone_peak_gib: run anew after the timing, on top of what the other paths hold).
 """
 import argparse
 import importlib.util
@@ -32,7 +34,7 @@ from autoregressive.sampling import SamplingConfig
 from autoregressive.utils.cli import InputNotFound, UserError, check_at_least, run_main
 from autoregressive.utils.device import enable_tf32, resolve_device, synchronize
 from autoregressive.utils.dist import cleanup, init_distributed
-from scripts.bench_sample import build_model, parse_kv_caches, timed
+from scripts.bench_sample import alone_peak_gib, build_model, model_bytes, parse_kv_caches, timed
 from scripts.bench_train import PolicyRun, start_run, time_steps, warm_up
 from scripts.kernel_profile import profile_calls, report, write_report
 from scripts.sampling_floor import decoding_work
@@ -154,17 +156,23 @@ def bench_sampling(official, name: str, batches: List[int], kv_caches: List[str]
             paths[key], cache_kinds[key] = (lambda k, s: lambda: samplers[k].generate(labels, s))(kind, sampling), kind
         for path in paths.values():  # warm-up: graph capture, kernel compilation
             path()
-        times, peaks = {key: [] for key in paths}, {key: 0 for key in paths}
+        times = {key: [] for key in paths}
         for _ in range(args.reps):
             for key, path in paths.items():
-                _, seconds, peak = timed(path)
-                times[key].append(seconds)
-                peaks[key] = max(peaks[key], peak)
+                times[key].append(timed(path)[1])
+        # Each path's memory alone: the official generate() again, ours through a fresh sampler (its own
+        # cache and graphs), each on top of what the others hold (alone_peak_gib)
+        fresh = {"official": (paths["official"], model_bytes(theirs))}
+        for kind, sampling in settings.items():
+            run_fresh = (lambda s: lambda: FastSampler(ours, use_graphs=device.type == "cuda", fuse=args.fused)
+                         .generate(labels, s))(sampling)
+            fresh[f"{ours_name}, kv-cache {kind}"] = (run_fresh, model_bytes(ours))
+        peaks = {key: alone_peak_gib(run_fresh, own_bytes) for key, (run_fresh, own_bytes) in fresh.items()}
         for key in paths:
             kind = cache_kinds[key]
             floor = decoding_work(ours, batch, settings[kind], cache_bytes_each=1 if kind == "fp8" else 2)
             rows.append({"model": name, "batch": batch, "side": key, "img_s": batch / statistics.median(times[key]),
-                         "peak_gib": peaks[key] / 2**30 if device.type == "cuda" else None,
+                         "peak_gib": peaks[key],
                          "floor_img_s": batch / floor.seconds})
             if args.profile:
                 stem = f"{name}-b{batch}-" + "-".join("".join(c if c.isalnum() else " " for c in key).split())

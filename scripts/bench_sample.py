@@ -2,21 +2,23 @@
 
 Random bf16 weights (throughput does not depend on them; the head gets random weights so the tokens
 vary), 64 steps, CFG 4.5 constant, arccos schedule. Repetitions of the two paths are interleaved and
-the medians reported. Peaks are of sampling alone (the VQ weights, resident for the decode column, are
-not counted). End-to-end adds the VQ-16 decode of the tokens as sample_c2i_ddp.py runs it by
+the medians reported. Peaks are each path's alone (alone_peak_gib: a fresh sampler run once after the
+timing, the memory it reserves on top of what the others hold, plus the weights; the VQ weights are not
+counted). End-to-end adds the VQ-16 decode of the tokens as sample_c2i_ddp.py runs it by
 default (float32 with TF32, decoder compiled; --vq-precision fp16 for the faster one).
 
 --kv-caches model,fp8 adds the fast path over an FP8 KV cache (--kv-cache fp8), timed interleaved with
-the others; each fast path keeps its graphs and cache, so with several the peaks count all of them
-(the "KV cache GiB" column is each path's own cache).
+the others (the "KV cache GiB" column is each path's own cache).
 
     python -m scripts.bench_sample --models ARPG-L ARPG-XL ARPG-XXL --batch-sizes 64 256
     python -m scripts.bench_sample --models ARPG-L --batch-sizes 256 --kv-caches model,fp8
 """
 import argparse
 import dataclasses
+import gc
 import statistics
 import time
+from typing import Callable, Optional
 
 import torch
 
@@ -32,17 +34,41 @@ from autoregressive.weights import PRECISIONS, prepare_vq
 
 
 def timed(fn):
-    """Run fn once; return (result, seconds, peak bytes allocated since the call began; 0 without CUDA,
-    where only scripts/bench_official.py's CPU check of its plumbing calls this)."""
+    """Run fn once; return (result, seconds)."""
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     result = fn()
     if cuda:
         torch.cuda.synchronize()
-    return result, time.perf_counter() - start, torch.cuda.max_memory_allocated() if cuda else 0
+    return result, time.perf_counter() - start
+
+
+def model_bytes(model) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def alone_peak_gib(run_fresh: Callable[[], object], own_bytes: int) -> Optional[float]:
+    """GiB one sampling path needs on its own, though other paths' state stays resident: run_fresh
+    builds the path anew (a new sampler: its own KV cache and CUDA graphs) and runs it once; the figure
+    is the peak the allocator reserved above what was held before (every model, the other samplers'
+    caches and graph pools), plus own_bytes (the path's weights). Reserved, not allocated: a CUDA
+    graph's intermediates live in its private pool, which the allocated count misses during replays.
+    None without CUDA."""
+    if not torch.cuda.is_available():
+        return None
+    gc.collect()
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_reserved()
+    run_fresh()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_reserved() - before + own_bytes
+    gc.collect()  # the fresh sampler's graphs and cache go back
+    torch.cuda.empty_cache()
+    return peak / 2**30
 
 
 def build_model(name: str, device, builder=None):
@@ -123,8 +149,6 @@ def check_greedy(title: str, key: str, fast: FastSampler, reference, labels, sam
 
 def bench_model(name, batch_sizes, sampling, reps, vq, device, fused=False, kv_caches=("model",)):
     model = build_model(name, device)
-    # The VQ weights stay resident for the decode column; the peaks are those of sampling alone.
-    vq_bytes = sum(p.numel() * p.element_size() for p in vq.parameters()) if vq is not None else 0
     fast_key = "fused" if fused else "fast"
     # One fast sampler per cache kind: a sampler keeps the graphs of its last settings only.
     fast = {kind: FastSampler(model, fuse=fused) for kind in kv_caches}
@@ -158,7 +182,7 @@ def bench_model(name, batch_sizes, sampling, reps, vq, device, fused=False, kv_c
         cache_gib[plain_key] = cache_gib[fast_key]
         seeded = [paths[key](torch.Generator(device).manual_seed(3)) for key in (plain_key, fast_key)]
         times = {key: [] for key in paths}
-        decode_times, peaks = [], {key: 0.0 for key in paths}
+        decode_times = []
         for key, path in paths.items():  # warm-up (graph capture for the fast paths)
             tokens = path(torch.Generator(device).manual_seed(0))
         if vq is not None:  # warm-up (compile) of the decoder at this batch size
@@ -166,15 +190,20 @@ def bench_model(name, batch_sizes, sampling, reps, vq, device, fused=False, kv_c
                 vq.decode_code(tokens, shape=(batch, vq.config.codebook_embed_dim, grid, grid))
         for rep in range(reps):
             for key, path in paths.items():
-                tokens, seconds, peak = timed(lambda: path(torch.Generator(device).manual_seed(rep)))
+                tokens, seconds = timed(lambda: path(torch.Generator(device).manual_seed(rep)))
                 times[key].append(seconds)
-                peaks[key] = max(peaks[key], (peak - vq_bytes) / 2**30)
             if vq is not None:
                 shape = (batch, vq.config.codebook_embed_dim, grid, grid)
                 with torch.inference_mode():
-                    _, seconds, _ = timed(lambda: vq.decode_code(tokens, shape=shape))
+                    _, seconds = timed(lambda: vq.decode_code(tokens, shape=shape))
                 decode_times.append(seconds)
         decode = statistics.median(decode_times) if decode_times else float("nan")
+        # Each path's memory alone (a fresh sampler for a fast path; the VQ weights are not counted)
+        fresh = {plain_key: lambda: reference(labels, settings["model"], torch.Generator(device).manual_seed(0))}
+        for kind in kv_caches:
+            fresh[fast_keys[kind]] = lambda kind=kind: FastSampler(model, fuse=fused).generate(
+                labels, settings[kind], generator=torch.Generator(device).manual_seed(0))
+        peaks = {key: alone_peak_gib(fresh[key], model_bytes(model)) for key in paths}
         speeds = {}
         for key in paths:
             token_s = statistics.median(times[key])
@@ -235,7 +264,7 @@ def main(argv=None):
     print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, {args.step} steps, "
           f"CFG {args.cfg_scale} {args.cfg_schedule}, {args.sample_schedule}, bf16, medians of {args.reps}, "
           f"VQ decode {'float32' if args.vq_precision == 'none' else args.vq_precision} compiled")
-    print("| model | batch | path | img/s tokens | img/s with decode | peak GiB (sampling) | KV cache GiB |")
+    print("| model | batch | path | img/s tokens | img/s with decode | peak GiB (alone) | KV cache GiB |")
     print("|---|---|---|---|---|---|---|")
     for name, batch, key, tok, e2e, peak, cache in rows:
         fmt = (lambda v: f"{v:.2f}x") if key.endswith("/plain") else (lambda v: f"{v:.1f}")

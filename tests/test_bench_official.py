@@ -88,3 +88,22 @@ def test_a_missing_transformers_gets_a_stand_in_config_base(tmp_path, monkeypatc
     monkeypatch.setitem(sys.modules, "transformers.configuration_utils", None)
     official = bench_official.load_official(str(tmp_path))
     assert official.ModelArgs(dim=3).dim == 3
+
+
+def test_a_paths_peak_alone_counts_what_it_reserves_above_the_others_plus_its_weights(monkeypatch):
+    """alone_peak_gib on a stand-in of the CUDA allocator: 10 GiB held by the other paths before, a peak
+    of 14 GiB while the fresh path ran, 1 GiB of its own weights -> 5 GiB."""
+    import torch
+
+    from scripts import bench_sample
+
+    gib, calls = 2**30, []
+    fake = {"is_available": lambda: True, "synchronize": lambda: None, "empty_cache": lambda: calls.append("empty"),
+            "reset_peak_memory_stats": lambda: calls.append("reset"), "memory_reserved": lambda: 10 * gib,
+            "max_memory_reserved": lambda: 14 * gib}
+    for name, function in fake.items():
+        monkeypatch.setattr(torch.cuda, name, function)
+    assert bench_sample.alone_peak_gib(lambda: calls.append("ran"), own_bytes=gib) == 5.0
+    assert calls == ["empty", "reset", "ran", "empty"]  # caches emptied and peaks reset before the path runs
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert bench_sample.alone_peak_gib(lambda: None, own_bytes=gib) is None
