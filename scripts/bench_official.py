@@ -140,7 +140,8 @@ def bench_sampling(official, name: str, batches: List[int], kv_caches: List[str]
     # CPU: the same steps, uncaptured. fused: the layers' cache-free parts compiled (close to, not equal to, eager).
     # One sampler per cache kind: a sampler keeps the graphs of its last settings only, so one shared sampler
     # would capture its graphs again at every call (it did, in the first GPU run: 34 img/s for L at batch 64).
-    samplers = {kind: FastSampler(ours, use_graphs=device.type == "cuda", fuse=args.fused) for kind in kv_caches}
+    new_sampler = lambda: FastSampler(ours, use_graphs=device.type == "cuda", fuse=args.fused)
+    samplers = {kind: new_sampler() for kind in kv_caches}
     ours_name = "ours, fused" if args.fused else "ours"
     rows = []
     for batch in batches:
@@ -164,9 +165,8 @@ def bench_sampling(official, name: str, batches: List[int], kv_caches: List[str]
         # cache and graphs), each on top of what the others hold (alone_peak_gib)
         fresh = {"official": (paths["official"], model_bytes(theirs))}
         for kind, sampling in settings.items():
-            run_fresh = (lambda s: lambda: FastSampler(ours, use_graphs=device.type == "cuda", fuse=args.fused)
-                         .generate(labels, s))(sampling)
-            fresh[f"{ours_name}, kv-cache {kind}"] = (run_fresh, model_bytes(ours))
+            fresh[f"{ours_name}, kv-cache {kind}"] = ((lambda s: lambda: new_sampler().generate(labels, s))(sampling),
+                                                     model_bytes(ours))
         peaks = {key: alone_peak_gib(run_fresh, own_bytes) for key, (run_fresh, own_bytes) in fresh.items()}
         for key in paths:
             kind = cache_kinds[key]
@@ -177,7 +177,7 @@ def bench_sampling(official, name: str, batches: List[int], kv_caches: List[str]
             if args.profile:
                 stem = f"{name}-b{batch}-" + "-".join("".join(c if c.isalnum() else " " for c in key).split())
                 write_sampling_profile(paths[key], f"{name}, batch {batch}, {key}", stem, floor, args.profile, device)
-    del samplers, theirs, ours
+    del samplers, new_sampler, theirs, ours
     # The fused parts of this size would count against the next size's recompile limit: past it, torch.compile
     # runs the layers eagerly (seen on the GPU: ARPG-XXL after L and XL sampled 11% slower than alone).
     torch._dynamo.reset()

@@ -151,7 +151,8 @@ def bench_model(name, batch_sizes, sampling, reps, vq, device, fused=False, kv_c
     model = build_model(name, device)
     fast_key = "fused" if fused else "fast"
     # One fast sampler per cache kind: a sampler keeps the graphs of its last settings only.
-    fast = {kind: FastSampler(model, fuse=fused) for kind in kv_caches}
+    new_sampler = lambda: FastSampler(model, fuse=fused)
+    fast = {kind: new_sampler() for kind in kv_caches}
     settings = {kind: dataclasses.replace(sampling, kv_cache=kind) for kind in kv_caches}
     fast_keys = {kind: fast_key if kind == "model" else f"{fast_key}, {kind} KV" for kind in kv_caches}
     # The reference loop, with the same fused layers when the fast path has them.
@@ -201,7 +202,7 @@ def bench_model(name, batch_sizes, sampling, reps, vq, device, fused=False, kv_c
         # Each path's memory alone (a fresh sampler for a fast path; the VQ weights are not counted)
         fresh = {plain_key: lambda: reference(labels, settings["model"], torch.Generator(device).manual_seed(0))}
         for kind in kv_caches:
-            fresh[fast_keys[kind]] = lambda kind=kind: FastSampler(model, fuse=fused).generate(
+            fresh[fast_keys[kind]] = lambda kind=kind: new_sampler().generate(
                 labels, settings[kind], generator=torch.Generator(device).manual_seed(0))
         peaks = {key: alone_peak_gib(fresh[key], model_bytes(model)) for key in paths}
         speeds = {}

@@ -10,17 +10,12 @@ inpainting and saves a screenshot after each stage. Exits non-zero with the reas
 """
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from autoregressive.utils.dist import free_port
 
 
 def wait_for_page(url: str, server: subprocess.Popen, timeout: float = 120) -> None:

@@ -38,7 +38,6 @@ import csv
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -56,7 +55,7 @@ from autoregressive.train.loop import Trainer
 from autoregressive.train.optim import learning_rate_at, set_learning_rate
 from autoregressive.train.precision import PRECISION_POLICIES, fp8_unavailable_reason, parse_policy_list
 from autoregressive.utils.cli import UserError, check_at_least, run_main
-from autoregressive.utils.dist import DistInfo, cleanup, init_distributed, init_one_process_group
+from autoregressive.utils.dist import DistInfo, cleanup, free_port, init_distributed, init_one_process_group
 
 TOLERANCE = 2.0
 
@@ -547,12 +546,6 @@ def run_check(args, info: DistInfo, only_run: Optional[str] = None):
     if only_run is None:
         judge_policies(training, args.num_classes * args.samples_per_class, learned_below(args))
     return training, sampling, curves
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def run_in_parallel(args, argv: List[str]):

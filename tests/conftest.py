@@ -1,10 +1,10 @@
 """Tiny CPU configurations and helpers shared by the tests."""
-import socket
 
 import pytest
 import torch
 
 from autoregressive.models.arpg import ARPG_models
+from autoregressive.utils.dist import free_port  # noqa: F401 (the tests import it from here)
 
 TINY = dict(vocab_size=32, num_classes=5, block_size=16)
 
@@ -15,13 +15,6 @@ def build_tiny(seed: int = 0, **overrides):
     model = ARPG_models["ARPG-tiny"](**{**TINY, **overrides})
     torch.nn.init.normal_(model.head.weight, std=0.5)
     return model.eval()
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on now, for a test's process group."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

@@ -52,6 +52,13 @@ def init_distributed(device: str = "auto", always_group: bool = False) -> DistIn
     return DistInfo(rank, world_size, local_rank, torch_device)
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on now (a process group's or a local server's, started right after)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def init_one_process_group(device: str = "auto") -> DistInfo:
     """A process group of this one process, as torchrun --nproc_per_node=1 makes (FSDP needs one)."""
     for name, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29517"), ("RANK", "0"), ("WORLD_SIZE", "1")):
