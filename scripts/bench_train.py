@@ -10,6 +10,7 @@ compiled, against the eager float32 path.
     python -m scripts.bench_train --models ARPG-XXL --batch-sizes 128 --chunked-loss --grad-checkpointing 32
     python -m scripts.bench_train --models ARPG-L --batch-sizes 128 --modes ddp,fsdp --precision-policies exact,bf16,fp8
     python -m scripts.bench_train --models ARPG-L --precision-policies exact,bf16 --profile results/profile
+    python -m scripts.bench_train --models ARPG-XXL --batch-sizes 64 --precision-policies exact,fp8 --one-at-a-time
 
 --profile DIR: after the timing, 3 more steps of each run under torch.profiler; DIR/<model>-b<batch>-<mode>-
 <policy>.md gets the kernels' time by kind (matmul, attention, optimizer, ...), the costliest kernels and
@@ -83,7 +84,16 @@ class PolicyRun:
 
 def bench_group(name: str, batch: int, mode: str, policies: List[str], args, info: DistInfo) -> List[dict]:
     """Time every precision policy of `policies` on one model, batch and mode, from the same weights and
-    batch; their repetitions interleave, so a slow spell of the machine hits them all alike."""
+    batch; their repetitions interleave, so a slow spell of the machine hits them all alike. With
+    --one-at-a-time each policy's trainer is built, timed and freed before the next (where two trainers
+    do not fit in the GPU's memory, as ARPG-XXL's at batch 64 on 80 GB)."""
+    if getattr(args, "one_at_a_time", False):
+        return [result for policy in policies for result in time_group(name, batch, mode, [policy], args, info)]
+    return time_group(name, batch, mode, policies, args, info)
+
+
+def time_group(name: str, batch: int, mode: str, policies: List[str], args, info: DistInfo) -> List[dict]:
+    """Build the policies' trainers, time them with interleaved repetitions, free them."""
     device = info.device
     runs = [start_run(name, batch, mode, policy, args, info) for policy in policies]
     for rep in range(args.reps):
@@ -235,6 +245,9 @@ def main(argv=None):
                         help="torch.compile's partitioner budget: below 1 it recomputes cheap ops to save memory")
     parser.add_argument("--profile", metavar="DIR", default=None,
                         help="after the timing, profile 3 steps of each run: kernel time by kind into DIR")
+    parser.add_argument("--one-at-a-time", action="store_true",
+                        help="build, time and free one policy's trainer after another instead of interleaving "
+                             "them (for models whose trainers do not fit in memory together)")
     parser.add_argument("--no-check-loss", dest="check_loss", action="store_false",
                         help="skip the fixed-batch loss check (saves the memory of the float32 forward)")
     args = parser.parse_args(argv)
