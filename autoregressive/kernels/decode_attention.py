@@ -11,7 +11,8 @@ An FP8 cache (float8_e4m3fn keys and values, one float32 scale per key and per v
 by the same kernel compiled with SCALED: the codes are widened to fp16 in registers (fp16 holds every
 e4m3 value; bf16 would take several instructions per pair), the queries are scaled into fp16's range by
 a power of two per row, the key scales multiply the score columns, and the value scales, relative to
-the largest so far, are folded into the probabilities before the p @ V product. Accumulation stays
+the program's largest (found in a first pass over the scales), are folded into the probabilities before
+the p @ V product. Accumulation stays
 float32. SCALED is a compile-time flag, so the unscaled kernel is the bf16 cache's. At decoding shapes
 (a few hundred keys per program) both take about the same time on an H100 (scripts/bench_cache_kernels.py):
 the kernel waits on each program's chain of dependent steps more than on memory, so the FP8 cache halves
@@ -83,10 +84,17 @@ if triton is not None:
             q_up = (exponent << 23).to(tl.float32, bitcast=True)
             q = (q32 * q_down[:, None]).to(tl.float16)
             score_scale = q_up * scale_log2
-            # Value scales enter the probabilities relative to the largest seen so far (online, as the
-            # softmax's maximum), so p * scale stays in [0, 1] where fp16 keeps 11 bits.
-            # (one value for the whole program, kept as a row vector: Triton carries tensors through loops)
-            v_max = tl.full([BLOCK_M], 1.1754943508222875e-38, tl.float32)  # float32's tiny: never 0
+            # Value scales enter the probabilities relative to the program's largest, so p * scale stays in
+            # [0, 1] where fp16 keeps 11 bits. That largest is found first, in a pass over the scales (4 bytes
+            # a key against 64 of codes): kept as a running maximum instead, the main loop paid a reduction
+            # across each block and a rescale of the accumulator, and the FP8 kernel was no faster than the
+            # bf16 one (H100, 2026-11-28).
+            v_maxes = tl.full([BLOCK_N], 1.1754943508222875e-38, tl.float32)  # float32's tiny: never 0
+            for start in range(0, num_keys, BLOCK_N):
+                n = start + keys
+                v_maxes = tl.maximum(v_maxes, tl.load(V_SCALE + b * vs_sb + h * vs_sh + n, mask=n < num_keys, other=0.0))
+            v_max = tl.max(v_maxes, 0)
+            inv_v_max = 1.0 / v_max
         k_base = K + b * k_sb + h * k_sh
         v_base = V + b * v_sb + h * v_sh
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -109,17 +117,14 @@ if triton is not None:
             l_i = l_i * alpha + tl.sum(p, 1)
             if SCALED:  # sum_j p_j (scale_j code_j) = v_max sum_j (p_j scale_j / v_max) code_j; l_i keeps plain p
                 v_scale = tl.load(V_SCALE + b * vs_sb + h * vs_sh + n, mask=key_ok, other=0.0)
-                v_max_new = tl.maximum(v_max, tl.max(v_scale, 0))
-                # one division per block, then a product per key (a division per score cost 15% more)
-                p = p * (v_scale * (1.0 / tl.max(v_max_new, 0)))[None, :]
-                acc = acc * (alpha * (v_max / v_max_new))[:, None] + tl.dot(p.to(tl.float16), v.to(tl.float16))
-                v_max = v_max_new
+                p = p * (v_scale * inv_v_max)[None, :]
+                acc = acc * alpha[:, None] + tl.dot(p.to(tl.float16), v.to(tl.float16))
             else:
                 acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             m_i = m_new
         out = acc / l_i[:, None]
         if SCALED:
-            out = out * v_max[:, None]
+            out = out * v_max
         tl.store(O + b * o_sb + h * o_sh + rows[:, None] * o_sm + cols[None, :], out.to(O.dtype.element_ty),
                  mask=row_ok[:, None])
 
