@@ -25,8 +25,8 @@ HEAD_DIM = 64
 # label: decode_attention launch settings for the FP8 cache (8 warps ran at half the speed of 4, 256-key
 # blocks and codes read as int16 pairs widened by bit moves were slower, on an H100, 2026-11-28)
 ATTENTION_SETTINGS = {
-    "fp8 n64 w4 s2 (default)": dict(block_n=64, num_warps=4, num_stages=2),
-    "fp8 n128 w4 s3": dict(block_n=128, num_warps=4, num_stages=3),
+    "fp8 n128 w4 s3 (default)": dict(block_n=128, num_warps=4, num_stages=3),
+    "fp8 n64 w4 s2": dict(block_n=64, num_warps=4, num_stages=2),
     "fp8 n32 w2 s2": dict(block_n=32, num_warps=2, num_stages=2),
 }
 

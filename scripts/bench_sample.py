@@ -268,7 +268,8 @@ def main(argv=None):
     print("| model | batch | path | img/s tokens | img/s with decode | peak GiB (alone) | KV cache GiB |")
     print("|---|---|---|---|---|---|---|")
     for name, batch, key, tok, e2e, peak, cache in rows:
-        fmt = (lambda v: f"{v:.2f}x") if key.endswith("/plain") else (lambda v: f"{v:.1f}")
+        # nan: no VQ decode timed (--no-decode), or no memory figure for a ratio row
+        fmt = (lambda v: "-" if v != v else f"{v:.2f}x") if key.endswith("/plain") else (lambda v: "-" if v != v else f"{v:.1f}")
         gib = lambda v: "" if v != v else f"{v:.2f}"
         print(f"| {name} | {batch} | {key} | {fmt(tok)} | {fmt(e2e)} | {gib(peak)} | {gib(cache)} |")
 

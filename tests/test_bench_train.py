@@ -61,6 +61,7 @@ def test_policies_are_timed_beside_exact_with_interleaved_repetitions(monkeypatc
 
 def test_policy_list_and_table():
     assert parse_policy_list("fp8,exact,fp8") == ["exact", "fp8"]
+    assert parse_policy_list("fp8,bf16,fp8", add_exact=False) == ["fp8", "bf16"]  # --one-at-a-time
     with pytest.raises(ValueError, match="unknown precision policy fp4"):
         parse_policy_list("exact,fp4")
     assert bench_train.unavailable_reason("bf16", "ddp", torch.device("cpu")) is None  # Bf16Compute

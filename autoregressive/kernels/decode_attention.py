@@ -14,9 +14,9 @@ a power of two per row, the key scales multiply the score columns, and the value
 the program's largest (found in a first pass over the scales), are folded into the probabilities before
 the p @ V product. Accumulation stays
 float32. SCALED is a compile-time flag, so the unscaled kernel is the bf16 cache's. At decoding shapes
-(a few hundred keys per program) both take about the same time on an H100 (scripts/bench_cache_kernels.py):
-the kernel waits on each program's chain of dependent steps more than on memory, so the FP8 cache halves
-the cache's memory but not the attention's time.
+(a few hundred keys per program) the FP8 kernel is 10-13% faster than the bf16 one on an H100
+(scripts/bench_cache_kernels.py, 2026-11-28), not 2x: each program waits on its chain of dependent steps
+(load, widen, two small dots, the online softmax) more than on memory.
 
 Triton ships with torch's CUDA builds; without it `available()` is False and callers use SDPA.
 """
@@ -130,15 +130,16 @@ if triton is not None:
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_scale: Optional[torch.Tensor] = None,
-                     v_scale: Optional[torch.Tensor] = None, block_n: int = 64, num_warps: int = 4,
-                     num_stages: int = 2) -> torch.Tensor:
+                     v_scale: Optional[torch.Tensor] = None, block_n: Optional[int] = None, num_warps: int = 4,
+                     num_stages: Optional[int] = None) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v for q (B, H, n_q, d) and k, v (B, H, n_k, d), no mask. The query
     tile is n_q rounded up to a power of two, at least 16 (tl.dot's smallest).
 
     k_scale, v_scale: (B, H, n_k) float32 scales (last dim contiguous) of float8_e4m3fn k and v, which
     then stand for k * k_scale[..., None] and v * v_scale[..., None]; None for k and v in q's dtype.
-    block_n, num_warps, num_stages: launch settings; the defaults were the fastest for both caches at ARPG's
-    decoding shapes (scripts/bench_cache_kernels.py, one H100, 2026-11-28).
+    block_n, num_warps, num_stages: launch settings; by default the fastest at ARPG's decoding shapes
+    (scripts/bench_cache_kernels.py, one H100, 2026-11-28): 64-key blocks and 2 stages for a bf16 cache,
+    128 and 3 for an FP8 one.
     Returns (B, H, n_q, d) in q's dtype, a transposed view of a (B, n_q, H, d) tensor. See `supports`.
     """
     batch, heads, num_queries, head_dim = q.shape
@@ -146,6 +147,8 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_scale:
     out = torch.empty(batch, num_queries, heads, head_dim, dtype=q.dtype, device=q.device).transpose(1, 2)
     scale_log2 = 1.0 / math.sqrt(head_dim) * 1.4426950408889634  # log2(e)
     scaled = k_scale is not None
+    block_n = block_n or (128 if scaled else 64)
+    num_stages = num_stages or (3 if scaled else 2)
     if scaled:
         assert k_scale.stride(-1) == 1 and v_scale.stride(-1) == 1, "scales must be contiguous along the keys"
     else:

@@ -38,13 +38,17 @@ def check_policy(policy: str, data_parallel: str, grad_checkpointing: str = "non
                         "torchrun --nproc_per_node=1); without FSDP use --activation-memory-budget to save memory")
 
 
-def parse_policy_list(text: str) -> List[str]:
-    """A comma-separated list of policies to compare: exact first (the reference), each policy once."""
+def parse_policy_list(text: str, add_exact: bool = True) -> List[str]:
+    """A comma-separated list of policies to compare, each once: exact first (the reference), added
+    unless add_exact is False."""
     policies = [policy for policy in text.split(",") if policy]
     unknown = [policy for policy in policies if policy not in PRECISION_POLICIES]
     if unknown:
         raise UserError(f"unknown precision policy {', '.join(unknown)}; choose from {', '.join(PRECISION_POLICIES)}")
-    return ["exact"] + [policy for policy in dict.fromkeys(policies) if policy != "exact"]
+    ordered = list(dict.fromkeys(policies))
+    if not add_exact:
+        return ordered
+    return ["exact"] + [policy for policy in ordered if policy != "exact"]
 
 
 def fp8_unavailable_reason(device: torch.device) -> Optional[str]:
