@@ -13,9 +13,10 @@ from autoregressive.utils.cli import UserError
 
 SAMPLE_SCHEDULES = ("arccos", "cosine")
 CFG_SCHEDULES = ("linear", "constant")
-# How decoding stores keys and values: in the weights' dtype, or as e4m3 codes with a float32 scale per
-# vector (half the bytes that decoding reads; opt-in, scripts/check_precision.py judges its quality).
-KV_CACHE_DTYPES = {"model": None, "fp8": torch.float8_e4m3fn}
+# How decoding stores keys and values: in the weights' dtype, or as one-byte codes (int8 or e4m3) with a
+# float32 scale per vector (half the bytes that decoding reads; opt-in, scripts/check_precision.py judges
+# their quality).
+KV_CACHE_DTYPES = {"model": None, "int8": torch.int8, "fp8": torch.float8_e4m3fn}
 
 
 @dataclass(frozen=True)
@@ -87,8 +88,8 @@ SAMPLING_FLAGS = {
     "top_k": ("--top-k", "top_k", "0 = no top-k filter"),
     "top_p": ("--top-p", "top_p", "1 = no nucleus filter"),
     "kv_cache": ("--kv-cache", "kv_cache", "how decoding stores keys and values: model = the weights' dtype, "
-                 "fp8 = float8 e4m3 with a scale per vector (opt-in: half the cache reads, close to, not equal to, "
-                 "model's tokens)"),
+                 "int8 or fp8 (float8 e4m3) = one-byte codes with a scale per vector (opt-in: half the cache "
+                 "reads, tokens close to, not equal to, model's)"),
 }
 FIELD_CHOICES = {"cfg_schedule": CFG_SCHEDULES, "sample_schedule": SAMPLE_SCHEDULES, "kv_cache": tuple(KV_CACHE_DTYPES)}
 

@@ -1,9 +1,10 @@
-"""The FP8 KV cache's two kernels against the bf16 cache's work, at decoding shapes, on one GPU.
+"""The quantised KV caches' two kernels (int8 and FP8 codes) against the bf16 cache's work, at decoding
+shapes, on one GPU.
 
 Per model size (heads of 64, rows = 2 x batch under guidance): writing one step's new keys into the
-cache (the bf16 cache's slice copy against autoregressive/kernels/fp8_cache_write.py), and decoding
-attention over a full cache (autoregressive/kernels/decode_attention.py over bf16 against FP8 codes,
-with a few launch settings). Each line: median time of a CUDA-graph replay
+cache (the bf16 cache's slice copy against autoregressive/kernels/cache_write.py), and decoding
+attention over a full cache (autoregressive/kernels/decode_attention.py over bf16 against int8 and FP8
+codes, FP8 with a few launch settings; FP8 rows need compute capability 8.9+). Each line: median time of a CUDA-graph replay
 (triton.testing.do_bench_cudagraph), the bytes the kernel must move over that time, and the error
 against float32 attention over the bf16 cache (attention rows only). Interleaved repetitions, medians.
 
@@ -16,9 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from autoregressive.kernels import decode_attention as attention_kernel
-from autoregressive.kernels import fp8_cache_write
+from autoregressive.kernels import cache_write
 from autoregressive.models.arpg import ARPG_models
-from autoregressive.models.kv_cache import FP8_DTYPE, quantise_fp8
+from autoregressive.models.kv_cache import FP8_DTYPE, quantise
 from autoregressive.utils.cli import UserError, run_main
 
 HEAD_DIM = 64
@@ -44,28 +45,34 @@ def bench_size(name: str, batch: int, new_tokens: int, queries: int, keys: int, 
     # a (rows, n, 3, H, d) projection's key slice, strided as SelfAttention.project hands it to the cache
     qkv = torch.randn(rows, new_tokens, 3, heads, HEAD_DIM, device=device, generator=generator, dtype=torch.bfloat16)
     new_keys = qkv[:, :, 1].transpose(1, 2)
+    code_dtypes = {"int8": torch.int8}
+    if attention_kernel.has_fp8(device):
+        code_dtypes["fp8"] = FP8_DTYPE
     bf16_cache = torch.zeros(rows, heads, keys + new_tokens, HEAD_DIM, device=device, dtype=torch.bfloat16)
-    codes = torch.zeros(rows, heads, keys + new_tokens, HEAD_DIM, device=device, dtype=FP8_DTYPE)
     scales = torch.zeros(rows, heads, keys + new_tokens, device=device)
     write_bytes = new_keys.numel() * 2
-    cases = {
-        "write: bf16 slice copy": (lambda: bf16_cache[:, :, keys:].copy_(new_keys), 2 * write_bytes),
-        "write: fp8 kernel": (lambda: fp8_cache_write.quantise_into(new_keys, codes[:, :, keys:], scales[:, :, keys:]),
-                              write_bytes * 1.5 + rows * heads * new_tokens * 4),
-    }
+    cases = {"write: bf16 slice copy": (lambda: bf16_cache[:, :, keys:].copy_(new_keys), 2 * write_bytes)}
+    for kind, dtype in code_dtypes.items():
+        codes = torch.zeros(rows, heads, keys + new_tokens, HEAD_DIM, device=device, dtype=dtype)
+        cases[f"write: {kind} kernel"] = (
+            lambda codes=codes: cache_write.quantise_into(new_keys, codes[:, :, keys:], scales[:, :, keys:]),
+            write_bytes * 1.5 + rows * heads * new_tokens * 4)
     q = torch.randn(rows, queries, heads, HEAD_DIM, device=device, generator=generator, dtype=torch.bfloat16).transpose(1, 2)
     kv = torch.randn(2, rows, heads, keys, HEAD_DIM, device=device, generator=generator, dtype=torch.bfloat16)
     reference = F.scaled_dot_product_attention(q.float(), kv[0].float(), kv[1].float())
-    (k_codes, k_scale), (v_codes, v_scale) = quantise_fp8(kv[0]), quantise_fp8(kv[1])
     cache_bytes = kv.numel() * 2
     for label, settings in (("bf16 n64 w4 s2", dict(block_n=64, num_stages=2)),
                             ("bf16 n128 w4 s3", dict(block_n=128, num_stages=3))):
         cases[f"attention: {label}"] = (
             lambda settings=settings: attention_kernel.decode_attention(q, kv[0], kv[1], **settings), cache_bytes)
-    for label, settings in ATTENTION_SETTINGS.items():
-        cases[f"attention: {label}"] = (
-            lambda settings=settings: attention_kernel.decode_attention(q, k_codes, v_codes, k_scale, v_scale, **settings),
-            cache_bytes / 2 + 2 * k_scale.numel() * 4)
+    for kind, dtype in code_dtypes.items():
+        (k_codes, k_scale), (v_codes, v_scale) = quantise(kv[0], dtype), quantise(kv[1], dtype)
+        settings_of = ATTENTION_SETTINGS if kind == "fp8" else {"int8 n128 w4 s3 (default)": {}}
+        for label, settings in settings_of.items():
+            cases[f"attention: {label}"] = (
+                lambda settings=settings, k=k_codes, v=v_codes, ks=k_scale, vs=v_scale:
+                    attention_kernel.decode_attention(q, k, v, ks, vs, **settings),
+                cache_bytes / 2 + 2 * k_scale.numel() * 4)
     times = {label: [] for label in cases}
     for _ in range(reps):
         for label, (fn, _) in cases.items():
@@ -91,9 +98,8 @@ def main(argv=None):
     parser.add_argument("--keys", type=int, default=257)
     parser.add_argument("--reps", type=int, default=5)
     args = parser.parse_args(argv)
-    if not (torch.cuda.is_available() and attention_kernel.available()
-            and attention_kernel.has_fp8(torch.device("cuda"))):
-        raise UserError("bench_cache_kernels needs a CUDA GPU with float8 (sm89+) and Triton")
+    if not (torch.cuda.is_available() and attention_kernel.available()):
+        raise UserError("bench_cache_kernels needs a CUDA GPU and Triton")
     for batch in args.batch_sizes:
         for name in args.models:
             bench_size(name, batch, args.new_tokens, args.queries, args.keys, args.reps)

@@ -170,7 +170,7 @@ def bench_sampling(official, name: str, batches: List[int], kv_caches: List[str]
         peaks = {key: alone_peak_gib(run_fresh, own_bytes) for key, (run_fresh, own_bytes) in fresh.items()}
         for key in paths:
             kind = cache_kinds[key]
-            floor = decoding_work(ours, batch, settings[kind], cache_bytes_each=1 if kind == "fp8" else 2)
+            floor = decoding_work(ours, batch, settings[kind], cache_bytes_each=2 if kind == "model" else 1)
             rows.append({"model": name, "batch": batch, "side": key, "img_s": batch / statistics.median(times[key]),
                          "peak_gib": peaks[key],
                          "floor_img_s": batch / floor.seconds})
@@ -227,7 +227,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sample-models", nargs="*", default=["ARPG-L"], choices=list(ARPG_models))
     parser.add_argument("--sample-batches", nargs="+", type=int, default=[64, 256])
     parser.add_argument("--kv-caches", default="model", help="comma-separated KV caches of our path: model "
-                        "(always), fp8")
+                        "(always), int8, fp8")
     parser.add_argument("--fused", action="store_true", help="our sampling with the layers compiled (the samplers' "
                         "--fused; scripts/check_precision.py's bf16-fused mode judges it)")
     parser.add_argument("--profile", metavar="DIR", default=None, help="after the timing, one more batch of every "

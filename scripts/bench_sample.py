@@ -7,11 +7,11 @@ timing, the memory it reserves on top of what the others hold, plus the weights;
 counted). End-to-end adds the VQ-16 decode of the tokens as sample_c2i_ddp.py runs it by
 default (float32 with TF32, decoder compiled; --vq-precision fp16 for the faster one).
 
---kv-caches model,fp8 adds the fast path over an FP8 KV cache (--kv-cache fp8), timed interleaved with
-the others (the "KV cache GiB" column is each path's own cache).
+--kv-caches model,int8,fp8 adds the fast path over a quantised KV cache (--kv-cache int8 / fp8), timed
+interleaved with the others (the "KV cache GiB" column is each path's own cache).
 
     python -m scripts.bench_sample --models ARPG-L ARPG-XL ARPG-XXL --batch-sizes 64 256
-    python -m scripts.bench_sample --models ARPG-L --batch-sizes 256 --kv-caches model,fp8
+    python -m scripts.bench_sample --models ARPG-L --batch-sizes 256 --kv-caches model,int8,fp8
 """
 import argparse
 import dataclasses
@@ -26,7 +26,7 @@ from autoregressive.fast_generate import FastSampler, make_sampler
 from autoregressive.generate import generate
 from autoregressive.kernels.decode_attention import has_fp8
 from autoregressive.models.arpg import ARPG_models
-from autoregressive.models.kv_cache import ScaledFp8, quantise_fp8
+from autoregressive.models.kv_cache import FP8_DTYPE, ScaledCodes, quantise
 from autoregressive.sampling import KV_CACHE_DTYPES, SamplingConfig, add_sampling_args
 from autoregressive.utils.cli import UserError, check_at_least, run_main
 from autoregressive.utils.device import enable_tf32
@@ -126,14 +126,17 @@ def decode_kernel_check(model, device) -> str:
     triton_error = (decode_attention(q, k, v).float() - exact).abs().max()
     sdpa_error = (F.scaled_dot_product_attention(q, k, v).float() - exact).abs().max()
     line = f"decoding attention vs float32: Triton max |diff| {triton_error:.3g}, SDPA bf16 {sdpa_error:.3g}"
-    if not has_fp8(q.device):
-        return line + "; Triton fp8 KV: not on this GPU (needs sm89+)"
-    k8, v8 = ScaledFp8(*quantise_fp8(cache[0])), ScaledFp8(*quantise_fp8(cache[1]))  # strided like a cache
-    k8, v8 = (ScaledFp8(part.data[:, :, :100], part.scale[:, :, :100]) for part in (k8, v8))
-    fp8_out = decode_attention(q, k8.data, v8.data, k8.scale, v8.scale).float()
-    dequantised = F.scaled_dot_product_attention(q.float(), k8.dequantise(torch.float32), v8.dequantise(torch.float32))
-    return (f"{line}; Triton fp8 KV {(fp8_out - exact).abs().max():.3g} "
-            f"({(fp8_out - dequantised).abs().max():.3g} against float32 over the dequantised cache)")
+    for kind, dtype in (("int8", torch.int8), ("fp8", FP8_DTYPE)):
+        if dtype == FP8_DTYPE and not has_fp8(q.device):
+            line += "; Triton fp8 KV: not on this GPU (needs sm89+)"
+            continue
+        k8, v8 = ScaledCodes(*quantise(cache[0], dtype)), ScaledCodes(*quantise(cache[1], dtype))  # strided like a cache
+        k8, v8 = (ScaledCodes(part.data[:, :, :100], part.scale[:, :, :100]) for part in (k8, v8))
+        out = decode_attention(q, k8.data, v8.data, k8.scale, v8.scale).float()
+        dequantised = F.scaled_dot_product_attention(q.float(), k8.dequantise(torch.float32), v8.dequantise(torch.float32))
+        line += (f"; Triton {kind} KV {(out - exact).abs().max():.3g} "
+                 f"({(out - dequantised).abs().max():.3g} against float32 over the dequantised cache)")
+    return line
 
 
 def check_greedy(title: str, key: str, fast: FastSampler, reference, labels, sampling: SamplingConfig, order):

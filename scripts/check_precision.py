@@ -23,7 +23,8 @@ Pass rules (TOLERANCE = 2):
   to the floor; until both exact runs have, the policies are "inconclusive" (their difference is when
   each left the plateau), and a policy run that has not fails;
 - a sampling mode: its KL and its top-1 disagreement are within 2x those of its yardstick mode (bf16
-  autocast, the exact recipe's own numerics; for fp8-kv, bf16: the same weights with a bf16 cache), and
+  autocast, the exact recipe's own numerics; for int8-kv and fp8-kv, bf16: the same weights with a bf16
+  cache), and
   its match share is within noise of float32's.
 
     python -m scripts.check_precision --precision-policies exact,bf16,fp8 --out-dir results/check-precision
@@ -171,7 +172,8 @@ SAMPLING_MODES: Dict[str, SamplingMode] = {
     "tf32": SamplingMode(lambda model: model.float(), tf32=True),  # sample_c2i.py's default (--precision none)
     "bf16": SamplingMode(lambda model: model.to(torch.bfloat16)),  # sample_c2i.py --precision bf16
     "fp16": SamplingMode(lambda model: model.to(torch.float16)),  # sample_c2i.py --precision fp16
-    # --precision bf16 --kv-cache fp8; judged against bf16, so the figures show what the cache adds
+    # --precision bf16 --kv-cache int8 / fp8; judged against bf16, so the figures show what the cache adds
+    "int8-kv": SamplingMode(lambda model: model.to(torch.bfloat16), kv_cache="int8", yardstick="bf16"),
     "fp8-kv": SamplingMode(lambda model: model.to(torch.bfloat16), kv_cache="fp8", yardstick="bf16"),
     # --precision bf16 with the layers compiled (--fused of the samplers): fused kernels keep float32 where
     # eager ops round; judged against bf16, the same weights unfused

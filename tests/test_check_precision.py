@@ -112,7 +112,8 @@ def test_judging_fills_every_row():
 def test_next_token_distributions_are_read_through_the_kv_cache():
     """One token a step: the cached decoding of the true tokens is teacher forcing (the forward pass).
     Several a step: the tokens of a step see each other, as in sampling, so the figures move a little.
-    The fp8-kv mode reads an FP8 cache (bf16 weights): close to the bf16 mode's distributions, not equal."""
+    The int8-kv and fp8-kv modes read a quantised cache (bf16 weights): close to the bf16 mode's
+    distributions, not equal, int8's (127 levels a side) closer than e4m3's (3 mantissa bits)."""
     from conftest import build_tiny
 
     model = build_tiny().float()
@@ -127,11 +128,13 @@ def test_next_token_distributions_are_read_through_the_kv_cache():
     parallel = check.next_token_log_probs(model, float32, codes, labels, orders, num_steps=4)
     assert 0 < check.compare_to_reference(cached, parallel)[0] < 0.5
     figures = {}
-    for name in ("bf16", "fp8-kv"):
+    for name in ("bf16", "int8-kv", "fp8-kv"):
         mode = check.SAMPLING_MODES[name]
         figures[name] = check.next_token_log_probs(mode.prepare(build_tiny().float()), mode, codes, labels, orders, 16)
     kl, top1 = check.compare_to_reference(figures["bf16"], figures["fp8-kv"])
     assert 0 < kl < 0.05 and top1 >= 0.9
+    kl_int8, top1_int8 = check.compare_to_reference(figures["bf16"], figures["int8-kv"])
+    assert 0 < kl_int8 < kl / 4 and top1_int8 >= top1
 
 
 def test_the_fused_mode_runs_the_compiled_layer_parts():

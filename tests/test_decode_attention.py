@@ -50,33 +50,34 @@ def test_kernel_matches_float32_attention_in_the_interpreter():
 
 
 @pytest.mark.skipif(not interpreter_runs_loops_over_arguments(), reason="Triton's interpreter is too old")
-def test_fp8_kernel_matches_float32_attention_over_the_dequantised_cache_in_the_interpreter():
-    """SCALED: float8_e4m3fn codes and per-position float32 scales, as views of an FP8 KVCache (a longer
-    capacity, one set of several), against float32 attention over the same cache dequantised: the
-    kernel adds no error beyond the float16 one of the unscaled kernel (the e4m3 rounding itself is
-    what scripts/check_precision.py judges)."""
+def test_scaled_kernel_matches_float32_attention_over_the_dequantised_cache_in_the_interpreter():
+    """SCALED: float8_e4m3fn or int8 codes and per-position float32 scales, as views of a quantised
+    KVCache (a longer capacity, one set of several), against float32 attention over the same cache
+    dequantised: the kernel adds no error beyond the float16 one of the unscaled kernel (the codes'
+    rounding itself is what scripts/check_precision.py judges). Default launch settings and 32-key blocks."""
     script = textwrap.dedent("""
         import torch, torch.nn.functional as F
         from autoregressive.kernels.decode_attention import decode_attention
-        from autoregressive.models.kv_cache import FP8_DTYPE, KVCache
+        from autoregressive.models.kv_cache import QUANTISED_DTYPES, KVCache
         torch.manual_seed(0)
         # value magnitudes far from 1 (scales down to 2e-8, whose products with p fp16 would flush to zero
         # if the kernel did not divide them by the largest), values growing along the keys (the running
         # maximum rescales what is accumulated), queries near fp16's limit (outputs stay fp16-normal:
         # the output is in q's dtype)
-        for m, n, q_size, k_size, v_size in [(1, 1, 1, 3, 1), (3, 5, 1, 3, 1e-2), (4, 70, 3e-3, 3, 1),
-                                             (17, 130, 1, 3, 1e3), (2, 100, 1.5e4, 1e-4, 1e-2)]:
-            cache = KVCache(2, 2, 3, 140, 32, FP8_DTYPE, torch.device("cpu"))
+        cases = [(1, 1, 1, 3, 1), (3, 5, 1, 3, 1e-2), (4, 70, 3e-3, 3, 1), (17, 130, 1, 3, 1e3), (2, 100, 1.5e4, 1e-4, 1e-2)]
+        for code_dtype, block_n, (m, n, q_size, k_size, v_size) in [
+                (code_dtype, block_n, case) for code_dtype in QUANTISED_DTYPES for block_n in (None, 32) for case in cases]:
+            cache = KVCache(2, 2, 3, 140, 32, code_dtype, torch.device("cpu"))
             growth = torch.logspace(-3, 0, n).view(1, 1, n, 1)
             k_in, v_in = torch.randn(2, 3, n, 32) * k_size, torch.randn(2, 3, n, 32) * v_size * growth
             k, v = cache.write(1, k_in, v_in)
             q = (torch.randn(2, m, 3, 32).clamp(-4, 4) * q_size).half().transpose(1, 2)
             k32, v32 = k.dequantise(torch.float32), v.dequantise(torch.float32)
             expected = F.scaled_dot_product_attention(q.float(), k32, v32)
-            out = decode_attention(q, k.data, v.data, k.scale, v.scale, block_n=32)
+            out = decode_attention(q, k.data, v.data, k.scale, v.scale, block_n=block_n)
             assert out.shape == (2, 3, m, 32) and out.dtype == torch.float16, (m, n, out.shape)
             error = ((out.float() - expected).abs().max() / expected.abs().max()).item()
-            assert error < 2e-3, (m, n, q_size, v_size, error)
+            assert error < 2e-3, (code_dtype, block_n, m, n, q_size, v_size, error)
         print("ok")
     """)
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": ROOT}
@@ -98,5 +99,7 @@ def test_only_cuda_inference_inputs_take_the_kernel():
         assert not decode_attention.supports(q, codes, codes)  # FP8 codes only with their scales
         assert decode_attention.supports(q, codes, codes, scaled=True) == (
             torch.cuda.get_device_capability() >= (8, 9))  # Triton converts e4m3 from sm89 on
+        int8 = k.to(torch.int8)
+        assert decode_attention.supports(q, int8, int8, scaled=True) and not decode_attention.supports(q, int8, int8)
     assert not decode_attention.supports(q.cpu(), k.cpu().to(torch.float8_e4m3fn), v.cpu().to(torch.float8_e4m3fn),
                                          scaled=True)

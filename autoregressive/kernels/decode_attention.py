@@ -7,9 +7,9 @@ bookkeeping; this kernel gives each (row, head) one program that streams its key
 online softmax in float32, and writes the output already in (B, n_q, H, d) order, so merging the
 heads afterwards is a free view.
 
-An FP8 cache (float8_e4m3fn keys and values, one float32 scale per key and per value vector) is read
-by the same kernel compiled with SCALED: the codes are widened to fp16 in registers (fp16 holds every
-e4m3 value; bf16 would take several instructions per pair), the queries are scaled into fp16's range by
+A quantised cache (float8_e4m3fn or int8 keys and values, one float32 scale per key and per value
+vector) is read by the same kernel compiled with SCALED: the codes are widened to fp16 in registers
+(fp16 holds every e4m3 and int8 value; bf16 would take several instructions per e4m3 pair), the queries are scaled into fp16's range by
 a power of two per row, the key scales multiply the score columns, and the value scales, relative to
 the program's largest (found in a first pass over the scales), are folded into the probabilities before
 the p @ V product. Accumulation stays
@@ -39,6 +39,10 @@ def available() -> bool:
     return triton is not None
 
 
+# Codes of a quantised cache: both widen exactly to fp16 in registers (e4m3 on compute capability 8.9+).
+CODE_DTYPES = (torch.float8_e4m3fn, torch.int8)
+
+
 @functools.lru_cache(maxsize=None)
 def has_fp8(device: torch.device) -> bool:
     """Whether Triton converts float8_e4m3fn on this GPU (compute capability 8.9 and newer)."""
@@ -47,15 +51,15 @@ def has_fp8(device: torch.device) -> bool:
 
 def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaled: bool = False) -> bool:
     """Whether decode_attention handles these inputs (else use SDPA). scaled: k and v are the
-    float8_e4m3fn codes of an FP8 cache (their scales go to decode_attention too)."""
+    float8_e4m3fn or int8 codes of a quantised cache (their scales go to decode_attention too)."""
     head_dim = q.shape[-1]
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    cache_dtype = torch.float8_e4m3fn if scaled else q.dtype
+    cache_ok = k.dtype in CODE_DTYPES if scaled else k.dtype == q.dtype
     return (triton is not None and q.is_cuda and not needs_grad  # forward only
-            and q.dtype in (torch.bfloat16, torch.float16) and k.dtype == cache_dtype and v.dtype == cache_dtype
+            and q.dtype in (torch.bfloat16, torch.float16) and cache_ok and v.dtype == k.dtype
             and q.shape[2] <= MAX_QUERIES and k.shape[2] > 0 and head_dim in (16, 32, 64, 128)
             and q.stride(-1) == 1 and k.stride(-1) == 1 and v.stride(-1) == 1
-            and (not scaled or has_fp8(q.device)))
+            and (k.dtype != torch.float8_e4m3fn or has_fp8(q.device)))
 
 
 if triton is not None:
@@ -105,7 +109,7 @@ if triton is not None:
             key_ok = n < num_keys
             k = tl.load(k_base + n[:, None] * k_sn + cols[None, :], mask=key_ok[:, None], other=0.0)
             v = tl.load(v_base + n[:, None] * v_sn + cols[None, :], mask=key_ok[:, None], other=0.0)
-            if SCALED:  # e4m3 codes widen exactly to fp16
+            if SCALED:  # e4m3 and int8 codes widen exactly to fp16
                 s = tl.dot(q, tl.trans(k.to(tl.float16))) * score_scale[:, None]
                 s = s * tl.load(K_SCALE + b * ks_sb + h * ks_sh + n, mask=key_ok, other=0.0)[None, :]
             else:
@@ -135,11 +139,11 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_scale:
     """softmax(q k^T / sqrt(d)) v for q (B, H, n_q, d) and k, v (B, H, n_k, d), no mask. The query
     tile is n_q rounded up to a power of two, at least 16 (tl.dot's smallest).
 
-    k_scale, v_scale: (B, H, n_k) float32 scales (last dim contiguous) of float8_e4m3fn k and v, which
-    then stand for k * k_scale[..., None] and v * v_scale[..., None]; None for k and v in q's dtype.
+    k_scale, v_scale: (B, H, n_k) float32 scales (last dim contiguous) of float8_e4m3fn or int8 k and v,
+    which then stand for k * k_scale[..., None] and v * v_scale[..., None]; None for k and v in q's dtype.
     block_n, num_warps, num_stages: launch settings; by default the fastest at ARPG's decoding shapes
     (scripts/bench_cache_kernels.py, one H100, 2026-11-28): 64-key blocks and 2 stages for a bf16 cache,
-    128 and 3 for an FP8 one.
+    128 and 3 for a quantised one.
     Returns (B, H, n_q, d) in q's dtype, a transposed view of a (B, n_q, H, d) tensor. See `supports`.
     """
     batch, heads, num_queries, head_dim = q.shape

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from autoregressive.kernels import decode_attention
-from autoregressive.models.kv_cache import KVCache, ScaledFp8
+from autoregressive.models.kv_cache import KVCache, ScaledCodes
 from autoregressive.models.official_names import keep_official_names
 from autoregressive.models.rope import apply_rope
 
@@ -19,16 +19,17 @@ SHORT_DECODE_QUERIES, SHORT_DECODE_KEYS = 8, 128
 
 
 def attend(q, k, v, causal: bool, dropout_p: float = 0.0):
-    """Attention of q (B, H, n_q, d) over k, v (B, H, n_k, d), or over ScaledFp8 k, v of an FP8 cache.
+    """Attention of q (B, H, n_q, d) over k, v (B, H, n_k, d), or over ScaledCodes k, v of a quantised
+    (FP8 or int8) cache.
 
     causal: query i sees keys j <= i + n_k - n_q (aligned at the end: the queries are the newest
     entries, or, in cross-attention, the targets after the class tokens).
     """
-    scaled = isinstance(k, ScaledFp8)
+    scaled = isinstance(k, ScaledCodes)
     codes, scales = ((k.data, v.data), (k.scale, v.scale)) if scaled else ((k, v), (None, None))
     if not causal and dropout_p == 0.0 and decode_attention.supports(q, *codes, scaled=scaled):
         # Decoding: a few queries per row over the KV cache, one Triton program per row and head reads
-        # the keys once, where SDPA would pad the queries to 64-128 rows. FP8: it reads the codes and scales.
+        # the keys once, where SDPA would pad the queries to 64-128 rows. Quantised: it reads the codes and scales.
         return decode_attention.decode_attention(q, *codes, *scales)
     if scaled:  # every other kernel reads the cache dequantised to the queries' dtype
         k, v = k.dequantise(q.dtype), v.dequantise(q.dtype)

@@ -1,15 +1,16 @@
-"""Quantise new keys or values into an FP8 KV cache, as one Triton kernel (CUDA only).
+"""Quantise new keys or values into a quantised (FP8 or int8) KV cache, as one Triton kernel (CUDA only).
 
-The eager form (autoregressive/models/kv_cache.py's quantise_fp8, then two slice copies) is about ten
+The eager form (autoregressive/models/kv_cache.py's quantise, then two slice copies) is about ten
 small kernels per tensor; a decoding step writes a key and a value tensor into every layer set, so an
 FP8 cache added some 500 launches a step to ARPG-L and made decoding slower than the bf16 cache it
-halves (first GPU run, 2026-11-27). This kernel reads each new vector once and writes its e4m3 codes
-and float32 scale straight into the cache, with the eager form's arithmetic: scale = amax times
-float32(1/448), codes = x / max(scale, tiny) clamped to +-448, rounded to nearest even (the division
-correctly rounded, as torch's between tensors), so the cache holds the same bits either way (tested on
-an H100 and in Triton 3.8's interpreter, 2026-11-28). On a GPU the cast is the hardware's
-(cvt.rn.satfinite, to nearest even as torch); only the interpreter, whose cast rounds wrongly, first
-rounds on e4m3's grid with float arithmetic.
+halves (first GPU run, 2026-11-27). This kernel reads each new vector once and writes its codes and
+float32 scale straight into the cache, with the eager form's arithmetic: scale = amax times
+float32(1 / code max), codes = x / max(scale, tiny) clamped to +-code max, rounded to nearest even (the
+division correctly rounded, as torch's between tensors), so the cache holds the same bits either way
+(e4m3: tested on an H100 and in Triton 3.8's interpreter, 2026-11-28). e4m3: on a GPU the cast is the
+hardware's (cvt.rn.satfinite, to nearest even as torch); only the interpreter, whose cast rounds wrongly,
+first rounds on e4m3's grid with float arithmetic. int8: the quotient is rounded to an integer first
+(the cast to int8 truncates).
 """
 import os
 
@@ -24,12 +25,18 @@ except ImportError:  # CPU-only torch builds
     triton = None
 
 FLOAT32_TINY = torch.finfo(torch.float32).tiny  # the eager form's floor under a scale (all-zero vectors)
-INV_FP8_MAX = torch.tensor(1 / torch.finfo(torch.float8_e4m3fn).max, dtype=torch.float32).item()  # exact in float32
+CODE_MAX_BY_DTYPE = {torch.float8_e4m3fn: torch.finfo(torch.float8_e4m3fn).max, torch.int8: 127.0}
+
+
+def inverse_code_max(dtype: torch.dtype) -> float:
+    """float32(1 / code max) as a Python float (exact in float32): the factor from a vector's amax to its scale."""
+    return torch.tensor(1 / CODE_MAX_BY_DTYPE[dtype], dtype=torch.float32).item()
 
 
 def supports(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> bool:
     """Whether quantise_into handles these tensors (else the caller quantises eagerly)."""
-    return (triton is not None and x.is_cuda and codes.dtype == torch.float8_e4m3fn and has_fp8(x.device)
+    return (triton is not None and x.is_cuda and codes.dtype in CODE_MAX_BY_DTYPE
+            and (codes.dtype != torch.float8_e4m3fn or has_fp8(x.device))
             and x.dtype in (torch.bfloat16, torch.float16, torch.float32) and x.shape[-1] in (16, 32, 64, 128)
             and x.stride(-1) == 1 and codes.stride(-1) == 1 and scales.stride(-1) == 1)
 
@@ -39,7 +46,7 @@ if triton is not None:
     def _quantise_kernel(X, CODES, SCALES, num_heads, num_vectors, total, tiny, inv_code_max,
                          x_sb, x_sh, x_sn, c_sb, c_sh, c_sn, s_sb, s_sh,
                          BLOCK_V: tl.constexpr, HEAD_DIM: tl.constexpr, CODE_MAX: tl.constexpr,
-                         ROUND_ON_GRID: tl.constexpr):
+                         INTEGER: tl.constexpr, ROUND_ON_GRID: tl.constexpr):
         # One program quantises BLOCK_V vectors of the flattened (B, H, n) index: a decoding step writes
         # only a few positions per (row, head), and a program per (row, head) left the GPU mostly idle on
         # ten thousand tiny programs (46 us a launch for ARPG-XL b256 on an H100, 2026-11-28).
@@ -56,7 +63,11 @@ if triton is not None:
         divisor = tl.maximum(scale, tiny)
         quotient = tl.math.div_rn(x, tl.broadcast_to(divisor[:, None], [BLOCK_V, HEAD_DIM]))
         quotient = tl.minimum(tl.maximum(quotient, -CODE_MAX), CODE_MAX)
-        if ROUND_ON_GRID:
+        if INTEGER:
+            # |quotient| <= 127: adding and subtracting 1.5 * 2^23 rounds it to an integer, ties to even
+            # (torch.round's rule); the cast to int8 below then only truncates an integer.
+            quotient = quotient + 12582912.0 - 12582912.0
+        elif ROUND_ON_GRID:
             # Round to e4m3's grid here, to nearest even, so that the cast below is exact: Triton's interpreter
             # (the CPU tests) rounds wrongly where rounding up crosses a power of two (7.86 -> 4, not 8). A GPU
             # casts with cvt.rn.satfinite, to nearest even as torch does, and skips this.
@@ -74,15 +85,16 @@ if triton is not None:
 
 def quantise_into(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, block_v: int = 64,
                   num_warps: int = 4) -> None:
-    """Write x (B, H, n, d) as float8_e4m3fn codes into `codes` (B, H, n, d) and its per-vector float32
-    scales into `scales` (B, H, n): views into a cache, any strides with the last dim contiguous."""
+    """Write x (B, H, n, d) as float8_e4m3fn or int8 codes into `codes` (B, H, n, d) and its per-vector
+    float32 scales into `scales` (B, H, n): views into a cache, any strides with the last dim contiguous."""
     batch, heads, num_vectors, head_dim = x.shape
     total = batch * heads * num_vectors
     if total == 0:
         return
     _quantise_kernel[(triton.cdiv(total, block_v),)](
-        x, codes, scales, heads, num_vectors, total, FLOAT32_TINY, INV_FP8_MAX,
+        x, codes, scales, heads, num_vectors, total, FLOAT32_TINY, inverse_code_max(codes.dtype),
         x.stride(0), x.stride(1), x.stride(2), codes.stride(0), codes.stride(1), codes.stride(2),
         scales.stride(0), scales.stride(1), BLOCK_V=block_v, HEAD_DIM=head_dim,
-        CODE_MAX=torch.finfo(codes.dtype).max, ROUND_ON_GRID=os.environ.get("TRITON_INTERPRET") == "1",
+        CODE_MAX=CODE_MAX_BY_DTYPE[codes.dtype], INTEGER=not codes.dtype.is_floating_point,
+        ROUND_ON_GRID=os.environ.get("TRITON_INTERPRET") == "1",
         num_warps=num_warps)
