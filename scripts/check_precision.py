@@ -550,6 +550,14 @@ def run_check(args, info: DistInfo, only_run: Optional[str] = None):
     return training, sampling, curves
 
 
+def child_gpus(parallel: int, environ) -> List[str]:
+    """The GPU of each of `parallel` child processes, as CUDA_VISIBLE_DEVICES names it: the parent's own
+    visible GPUs in order where it has that variable (CUDA_VISIBLE_DEVICES=2,3 ... --parallel 2 runs on
+    GPUs 2 and 3), else 0 .. parallel - 1."""
+    visible = [gpu.strip() for gpu in environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if gpu.strip()]
+    return visible[:parallel] if visible else [str(slot) for slot in range(parallel)]
+
+
 def run_in_parallel(args, argv: List[str]):
     """Every training run in a process of its own, args.parallel at a time, each on a GPU of its own
     (CUDA_VISIBLE_DEVICES; on the CPU they share the cores); the exact run's process also runs the
@@ -558,6 +566,7 @@ def run_in_parallel(args, argv: List[str]):
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     if use_cuda and args.parallel > torch.cuda.device_count():
         raise UserError(f"--parallel {args.parallel} needs as many GPUs; this machine has {torch.cuda.device_count()}")
+    gpus = child_gpus(args.parallel, os.environ)
     run_dir = os.path.join(args.out_dir, "runs")
     os.makedirs(run_dir, exist_ok=True)
     pending = list(enumerate(planned_runs(args)))
@@ -571,7 +580,7 @@ def run_in_parallel(args, argv: List[str]):
             env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0",
                    "WORLD_SIZE": "1"}
             if use_cuda:
-                env["CUDA_VISIBLE_DEVICES"] = str(slot)
+                env["CUDA_VISIBLE_DEVICES"] = gpus[slot]
             command = [sys.executable, "-m", "scripts.check_precision", *argv, "--parallel", "1",
                        "--only-run", run[0], "--run-file", result_file]
             running[slot] = (index, run, subprocess.Popen(command, env=env), result_file)

@@ -239,6 +239,12 @@ def test_parallel_runs_give_the_tables_of_one_process(tmp_path, one_process_grou
         assert float(mine["KL vs float32"]) == pytest.approx(theirs["KL vs float32"], rel=1e-2, abs=1e-7)
 
 
+def test_parallel_children_take_the_parents_visible_gpus():
+    assert check.child_gpus(2, {"CUDA_VISIBLE_DEVICES": "2,3"}) == ["2", "3"]
+    assert check.child_gpus(2, {"CUDA_VISIBLE_DEVICES": "5, 1,7"}) == ["5", "1"]
+    assert check.child_gpus(3, {}) == ["0", "1", "2"]
+
+
 def test_a_failed_exact_run_leaves_the_policies_inconclusive():
     rows = [{"run": "exact", "seed": 0, "pass": "failed: its process exited with code 1 (its output is above)"},
             {"run": "exact, next seed", "held-out loss": 2.05, "match share": 0.9},
