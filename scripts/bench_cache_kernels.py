@@ -23,12 +23,12 @@ from autoregressive.models.kv_cache import FP8_DTYPE, quantise
 from autoregressive.utils.cli import UserError, run_main
 
 HEAD_DIM = 64
-# label: decode_attention launch settings for the FP8 cache (8 warps ran at half the speed of 4, 256-key
-# blocks and codes read as int16 pairs widened by bit moves were slower, on an H100, 2026-11-28)
+# label: decode_attention launch settings for a quantised cache (8 warps ran at half the speed of 4; 256-key
+# and 32-key blocks, and codes read as int16 pairs widened by bit moves, were slower, on an H100, 2026-11-28)
 ATTENTION_SETTINGS = {
-    "fp8 n128 w4 s3 (default)": dict(block_n=128, num_warps=4, num_stages=3),
-    "fp8 n64 w4 s2": dict(block_n=64, num_warps=4, num_stages=2),
-    "fp8 n32 w2 s2": dict(block_n=32, num_warps=2, num_stages=2),
+    "default": {},  # decode_attention's own choice for the shape
+    "n128 w4 s3": dict(block_n=128, num_warps=4, num_stages=3),
+    "n64 w4 s2": dict(block_n=64, num_warps=4, num_stages=2),
 }
 
 
@@ -67,9 +67,8 @@ def bench_size(name: str, batch: int, new_tokens: int, queries: int, keys: int, 
             lambda settings=settings: attention_kernel.decode_attention(q, kv[0], kv[1], **settings), cache_bytes)
     for kind, dtype in code_dtypes.items():
         (k_codes, k_scale), (v_codes, v_scale) = quantise(kv[0], dtype), quantise(kv[1], dtype)
-        settings_of = ATTENTION_SETTINGS if kind == "fp8" else {"int8 n128 w4 s3 (default)": {}}
-        for label, settings in settings_of.items():
-            cases[f"attention: {label}"] = (
+        for label, settings in ATTENTION_SETTINGS.items():
+            cases[f"attention: {kind} {label}"] = (
                 lambda settings=settings, k=k_codes, v=v_codes, ks=k_scale, vs=v_scale:
                     attention_kernel.decode_attention(q, k, v, ks, vs, **settings),
                 cache_bytes / 2 + 2 * k_scale.numel() * 4)
@@ -94,15 +93,17 @@ def main(argv=None):
     parser.add_argument("--models", nargs="+", default=["ARPG-L", "ARPG-XL", "ARPG-XXL"], choices=list(ARPG_models))
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[64, 256])
     parser.add_argument("--new-tokens", type=int, default=8, help="tokens a step writes per row")
-    parser.add_argument("--queries", type=int, default=8)
+    parser.add_argument("--queries", nargs="+", type=int, default=[8, 28],
+                        help="queries a row (a step's targets: 8 early in a 64-step decoding, up to 28 late)")
     parser.add_argument("--keys", type=int, default=257)
     parser.add_argument("--reps", type=int, default=5)
     args = parser.parse_args(argv)
     if not (torch.cuda.is_available() and attention_kernel.available()):
         raise UserError("bench_cache_kernels needs a CUDA GPU and Triton")
     for batch in args.batch_sizes:
-        for name in args.models:
-            bench_size(name, batch, args.new_tokens, args.queries, args.keys, args.reps)
+        for queries in args.queries:
+            for name in args.models:
+                bench_size(name, batch, args.new_tokens, queries, args.keys, args.reps)
 
 
 if __name__ == "__main__":

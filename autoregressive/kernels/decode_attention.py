@@ -143,7 +143,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_scale:
     which then stand for k * k_scale[..., None] and v * v_scale[..., None]; None for k and v in q's dtype.
     block_n, num_warps, num_stages: launch settings; by default the fastest at ARPG's decoding shapes
     (scripts/bench_cache_kernels.py, one H100, 2026-11-28): 64-key blocks and 2 stages for a bf16 cache,
-    128 and 3 for a quantised one.
+    128 and 3 for a quantised one with up to 16 queries a row (64 and 2 above).
     Returns (B, H, n_q, d) in q's dtype, a transposed view of a (B, n_q, H, d) tensor. See `supports`.
     """
     batch, heads, num_queries, head_dim = q.shape
@@ -151,8 +151,12 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_scale:
     out = torch.empty(batch, num_queries, heads, head_dim, dtype=q.dtype, device=q.device).transpose(1, 2)
     scale_log2 = 1.0 / math.sqrt(head_dim) * 1.4426950408889634  # log2(e)
     scaled = k_scale is not None
-    block_n = block_n or (128 if scaled else 64)
-    num_stages = num_stages or (3 if scaled else 2)
+    block_m = max(16, triton.next_power_of_2(num_queries))
+    # A quantised cache with up to 16 queries a row streams 128-key blocks; with more (late steps of a
+    # decoding, up to 28 targets) the 128 x block_m scores cost more than the longer blocks save.
+    wide = scaled and block_m <= 16
+    block_n = block_n or (128 if wide else 64)
+    num_stages = num_stages or (3 if wide else 2)
     if scaled:
         assert k_scale.stride(-1) == 1 and v_scale.stride(-1) == 1, "scales must be contiguous along the keys"
     else:
@@ -162,6 +166,6 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_scale:
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
         k_scale.stride(0), k_scale.stride(1), v_scale.stride(0), v_scale.stride(1),
-        BLOCK_M=max(16, triton.next_power_of_2(num_queries)), BLOCK_N=block_n, HEAD_DIM=head_dim,
+        BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim,
         SCALED=scaled, num_warps=num_warps, num_stages=num_stages)
     return out
