@@ -30,14 +30,14 @@ def test_flags_round_trip_every_field_and_take_defaults_by_field_name():
 def test_schedule_choices_come_from_the_tables(capsys):
     parser = add_sampling_args(argparse.ArgumentParser())
     choices = {action.dest: action.choices for action in parser._actions if action.choices}
-    assert choices == {"cfg_schedule": CFG_SCHEDULES, "sample_schedule": SAMPLE_SCHEDULES, "kv_cache": ("model", "fp8")}
+    assert choices == {"cfg_schedule": CFG_SCHEDULES, "sample_schedule": SAMPLE_SCHEDULES, "kv_cache": ("model", "int8", "fp8")}
     with pytest.raises(SystemExit):
         parser.parse_args(["--sample-schedule", "bogus"])
     assert "invalid choice: 'bogus'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        parser.parse_args(["--kv-cache", "int8"])
-    assert "invalid choice: 'int8'" in capsys.readouterr().err
-    with pytest.raises(UserError, match=r"unknown KV cache 'fp4' \(--kv-cache\); choose one of \('model', 'fp8'\)"):
+        parser.parse_args(["--kv-cache", "int4"])
+    assert "invalid choice: 'int4'" in capsys.readouterr().err
+    with pytest.raises(UserError, match=r"unknown KV cache 'fp4' \(--kv-cache\); choose one of \('model', 'int8', 'fp8'\)"):
         SamplingConfig(kv_cache="fp4")  # the Python API: model.generate(..., kv_cache="fp4")
 
 

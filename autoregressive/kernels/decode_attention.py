@@ -14,9 +14,10 @@ a power of two per row, the key scales multiply the score columns, and the value
 the program's largest (found in a first pass over the scales), are folded into the probabilities before
 the p @ V product. Accumulation stays
 float32. SCALED is a compile-time flag, so the unscaled kernel is the bf16 cache's. At decoding shapes
-(a few hundred keys per program) the FP8 kernel is 10-13% faster than the bf16 one on an H100
-(scripts/bench_cache_kernels.py, 2026-11-28), not 2x: each program waits on its chain of dependent steps
-(load, widen, two small dots, the online softmax) more than on memory.
+(a few hundred keys per program) the FP8 kernel is 10-13% faster than the bf16 one on an H100 with 8
+queries a row, not 2x: each program waits on its chain of dependent steps (load, widen, two small dots,
+the online softmax) more than on memory; with 28 queries it is 21% slower, and the int8 kernel is as
+fast as the bf16 one at 8 queries and 33% slower at 28 (scripts/bench_cache_kernels.py, 2026-11-28).
 
 Triton ships with torch's CUDA builds; without it `available()` is False and callers use SDPA.
 """
@@ -143,7 +144,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_scale:
     which then stand for k * k_scale[..., None] and v * v_scale[..., None]; None for k and v in q's dtype.
     block_n, num_warps, num_stages: launch settings; by default the fastest at ARPG's decoding shapes
     (scripts/bench_cache_kernels.py, one H100, 2026-11-28): 64-key blocks and 2 stages for a bf16 cache,
-    128 and 3 for a quantised one with up to 16 queries a row (64 and 2 above).
+    128 and 3 for an FP8 one with up to 16 queries a row (64 and 2 above, and for int8 codes).
     Returns (B, H, n_q, d) in q's dtype, a transposed view of a (B, n_q, H, d) tensor. See `supports`.
     """
     batch, heads, num_queries, head_dim = q.shape
@@ -152,9 +153,10 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_scale:
     scale_log2 = 1.0 / math.sqrt(head_dim) * 1.4426950408889634  # log2(e)
     scaled = k_scale is not None
     block_m = max(16, triton.next_power_of_2(num_queries))
-    # A quantised cache with up to 16 queries a row streams 128-key blocks; with more (late steps of a
-    # decoding, up to 28 targets) the 128 x block_m scores cost more than the longer blocks save.
-    wide = scaled and block_m <= 16
+    # An FP8 cache with up to 16 queries a row streams 128-key blocks; with more (late steps of a decoding,
+    # up to 28 targets) the 128 x block_m scores cost more than the longer blocks save, and int8 codes
+    # (widened by a slower conversion) gain nothing from them (H100, 2026-11-28).
+    wide = scaled and k.dtype == torch.float8_e4m3fn and block_m <= 16
     block_n = block_n or (128 if wide else 64)
     num_stages = num_stages or (3 if wide else 2)
     if scaled:
