@@ -65,11 +65,20 @@ def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaled: bool = F
 
 if triton is not None:
     @triton.jit
+    def _widen(codes, WIDEN_BITS: tl.constexpr):
+        """One-byte codes -> fp16, exactly. WIDEN_BITS (int8 only): without a conversion instruction, as
+        c + 1152 has the fp16 bits 0x6400 + (c + 128) (1024 plus a mantissa below 1024), then one
+        subtraction; an alternative to time against the plain conversion (scripts/bench_cache_kernels.py)."""
+        if WIDEN_BITS:
+            return ((codes.to(tl.int16) + 0x6480).to(tl.float16, bitcast=True) - 1152.0).to(tl.float16)
+        return codes.to(tl.float16)
+
+    @triton.jit
     def _decode_attention_kernel(Q, K, V, O, K_SCALE, V_SCALE, scale_log2, num_heads, num_queries, num_keys,
                                  q_sb, q_sh, q_sm, k_sb, k_sh, k_sn, v_sb, v_sh, v_sn, o_sb, o_sh, o_sm,
                                  ks_sb, ks_sh, vs_sb, vs_sh,
                                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
-                                 SCALED: tl.constexpr):
+                                 SCALED: tl.constexpr, WIDEN_BITS: tl.constexpr):
         pid = tl.program_id(0)
         b = pid // num_heads
         h = pid % num_heads
@@ -111,7 +120,7 @@ if triton is not None:
             k = tl.load(k_base + n[:, None] * k_sn + cols[None, :], mask=key_ok[:, None], other=0.0)
             v = tl.load(v_base + n[:, None] * v_sn + cols[None, :], mask=key_ok[:, None], other=0.0)
             if SCALED:  # e4m3 and int8 codes widen exactly to fp16
-                s = tl.dot(q, tl.trans(k.to(tl.float16))) * score_scale[:, None]
+                s = tl.dot(q, tl.trans(_widen(k, WIDEN_BITS))) * score_scale[:, None]
                 s = s * tl.load(K_SCALE + b * ks_sb + h * ks_sh + n, mask=key_ok, other=0.0)[None, :]
             else:
                 s = tl.dot(q, tl.trans(k)) * scale_log2  # log2 domain: exp2 is the cheap exponential
@@ -123,7 +132,7 @@ if triton is not None:
             if SCALED:  # sum_j p_j (scale_j code_j) = v_max sum_j (p_j scale_j / v_max) code_j; l_i keeps plain p
                 v_scale = tl.load(V_SCALE + b * vs_sb + h * vs_sh + n, mask=key_ok, other=0.0)
                 p = p * (v_scale * inv_v_max)[None, :]
-                acc = acc * alpha[:, None] + tl.dot(p.to(tl.float16), v.to(tl.float16))
+                acc = acc * alpha[:, None] + tl.dot(p.to(tl.float16), _widen(v, WIDEN_BITS))
             else:
                 acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             m_i = m_new
@@ -136,7 +145,7 @@ if triton is not None:
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_scale: Optional[torch.Tensor] = None,
                      v_scale: Optional[torch.Tensor] = None, block_n: Optional[int] = None, num_warps: int = 4,
-                     num_stages: Optional[int] = None) -> torch.Tensor:
+                     num_stages: Optional[int] = None, widen_by_bits: bool = False) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v for q (B, H, n_q, d) and k, v (B, H, n_k, d), no mask. The query
     tile is n_q rounded up to a power of two, at least 16 (tl.dot's smallest).
 
@@ -145,6 +154,8 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_scale:
     block_n, num_warps, num_stages: launch settings; by default the fastest at ARPG's decoding shapes
     (scripts/bench_cache_kernels.py, one H100, 2026-11-28): 64-key blocks and 2 stages for a bf16 cache,
     128 and 3 for an FP8 one with up to 16 queries a row (64 and 2 above, and for int8 codes).
+    widen_by_bits: int8 codes widened to fp16 by bit moves and a subtraction instead of a conversion
+    (the same values; not yet timed on a GPU, so off by default).
     Returns (B, H, n_q, d) in q's dtype, a transposed view of a (B, n_q, H, d) tensor. See `supports`.
     """
     batch, heads, num_queries, head_dim = q.shape
@@ -169,5 +180,6 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_scale:
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
         k_scale.stride(0), k_scale.stride(1), v_scale.stride(0), v_scale.stride(1),
         BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim,
-        SCALED=scaled, num_warps=num_warps, num_stages=num_stages)
+        SCALED=scaled, WIDEN_BITS=widen_by_bits and k.dtype == torch.int8, num_warps=num_warps,
+        num_stages=num_stages)
     return out
