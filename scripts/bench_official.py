@@ -16,7 +16,8 @@ train_c2i.py's defaults (chunked loss). Sampling, both sides: random bf16 weight
 --precision bf16), 64 steps, CFG 4.5 constant, arccos; theirs is `Transformer.generate`, ours the
 CUDA-graph fast path (plus `--kv-caches` variants). Tokens only, no VQ decode. Peak memory: a training
 side's own state plus its step's transient peak (bench_train's count); a sampling path's alone
-(bench_sample.alone_peak_gib: run anew after the timing, on top of what the other paths hold).
+(bench_sample.alone_peak_gib: run anew after the timing, allocated and reserved on top of what the other
+paths hold).
 """
 import argparse
 import importlib.util
@@ -204,13 +205,15 @@ def table(rows: List[dict], title: str) -> List[str]:
     official = {(r["model"], r["batch"]): r["img_s"] for r in rows if r["side"] == "official"}
     floors = any("floor_img_s" in r for r in rows)
     extra = (" of the floor (H100 peaks) |", "---|") if floors else ("", "")
-    lines = [title, "", f"| model | batch | side | img/s (median) | x official | peak GiB |{extra[0]}",
+    peak_title = "peak GiB (sampling: allocated / reserved, alone)" if floors else "peak GiB"
+    lines = [title, "", f"| model | batch | side | img/s (median) | x official | {peak_title} |{extra[0]}",
              f"|---|---|---|---|---|---|{extra[1]}"]
     for r in rows:
         base = official.get((r["model"], r["batch"]))
         ratio = f"{r['img_s'] / base:.2f}x" if r["img_s"] and base else "-"
         rate = f"{r['img_s']:.1f}" if r["img_s"] else "out of memory"
-        peak = f"{r['peak_gib']:.1f}" if r["peak_gib"] is not None else "-"
+        peak = "-" if r["peak_gib"] is None else (
+            f"{r['peak_gib']:.1f}" if isinstance(r["peak_gib"], float) else str(r["peak_gib"]))
         share = ""
         if floors:
             share = f" {100 * r['img_s'] / r['floor_img_s']:.0f}% of {r['floor_img_s']:.0f} img/s |" \

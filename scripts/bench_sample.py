@@ -3,8 +3,8 @@
 Random bf16 weights (throughput does not depend on them; the head gets random weights so the tokens
 vary), 64 steps, CFG 4.5 constant, arccos schedule. Repetitions of the two paths are interleaved and
 the medians reported. Peaks are each path's alone (alone_peak_gib: a fresh sampler run once after the
-timing, the memory it reserves on top of what the others hold, plus the weights; the VQ weights are not
-counted). End-to-end adds the VQ-16 decode of the tokens as sample_c2i_ddp.py runs it by
+timing, the memory it allocates and reserves on top of what the others hold, plus the weights; the VQ
+weights are not counted). End-to-end adds the VQ-16 decode of the tokens as sample_c2i_ddp.py runs it by
 default (float32 with TF32, decoder compiled; --vq-precision fp16 for the faster one).
 
 --kv-caches model,int8,fp8 adds the fast path over a quantised KV cache (--kv-cache int8 / fp8), timed
@@ -18,7 +18,7 @@ import dataclasses
 import gc
 import statistics
 import time
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 
@@ -49,26 +49,36 @@ def model_bytes(model) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def alone_peak_gib(run_fresh: Callable[[], object], own_bytes: int) -> Optional[float]:
+class AlonePeak(NamedTuple):
+    """GiB one path needs on its own (see alone_peak_gib), counted two ways."""
+    allocated: float  # tensors alive at once (CUDA graph pools count, as the capture allocates them)
+    reserved: float  # what the caching allocator took from the GPU: also its fragmentation
+
+    def __str__(self) -> str:
+        return f"{self.allocated:.2f} / {self.reserved:.2f}"
+
+
+def alone_peak_gib(run_fresh: Callable[[], object], own_bytes: int) -> Optional[AlonePeak]:
     """GiB one sampling path needs on its own, though other paths' state stays resident: run_fresh
-    builds the path anew (a new sampler: its own KV cache and CUDA graphs) and runs it once; the figure
-    is the peak the allocator reserved above what was held before (every model, the other samplers'
-    caches and graph pools), plus own_bytes (the path's weights). Reserved, not allocated: a CUDA
-    graph's intermediates live in its private pool, which the allocated count misses during replays.
-    None without CUDA."""
+    builds the path anew (a new sampler: its own KV cache and CUDA graphs, captured inside) and runs it
+    once; the figures are the peaks allocated and reserved above what was held before (every model, the
+    other samplers' caches and graph pools), plus own_bytes (the path's weights). Both, because they
+    part ways: the official sampler grows its caches by concatenation at every step, and the allocator
+    reserved 21-64 GiB for what it allocated in single figures (H100, 2026-11-28). None without CUDA."""
     if not torch.cuda.is_available():
         return None
     gc.collect()
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_reserved()
+    allocated, reserved = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
     run_fresh()
     torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_reserved() - before + own_bytes
+    peak = AlonePeak((torch.cuda.max_memory_allocated() - allocated + own_bytes) / 2**30,
+                     (torch.cuda.max_memory_reserved() - reserved + own_bytes) / 2**30)
     gc.collect()  # the fresh sampler's graphs and cache go back
     torch.cuda.empty_cache()
-    return peak / 2**30
+    return peak
 
 
 def build_model(name: str, device, builder=None):
@@ -268,13 +278,14 @@ def main(argv=None):
     print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, {args.step} steps, "
           f"CFG {args.cfg_scale} {args.cfg_schedule}, {args.sample_schedule}, bf16, medians of {args.reps}, "
           f"VQ decode {'float32' if args.vq_precision == 'none' else args.vq_precision} compiled")
-    print("| model | batch | path | img/s tokens | img/s with decode | peak GiB (alone) | KV cache GiB |")
+    print("| model | batch | path | img/s tokens | img/s with decode | peak GiB alone (allocated / reserved) | KV cache GiB |")
     print("|---|---|---|---|---|---|---|")
     for name, batch, key, tok, e2e, peak, cache in rows:
         # nan: no VQ decode timed (--no-decode), or no memory figure for a ratio row
         fmt = (lambda v: "-" if v != v else f"{v:.2f}x") if key.endswith("/plain") else (lambda v: "-" if v != v else f"{v:.1f}")
         gib = lambda v: "" if v != v else f"{v:.2f}"
-        print(f"| {name} | {batch} | {key} | {fmt(tok)} | {fmt(e2e)} | {gib(peak)} | {gib(cache)} |")
+        peak_text = "" if isinstance(peak, float) and peak != peak else str(peak)  # nan: a ratio row; None: no CUDA
+        print(f"| {name} | {batch} | {key} | {fmt(tok)} | {fmt(e2e)} | {peak_text} | {gib(cache)} |")
 
 
 if __name__ == "__main__":

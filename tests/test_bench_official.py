@@ -90,9 +90,10 @@ def test_a_missing_transformers_gets_a_stand_in_config_base(tmp_path, monkeypatc
     assert official.ModelArgs(dim=3).dim == 3
 
 
-def test_a_paths_peak_alone_counts_what_it_reserves_above_the_others_plus_its_weights(monkeypatch):
-    """alone_peak_gib on a stand-in of the CUDA allocator: 10 GiB held by the other paths before, a peak
-    of 14 GiB while the fresh path ran, 1 GiB of its own weights -> 5 GiB."""
+def test_a_paths_peak_alone_counts_what_it_allocates_and_reserves_above_the_others_plus_its_weights(monkeypatch):
+    """alone_peak_gib on a stand-in of the CUDA allocator: 10 GiB reserved (8 allocated) by the other paths
+    before, peaks of 14 reserved and 10 allocated while the fresh path ran, 1 GiB of its own weights ->
+    3 GiB allocated, 5 reserved."""
     import torch
 
     from scripts import bench_sample
@@ -100,10 +101,12 @@ def test_a_paths_peak_alone_counts_what_it_reserves_above_the_others_plus_its_we
     gib, calls = 2**30, []
     fake = {"is_available": lambda: True, "synchronize": lambda: None, "empty_cache": lambda: calls.append("empty"),
             "reset_peak_memory_stats": lambda: calls.append("reset"), "memory_reserved": lambda: 10 * gib,
-            "max_memory_reserved": lambda: 14 * gib}
+            "max_memory_reserved": lambda: 14 * gib, "memory_allocated": lambda: 8 * gib,
+            "max_memory_allocated": lambda: 10 * gib}
     for name, function in fake.items():
         monkeypatch.setattr(torch.cuda, name, function)
-    assert bench_sample.alone_peak_gib(lambda: calls.append("ran"), own_bytes=gib) == 5.0
+    peak = bench_sample.alone_peak_gib(lambda: calls.append("ran"), own_bytes=gib)
+    assert (peak.allocated, peak.reserved) == (3.0, 5.0) and str(peak) == "3.00 / 5.00"
     assert calls == ["empty", "reset", "ran", "empty"]  # caches emptied and peaks reset before the path runs
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert bench_sample.alone_peak_gib(lambda: None, own_bytes=gib) is None
