@@ -282,7 +282,8 @@ def main(argv=None):
     print("|---|---|---|---|---|---|---|")
     for name, batch, key, tok, e2e, peak, cache in rows:
         # nan: no VQ decode timed (--no-decode), or no memory figure for a ratio row
-        fmt = (lambda v: "-" if v != v else f"{v:.2f}x") if key.endswith("/plain") else (lambda v: "-" if v != v else f"{v:.1f}")
+        ratio_row = key.endswith("/plain")
+        fmt = lambda v: "-" if v != v else (f"{v:.2f}x" if ratio_row else f"{v:.1f}")
         gib = lambda v: "" if v != v else f"{v:.2f}"
         peak_text = "" if isinstance(peak, float) and peak != peak else str(peak)  # nan: a ratio row; None: no CUDA
         print(f"| {name} | {batch} | {key} | {fmt(tok)} | {fmt(e2e)} | {peak_text} | {gib(cache)} |")

@@ -77,7 +77,8 @@ def test_kernel_writes_the_eager_bits_in_the_interpreter():
         print("ok")
     """)
     # tests/ is no package to import the helpers from; bits() finds QUANTISED_DTYPES among the script's imports
-    script = "import torch\n" + inspect.getsource(awkward_vectors) + inspect.getsource(bits) + script  # tests/ is no package to import it from
+    # tests/ is no package to import the helpers from
+    script = "import torch\n" + inspect.getsource(awkward_vectors) + inspect.getsource(bits) + script
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": ROOT}
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]

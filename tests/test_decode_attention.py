@@ -56,7 +56,7 @@ def test_scaled_kernel_matches_float32_attention_over_the_dequantised_cache_in_t
     dequantised: the kernel adds no error beyond the float16 one of the unscaled kernel (the codes'
     rounding itself is what scripts/check_precision.py judges). Default launch settings and 32-key blocks."""
     script = textwrap.dedent("""
-        import torch, torch.nn.functional as F
+        import itertools, torch, torch.nn.functional as F
         from autoregressive.kernels.decode_attention import decode_attention
         from autoregressive.models.kv_cache import QUANTISED_DTYPES, KVCache
         torch.manual_seed(0)
@@ -64,9 +64,10 @@ def test_scaled_kernel_matches_float32_attention_over_the_dequantised_cache_in_t
         # if the kernel did not divide them by the largest), values growing along the keys (the running
         # maximum rescales what is accumulated), queries near fp16's limit (outputs stay fp16-normal:
         # the output is in q's dtype)
-        cases = [(1, 1, 1, 3, 1), (3, 5, 1, 3, 1e-2), (4, 70, 3e-3, 3, 1), (17, 130, 1, 3, 1e3), (2, 100, 1.5e4, 1e-4, 1e-2)]
-        for code_dtype, block_n, (m, n, q_size, k_size, v_size) in [
-                (code_dtype, block_n, case) for code_dtype in QUANTISED_DTYPES for block_n in (None, 32) for case in cases]:
+        cases = [(1, 1, 1, 3, 1), (3, 5, 1, 3, 1e-2), (4, 70, 3e-3, 3, 1), (17, 130, 1, 3, 1e3),
+                 (2, 100, 1.5e4, 1e-4, 1e-2)]
+        settings = [(code_dtype, block_n) for code_dtype in QUANTISED_DTYPES for block_n in (None, 32)]
+        for (code_dtype, block_n), (m, n, q_size, k_size, v_size) in itertools.product(settings, cases):
             cache = KVCache(2, 2, 3, 140, 32, code_dtype, torch.device("cpu"))
             growth = torch.logspace(-3, 0, n).view(1, 1, n, 1)
             k_in, v_in = torch.randn(2, 3, n, 32) * k_size, torch.randn(2, 3, n, 32) * v_size * growth
