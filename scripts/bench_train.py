@@ -87,7 +87,7 @@ def bench_group(name: str, batch: int, mode: str, policies: List[str], args, inf
     batch; their repetitions interleave, so a slow spell of the machine hits them all alike. With
     --one-at-a-time each policy's trainer is built, timed and freed before the next (where two trainers
     do not fit in the GPU's memory, as ARPG-XXL's at batch 64 on 80 GB)."""
-    if getattr(args, "one_at_a_time", False):
+    if args.one_at_a_time:
         return [result for policy in policies for result in time_group(name, batch, mode, [policy], args, info)]
     return time_group(name, batch, mode, policies, args, info)
 

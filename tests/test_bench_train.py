@@ -12,7 +12,7 @@ from autoregressive.utils.dist import init_distributed
 from scripts import bench_train
 
 ARGS = dict(steps=2, reps=2, no_compile=True, chunked_loss=True, grad_checkpointing="none", check_loss=True,
-            profile=None)
+            profile=None, one_at_a_time=False)
 
 
 def count_steps(monkeypatch):
@@ -112,7 +112,7 @@ def test_one_at_a_time_builds_times_and_frees_each_policy_in_turn(monkeypatch, t
     calls = count_steps(monkeypatch)
     dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
     try:
-        args = argparse.Namespace(**ARGS, one_at_a_time=True)
+        args = argparse.Namespace(**{**ARGS, "one_at_a_time": True})
         results = bench_train.bench_group("ARPG-tiny", 2, "fsdp", ["exact", "bf16"], args, init_distributed("cpu"))
     finally:
         dist.destroy_process_group()
