@@ -119,3 +119,30 @@ def test_an_edit_decodes_through_a_quantised_cache(kv_cache):
     tokens = generate(model, torch.tensor([1, 3]), SamplingConfig(num_steps=4, cfg_scale=2.0, kv_cache=kv_cache),
                       generator=torch.Generator().manual_seed(0), known=known, known_mask=mask)
     assert torch.equal(tokens[mask], known[mask]) and tokens.min() >= 0 and tokens.max() < 32
+
+
+def test_self_attention_layers_write_the_cache_inside_their_compilable_part():
+    """Over a cache in the weights' dtype, a self-attention layer's before_attention writes the step's
+    keys and values (so a compiled part fuses the write into its RoPE kernel); attention then reads them
+    from the cache. A quantised cache is written by its own kernel after it. Past the capacity, one
+    clear error before anything is written."""
+    model = build_tiny()
+    layer = model.layers.self_dec[0]
+    calls = []
+    real_before = layer.before_attention
+
+    def spy(x, rope, *cache_buffers, **kwargs):
+        calls.append(len(cache_buffers))
+        return real_before(x, rope, *cache_buffers, **kwargs)
+
+    layer.before_attention = spy
+    plain, quantised = decoded_logits(model, None), decoded_logits(model, torch.int8)
+    assert calls == [3, 3, 0, 0]  # buffers and start for the bf16 cache's two passes, none for int8's
+    layer.before_attention = real_before
+    assert torch.equal(plain, decoded_logits(model, None))
+    with torch.no_grad():
+        cache = model.new_cache(2, max_len=3)
+        ids, slots = torch.zeros(2, 4, dtype=torch.long), torch.arange(4).expand(2, 4)
+        with pytest.raises(ValueError, match="KV cache overflow: 4 positions > capacity 3"):
+            model.decode(ids, slots, slots[:, :1], causal=True, cache=cache)
+        assert cache.length == 0 and not cache.keys.any()

@@ -150,9 +150,12 @@ class DecoderLayer(nn.Module):
     """Pre-norm block: x + proj(attn(norm(x))), then + ffn(norm(.)), with residual dropout; `drop_path`
     (identity by default) wraps both residual branches.
 
-    Split in three for decoding: `before_attention` (norm, projections, RoPE) and `after_attention`
-    (output projection, residuals, FFN) touch no cache, so a caller may pass compiled versions of them
-    (`parts`, see autoregressive/fast_generate.py); the attention with its cache writes stays between them.
+    Split in three for decoding: `before_attention` (norm, projections, RoPE, and for a self-attention
+    layer over a cache in the weights' dtype the writes of the new keys and values into it) and
+    `after_attention` (output projection, residuals, FFN), so a caller may pass compiled versions of them
+    (`parts`, see autoregressive/fast_generate.py), where the writes fuse into the RoPE kernel instead of
+    being a copy of their own; the attention stays between them (and a quantised cache's writes, by
+    their own kernel).
     recompute: recomputed in the backward pass (training memory, see ARPGConfig.grad_checkpointing).
     """
 
@@ -168,8 +171,17 @@ class DecoderLayer(nn.Module):
         self.ffn_dropout_p = config.ffn_dropout_p
         self.recompute = recompute
 
-    def before_attention(self, x, rope):
-        return self.attn.project(self.attn_norm(x), rope)
+    def before_attention(self, x, rope, cache_keys=None, cache_values=None, start: int = 0):
+        """The attention's projected inputs. cache_keys, cache_values: this self-attention layer's cache
+        buffers (B, H, max_len, d), which get the new keys and values at positions [start, start + n);
+        then (q, None, None) comes back (SelfAttention.attend reads them from the cache)."""
+        projected = self.attn.project(self.attn_norm(x), rope)
+        if cache_keys is None:
+            return projected
+        q, k, v = projected
+        cache_keys[:, :, start:start + k.shape[2]] = k
+        cache_values[:, :, start:start + v.shape[2]] = v
+        return q, None, None
 
     def after_attention(self, x, attended, training: bool):
         h = x + self.drop_path(F.dropout(self.attn.proj(merge_heads(attended)), self.resid_dropout_p, training))
@@ -177,8 +189,13 @@ class DecoderLayer(nn.Module):
 
     def forward(self, x, training: bool, rope, parts=None, **attn_kwargs):
         before, after = parts or (self.before_attention, self.after_attention)
-        attended = self.attn.attend(before(x, rope), **attn_kwargs)
-        return after(x, attended, training)
+        cache = attn_kwargs.get("cache")
+        if cache is not None and not cache.quantised:  # the new keys and values written inside `before`
+            index, start = attn_kwargs["cache_index"], cache.reserve(x.shape[1])
+            projected = before(x, rope, cache.keys[index], cache.values[index], start)
+        else:
+            projected = before(x, rope)
+        return after(x, self.attn.attend(projected, **attn_kwargs), training)
 
 
 class TwoPassDecoder(nn.Module):
@@ -351,7 +368,8 @@ class ARPG(nn.Module):
 
     def new_cache(self, batch_size: int, max_len: Optional[int] = None, dtype: Optional[torch.dtype] = None) -> KVCache:
         """An empty cache for batch_size rows and max_len tokens (default: class tokens + every image token),
-        stored in `dtype` (default: the weights'; torch.float8_e4m3fn: an FP8 cache, see KVCache)."""
+        stored in `dtype` (default: the weights'; torch.int8 or torch.float8_e4m3fn: a quantised cache, see
+        KVCache)."""
         weight, config = self.embeddings.weight, self.config
         return KVCache(len(self.layers.self_dec) + 1, batch_size, config.n_head, max_len or config.cls_token_num
                        + config.block_size, config.head_dim, dtype or weight.dtype, weight.device)

@@ -72,7 +72,9 @@ class SelfAttention(nn.Module):
     def attend(self, projected, causal: bool, dropout_p: float, cache: Optional[KVCache] = None,
                cache_index: int = 0):
         q, k, v = projected
-        if cache is not None:
+        if cache is not None and k is None:  # written into the cache by the layer's before_attention
+            k, v = cache.stored(cache_index, q.shape[2])
+        elif cache is not None:
             k, v = cache.write(cache_index, k, v)  # (B, H, cached + n, d)
         return attend(q, k, v, causal, dropout_p)
 

@@ -94,15 +94,27 @@ class KVCache:
         buffers = (self.keys, self.values, self.key_scales, self.value_scales)
         return sum(buffer.numel() * buffer.element_size() for buffer in buffers if buffer is not None)
 
+    def reserve(self, num_tokens: int) -> int:
+        """The first position of the current step's `num_tokens` new tokens; refused past the capacity."""
+        end = self.length + num_tokens
+        if end > self.max_len:
+            raise ValueError(f"KV cache overflow: {end} positions > capacity {self.max_len}")
+        return self.length
+
+    def stored(self, index: int, num_tokens: int):
+        """Set `index`'s keys and values (B, H, length + num_tokens, head_dim), views, once the current
+        step's tokens have been written into `keys[index]` and `values[index]` by their producer (a
+        self-attention layer's before_attention, so a compiled one writes them from its fused kernel)."""
+        end = self.reserve(num_tokens) + num_tokens
+        return self.keys[index, :, :, :end], self.values[index, :, :, :end]
+
     def write(self, index: int, keys: torch.Tensor, values: torch.Tensor):
         """Store keys/values (B, H, n, head_dim) of set `index` after the cached ones.
 
         Returns the keys and values of all positions so far, (B, H, length + n, head_dim) views, or
         ScaledCodes views of the codes and (B, H, length + n) scales for a quantised cache.
         """
-        end = self.length + keys.shape[2]
-        if end > self.max_len:
-            raise ValueError(f"KV cache overflow: {end} positions > capacity {self.max_len}")
+        end = self.reserve(keys.shape[2]) + keys.shape[2]
         if not self.quantised:
             self.keys[index, :, :, self.length:end] = keys
             self.values[index, :, :, self.length:end] = values
