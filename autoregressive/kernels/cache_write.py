@@ -16,7 +16,7 @@ import os
 
 import torch
 
-from autoregressive.kernels.decode_attention import has_fp8
+from autoregressive.kernels.decode_attention import CODE_DTYPES, has_fp8
 
 try:
     import triton
@@ -25,7 +25,9 @@ except ImportError:  # CPU-only torch builds
     triton = None
 
 FLOAT32_TINY = torch.finfo(torch.float32).tiny  # the eager form's floor under a scale (all-zero vectors)
-CODE_MAX_BY_DTYPE = {torch.float8_e4m3fn: torch.finfo(torch.float8_e4m3fn).max, torch.int8: 127.0}
+# The code standing for a vector's largest |entry|: e4m3's largest finite value (448), int8's 127 (-128 unused)
+CODE_MAX_BY_DTYPE = {dtype: float(torch.finfo(dtype).max if dtype.is_floating_point else torch.iinfo(dtype).max)
+                     for dtype in CODE_DTYPES}
 
 
 def inverse_code_max(dtype: torch.dtype) -> float:

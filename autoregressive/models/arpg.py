@@ -150,12 +150,10 @@ class DecoderLayer(nn.Module):
     """Pre-norm block: x + proj(attn(norm(x))), then + ffn(norm(.)), with residual dropout; `drop_path`
     (identity by default) wraps both residual branches.
 
-    Split in three for decoding: `before_attention` (norm, projections, RoPE, and for a self-attention
-    layer over a cache in the weights' dtype the writes of the new keys and values into it) and
-    `after_attention` (output projection, residuals, FFN), so a caller may pass compiled versions of them
-    (`parts`, see autoregressive/fast_generate.py), where the writes fuse into the RoPE kernel instead of
-    being a copy of their own; the attention stays between them (and a quantised cache's writes, by
-    their own kernel).
+    Split in three for decoding: `before_attention` (norm, projections, RoPE, and a self-attention layer's
+    writes into a cache in the weights' dtype: SelfAttention.cache_slot) and `after_attention` (output
+    projection, residuals, FFN), so a caller may pass compiled versions of them (`parts`, see
+    autoregressive/fast_generate.py); the attention stays between them.
     recompute: recomputed in the backward pass (training memory, see ARPGConfig.grad_checkpointing).
     """
 
@@ -171,17 +169,8 @@ class DecoderLayer(nn.Module):
         self.ffn_dropout_p = config.ffn_dropout_p
         self.recompute = recompute
 
-    def before_attention(self, x, rope, cache_keys=None, cache_values=None, start: int = 0):
-        """The attention's projected inputs. cache_keys, cache_values: this self-attention layer's cache
-        buffers (B, H, max_len, d), which get the new keys and values at positions [start, start + n);
-        then (q, None, None) comes back (SelfAttention.attend reads them from the cache)."""
-        projected = self.attn.project(self.attn_norm(x), rope)
-        if cache_keys is None:
-            return projected
-        q, k, v = projected
-        cache_keys[:, :, start:start + k.shape[2]] = k
-        cache_values[:, :, start:start + v.shape[2]] = v
-        return q, None, None
+    def before_attention(self, x, rope, *cache_slot):
+        return self.attn.project(self.attn_norm(x), rope, *cache_slot)
 
     def after_attention(self, x, attended, training: bool):
         h = x + self.drop_path(F.dropout(self.attn.proj(merge_heads(attended)), self.resid_dropout_p, training))
@@ -189,12 +178,7 @@ class DecoderLayer(nn.Module):
 
     def forward(self, x, training: bool, rope, parts=None, **attn_kwargs):
         before, after = parts or (self.before_attention, self.after_attention)
-        cache = attn_kwargs.get("cache")
-        if cache is not None and not cache.quantised:  # the new keys and values written inside `before`
-            index, start = attn_kwargs["cache_index"], cache.reserve(x.shape[1])
-            projected = before(x, rope, cache.keys[index], cache.values[index], start)
-        else:
-            projected = before(x, rope)
+        projected = before(x, rope, *self.attn.cache_slot(x, **attn_kwargs))
         return after(x, self.attn.attend(projected, **attn_kwargs), training)
 
 

@@ -63,16 +63,31 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim, bias=False)
         keep_official_names(self, "qkv", ("to_q", "to_k", "to_v"))
 
-    def project(self, x, rope):
-        """Normalised input (B, n, D) -> rotated q, k and plain v, each (B, H, n, d)."""
+    def cache_slot(self, x, cache: Optional[KVCache] = None, cache_index: int = 0, **_):
+        """Where `project` writes the step's keys and values for input x (B, n, D): this layer's buffers of
+        a cache in the weights' dtype and the first new position, so a compiled `project` stores them from
+        its RoPE kernel instead of a copy after it; () without a cache or for a quantised one (written by
+        its own kernel in `attend`)."""
+        if cache is None or cache.quantised:
+            return ()
+        return cache.keys[cache_index], cache.values[cache_index], cache.reserve(x.shape[1])
+
+    def project(self, x, rope, cache_keys=None, cache_values=None, start: int = 0):
+        """Normalised input (B, n, D) -> rotated q, k and plain v, each (B, H, n, d); with a cache slot
+        (see cache_slot), k and v go into it at positions [start, start + n) and (q, None, None) returns."""
         qkv = self.qkv(x).unflatten(-1, (3, self.n_head, -1))  # (B, n, 3, H, d)
         qk = apply_rope(qkv[:, :, :2], rope)  # q and k rotated in one pass
-        return qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
+        q, k, v = qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
+        if cache_keys is None:
+            return q, k, v
+        cache_keys[:, :, start:start + k.shape[2]] = k
+        cache_values[:, :, start:start + v.shape[2]] = v
+        return q, None, None
 
     def attend(self, projected, causal: bool, dropout_p: float, cache: Optional[KVCache] = None,
                cache_index: int = 0):
         q, k, v = projected
-        if cache is not None and k is None:  # written into the cache by the layer's before_attention
+        if cache is not None and k is None:  # written into the cache by `project`
             k, v = cache.stored(cache_index, q.shape[2])
         elif cache is not None:
             k, v = cache.write(cache_index, k, v)  # (B, H, cached + n, d)
@@ -87,6 +102,10 @@ class CrossAttention(nn.Module):
         self.n_head = n_head
         self.to_q = nn.Linear(dim, dim, bias=False)
         self.proj = nn.Linear(dim, dim, bias=False)
+
+    def cache_slot(self, x, **_):
+        """No cache of its own: the shared set is written once a step, before the cross-attention layers."""
+        return ()
 
     def project(self, x, rope):
         """Normalised queries (B, m, D) rotated with their targets' positions -> (B, H, m, d)."""

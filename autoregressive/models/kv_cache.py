@@ -16,9 +16,7 @@ import torch
 from autoregressive.kernels import cache_write
 
 FP8_DTYPE = torch.float8_e4m3fn
-# The code of each quantised dtype that stands for a vector's largest |entry|: e4m3's largest finite value
-# (448), and 127 for int8 (symmetric: -128 is never used).
-CODE_MAX = cache_write.CODE_MAX_BY_DTYPE
+CODE_MAX = cache_write.CODE_MAX_BY_DTYPE  # 448 for e4m3, 127 for int8: a vector's largest |entry|
 QUANTISED_DTYPES = tuple(CODE_MAX)
 
 
