@@ -69,7 +69,8 @@ def bench_size(name: str, batch: int, new_tokens: int, queries: int, keys: int, 
         (k_codes, k_scale), (v_codes, v_scale) = quantise(kv[0], dtype), quantise(kv[1], dtype)
         settings_of = dict(ATTENTION_SETTINGS)
         if kind == "int8":
-            settings_of["n64 w4 s2, widened by bits"] = dict(block_n=64, num_stages=2, widen_by_bits=True)
+            settings_of["n64 w4 s2, converted (not widened by bits)"] = dict(block_n=64, num_stages=2,
+                                                                         widen_by_bits=False)
         for label, settings in settings_of.items():
             cases[f"attention: {kind} {label}"] = (
                 lambda settings=settings, k=k_codes, v=v_codes, ks=k_scale, vs=v_scale:

