@@ -64,7 +64,9 @@ def alone_peak_gib(run_fresh: Callable[[], object], own_bytes: int) -> Optional[
     once; the figures are the peaks allocated and reserved above what was held before (every model, the
     other samplers' caches and graph pools), plus own_bytes (the path's weights). Both, because they
     part ways: the official sampler grows its caches by concatenation at every step, and the allocator
-    reserved 21-64 GiB for what it allocated in single figures (H100, 2026-11-28). None without CUDA."""
+    reserved 21-64 GiB for what it allocated in single figures (H100, 2026-11-28). The reserved figure
+    can also come out below the allocated one, where the path's tensors fill free room in segments the
+    others keep reserved. None without CUDA."""
     if not torch.cuda.is_available():
         return None
     gc.collect()
