@@ -16,8 +16,9 @@ scales), are folded into the probabilities before the p @ V product. Accumulatio
 SCALED is a compile-time flag, so the unscaled kernel is the bf16 cache's. At decoding shapes
 (a few hundred keys per program) the FP8 kernel is 10-13% faster than the bf16 one on an H100 with 8
 queries a row, not 2x: each program waits on its chain of dependent steps (load, widen, two small dots,
-the online softmax) more than on memory; with 28 queries it is 21% slower, and the int8 kernel (codes
-widened by bit moves) 1-30% slower than the bf16 one (scripts/bench_cache_kernels.py, 2026-11-28).
+the online softmax) more than on memory; with 28 queries it is 21% slower. The int8 kernel is as fast as
+the bf16 one with 8 queries on an H100, and 21-47% slower on an H200, codes widened by bit moves
+(scripts/bench_cache_kernels.py, 2026-11-28).
 
 Triton ships with torch's CUDA builds; without it `available()` is False and callers use SDPA.
 """
