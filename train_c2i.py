@@ -65,7 +65,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "bare or 'all', 'self', 'cross' (one layer kind), or a number n (the first n layers)")
     parser.add_argument("--activation-memory-budget", type=float, default=d.activation_memory_budget,
                         metavar="FRACTION", help="compiled step on CUDA: below 1, recompute cheap ops in the backward "
-                        "pass to keep less activation memory (ARPG-L batch 128: 0.75 = 26.8 GiB, 6%% slower)")
+                        "pass to keep less activation memory, at some speed cost (scripts.bench_train measures both)")
     parser.add_argument("--data-parallel", choices=["ddp", "fsdp"], default=d.data_parallel,
                         help="ddp: every GPU holds the model; fsdp: parameters, gradients and optimizer state "
                              "sharded over GPUs (FSDP2), checkpoints sharded (python -m scripts.convert_checkpoint)")

@@ -182,7 +182,7 @@ def check_args(args) -> List[SamplingConfig]:
         check_at_least("--cfg-scales", scale, 0)  # 0 is the "no class" prediction alone
     if args.vq_ckpt and not args.ref_batch:
         raise UserError("scoring images needs --ref-batch (and --inception-weights, or the network to download "
-                        "them; see the README's Evaluation)")
+                        "them; see docs/sampling.md)")
     return [SamplingConfig(num_steps=args.step, cfg_scale=scale, cfg_schedule=schedule,
                            sample_schedule=args.sample_schedule, temperature=args.temperature, top_k=args.top_k,
                            top_p=args.top_p) for schedule in args.cfg_schedules for scale in args.cfg_scales]

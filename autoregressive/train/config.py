@@ -33,7 +33,7 @@ class TrainConfig:
     drop_path_rate: float = 0.0  # stochastic depth of the last layer (timm's DropPath); > 0 sets dropout_p to 0
     compile: bool = True
     # Compiled step: below 1, compile's partitioner recomputes cheap ops in the backward pass instead of
-    # keeping their outputs (ARPG-L batch 128 on an H100: 0.75 gave 26.8 GiB at 779 img/s, vs 34.8 / 830).
+    # keeping their outputs: less memory for some recomputation (python -m scripts.bench_train measures both).
     activation_memory_budget: float = 1.0
     grad_checkpointing: str = "none"  # layers recomputed in the backward pass: none, all, self, cross or a number
     data_parallel: str = "ddp"  # 'ddp' (replicated) or 'fsdp' (sharded parameters, gradients, optimizer state)
