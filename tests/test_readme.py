@@ -101,11 +101,11 @@ def workdir(tmp_path, monkeypatch, digits_data):
 
 
 def run_train_digits(text, monkeypatch, workdir):
-    text = replaced(text, {"--max-steps 200": "--max-steps 2", "--ckpt-every 200": "--ckpt-every 2",
+    text = replaced(text, {"--max-steps 200": "--max-steps 1", "--ckpt-every 200": "--ckpt-every 1",
                            "--log-every 100": "--log-every 1"})
     for argv in shell_commands(text):
         run_command(argv, monkeypatch)
-    assert (workdir / "results/digits/001-ARPG-digits/checkpoints/0000002.pt").is_file()
+    assert (workdir / "results/digits/001-ARPG-digits/checkpoints/0000001.pt").is_file()
 
 
 def run_sample_grid_digits(text, monkeypatch, workdir):
@@ -129,9 +129,9 @@ def run_edit_digits(text, monkeypatch, workdir):
 
 
 def run_control_digits(text, monkeypatch, workdir):
-    text = replaced(text, {"--max-steps 1200": "--max-steps 2",
+    text = replaced(text, {"--max-steps 1200": "--max-steps 1",
                            "digits_shape/000-ARPG-digits/checkpoints/0001200.pt":
-                           "digits_shape/000-ARPG-digits/checkpoints/0000002.pt"})
+                           "digits_shape/000-ARPG-digits/checkpoints/0000001.pt"})
     train, sample, evaluate = shell_commands(text)
     run_command(train, monkeypatch)
     run_command(sample + ["--out", "samples/control.png"], monkeypatch)
@@ -198,7 +198,7 @@ def heading_anchors(page: Path) -> set:
     return {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+@pytest.mark.parametrize("page", PAGES + sorted((ROOT / "docs" / "results").glob("*.md")), ids=lambda page: page.name)
 def test_relative_links_resolve(page):
     text = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.S | re.M)
     for target in re.findall(r"\]\(([^)\s]+)\)", text):
