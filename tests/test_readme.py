@@ -100,7 +100,7 @@ def workdir(tmp_path, monkeypatch, digits_data):
     return tmp_path
 
 
-def run_train_digits(text, monkeypatch, workdir):
+def run_train_digits(text, monkeypatch, workdir, capsys):
     text = replaced(text, {"--max-steps 200": "--max-steps 1", "--ckpt-every 200": "--ckpt-every 1",
                            "--log-every 100": "--log-every 1"})
     for argv in shell_commands(text):
@@ -108,13 +108,13 @@ def run_train_digits(text, monkeypatch, workdir):
     assert (workdir / "results/digits/001-ARPG-digits/checkpoints/0000001.pt").is_file()
 
 
-def run_sample_grid_digits(text, monkeypatch, workdir):
+def run_sample_grid_digits(text, monkeypatch, workdir, capsys):
     [argv] = shell_commands(text)
     run_command(argv, monkeypatch)
     assert (workdir / "samples/digits.png").is_file()
 
 
-def run_sample_ddp_digits(text, monkeypatch, workdir):
+def run_sample_ddp_digits(text, monkeypatch, workdir, capsys):
     [argv] = shell_commands(replaced(text, {"--num-fid-samples 100": "--num-fid-samples 20",
                                             "--per-proc-batch-size 50": "--per-proc-batch-size 10"}))
     run_command(argv, monkeypatch)
@@ -122,13 +122,13 @@ def run_sample_ddp_digits(text, monkeypatch, workdir):
     assert np.load(npz)["arr_0"].shape[0] == 20
 
 
-def run_edit_digits(text, monkeypatch, workdir):
+def run_edit_digits(text, monkeypatch, workdir, capsys):
     [argv] = shell_commands(replaced(text, {"--num-samples 6": "--num-samples 2"}))
     run_command(argv + ["--step", "4"], monkeypatch)
     assert (workdir / "results/digits/inpaint.png").is_file()
 
 
-def run_control_digits(text, monkeypatch, workdir):
+def run_control_digits(text, monkeypatch, workdir, capsys):
     text = replaced(text, {"--max-steps 1200": "--max-steps 1",
                            "digits_shape/000-ARPG-digits/checkpoints/0001200.pt":
                            "digits_shape/000-ARPG-digits/checkpoints/0000001.pt"})
@@ -139,7 +139,7 @@ def run_control_digits(text, monkeypatch, workdir):
     assert evaluate[:2] == ["-m", "scripts.eval_digits_control"]  # 360 digits x 10 settings: too slow here
 
 
-def run_bad_input(text, monkeypatch, workdir, capsys=None):
+def run_bad_input(text, monkeypatch, workdir, capsys):
     command, expected = text.strip().splitlines()
     assert command.startswith("$ python ")
     (workdir / "digits.pt").write_bytes((workdir / DIGITS_CKPT).read_bytes())
@@ -159,12 +159,8 @@ def test_every_marked_block_has_a_test_and_every_test_its_block():
 @pytest.mark.parametrize("name", sorted(RUNS_HERE))
 def test_the_marked_shell_block_runs(name, monkeypatch, workdir, capsys):
     _, language, text = marked_blocks()[name]
-    runner = RUNS_HERE[name]
-    if name == "bad-input":
-        runner(text, monkeypatch, workdir, capsys)
-    else:
-        assert language == "bash"
-        runner(text, monkeypatch, workdir)
+    assert language == ("text" if name == "bad-input" else "bash")
+    RUNS_HERE[name](text, monkeypatch, workdir, capsys)
 
 
 def test_the_from_python_block_runs(tmp_path):
