@@ -139,6 +139,14 @@ def run_control_digits(text, monkeypatch, workdir, capsys):
     assert evaluate[:2] == ["-m", "scripts.eval_digits_control"]  # 360 digits x 10 settings: too slow here
 
 
+def run_sweep_digits(text, monkeypatch, workdir, capsys):
+    [argv] = shell_commands(replaced(text, {"--cfg-scales 1 1.5 2 3 4": "--cfg-scales 1 2",
+                                            "--num-samples 200": "--num-samples 20", "--step 16": "--step 4"}))
+    run_command(argv + ["--cfg-schedules", "linear"], monkeypatch)
+    assert (workdir / "results/sweep-digits/sweep.csv").is_file()
+    assert "best cfg scale" in capsys.readouterr().out
+
+
 def run_bad_input(text, monkeypatch, workdir, capsys):
     command, expected = text.strip().splitlines()
     assert command.startswith("$ python ")
@@ -149,7 +157,8 @@ def run_bad_input(text, monkeypatch, workdir, capsys):
 
 RUNS_HERE = {"train-digits": run_train_digits, "sample-grid-digits": run_sample_grid_digits,
              "sample-ddp-digits": run_sample_ddp_digits, "edit-digits": run_edit_digits,
-             "control-digits": run_control_digits, "bad-input": run_bad_input}
+             "control-digits": run_control_digits, "sweep-digits": run_sweep_digits,
+             "bad-input": run_bad_input}
 
 
 def test_every_marked_block_has_a_test_and_every_test_its_block():
