@@ -22,11 +22,12 @@ from typing import NamedTuple, Tuple
 import torch
 
 from autoregressive.generate import plan_steps
+from autoregressive.kernels.codes import KV_CODES
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.sampling import SamplingConfig, step_sizes
 from autoregressive.utils.cli import UserError, run_main
 from autoregressive.utils.device import synchronize
-from scripts.kernel_profile import H100_BYTES_PER_S, PEAK_BF16_TFLOPS
+from scripts.bench_common import H100_BYTES_PER_S, PEAK_BF16_TFLOPS
 
 H100_BF16_FLOPS = PEAK_BF16_TFLOPS["H100"] * 1e12
 
@@ -129,7 +130,7 @@ def main(argv=None):
         with torch.device("meta"):
             model = ARPG_models[name]()
         for batch in args.batch_sizes:
-            for cache, cache_bytes_each in (("bf16", 2), ("fp8", 1)):
+            for cache, cache_bytes_each in (("bf16", 2), *((kind, code.dtype.itemsize) for kind, code in KV_CODES.items())):
                 work = decoding_work(model, batch, sampling, flops_per_s, bytes_per_s,
                                      cache_bytes_each=cache_bytes_each)
                 print(f"| {name} | {batch} | {cache} | {1e3 * work.matmul_seconds:.0f} ({work.matmul_flops / 1e12:.0f}) | "

@@ -27,6 +27,8 @@ from typing import Optional
 
 import torch
 
+from autoregressive.kernels.codes import code_dtype
+
 try:
     import triton
     import triton.language as tl
@@ -40,8 +42,6 @@ def available() -> bool:
     return triton is not None
 
 
-# Codes of a quantised cache: both widen exactly to fp16 in registers (e4m3 on compute capability 8.9+).
-CODE_DTYPES = (torch.float8_e4m3fn, torch.int8)
 
 
 @functools.lru_cache(maxsize=None)
@@ -55,12 +55,13 @@ def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaled: bool = F
     float8_e4m3fn or int8 codes of a quantised cache (their scales go to decode_attention too)."""
     head_dim = q.shape[-1]
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    cache_ok = k.dtype in CODE_DTYPES if scaled else k.dtype == q.dtype
+    code = code_dtype(k.dtype)  # the codes of a quantised cache widen exactly to fp16 in registers
+    cache_ok = code is not None if scaled else k.dtype == q.dtype
     return (triton is not None and q.is_cuda and not needs_grad  # forward only
             and q.dtype in (torch.bfloat16, torch.float16) and cache_ok and v.dtype == k.dtype
             and q.shape[2] <= MAX_QUERIES and k.shape[2] > 0 and head_dim in (16, 32, 64, 128)
             and q.stride(-1) == 1 and k.stride(-1) == 1 and v.stride(-1) == 1
-            and (k.dtype != torch.float8_e4m3fn or has_fp8(q.device)))
+            and (code is None or not code.needs_sm89 or has_fp8(q.device)))
 
 
 if triton is not None:
@@ -167,7 +168,8 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_scale:
     # An FP8 cache with up to 16 queries a row streams 128-key blocks; with more (late steps of a decoding,
     # up to 28 targets) the 128 x block_m scores cost more than the longer blocks save, and int8 codes
     # gain nothing from them (scripts/bench_cache_kernels.py compares the block sizes).
-    wide = scaled and k.dtype == torch.float8_e4m3fn and block_m <= 16
+    code = code_dtype(k.dtype) if scaled else None
+    wide = code is not None and code.wide_blocks and block_m <= 16
     block_n = block_n or (128 if wide else 64)
     num_stages = num_stages or (3 if wide else 2)
     if scaled:
@@ -180,6 +182,6 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_scale:
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
         k_scale.stride(0), k_scale.stride(1), v_scale.stride(0), v_scale.stride(1),
         BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim,
-        SCALED=scaled, WIDEN_BITS=widen_by_bits and k.dtype == torch.int8, num_warps=num_warps,
+        SCALED=scaled, WIDEN_BITS=widen_by_bits and code is not None and code.widen_by_bits, num_warps=num_warps,
         num_stages=num_stages)
     return out
