@@ -46,15 +46,15 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "same tokens as the reference loop")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="decode with the reference loop")
     parser.add_argument("--compile-layers", action="store_true",
-                        help="also compile the layers: faster (see the README), logits as close to float32 as the "
+                        help="also compile the layers: faster (docs/speed.md), logits as close to float32 as the "
                              "eager layers' but not bitwise equal to them, so samples differ where tokens nearly tie")
     parser.add_argument("--fused", dest="compile_layers", action=RenamedFlag, new_flag="--compile-layers", nargs=0,
                         const=True)
     parser.add_argument("--vq-precision", choices=list(PRECISIONS), default="none",
                         help="decoder dtype: none = float32 as the official scripts (TF32 on); fp16 is about as "
-                             "close and 1.5x faster; bf16 moves pixels by up to 24 levels")
+                             "close (at most 2 levels of 255) and faster; bf16 moves pixels by up to 24 levels")
     parser.add_argument("--compile-vq", action=argparse.BooleanOptionalAction, default=True,
-                        help="compile the VQ decoder on CUDA (2x faster in float32; about a minute to compile)")
+                        help="compile the VQ decoder on CUDA (faster decoding; about a minute to compile)")
     parser.add_argument("--image-size-eval", type=int, default=None, help="resize (bicubic) before saving")
     parser.add_argument("--sample-dir", default="samples")
     parser.add_argument("--per-proc-batch-size", type=int, default=32)

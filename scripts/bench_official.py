@@ -1,7 +1,7 @@
 """Ours against the official code (github hp-l33/ARPG) in one process: training step and sampling, the
 repetitions of the two interleaved, medians, peak memory. The official model is imported from a copy of
 that repository given by --official-repo (not part of this project; it needs `einops`, and takes
-`transformers` where installed), so the ratios of issue #17's targets are measured in the same run on the
+`transformers` where installed), so the ratios to the official code are measured in the same run on the
 same GPU. Sampling rows give the share of scripts/sampling_floor.py's floor they reach; --profile DIR adds
 one profiled batch per sampling path (scripts/kernel_profile.py's report: where the time above the floor
 goes).

@@ -9,7 +9,7 @@ Per step of the plan (autoregressive/generate.py's plan_steps, rows = 2 x batch 
 - logits: the head's float32 logits written once and read once (guidance, softmax, the draw).
 These run one after another on one stream, so the floor of a step is the sum of the three. Whatever a
 measured batch takes beyond it is launch gaps, norms, RoPE, SwiGLU, the cache writes, and kernels short
-of the peak rates; the README's "Floors" read the gap.
+of the peak rates; docs/speed.md ("Floors") reads the gap.
 
     python -m scripts.sampling_floor --models ARPG-L ARPG-XL ARPG-XXL --batch-sizes 64 256
     python -m scripts.sampling_floor --measure     # at the rates this GPU reaches, not its datasheet's

@@ -173,7 +173,7 @@ def check_args(args) -> List[SamplingConfig]:
         check_at_least("--cfg-scales", scale, 0)  # 0 is the "no class" prediction alone
     if uses_tokenizer(args) and not args.ref_batch:
         raise UserError("scoring images needs --ref-batch (and --inception-weights, or the network to download "
-                        "them; see the README's Evaluation)")
+                        "them; see docs/sampling.md)")
     return [SamplingConfig.from_args(args, cfg_scale=scale, cfg_schedule=schedule)
             for schedule in args.cfg_schedules for scale in args.cfg_scales]
 

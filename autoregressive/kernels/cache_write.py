@@ -2,12 +2,12 @@
 
 The eager form (autoregressive/models/kv_cache.py's quantise, then two slice copies) is about ten
 small kernels per tensor; a decoding step writes a key and a value tensor into every layer set, so an
-FP8 cache added some 500 launches a step to ARPG-L and made decoding slower than the bf16 cache it
-halves (first GPU run, 2026-11-27). This kernel reads each new vector once and writes its codes and
+FP8 cache adds some 500 launches a step to ARPG-L, enough to make decoding slower than with the bf16
+cache it halves. This kernel reads each new vector once and writes its codes and
 float32 scale straight into the cache, with the eager form's arithmetic: scale = amax times
 float32(1 / code max), codes = x / max(scale, tiny) clamped to +-code max, rounded to nearest even (the
 division correctly rounded, as torch's between tensors), so the cache holds the same bits either way
-(e4m3: tested on an H100 and in Triton 3.8's interpreter, 2026-11-28). e4m3: on a GPU the cast is the
+(tests/test_cache_write.py compares them bitwise, on a GPU and in Triton's interpreter). e4m3: on a GPU the cast is the
 hardware's (cvt.rn.satfinite, to nearest even as torch); only the interpreter, whose cast rounds wrongly,
 first rounds on e4m3's grid with float arithmetic. int8: the quotient is rounded to an integer first
 (the cast to int8 truncates).
@@ -51,7 +51,7 @@ if triton is not None:
                          INTEGER: tl.constexpr, ROUND_ON_GRID: tl.constexpr):
         # One program quantises BLOCK_V vectors of the flattened (B, H, n) index: a decoding step writes
         # only a few positions per (row, head), and a program per (row, head) left the GPU mostly idle on
-        # ten thousand tiny programs (46 us a launch for ARPG-XL b256 on an H100, 2026-11-28).
+        # ten thousand tiny programs (scripts/bench_cache_kernels.py times the write).
         vector = tl.program_id(0) * BLOCK_V + tl.arange(0, BLOCK_V)
         ok = vector < total
         n = vector % num_vectors
