@@ -39,7 +39,8 @@ def test_every_sampling_script_takes_the_model_flags_and_the_sampling_flags():
 
 def test_no_script_declares_a_model_flag_itself():
     root = pathlib.Path(__file__).resolve().parent.parent
-    for name in ("sample_c2i.py", "sample_c2i_ddp.py", "edit_c2i.py", "scripts/sweep_cfg.py", "evaluations/digits.py"):
+    for name in ("sample_c2i.py", "sample_c2i_ddp.py", "edit_c2i.py", "scripts/sweep_cfg.py", "evaluations/digits.py",
+                 "scripts/eval_digits_editing.py"):
         text = (root / name).read_text()
         for flag in MODEL_FLAGS | {"--codebook-size", "--num-classes", "--cls-token-num"}:
             assert f'add_argument("{flag}"' not in text, (name, flag)
