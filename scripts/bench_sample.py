@@ -29,7 +29,7 @@ from autoregressive.kernels.decode_attention import has_fp8
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.models.kv_cache import ScaledCodes, quantise
 from autoregressive.sampling import KV_CACHE_DTYPES, RENAMED_KV_CACHES, SamplingConfig, add_sampling_args
-from autoregressive.utils.cli import RenamedFlag, UserError, check_at_least, run_main
+from autoregressive.utils.cli import RenamedFlag, UserError, check_at_least, renamed_values, run_main
 from autoregressive.utils.device import enable_tf32
 from autoregressive.weights import PRECISIONS, prepare_vq
 
@@ -238,7 +238,7 @@ def bench_model(name, batch_sizes, sampling, reps, vq, device, fused=False, kv_c
 
 def parse_kv_caches(text: str):
     """--kv-caches: cache kinds (SamplingConfig.kv_cache), weights first and always (the baseline)."""
-    kinds = [RENAMED_KV_CACHES.get(kind, kind) for kind in text.split(",") if kind]
+    kinds = [renamed_values("--kv-caches", RENAMED_KV_CACHES)(kind) for kind in text.split(",") if kind]
     unknown = [kind for kind in kinds if kind not in KV_CACHE_DTYPES]
     if unknown:
         raise UserError(f"unknown KV cache {', '.join(unknown)} in --kv-caches; choose from {', '.join(KV_CACHE_DTYPES)}")

@@ -93,4 +93,7 @@ def test_the_old_kv_cache_name_still_works_with_a_note(capsys):
     parser = add_sampling_args(argparse.ArgumentParser())
     assert SamplingConfig.from_args(parser.parse_args(["--kv-cache", "model"])).kv_cache == "weights"
     assert SamplingConfig(kv_cache="model") == SamplingConfig()
-    assert capsys.readouterr().err.count("is now") == 2
+    from scripts.bench_sample import parse_kv_caches
+
+    assert parse_kv_caches("model,int8") == ("weights", "int8")
+    assert capsys.readouterr().err.count("is now") == 3
