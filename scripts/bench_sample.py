@@ -15,10 +15,7 @@ interleaved with the others (the "KV cache GiB" column is each path's own cache)
 """
 import argparse
 import dataclasses
-import gc
 import statistics
-import time
-from typing import Callable, NamedTuple, Optional
 
 import torch
 
@@ -28,70 +25,11 @@ from autoregressive.kernels.codes import KV_CODES
 from autoregressive.kernels.decode_attention import has_fp8
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.models.kv_cache import ScaledCodes, quantise
-from autoregressive.sampling import KV_CACHE_DTYPES, RENAMED_KV_CACHES, SamplingConfig, add_sampling_args
-from autoregressive.utils.cli import RenamedFlag, UserError, check_at_least, renamed_values, run_main
+from autoregressive.sampling import KV_CACHE_DTYPES, SamplingConfig, add_sampling_args
+from autoregressive.utils.cli import RenamedFlag, UserError, check_at_least, run_main
 from autoregressive.utils.device import enable_tf32
 from autoregressive.weights import PRECISIONS, prepare_vq
-
-
-def timed(fn):
-    """Run fn once; return (result, seconds)."""
-    cuda = torch.cuda.is_available()
-    if cuda:
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    result = fn()
-    if cuda:
-        torch.cuda.synchronize()
-    return result, time.perf_counter() - start
-
-
-def model_bytes(model) -> int:
-    return sum(p.numel() * p.element_size() for p in model.parameters())
-
-
-class AlonePeak(NamedTuple):
-    """GiB one path needs on its own (see alone_peak_gib), counted two ways."""
-    allocated: float  # tensors alive at once (CUDA graph pools count, as the capture allocates them)
-    reserved: float  # what the caching allocator took from the GPU: also its fragmentation
-
-    def __str__(self) -> str:
-        return f"{self.allocated:.2f} / {self.reserved:.2f}"
-
-
-def alone_peak_gib(run_fresh: Callable[[], object], own_bytes: int) -> Optional[AlonePeak]:
-    """GiB one sampling path needs on its own, though other paths' state stays resident: run_fresh
-    builds the path anew (a new sampler: its own KV cache and CUDA graphs, captured inside) and runs it
-    once; the figures are the peaks allocated and reserved above what was held before (every model, the
-    other samplers' caches and graph pools), plus own_bytes (the path's weights). Both, because they
-    part ways: the official sampler grows its caches by concatenation at every step, and the allocator
-    reserved 21-64 GiB for what it allocated in single figures (H100, 2026-11-28). The reserved figure
-    can also come out below the allocated one, where the path's tensors fill free room in segments the
-    others keep reserved. None without CUDA."""
-    if not torch.cuda.is_available():
-        return None
-    gc.collect()
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    allocated, reserved = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
-    run_fresh()
-    torch.cuda.synchronize()
-    peak = AlonePeak((torch.cuda.max_memory_allocated() - allocated + own_bytes) / 2**30,
-                     (torch.cuda.max_memory_reserved() - reserved + own_bytes) / 2**30)
-    gc.collect()  # the fresh sampler's graphs and cache go back
-    torch.cuda.empty_cache()
-    return peak
-
-
-def random_model(name: str, device, builder=None):
-    """Random bf16 weights (seed 0) in eval mode; the head gets random weights too (a zero head, the
-    training init, would make every token equally likely). builder: another constructor of `name`'s
-    model (the official code's, in scripts/bench_official.py)."""
-    torch.manual_seed(0)
-    model = (builder or ARPG_models[name])().to(device=device, dtype=torch.bfloat16).eval()
-    torch.nn.init.normal_(model.head.weight, std=0.02)
-    return model
+from scripts.bench_common import alone_peak_gib, model_bytes, parse_kv_caches, random_model, timed
 
 
 @torch.inference_mode()
@@ -236,15 +174,6 @@ def bench_model(name, batch_sizes, sampling, reps, vq, device, fused=False, kv_c
     return rows
 
 
-def parse_kv_caches(text: str):
-    """--kv-caches: cache kinds (SamplingConfig.kv_cache), weights first and always (the baseline)."""
-    kinds = [renamed_values("--kv-caches", RENAMED_KV_CACHES)(kind) for kind in text.split(",") if kind]
-    unknown = [kind for kind in kinds if kind not in KV_CACHE_DTYPES]
-    if unknown:
-        raise UserError(f"unknown KV cache {', '.join(unknown)} in --kv-caches; choose from {', '.join(KV_CACHE_DTYPES)}")
-    return tuple(dict.fromkeys(["weights", *kinds]))
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["ARPG-L", "ARPG-XL", "ARPG-XXL"], choices=list(ARPG_models))
@@ -258,7 +187,7 @@ def main(argv=None):
     parser.add_argument("--fused", dest="compile_layers", action=RenamedFlag, new_flag="--compile-layers", nargs=0,
                         const=True)
     parser.add_argument("--kv-caches", default="weights", help="comma-separated KV cache kinds of the fast path, timed "
-                        f"side by side (from {', '.join(KV_CACHE_DTYPES)}; model always runs, as the baseline)")
+                        f"side by side (from {', '.join(KV_CACHE_DTYPES)}; weights always runs, as the baseline)")
     args = add_sampling_args(parser, cfg_scale=4.5, cfg_schedule="constant").parse_args(argv)
     for flag, values in (("--batch-sizes", args.batch_sizes), ("--step", [args.step]), ("--reps", [args.reps])):
         for value in values:
