@@ -33,8 +33,8 @@ from scripts.bench_common import alone_peak_gib, model_bytes, parse_kv_caches, r
 
 
 @torch.inference_mode()
-def fused_logits_check(model, device) -> str:
-    """One teacher-forced pass over random tokens: the bf16 logits of the eager layers and of the fused
+def compiled_layers_logits_check(model, device) -> str:
+    """One teacher-forced pass over random tokens: the bf16 logits of the eager layers and of the compiled
     ones, each against the same model in float32 (max |difference|, share of equal top-1 tokens)."""
     import copy
 
@@ -50,14 +50,14 @@ def fused_logits_check(model, device) -> str:
     eager = model.decode(ids, slots, slots, causal=True)
     parts = compiled_layer_parts(model)
     with eager_rounding(parts):
-        fused = model.decode(ids, slots, slots, causal=True, layer_parts=parts)
+        compiled = model.decode(ids, slots, slots, causal=True, layer_parts=parts)
 
     def against_float32(logits):
         top1 = (logits.argmax(-1) == exact.argmax(-1)).float().mean()
         return f"max |diff| {(logits - exact).abs().max():.3g}, same top-1 {100 * top1:.2f}%"
 
     return (f"logits of one teacher-forced pass vs float32 (std {exact.std():.3g}): eager bf16 "
-            f"{against_float32(eager)}; fused bf16 {against_float32(fused)}")
+            f"{against_float32(eager)}; compiled layers bf16 {against_float32(compiled)}")
 
 
 @torch.inference_mode()
@@ -102,24 +102,24 @@ def check_greedy(title: str, key: str, fast: FastSampler, reference, labels, sam
     return tokens
 
 
-def bench_model(name, batch_sizes, sampling, reps, vq, device, fused=False, kv_caches=("weights",)):
+def bench_model(name, batch_sizes, sampling, reps, vq, device, compile_layers=False, kv_caches=("weights",)):
     model = random_model(name, device)
-    fast_key = "fused" if fused else "fast"
+    fast_key = "compiled layers" if compile_layers else "fast"
     # One fast sampler per cache kind: a sampler keeps the graphs of its last settings only.
-    new_sampler = lambda: FastSampler(model, fuse=fused)
+    new_sampler = lambda: FastSampler(model, fuse=compile_layers)
     fast = {kind: new_sampler() for kind in kv_caches}
     settings = {kind: dataclasses.replace(sampling, kv_cache=kind) for kind in kv_caches}
     fast_keys = {kind: fast_key if kind == "weights" else f"{fast_key}, {kind} KV" for kind in kv_caches}
-    # The reference loop, with the same fused layers when the fast path has them.
-    reference, plain_key = make_sampler(model, use_fast=False, fuse=fused), "plain, fused" if fused else "plain"
+    # The reference loop, with the same compiled layers when the fast path has them.
+    reference, plain_key = make_sampler(model, use_fast=False, fuse=compile_layers), "plain, compiled layers" if compile_layers else "plain"
     print(f"{name}: {decode_kernel_check(model, device)}", flush=True)
-    if fused:
-        print(f"{name}: {fused_logits_check(model, device)}", flush=True)
+    if compile_layers:
+        print(f"{name}: {compiled_layers_logits_check(model, device)}", flush=True)
     rows = []
     for batch in batch_sizes:
         labels = torch.arange(batch, device=device) % model.config.num_classes
         grid = model.config.grid_size
-        paths = {plain_key: lambda g: reference(labels, settings["model"], g)}
+        paths = {plain_key: lambda g: reference(labels, settings["weights"], g)}
         for kind in kv_caches:
             paths[fast_keys[kind]] = lambda g, kind=kind: fast[kind].generate(labels, settings[kind], generator=g)
         order = torch.randperm(model.config.block_size, device=device)
@@ -127,13 +127,13 @@ def bench_model(name, batch_sizes, sampling, reps, vq, device, fused=False, kv_c
                                      settings[kind], order) for kind in kv_caches}
         for kind in kv_caches[1:]:
             print(f"{name} batch {batch}: greedy {fast_keys[kind]} tokens equal to {fast_key}'s "
-                  f"{100 * (greedy[kind] == greedy['model']).float().mean():.2f}%", flush=True)
-        if fused:
+                  f"{100 * (greedy[kind] == greedy['weights']).float().mean():.2f}%", flush=True)
+        if compile_layers:
             eager_equal = generate(model, labels, dataclasses.replace(sampling, temperature=0.0), orders=order) \
-                == greedy["model"]
-            print(f"{name} batch {batch}: greedy fused tokens equal to the eager layers' "
+                == greedy["weights"]
+            print(f"{name} batch {batch}: greedy compiled-layers tokens equal to the eager layers' "
                   f"{100 * eager_equal.float().mean():.2f}%", flush=True)
-        # The reference loop allocates the cache the model-dtype fast path keeps.
+        # The reference loop allocates the cache the weights-dtype fast path keeps.
         cache_gib = {fast_keys[kind]: fast[kind].cache.nbytes / 2**30 for kind in kv_caches}
         cache_gib[plain_key] = cache_gib[fast_key]
         seeded = [paths[key](torch.Generator(device).manual_seed(3)) for key in (plain_key, fast_key)]
@@ -155,7 +155,7 @@ def bench_model(name, batch_sizes, sampling, reps, vq, device, fused=False, kv_c
                 decode_times.append(seconds)
         decode = statistics.median(decode_times) if decode_times else float("nan")
         # Each path's memory alone (a fresh sampler for a fast path; the VQ weights are not counted)
-        fresh = {plain_key: lambda: reference(labels, settings["model"], torch.Generator(device).manual_seed(0))}
+        fresh = {plain_key: lambda: reference(labels, settings["weights"], torch.Generator(device).manual_seed(0))}
         for kind in kv_caches:
             fresh[fast_keys[kind]] = lambda kind=kind: new_sampler().generate(
                 labels, settings[kind], generator=torch.Generator(device).manual_seed(0))
@@ -209,7 +209,7 @@ def main(argv=None):
     for name in args.models:
         rows += bench_model(name, args.batch_sizes, sampling, args.reps, vq, device, args.compile_layers, kv_caches)
         torch.cuda.empty_cache()  # the model of this size is gone once bench_model returns
-        torch._dynamo.reset()  # fused: compiled parts of the last size would count against the recompile limit
+        torch._dynamo.reset()  # --compile-layers: compiled parts of the last size would count against the recompile limit
     print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, {args.step} steps, "
           f"CFG {args.cfg_scale} {args.cfg_schedule}, {args.sample_schedule}, bf16, medians of {args.reps}, "
           f"VQ decode {'float32' if args.vq_precision == 'none' else args.vq_precision} compiled")
