@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import os
 import shutil
+import sys
 
 import torch
 
@@ -16,6 +17,7 @@ from autoregressive.models.arpg import ARPG_models
 from autoregressive.train.config import TrainConfig
 from autoregressive.train.loop import find_resume_checkpoint, new_run_dir, train
 from autoregressive.train.precision import PRECISION_POLICIES
+from autoregressive.train.stopping import STOP_SIGNALS, STOPPED_EXIT_CODE
 from autoregressive.utils.cli import InputNotFound, UserError, check_file, run_main
 from autoregressive.utils.device import enable_tf32, use_deterministic_kernels
 from autoregressive.utils.dist import check_shared_folder, cleanup, init_distributed
@@ -93,6 +95,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", nargs="?", const="latest", default=None,
                         help="resume: bare = latest checkpoint of the newest run of --gpt-model in --results-dir "
                              "(a new run if there is none); or a checkpoint file or run folder")
+    parser.add_argument("--stop-signal", choices=list(STOP_SIGNALS), default=d.stop_signal,
+                        help="besides SIGTERM, this signal (to any worker; to torchrun too if in its --signals-to-handle) "
+                             f"stops all ranks at the next step with a checkpoint; exit code {STOPPED_EXIT_CODE}, "
+                             "continue with --resume")
+    parser.add_argument("--time-limit", type=float, default=d.time_limit, metavar="MINUTES",
+                        help=f"checkpoint and exit (code {STOPPED_EXIT_CODE}) this many minutes after training starts")
+    parser.add_argument("--deadline", default=d.deadline, metavar="TIME",
+                        help="checkpoint and exit at this local time, e.g. 2026-12-06T08:00 (leave a step and a "
+                             "checkpoint write of room before the job's end)")
+    parser.add_argument("--keep-last", type=int, default=d.keep_last, metavar="N",
+                        help="keep only the N newest checkpoints of the run (default: all)")
     parser.add_argument("--wandb", action="store_true", help="log to Weights & Biases (off by default)")
     parser.add_argument("--num-threads", type=int, default=None, help="torch CPU threads (matters on small CPUs)")
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default=d.device)
@@ -114,7 +127,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         ckpt_every=args.ckpt_every, log_every=args.log_every, num_workers=args.num_workers,
         global_seed=args.global_seed, deterministic=args.deterministic, vocab_size=args.vocab_size, num_classes=args.num_classes,
         image_size=args.image_size, downsample_size=args.downsample_size, cls_token_num=args.cls_token_num,
-        resume=args.gpt_ckpt or args.resume, wandb=args.wandb, num_threads=args.num_threads, device=args.device,
+        resume=args.gpt_ckpt or args.resume, stop_signal=args.stop_signal, time_limit=args.time_limit,
+        deadline=args.deadline, keep_last=args.keep_last, wandb=args.wandb, num_threads=args.num_threads, device=args.device,
         condition_path=args.condition_path, condition_dropout_prob=args.condition_dropout_p, init_from=args.init_from)
     return apply_condition_vocabulary(apply_dataset_shape(cfg))
 
@@ -202,8 +216,10 @@ def main(cfg: TrainConfig) -> None:
             raise InputNotFound(f"--resume / --gpt-ckpt {resume_path}: not found; check the path")
         run_dir = run_dir_for(resume_path, cfg, info)
         with removed_if_refused(run_dir, info.is_main):
-            train(cfg, info, dataset, run_dir, resume_path)
+            trainer = train(cfg, info, dataset, run_dir, resume_path)
     cleanup()
+    if trainer.stopped_by:  # a checkpoint was written: schedulers and scripts requeue on this code
+        sys.exit(STOPPED_EXIT_CODE)
 
 
 def cli(argv=None) -> None:

@@ -6,6 +6,7 @@ import torch
 
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.train.precision import check_policy
+from autoregressive.train.stopping import STOP_SIGNALS, parse_deadline
 from autoregressive.utils.cli import UserError, check_at_least
 
 
@@ -57,6 +58,12 @@ class TrainConfig:
     condition_dropout_prob: float = 0.1
     init_from: Optional[str] = None  # start from these weights (fine-tuning; see train/finetune.py)
     resume: Optional[str] = None  # 'latest', a checkpoint file or a run folder
+    # Ending early without losing work (train/stopping.py): SIGTERM and stop_signal stop all ranks at the next
+    # step boundary with a checkpoint, as do the time limit (minutes from the start) and the deadline.
+    stop_signal: str = "SIGUSR1"
+    time_limit: Optional[float] = None
+    deadline: Optional[str] = None  # ISO 8601 date and time
+    keep_last: Optional[int] = None  # keep only the newest N checkpoints of the run (None: all)
     wandb: bool = False
     num_threads: Optional[int] = None
     device: str = "auto"
@@ -74,6 +81,9 @@ class TrainConfig:
         if not 0.0 <= self.condition_dropout_prob <= 1.0:
             raise UserError(f"--condition-dropout-p must be in [0, 1], got {self.condition_dropout_prob}")
         self.check_counts_and_rates()
+        if self.stop_signal not in STOP_SIGNALS:
+            raise UserError(f"--stop-signal must be one of {', '.join(STOP_SIGNALS)}, got {self.stop_signal!r}")
+        parse_deadline(self.deadline)
         if self.image_size % self.downsample_size:
             raise UserError(f"--image-size {self.image_size} is not a multiple of --downsample-size {self.downsample_size}")
 
@@ -86,7 +96,8 @@ class TrainConfig:
                                      ("--num-workers", self.num_workers, 0), ("--vocab-size", self.vocab_size, 1),
                                      ("--num-classes", self.num_classes, 1), ("--image-size", self.image_size, 1),
                                      ("--downsample-size", self.downsample_size, 1),
-                                     ("--cls-token-num", self.cls_token_num, 1), ("--num-threads", self.num_threads, 1)):
+                                     ("--cls-token-num", self.cls_token_num, 1), ("--num-threads", self.num_threads, 1),
+                                     ("--time-limit", self.time_limit, 0), ("--keep-last", self.keep_last, 1)):
             check_at_least(flag, value, minimum)
         for flag, value in (("--dropout-p", self.dropout_p), ("--token-dropout-p", self.token_dropout_p),
                             ("--beta1", self.betas[0]), ("--beta2", self.betas[1])):
