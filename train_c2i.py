@@ -17,7 +17,7 @@ from autoregressive.models.arpg import ARPG_models
 from autoregressive.train.config import TrainConfig
 from autoregressive.train.loop import find_resume_checkpoint, new_run_dir, train
 from autoregressive.train.precision import PRECISION_POLICIES
-from autoregressive.train.stopping import STOP_SIGNALS, STOPPED_EXIT_CODE
+from autoregressive.train.stopping import STOP_SIGNALS, STOPPED_EXIT_CODE, ignore_stop_signals
 from autoregressive.utils.cli import InputNotFound, UserError, check_file, run_main
 from autoregressive.utils.device import enable_tf32, use_deterministic_kernels
 from autoregressive.utils.dist import check_shared_folder, cleanup, init_distributed
@@ -217,8 +217,10 @@ def main(cfg: TrainConfig) -> None:
         run_dir = run_dir_for(resume_path, cfg, info)
         with removed_if_refused(run_dir, info.is_main):
             trainer = train(cfg, info, dataset, run_dir, resume_path)
+    if trainer.stopped_by:
+        ignore_stop_signals(cfg.stop_signal)
     cleanup()
-    if trainer.stopped_by:  # a checkpoint was written: schedulers and scripts requeue on this code
+    if trainer.stopped_by:  # a checkpoint was written: schedulers and scripts may requeue on the exit code
         sys.exit(STOPPED_EXIT_CODE)
 
 

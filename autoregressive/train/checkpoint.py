@@ -41,7 +41,7 @@ class CheckpointWriteFailed(UserError):
 
     def __init__(self, path: str, error: Optional[BaseException]):
         folder = os.path.dirname(os.path.abspath(path))
-        cause = f" ({first_line(error)})" if error is not None else " (on rank 0)"
+        cause = " (on rank 0)" if error is None else f" ({getattr(error, 'strerror', None) or first_line(error)})"
         previous = latest_checkpoint(os.path.dirname(folder))
         kept = f"the last complete one, {previous}, is intact" if previous else "no earlier checkpoint exists"
         super().__init__(f"could not write checkpoint {os.path.basename(path)} in {folder}{cause}; {kept} and no "

@@ -18,7 +18,6 @@ The grace period must cover the rest of one step plus one checkpoint write.
 """
 import contextlib
 import datetime
-import logging
 import signal
 import threading
 import time
@@ -124,20 +123,17 @@ class StopAgreement:
 def stop_on_signals(agreement: StopAgreement, stop_signal: str = "SIGUSR1") -> Iterator[StopAgreement]:
     """Record SIGTERM and `stop_signal` (a name from STOP_SIGNALS) in `agreement` while inside; the previous
     handlers come back on the way out. Must run in the main thread (Python delivers signals there)."""
-    names = ["SIGTERM"] + ([stop_signal] if stop_signal not in ("none", "SIGTERM") else [])
     received = agreement.received
 
-    def record(signum, _frame):
+    def record(signum, _frame):  # no logging here: the handler may interrupt the main thread inside a log call
         if received.signal_name is None:
             received.signal_name = signal.Signals(signum).name
-            logging.getLogger("arpg.train").warning(
-                f"{received.signal_name} received: stopping at the next step boundary with a checkpoint")
 
     def wait_for_checkpoint() -> None:
         if received.signal_name is not None:  # a stop is under way: let its checkpoint finish
             received.checkpoint_done.wait(CHECKPOINT_WAIT_SECONDS)
 
-    previous = {name: signal.signal(getattr(signal, name), record) for name in names}
+    previous = {name: signal.signal(getattr(signal, name), record) for name in _signal_names(stop_signal)}
     watchdog.hold_exit(wait_for_checkpoint)
     try:
         yield agreement
@@ -145,3 +141,16 @@ def stop_on_signals(agreement: StopAgreement, stop_signal: str = "SIGUSR1") -> I
         watchdog.release_exit(wait_for_checkpoint)
         for name, handler in previous.items():
             signal.signal(getattr(signal, name), handler)
+
+
+def _signal_names(stop_signal: str) -> List[str]:
+    return ["SIGTERM"] + ([stop_signal] if stop_signal not in ("none", "SIGTERM") else [])
+
+
+def ignore_stop_signals(stop_signal: str) -> None:
+    """For a process whose run stopped with a complete checkpoint and that now leaves the process group and
+    exits with STOPPED_EXIT_CODE: torchrun SIGTERMs the other workers as soon as one exits with a non-zero
+    code, which would turn their exit into a death by signal. Call before leaving the group, so that no
+    rank exits before every rank ignores them."""
+    for name in _signal_names(stop_signal):
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
