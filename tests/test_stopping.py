@@ -212,53 +212,58 @@ def test_a_failing_checkpoint_write_keeps_the_previous_one_and_names_the_folder(
 
 # ---- two gloo processes under torchrun ----------------------------------------------------------------------
 
-STEPS = ["--max-steps", "10", "--log-every", "1", "--ckpt-every", "100"]
+STEPS = ["--max-steps", "12", "--log-every", "1", "--ckpt-every", "100"]
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    """The 10-step two-process run that nobody stops: its logged losses and final checkpoint."""
-    root = tmp_path_factory.mktemp("whole")
-    write_codes(root / "codes")
-    output = finish(launch(root / "codes", root / "results", STEPS))
-    return root / "codes", logged_losses(output), load_checkpoint(str(root / "results" / RUN / "checkpoints" / "0000010.pt"))
-
-
-@pytest.mark.parametrize("target", ["launcher", "worker"])
-def test_a_stop_signal_checkpoints_all_ranks_and_the_resume_equals_the_uninterrupted_run(
-        tmp_path, uninterrupted, target):
-    """SIGTERM to torchrun (which forwards it), or SIGUSR1 to rank 1 alone: both ranks stop after the same
-    step with one checkpoint and exit 75; --resume then reaches step 10 with the uninterrupted run's
-    weights, EMA, AdamW state and logged losses, bit for bit."""
-    codes, whole_losses, whole = uninterrupted
-    results = tmp_path / "results"
-    process = launch(codes, results, STEPS)
+def stop_after(process, step: int, send) -> str:
+    """Once `process` logged `step`, call send(process); returns its output once it ended."""
     output = []
     threading.Thread(target=drain, args=(process.stdout, output), daemon=True).start()
     deadline = time.time() + 240
-    while "step 0000002 loss" not in "".join(output):
+    while f"step {step:07d} loss" not in "".join(output):
         assert process.poll() is None and time.time() < deadline, "".join(output)
         time.sleep(0.02)
-    if target == "launcher":
-        os.kill(process.pid, signal.SIGTERM)
-    else:
-        workers = children_of(process.pid)
-        assert len(workers) == 2
-        os.kill(max(workers), signal.SIGUSR1)  # the later-started worker: rank 1
+    send(process)
     process.wait(timeout=240)
     time.sleep(0.2)  # the drain thread reads the last lines
-    stopped = "".join(output)
-    step = int(re.search(r"stopped at step (\d+) on a stop signal", stopped).group(1))
-    assert 2 < step < 10 and process.returncode != 0
-    assert checkpoint_names(results) == [f"{step:07d}.pt"]  # one complete checkpoint, no temporary file
-    if target == "worker":
-        assert stopped.count(f"exitcode  : {STOPPED_EXIT_CODE}") == 2, stopped
+    return "".join(output)
+
+
+def sigterm_to_the_launcher(process):
+    os.kill(process.pid, signal.SIGTERM)
+
+
+def sigusr1_to_rank_1(process):
+    workers = children_of(process.pid)
+    assert len(workers) == 2
+    os.kill(max(workers), signal.SIGUSR1)  # the later-started worker: rank 1
+
+
+def test_stop_signals_checkpoint_all_ranks_and_the_resumes_equal_the_uninterrupted_run(tmp_path):
+    """Two gloo processes, 12 steps: SIGTERM to torchrun (which forwards it to both workers), then after a
+    --resume SIGUSR1 to rank 1 alone. Each time both ranks stop after the same step with one complete
+    checkpoint; the second --resume reaches step 12 with the uninterrupted run's weights, EMA, AdamW state
+    and logged losses, bit for bit."""
+    codes = tmp_path / "codes"
+    write_codes(codes)
+    whole_output = finish(launch(codes, tmp_path / "whole", STEPS))
+    whole = load_checkpoint(str(tmp_path / "whole" / RUN / "checkpoints" / "0000012.pt"))
+
+    results = tmp_path / "results"
+    first = stop_after(launch(codes, results, STEPS), 2, sigterm_to_the_launcher)
+    first_step = int(re.search(r"stopped at step (\d+) on a stop signal", first).group(1))
+    assert first_step < 10 and checkpoint_names(results) == [f"{first_step:07d}.pt"]  # no temporary file
+    second = stop_after(launch(codes, results, [*STEPS, "--resume"]), first_step + 1, sigusr1_to_rank_1)
+    second_step = int(re.search(r"stopped at step (\d+) on a stop signal", second).group(1))
+    assert f"at step {first_step}" in second and first_step < second_step < 12
+    assert second.count(f"exitcode  : {STOPPED_EXIT_CODE}") == 2, second  # both ranks, not killed by torchrun
+    assert checkpoint_names(results) == [f"{first_step:07d}.pt", f"{second_step:07d}.pt"]
 
     resumed = finish(launch(codes, results, [*STEPS, "--resume"]))
-    assert f"at step {step}" in resumed
-    losses = {**logged_losses(stopped), **logged_losses(resumed)}
-    assert losses == whole_losses
-    final = load_checkpoint(str(results / RUN / "checkpoints" / "0000010.pt"))
+    assert f"at step {second_step}" in resumed
+    losses = {**logged_losses(first), **logged_losses(second), **logged_losses(resumed)}
+    assert losses == logged_losses(whole_output) and len(losses) == 12
+    final = load_checkpoint(str(results / RUN / "checkpoints" / "0000012.pt"))
     assert final.progress == whole.progress
     for part in ("model", "ema"):
         for key, value in getattr(whole, part).items():
