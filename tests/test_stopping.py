@@ -271,3 +271,30 @@ def test_stop_signals_checkpoint_all_ranks_and_the_resumes_equal_the_uninterrupt
     for index, state in whole.optimizer["state"].items():
         for name, value in state.items():
             assert torch.equal(final.optimizer["state"][index][name], value), f"AdamW {name} of {index}"
+
+
+def test_a_signal_that_kills_the_launcher_still_leaves_one_complete_checkpoint(tmp_path):
+    """As on a cluster that signals every process of the job: SIGUSR1 to torchrun (whose default signal
+    list lacks it, so it dies) and to both workers. The orphan watchdog lets the stop under way finish its
+    checkpoint before it ends the workers, instead of cutting them short."""
+    from test_watchdog import running
+
+    codes, results = tmp_path / "codes", tmp_path / "results"
+    write_codes(codes)
+    workers = []
+
+    def everyone(process):
+        workers.extend(children_of(process.pid))
+        for pid in [process.pid, *workers]:
+            os.kill(pid, signal.SIGUSR1)
+
+    output = stop_after(launch(codes, results, ["--max-steps", "100000", "--epochs", "100000", "--log-every", "1"]),
+                        2, everyone)
+    ended = time.time()
+    while any(map(running, workers)) and time.time() < ended + 60:
+        time.sleep(0.1)
+    assert len(workers) == 2 and not any(map(running, workers)), output
+    assert "the torchrun launcher" in output and "Traceback" not in output
+    step = int(re.search(r"stopped at step (\d+) on a stop signal", output).group(1))
+    assert checkpoint_names(results) == [f"{step:07d}.pt"]
+    assert load_checkpoint(str(results / RUN / "checkpoints" / f"{step:07d}.pt")).progress.step == step

@@ -252,9 +252,9 @@ def train(cfg: TrainConfig, info: DistInfo, dataset, run_dir: str, resume_path: 
                 if due or trainer.stopped_by:
                     logger.info(f"saved {trainer.save(run_dir)}")
                 if trainer.stopped_by and progress.step < total_steps:
-                    agreement.checkpoint_written()
                     logger.info(f"stopped at step {progress.step} on {trainer.stopped_by}; to continue, run the "
                                 "same command with --resume")
+                    agreement.checkpoint_written()
                     return trainer
                 if progress.batch_in_epoch == 0:
                     break

@@ -115,8 +115,11 @@ class StopAgreement:
         return reason
 
     def checkpoint_written(self) -> None:
-        """The stop's checkpoint is complete: an orphaned worker may now end."""
+        """The stop's checkpoint is complete: an orphaned worker may now end. It does not return then: the
+        dead launcher took the rendezvous store along, which leaving the process group would need."""
         self.received.checkpoint_done.set()
+        if watchdog.launcher_gone():
+            threading.Event().wait()  # the watchdog ends the process
 
 
 @contextlib.contextmanager

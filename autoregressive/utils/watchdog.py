@@ -21,6 +21,7 @@ WRITE_GRACE_SECONDS = 60.0  # a checkpoint write under way may finish; none star
 EXIT_CODE = 1
 
 _started = False
+_launcher_pid = None
 _exit_holds: List[Callable[[], None]] = []  # each blocks until work that must not be cut short is done
 
 
@@ -32,6 +33,11 @@ def hold_exit(wait: Callable[[], None]) -> None:
 
 def release_exit(wait: Callable[[], None]) -> None:
     _exit_holds.remove(wait)
+
+
+def launcher_gone() -> bool:
+    """Whether this worker's torchrun launcher has died (the watchdog then ends the process within a poll)."""
+    return _launcher_pid is not None and os.getppid() != _launcher_pid
 
 
 def launched_by_torchrun() -> bool:
@@ -56,12 +62,12 @@ def stop_when_orphaned(launcher_pid: int, poll_seconds: float = POLL_SECONDS) ->
 def install_orphan_watchdog() -> bool:
     """Under torchrun, start (once per process) a daemon thread that ends this worker within about
     POLL_SECONDS of its launcher's death. Returns whether a watchdog runs."""
-    global _started
+    global _started, _launcher_pid
     if _started:
         return True
     if not launched_by_torchrun():
         return False
-    launcher_pid = os.getppid()
+    launcher_pid = _launcher_pid = os.getppid()
     threading.Thread(target=stop_when_orphaned, args=(launcher_pid,), name="orphan-watchdog", daemon=True).start()
     _started = True
     return True
