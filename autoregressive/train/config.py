@@ -10,6 +10,7 @@ import torch
 
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.train.precision import PRECISION_POLICIES, check_policy
+from autoregressive.train.stopping import STOP_SIGNALS, STOPPED_EXIT_CODE, parse_deadline
 from autoregressive.utils.cli import UserError, check_at_least
 
 
@@ -104,6 +105,19 @@ class TrainConfig:
                                             "--results-dir (a new run if there is none); or a checkpoint file or "
                                             "run folder"))),
         combine=lambda gpt_ckpt, resume: gpt_ckpt or resume)
+    # Ending early without losing work (train/stopping.py): SIGTERM, the stop signal, the time limit and the
+    # deadline all stop every rank at the next step boundary with a checkpoint.
+    stop_signal: str = option("SIGUSR1", choices=list(STOP_SIGNALS),
+                              help="besides SIGTERM, this signal (to any worker; to torchrun too if in its "
+                                   "--signals-to-handle) stops all ranks at the next step with a checkpoint; exit "
+                                   f"code {STOPPED_EXIT_CODE}, continue with --resume")
+    time_limit: Optional[float] = option(None, metavar="MINUTES", help="checkpoint and exit (code "
+                                         f"{STOPPED_EXIT_CODE}) this many minutes after training starts")
+    deadline: Optional[str] = option(None, metavar="TIME", help="checkpoint and exit at this local time, e.g. "
+                                     "2026-12-06T08:00 (leave a step and a checkpoint write of room before the "
+                                     "job's end)")
+    keep_last: Optional[int] = option(None, metavar="N", help="keep only the N newest checkpoints of the run "
+                                      "(default: all)")
     wandb: bool = option(False, action="store_true", help="log to Weights & Biases (off by default)")
     num_threads: Optional[int] = option(None, help="torch CPU threads (matters on small CPUs)")
     device: str = option("auto", choices=["auto", "cuda", "cpu"])
@@ -121,6 +135,9 @@ class TrainConfig:
         if not 0.0 <= self.condition_dropout_prob <= 1.0:
             raise UserError(f"--condition-dropout-p must be in [0, 1], got {self.condition_dropout_prob}")
         self.check_counts_and_rates()
+        if self.stop_signal not in STOP_SIGNALS:
+            raise UserError(f"--stop-signal must be one of {', '.join(STOP_SIGNALS)}, got {self.stop_signal!r}")
+        parse_deadline(self.deadline)
         if self.image_size % self.downsample_size:
             raise UserError(f"--image-size {self.image_size} is not a multiple of --downsample-size {self.downsample_size}")
 
@@ -133,7 +150,8 @@ class TrainConfig:
                                      ("--num-workers", self.num_workers, 0), ("--vocab-size", self.vocab_size, 1),
                                      ("--num-classes", self.num_classes, 1), ("--image-size", self.image_size, 1),
                                      ("--downsample-size", self.downsample_size, 1),
-                                     ("--cls-token-num", self.cls_token_num, 1), ("--num-threads", self.num_threads, 1)):
+                                     ("--cls-token-num", self.cls_token_num, 1), ("--num-threads", self.num_threads, 1),
+                                     ("--time-limit", self.time_limit, 0), ("--keep-last", self.keep_last, 1)):
             check_at_least(flag, value, minimum)
         for flag, value in (("--dropout-p", self.dropout_p), ("--token-dropout-p", self.token_dropout_p),
                             ("--beta1", self.betas[0]), ("--beta2", self.betas[1])):
