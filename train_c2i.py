@@ -94,9 +94,45 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="resume: bare = latest checkpoint of the newest run of --gpt-model in --results-dir "
                              "(a new run if there is none); or a checkpoint file or run folder")
     parser.add_argument("--wandb", action="store_true", help="log to Weights & Biases (off by default)")
+    add_watching_args(parser.add_argument_group("watching the run", "sample grids and FID while training "
+                                                "(docs/training.md); the run trains the same with them"))
     parser.add_argument("--num-threads", type=int, default=None, help="torch CPU threads (matters on small CPUs)")
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default=d.device)
     return parser
+
+
+def add_watching_args(group) -> None:
+    d = DEFAULTS
+    group.add_argument("--sample-every", type=int, default=d.sample_every, metavar="STEPS",
+                       help="save a grid of samples (fixed classes and seed, EMA weights when kept) to "
+                            "RUN/grids/STEP.png every this many steps (0: never)")
+    group.add_argument("--eval-every", type=int, default=d.eval_every, metavar="STEPS",
+                       help="evaluate every this many steps (0: never): FID, IS, sFID against --eval-ref-batch (the "
+                            "digits model: class accuracy and Frechet distance) in log.txt, RUN/metrics.csv and .png")
+    group.add_argument("--eval-num-images", type=int, default=d.eval_num_images, help="samples per evaluation")
+    group.add_argument("--eval-ref-batch", default=None,
+                       help="reference .npz: an ADM batch (VIRTUAL_imagenet256_labeled.npz) or precomputed mu, sigma")
+    group.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size,
+                       help="samples per process per batch (the samples depend on it, not on the process count)")
+    group.add_argument("--eval-step", type=int, default=d.eval_num_steps, help="decoding steps of grids and evaluations")
+    group.add_argument("--eval-cfg-scale", type=float, default=d.eval_cfg_scale, help="guidance of grids and evaluations")
+    group.add_argument("--eval-precision-recall", action="store_true",
+                       help="also precision and recall (needs the reference images, arr_0)")
+    group.add_argument("--inception-weights", default=None,
+                       help="torch-fidelity's Inception weights file; omitted: its download or the torch hub cache")
+    group.add_argument("--stop-on-eval-error", action="store_true",
+                       help="a failed grid or evaluation ends the run (default: one line in the log, training goes on)")
+    group.add_argument("--vq-model", default=d.vq_model)
+    group.add_argument("--vq-ckpt", default=None, help="the tokenizer that draws grids and FID samples (a file or "
+                       "hf://...); omitted: the released VQ-16 for VQ-16 codes; the digits model needs none")
+
+
+def watching_fields(args: argparse.Namespace) -> dict:
+    return dict(sample_every=args.sample_every, eval_every=args.eval_every, eval_num_images=args.eval_num_images,
+                eval_ref_batch=args.eval_ref_batch, eval_batch_size=args.eval_batch_size, eval_num_steps=args.eval_step,
+                eval_cfg_scale=args.eval_cfg_scale, eval_precision_recall=args.eval_precision_recall,
+                inception_weights=args.inception_weights, stop_on_eval_error=args.stop_on_eval_error,
+                vq_model=args.vq_model, vq_ckpt=args.vq_ckpt)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -115,7 +151,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         global_seed=args.global_seed, deterministic=args.deterministic, vocab_size=args.vocab_size, num_classes=args.num_classes,
         image_size=args.image_size, downsample_size=args.downsample_size, cls_token_num=args.cls_token_num,
         resume=args.gpt_ckpt or args.resume, wandb=args.wandb, num_threads=args.num_threads, device=args.device,
-        condition_path=args.condition_path, condition_dropout_prob=args.condition_dropout_p, init_from=args.init_from)
+        condition_path=args.condition_path, condition_dropout_prob=args.condition_dropout_p, init_from=args.init_from,
+        **watching_fields(args))
     return apply_condition_vocabulary(apply_dataset_shape(cfg))
 
 

@@ -6,7 +6,7 @@ import torch
 
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.train.precision import check_policy
-from autoregressive.utils.cli import UserError, check_at_least
+from autoregressive.utils.cli import UserError, check_at_least, check_at_most
 
 
 @dataclass
@@ -58,6 +58,19 @@ class TrainConfig:
     init_from: Optional[str] = None  # start from these weights (fine-tuning; see train/finetune.py)
     resume: Optional[str] = None  # 'latest', a checkpoint file or a run folder
     wandb: bool = False
+    # Watching the run (autoregressive/train/monitor.py); 0 turns grids / evaluations off.
+    sample_every: int = 0
+    eval_every: int = 0
+    eval_num_images: int = 10000
+    eval_ref_batch: Optional[str] = None  # ADM reference batch or precomputed statistics (.npz)
+    eval_batch_size: int = 64  # per process; the images depend on it, not on the number of processes
+    eval_num_steps: int = 64  # decoding steps of grids and evaluations
+    eval_cfg_scale: float = 4.0
+    eval_precision_recall: bool = False
+    inception_weights: Optional[str] = None
+    stop_on_eval_error: bool = False
+    vq_model: str = "VQ-16"
+    vq_ckpt: Optional[str] = None  # the tokenizer of grids and FID; None: the released VQ-16 for VQ-16 codes
     num_threads: Optional[int] = None
     device: str = "auto"
 
@@ -74,6 +87,7 @@ class TrainConfig:
         if not 0.0 <= self.condition_dropout_prob <= 1.0:
             raise UserError(f"--condition-dropout-p must be in [0, 1], got {self.condition_dropout_prob}")
         self.check_counts_and_rates()
+        self.check_watching()
         if self.image_size % self.downsample_size:
             raise UserError(f"--image-size {self.image_size} is not a multiple of --downsample-size {self.downsample_size}")
 
@@ -94,6 +108,22 @@ class TrainConfig:
                 raise UserError(f"{flag} must be in [0, 1), got {value}")
         if self.grad_checkpointing not in ("none", "all", "self", "cross") and not self.grad_checkpointing.isdigit():
             raise UserError(f"--grad-checkpointing must be all, self, cross or a number, got {self.grad_checkpointing!r}")
+
+    def check_watching(self) -> None:
+        for flag, value, minimum in (("--sample-every", self.sample_every, 0), ("--eval-every", self.eval_every, 0),
+                                     ("--eval-num-images", self.eval_num_images, 2),
+                                     ("--eval-batch-size", self.eval_batch_size, 1), ("--eval-step", self.eval_num_steps, 1),
+                                     ("--eval-cfg-scale", self.eval_cfg_scale, 0)):
+            check_at_least(flag, value, minimum)
+        if not (self.sample_every or self.eval_every):
+            return
+        check_at_most("--eval-step", self.eval_num_steps, self.block_size, "the number of tokens of an image")
+        if self.data_parallel == "fsdp":
+            raise UserError("--sample-every / --eval-every need --data-parallel ddp (an FSDP run holds its weights "
+                            "sharded); sample its checkpoints with sample_c2i_ddp.py instead")
+        if self.eval_every and self.dataset != "digits" and not self.eval_ref_batch:
+            raise UserError("--eval-every needs --eval-ref-batch: an ADM reference batch (e.g. "
+                            "VIRTUAL_imagenet256_labeled.npz) or an .npz of precomputed statistics (mu, sigma)")
 
     @property
     def block_size(self) -> int:
