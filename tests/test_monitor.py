@@ -165,3 +165,27 @@ def test_the_inception_judge_gives_the_evaluators_figures(tmp_path):
     assert figures == pytest.approx({"fid": expected["FID"], "inception_score": expected["Inception Score"],
                                      "sfid": expected["sFID"], "precision": expected["Precision"],
                                      "recall": expected["Recall"]}, rel=1e-5)
+
+
+def test_two_processes_evaluate_the_same_samples_as_one(digits, tmp_path):
+    """At learning rate 0 the weights stay the initial ones, so the figures of a 2-process gloo run (each
+    rank sampling its batches, rank 0 gathering) must equal the one-process run's."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import free_port
+
+    flags = ["--max-steps", "2", "--lr", "0", "--min-lr", "0", "--eval-every", "2", "--eval-num-images", "20",
+             "--eval-batch-size", "8", "--eval-step", "4", "--eval-cfg-scale", "2.0"]
+    one = train_digits(digits, tmp_path / "one", flags)
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+               str(root / "train_c2i.py"), "--gpt-model", "ARPG-digits", "--dataset", "digits", "--code-path",
+               str(digits), "--results-dir", str(tmp_path / "two"), "--global-batch-size", "16", "--epochs", "2",
+               "--warmup-epochs", "1", "--ckpt-every", "2", "--num-workers", "0", "--num-threads", "1",
+               "--device", "cpu", "--no-compile", "--ema", *flags]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert metric_rows(tmp_path / "two" / "000-ARPG-digits") == metric_rows(one)
