@@ -189,3 +189,29 @@ def test_two_processes_evaluate_the_same_samples_as_one(digits, tmp_path):
     done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout + done.stderr
     assert metric_rows(tmp_path / "two" / "000-ARPG-digits") == metric_rows(one)
+
+
+def test_a_stop_request_cuts_the_evaluation_short_without_ending_the_run(tmp_path, caplog):
+    """A stop signal (or the time limit) during an evaluation: sampling gives up after the batch under way,
+    one line says so, no row is written, and --stop-on-eval-error does not turn it into an error (the stop's
+    checkpoint comes at the next step)."""
+    from types import SimpleNamespace
+
+    from autoregressive.train.checkpoint import Progress
+    from autoregressive.train.config import TrainConfig, build_model
+    from autoregressive.train.monitor import Monitor
+    from autoregressive.utils.dist import DistInfo
+    from autoregressive.utils.logger import get_logger
+
+    cfg = TrainConfig(code_path="", gpt_model="ARPG-digits", dataset="digits", vocab_size=17, num_classes=10,
+                      image_size=8, downsample_size=1, eval_every=2, eval_num_images=40, eval_batch_size=8,
+                      eval_num_steps=4, stop_on_eval_error=True)
+    batches = []
+    monitor = Monitor(cfg, DistInfo(0, 1, 0, torch.device("cpu")), str(tmp_path), get_logger("arpg.test", str(tmp_path)),
+                      None, 0, stop_requested=lambda: len(batches) > 0)
+    real_features = monitor.judge().features
+    monitor.judge().features = lambda tokens: batches.append(tokens) or real_features(tokens)
+    monitor.after_step(SimpleNamespace(progress=Progress(step=2), ema=None, model=build_model(cfg)))
+    assert len(batches) == 1 and not (tmp_path / "metrics.csv").exists()
+    log = (tmp_path / "log.txt").read_text()
+    assert "step 0000002: the evaluation failed (EvaluationInterrupted: the run is stopping" in log

@@ -258,12 +258,12 @@ def train(cfg: TrainConfig, info: DistInfo, dataset, run_dir: str, resume_path: 
     logger.info(f"{cfg.gpt_model}: {sum(p.numel() for p in trainer.model.parameters()):,} parameters, "
                 f"{len(dataset):,} samples, {trainer.steps_per_epoch} steps per epoch, run folder {run_dir}")
     wandb_run = start_wandb(cfg, run_dir, logger) if info.is_main and cfg.wandb else None
-    monitor = Monitor(cfg, info, run_dir, logger, wandb_run, trainer.progress.step)
     total_steps = min(cfg.max_steps or 10**12, cfg.epochs * trainer.steps_per_epoch)
     progress_bar = make_progress_bar(info, total_steps, trainer.progress.step)
     running, logged_steps, start_time = torch.zeros((), device=info.device), 0, time.time()
     agreement = StopAgreement(info.device, cfg.time_limit, parse_deadline(cfg.deadline),
                               check_grad_norm=not trainer.scaler.is_enabled())
+    monitor = Monitor(cfg, info, run_dir, logger, wandb_run, trainer.progress.step, agreement.requested)
     # Closed on the way out, also by an error: the error's line must not land on the bar's line.
     with progress_bar if progress_bar is not None else contextlib.nullcontext(), \
             stop_on_signals(agreement, cfg.stop_signal):

@@ -123,12 +123,20 @@ def attempt(what: str, step: int, job: Callable[[], None]) -> Optional[str]:
         return f"step {step:07d}: {what} failed ({type(error).__name__}: {first_line(error)}){advice}"
 
 
+class EvaluationInterrupted(Exception):
+    """Sampling gave up between batches because the run is stopping."""
+
+
 class Monitor:
     """Called once per optimizer step (after_step); acts at the steps --sample-every and --eval-every name."""
 
-    def __init__(self, cfg, info: DistInfo, run_dir: str, logger: logging.Logger, wandb_run, start_step: int):
-        """cfg: the run's TrainConfig. start_step: the step the run starts or resumes at."""
+    def __init__(self, cfg, info: DistInfo, run_dir: str, logger: logging.Logger, wandb_run, start_step: int,
+                 stop_requested: Callable[[], bool] = lambda: False):
+        """cfg: the run's TrainConfig. start_step: the step the run starts or resumes at. stop_requested: true
+        once a stop signal or the time limit came (StopAgreement.requested): sampling then gives up between
+        batches, so the stop's checkpoint is not kept waiting by an evaluation."""
         self.cfg, self.info, self.run_dir, self.logger, self.wandb_run = cfg, info, run_dir, logger, wandb_run
+        self.stop_requested = stop_requested
         self.sampling = SamplingConfig(num_steps=cfg.eval_num_steps, cfg_scale=cfg.eval_cfg_scale)
         self.metrics = MetricsLog(run_dir, start_step) if info.is_main and cfg.eval_every else None
         self._vq, self._judge = None, None
@@ -147,10 +155,12 @@ class Monitor:
             errors = self._watch(source, step, grid_due, eval_due)
         if self.info.device.type == "cuda":
             torch.cuda.empty_cache()  # the copy's and the graphs' memory goes back to training
-        if errors and cfg.stop_on_eval_error:
+        if errors and cfg.stop_on_eval_error and not self.stop_requested():
             raise UserError(f"{errors[0]}; the run stops (--stop-on-eval-error); checkpoints already written are kept")
+        outcome = ("the run is stopping" if self.stop_requested()
+                   else "training goes on (--stop-on-eval-error would stop it)")
         for line in errors:
-            self.logger.warning(f"{line}; training goes on (--stop-on-eval-error would stop it)")
+            self.logger.warning(f"{line}; {outcome}")
         return time.time() - start
 
     def _watch(self, source: torch.nn.Module, step: int, grid_due: bool, eval_due: bool) -> List[str]:
@@ -159,7 +169,7 @@ class Monitor:
         copy_error = attempt("copying the weights to sample from", step,
                              lambda: model.append(sampling_copy(source, self.info.device)))
         grid_error = None
-        if grid_due and self.info.is_main and model:
+        if grid_due and self.info.is_main and model and not self.stop_requested():
             grid_error = attempt("the sample grid", step, lambda: self.write_grid(model[0], step))
         errors = agreed_errors(grid_error or (None if eval_due else copy_error))
         if eval_due:
@@ -244,6 +254,8 @@ class Monitor:
         judge, parts = self.judge(), {"index": [np.zeros(0, dtype=np.int64)]}
 
         def consume(indices: torch.Tensor, tokens: torch.Tensor) -> None:
+            if self.stop_requested():
+                raise EvaluationInterrupted("the run is stopping (a stop signal or the time limit)")
             parts["index"].append(indices.numpy())
             for key, value in judge.features(tokens).items():
                 parts.setdefault(key, []).append(value)

@@ -80,6 +80,10 @@ class StopAgreement:
             return SIGNAL
         return TIME_LIMIT if self.stop_at is not None and time.time() >= self.stop_at else 0.0
 
+    def requested(self) -> bool:
+        """This rank received a stop signal or reached the time limit (not yet agreed with the others)."""
+        return self._request() > 0
+
     def after_step(self, step: int, loss: torch.Tensor, grad_norm: Optional[torch.Tensor],
                    settle: bool = False) -> Optional[str]:
         """Record step `step` and read what is known: the reason to stop now, or None.
