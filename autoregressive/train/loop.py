@@ -16,6 +16,7 @@ from autoregressive.train.checkpoint import (Progress, TrainingCheckpoint, all_f
 from autoregressive.train.config import TrainConfig, build_model
 from autoregressive.train.ema import create_ema, update_ema
 from autoregressive.train.finetune import load_initial_weights
+from autoregressive.train.monitor import Monitor
 from autoregressive.train.optim import build_optimizer, learning_rate_at, set_learning_rate
 from autoregressive.train.parallel import (set_activation_memory_budget, shard_model, skip_gradient_sync,
                                           wrap_for_training)
@@ -257,6 +258,7 @@ def train(cfg: TrainConfig, info: DistInfo, dataset, run_dir: str, resume_path: 
     logger.info(f"{cfg.gpt_model}: {sum(p.numel() for p in trainer.model.parameters()):,} parameters, "
                 f"{len(dataset):,} samples, {trainer.steps_per_epoch} steps per epoch, run folder {run_dir}")
     wandb_run = start_wandb(cfg, run_dir, logger) if info.is_main and cfg.wandb else None
+    monitor = Monitor(cfg, info, run_dir, logger, wandb_run, trainer.progress.step)
     total_steps = min(cfg.max_steps or 10**12, cfg.epochs * trainer.steps_per_epoch)
     progress_bar = make_progress_bar(info, total_steps, trainer.progress.step)
     running, logged_steps, start_time = torch.zeros((), device=info.device), 0, time.time()
@@ -283,6 +285,7 @@ def train(cfg: TrainConfig, info: DistInfo, dataset, run_dir: str, resume_path: 
                             "with --resume")
                 agreement.checkpoint_written()
                 return trainer
+            start_time += monitor.after_step(trainer)  # grids and evaluations do not count as training time
     return trainer
 
 
