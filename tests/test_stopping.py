@@ -215,9 +215,10 @@ def test_a_failing_checkpoint_write_keeps_the_previous_one_and_names_the_folder(
 STEPS = ["--max-steps", "12", "--log-every", "1", "--ckpt-every", "100"]
 
 
-def stop_after(process, step: int, send) -> str:
-    """Once `process` logged `step`, call send(process); returns its output once it ended."""
-    output = []
+def stop_after(process, step: int, send, output=None) -> str:
+    """Once `process` logged `step`, call send(process); returns its output once it ended. `output`: a list
+    that goes on receiving what the workers still print."""
+    output = [] if output is None else output
     threading.Thread(target=drain, args=(process.stdout, output), daemon=True).start()
     deadline = time.time() + 240
     while f"step {step:07d} loss" not in "".join(output):
@@ -288,11 +289,14 @@ def test_a_signal_that_kills_the_launcher_still_leaves_one_complete_checkpoint(t
         for pid in [process.pid, *workers]:
             os.kill(pid, signal.SIGUSR1)
 
-    output = stop_after(launch(codes, results, ["--max-steps", "100000", "--epochs", "100000", "--log-every", "1"]),
-                        2, everyone)
+    lines = []
+    stop_after(launch(codes, results, ["--max-steps", "100000", "--epochs", "100000", "--log-every", "1"]),
+               2, everyone, lines)
     ended = time.time()
     while any(map(running, workers)) and time.time() < ended + 60:
         time.sleep(0.1)
+    time.sleep(0.5)  # the drain thread reads the workers' last lines
+    output = "".join(lines)
     assert len(workers) == 2 and not any(map(running, workers)), output
     assert "the torchrun launcher" in output and "Traceback" not in output
     step = int(re.search(r"stopped at step (\d+) on a stop signal", output).group(1))
