@@ -14,7 +14,7 @@ import sys
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.sampling import CFG_SCHEDULES, KV_CACHE_DTYPES
 from autoregressive.weights import PRECISIONS, add_weights_arg
-from demo.actions import TASKS, UPLOADED, Actions, Reply, answer
+from demo.actions import PICKED, TASKS, Actions, answer
 from demo.presets import ABOUT, CONTROLS_HELP, page_defaults, presets
 
 CSS = """
@@ -73,7 +73,10 @@ def build_page(gr, actions: Actions):
 
     with gr.Blocks(title="ARPG demo") as page:
         gr.Markdown(f"# ARPG: randomized parallel decoding\n{ABOUT}\n\n**Model:** {actions.status}")
+        with gr.Accordion("What the controls do", open=False):
+            gr.Markdown(CONTROLS_HELP)
         generation = gr.State(None)
+        origin = gr.State(None)  # the picture the image class came with, or PICKED by hand
         with gr.Tabs() as tabs:
             with gr.Tab("Generate", id="generate"):
                 with gr.Row():
@@ -92,8 +95,11 @@ def build_page(gr, actions: Actions):
                             pick = gr.Number(1, precision=0, label="sample to edit (1 = top left, row by row; "
                                              "or click one)", elem_id="pick")
                             send = gr.Button("Send to the editor", elem_id="send-button")
-                gr.Examples(presets(demo), [classes, per_class, *controls[:6], controls[-1]],
-                            label="presets")
+                examples = presets(demo)
+                if examples:
+                    gr.Examples(list(examples.values()), [classes, per_class, *controls[:6], controls[-1]],
+                                label="presets (click one, then Generate)", example_labels=list(examples),
+                                elem_id="presets")
             with gr.Tab("Edit", id="edit"):
                 with gr.Row():
                     with gr.Column(scale=1):
@@ -114,10 +120,8 @@ def build_page(gr, actions: Actions):
                                                                color_mode="fixed"),
                                                 canvas_size=(defaults.image_size, defaults.image_size))
                         edit_message = gr.HTML(elem_id="edit-message")
-                        edited = gr.Gallery(label="input, kept area (bright), results", columns=6,
+                        edited = gr.Gallery(label="input, kept area (bright), results", columns=6, height="auto",
                                             buttons=["download", "download_all", "fullscreen"], elem_id="edited")
-        with gr.Accordion("What the controls do", open=False):
-            gr.Markdown(CONTROLS_HELP)
 
         def on_generate(last, *values):
             reply = answer(actions.generate, *values)
@@ -132,12 +136,9 @@ def build_page(gr, actions: Actions):
         def on_send(last, index):
             reply = answer(actions.send, last, index)
             if reply.result is None:
-                return keep(), keep(), keep(), reply.html(), ""
-            value, label = reply.result
-            return value, label, gr.Tabs(selected="edit"), "", reply.html()
-
-        def on_upload():
-            return None, Reply(None, UPLOADED).html()
+                return keep(), keep(), keep(), keep(), reply.html(), ""
+            value, label, picture = reply.result
+            return value, label, picture, gr.Tabs(selected="edit"), "", reply.html()
 
         def on_edit(*values):
             reply = answer(actions.edit, *values)
@@ -145,9 +146,10 @@ def build_page(gr, actions: Actions):
 
         generate.click(on_generate, [generation, classes, per_class, *controls], [gallery, generation, generate_message])
         gallery.select(on_pick, None, pick)
-        send.click(on_send, [generation, pick], [editor, image_class, tabs, generate_message, edit_message])
-        editor.upload(on_upload, None, [image_class, edit_message])
-        edit.click(on_edit, [editor, task, image_class, new_class, num_results, *edit_controls], [edited, edit_message])
+        send.click(on_send, [generation, pick], [editor, image_class, origin, tabs, generate_message, edit_message])
+        image_class.input(lambda: PICKED, None, origin)  # a class picked by hand names whatever is in the editor
+        edit.click(on_edit, [editor, origin, task, image_class, new_class, num_results, *edit_controls],
+                   [edited, edit_message])
     return page
 
 

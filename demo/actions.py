@@ -26,7 +26,9 @@ TASKS = {"inpaint": "regenerate the painted area under the image's class",
 MAX_IMAGES = 64
 MAX_EDITS = 16
 BUG_LINE = "Error: something went wrong on the server (a bug, not your input); the app's log has the details"
-UPLOADED = "A picture of your own: pick its class under \"image class\" before editing."
+SAME_PICTURE = 8.0  # mean |difference| in 0..255 under which the editor still holds the sent sample (the
+# browser may re-encode it lossily); an upload differs by far more
+PICKED = "picked"  # the image class was picked by hand: it stands for whatever picture is in the editor
 log = logging.getLogger("arpg.demo")
 
 
@@ -121,27 +123,29 @@ class Actions:
         return generation, (f"{len(images)} images in {seconds:.2f} s ({len(images) / seconds:.1f} img/s), "
                             f"seed {settings.seed}, {settings.sampling.num_steps} steps")
 
-    def send(self, generation: Optional[Generation], pick) -> Tuple[Tuple[dict, str], str]:
-        """Sample number `pick` (1 = first) -> (the editor's value, its class as the class picker shows it)."""
+    def send(self, generation: Optional[Generation], pick) -> Tuple[Tuple[dict, str, np.ndarray], str]:
+        """Sample number `pick` (1 = first) -> ((the editor's value, its class as the class picker shows it, the
+        picture: the origin that edit checks the class against), line)."""
         demo = self._model()
         if not generation:
             raise UserError("nothing to send yet: generate images first, then pick one")
         index = number("sample to edit", pick, 1, len(generation.labels), whole=True) - 1
         picture, label = generation.images[index], generation.labels[index]
         value = {"background": picture, "layers": [], "composite": picture}
-        return (value, demo.classes.choice(label)), (
+        return (value, demo.classes.choice(label), picture), (
             f"sample {index + 1} ({self.caption(label)}) is in the editor: {picture.shape[1]}x{picture.shape[0]} "
             f"px, {demo.grid}x{demo.grid} tokens; paint over what to change")
 
-    def edit(self, editor_value, task: str, image_class, new_class, num_results, *controls):
-        """-> (gallery: input, its kept area, the results; line)."""
+    def edit(self, editor_value, origin, task: str, image_class, new_class, num_results, *controls):
+        """-> (gallery: input, its kept area, the results; line). origin: where image_class came from: the
+        picture sent with it, PICKED (by hand), or None (nothing sent or picked)."""
         demo = self._model()
         if task not in TASKS:
             raise UserError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
         picture, painted = painted_area(editor_value)
-        if image_class in (None, "", []):
-            raise UserError("image class is empty: pick the picture's class (a sample sent from Generate "
-                            "brings its own)")
+        if image_class in (None, "", []) or (origin is not PICKED and not same_picture(origin, picture)):
+            raise UserError("image class: which class is this picture? Pick it under \"image class\" (a sample "
+                            "sent from Generate brings its own)")
         label = demo.classes.parse(image_class, "image class")
         if task == "class-edit":
             if new_class in (None, "", []):
@@ -169,6 +173,13 @@ class Actions:
         gallery += [(image, f"result {i + 1}") for i, image in enumerate(demo.render(results))]
         return gallery, (f"{task}: kept {int(keep.sum())} of {keep.numel()} tokens, regenerated the rest under "
                          f"{self.caption(label)}, {num_results} results")
+
+
+def same_picture(sent: Optional[np.ndarray], picture: np.ndarray) -> bool:
+    """Whether the editor still holds the picture that was sent to it (not an upload)."""
+    if sent is None or not isinstance(sent, np.ndarray) or sent.shape != picture.shape:
+        return False
+    return float(np.abs(sent.astype(np.float32) - picture.astype(np.float32)).mean()) < SAME_PICTURE
 
 
 def painted_area(editor_value) -> Tuple[np.ndarray, np.ndarray]:

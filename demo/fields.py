@@ -60,7 +60,7 @@ class Settings:
             raise UserError(f"KV cache must be one of {', '.join(KV_CACHE_DTYPES)}, got {kv_cache!r}")
         sampling = SamplingConfig(
             num_steps=number("steps", steps, 1, max_steps, whole=True),
-            cfg_scale=number("cfg scale", cfg_scale, 0, 100),
+            cfg_scale=number("CFG scale", cfg_scale, 0, 100),
             cfg_schedule=cfg_schedule,
             temperature=number("temperature", temperature, 0, 100),
             top_k=number("top-k", top_k, 0, vocab_size, whole=True),

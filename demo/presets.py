@@ -1,7 +1,7 @@
 """The page's words and starting values: what ARPG is, what each control does, the controls' defaults and
 a few example settings, by model (the digits demo or an ImageNet model)."""
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from demo.model import DemoModel
 
@@ -52,16 +52,18 @@ def page_defaults(demo: Optional[DemoModel]) -> PageDefaults:
     return PageDefaults([demo.classes.choice(i) for i in (207, 360, 387, 974)], 2, 64, 4.0, demo.image_size)
 
 
-def presets(demo: Optional[DemoModel]) -> List[list]:
-    """Example rows: classes, images per class, steps, CFG scale, CFG schedule, temperature, top-k, top-p,
-    seed (the order of app.py's Examples inputs)."""
+def presets(demo: Optional[DemoModel]) -> Dict[str, list]:
+    """Example settings by name: classes, images per class, steps, CFG scale, CFG schedule, temperature,
+    top-k, top-p, seed (the order of app.py's Examples inputs)."""
     if demo is None:
-        return [[[], 4, 16, 2.0, "linear", 1.0, 0, 1.0, 0]]
+        return {}
     names = demo.classes.choice
     if demo.vq is None:
-        return [[[names(i) for i in range(10)], 4, 16, 2.0, "linear", 1.0, 0, 1.0, 0],
-                [[names(3), names(8)], 8, 8, 3.0, "constant", 1.0, 0, 1.0, 1],
-                [[names(7)], 8, 16, 1.0, "linear", 0.8, 0, 0.9, 2]]
-    return [[[names(i) for i in (207, 360, 387, 974)], 2, 64, 4.0, "linear", 1.0, 0, 1.0, 0],
-            [[names(i) for i in (88, 979, 417, 279)], 2, 32, 4.0, "linear", 1.0, 0, 1.0, 1],
-            [[names(i) for i in (1, 980)], 4, 64, 6.0, "constant", 1.0, 2000, 0.95, 2]]
+        return {"all ten digits, 16 steps": [[names(i) for i in range(10)], 4, 16, 2.0, "linear", 1.0, 0, 1.0, 0],
+                "3 and 8 in 8 steps, constant CFG 3": [[names(3), names(8)], 8, 8, 3.0, "constant", 1.0, 0, 1.0, 1],
+                "sevens without guidance, top-p 0.9": [[names(7)], 8, 16, 1.0, "linear", 0.8, 0, 0.9, 2]}
+    return {"four classes, 64 steps, CFG 4": [[names(i) for i in (207, 360, 387, 974)], 2, 64, 4.0, "linear", 1.0,
+                                              0, 1.0, 0],
+            "fast: 32 steps": [[names(i) for i in (88, 979, 417, 279)], 2, 32, 4.0, "linear", 1.0, 0, 1.0, 1],
+            "strong guidance, top-k 2000, top-p 0.95": [[names(i) for i in (1, 980)], 4, 64, 6.0, "constant", 1.0,
+                                                        2000, 0.95, 2]}

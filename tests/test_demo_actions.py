@@ -14,7 +14,7 @@ import torch
 import demo.model
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.utils.cli import UserError
-from demo.actions import BUG_LINE, Actions, Reply, answer, painted_area
+from demo.actions import BUG_LINE, PICKED, Actions, Reply, answer, painted_area
 from demo.classes import ClassNames
 from demo.fields import Settings
 from demo.model import DIGITS_ZOOM, find_checkpoint
@@ -79,7 +79,7 @@ def test_without_a_checkpoint_every_action_answers_with_the_fix(tmp_path):
     assert app.demo is None and "bash scripts/demo.sh" in app.status
     reply = answer(app.generate, ["1"], 1, *controls())
     assert reply.error and reply.result is None and "bash scripts/demo.sh" in reply.message
-    reply = answer(app.edit, painted_lower_half(np.zeros((SIDE, SIDE, 3), np.uint8)), "inpaint", "1", None, 1,
+    reply = answer(app.edit, painted_lower_half(np.zeros((SIDE, SIDE, 3), np.uint8)), PICKED, "inpaint", "1", None, 1,
                    *controls())
     assert reply.error and "scripts/demo.sh" in reply.message
     broken = tmp_path / "broken.pt"
@@ -116,7 +116,7 @@ def test_one_sampler_per_decoding_layout_across_clicks(app, monkeypatch):
     assert len(built) == 3
     generation, _ = app.generate(["4"], 1, *controls())
     for _ in range(2):
-        app.edit(painted_lower_half(generation.images[0]), "inpaint", "4", None, 2, *controls())
+        app.edit(painted_lower_half(generation.images[0]), PICKED, "inpaint", "4", None, 2, *controls())
     assert len(built) == 5
 
 
@@ -129,7 +129,8 @@ def test_a_rendered_sample_reads_back_as_its_own_tokens(app):
 def test_inpaint_keeps_the_unpainted_half_and_outpaint_the_painted_half(app):
     generation, _ = app.generate(["4"], 1, *controls())
     for task, kept in (("inpaint", slice(0, SIDE // 2)), ("outpaint", slice(SIDE // 2, SIDE))):
-        gallery, message = app.edit(painted_lower_half(generation.images[0]), task, "4", None, 3, *controls())
+        gallery, message = app.edit(painted_lower_half(generation.images[0]), PICKED, task, "4", None, 3,
+                                  *controls())
         assert message.startswith(f"{task}: kept 32 of 64 tokens") and "under class 4" in message, message
         (original, _), (dimmed, _), *results = gallery
         assert [caption for _, caption in results] == ["result 1", "result 2", "result 3"]
@@ -142,16 +143,27 @@ def test_inpaint_keeps_the_unpainted_half_and_outpaint_the_painted_half(app):
 
 def test_the_sample_sent_to_the_editor_brings_its_class_and_the_edit_runs_under_it(app):
     generation, _ = app.generate(["7", "3"], 2, *controls())
-    (value, label), message = app.send(generation, 3)  # row 2: class 3
+    (value, label, origin), message = app.send(generation, 3)  # row 2: class 3
     assert label == "3" and np.array_equal(value["background"], generation.images[2]) and value["layers"] == []
     assert message.startswith("sample 3 (class 3) is in the editor: 256x256 px, 8x8 tokens")
     value["layers"] = [brush(slice(SIDE // 2, SIDE))]
-    gallery, message = app.edit(value, "inpaint", label, None, 2, *controls())
+    value["background"] = np.clip(value["background"] + 3, 0, 255)  # the browser may re-encode it lossily
+    gallery, message = app.edit(value, origin, "inpaint", label, None, 2, *controls())
     assert "under class 3" in message
-    under_zero, _ = app.edit(value, "inpaint", "0", None, 2, *controls())
+    under_zero, _ = app.edit(value, PICKED, "inpaint", "0", None, 2, *controls())
     assert not np.array_equal(gallery[2][0], under_zero[2][0])  # the class decides the result
-    edited, message = app.edit(value, "class-edit", label, "9", 2, *controls())
+    edited, message = app.edit(value, origin, "class-edit", label, "9", 2, *controls())
     assert "under class 9" in message and not np.array_equal(edited[2][0], gallery[2][0])
+
+
+def test_an_uploaded_picture_asks_for_its_class(app):
+    generation, _ = app.generate(["7"], 1, *controls())
+    (_, label, origin), _ = app.send(generation, 1)
+    upload = painted_lower_half(255 - generation.images[0])  # another picture, sent sample's class still shown
+    for origin_now in (origin, None):
+        reply = answer(app.edit, upload, origin_now, "inpaint", label, None, 1, *controls())
+        assert reply.error and "which class is this picture?" in reply.message, reply.message
+    assert "under class 7" in app.edit(upload, PICKED, "inpaint", label, None, 1, *controls())[1]
 
 
 @pytest.mark.parametrize("generation, pick, needle", [
@@ -190,7 +202,7 @@ BLANK = np.zeros((SIDE, SIDE, 3), np.uint8)
     ({"background": None, "layers": []}, "inpaint", "1", None, 2, {}, "no image to edit"),
     (None, "inpaint", "1", None, 2, {}, "no image to edit"),
     (painted_lower_half(BLANK), "inpaint", "12", None, 2, {}, "image class: class id 12 is out of range"),
-    (painted_lower_half(BLANK), "inpaint", None, None, 2, {}, "image class is empty"),
+    (painted_lower_half(BLANK), "inpaint", None, None, 2, {}, "which class is this picture?"),
     (painted_lower_half(BLANK), "class-edit", "1", None, 2, {}, "new class is empty"),
     (painted_lower_half(BLANK), "class-edit", "1", "eleven", 2, {}, "new class: no class named 'eleven'"),
     (painted_lower_half(BLANK), "inpaint", "1", None, None, {}, "results is empty"),
@@ -200,7 +212,7 @@ BLANK = np.zeros((SIDE, SIDE, 3), np.uint8)
     (painted_lower_half(BLANK), "erase", "1", None, 2, {}, "unknown task"),
 ])
 def test_bad_edits_are_answered_with_a_line(app, value, task, image_class, new_class, results, changes, needle):
-    reply = answer(app.edit, value, task, image_class, new_class, results, *controls(**changes))
+    reply = answer(app.edit, value, PICKED, task, image_class, new_class, results, *controls(**changes))
     assert reply.error and reply.result is None and reply.message.startswith("Error: ") and needle in reply.message, \
         reply.message
 
@@ -213,7 +225,7 @@ def test_bad_edits_are_answered_with_a_line(app, value, task, image_class, new_c
     (["1"], 1, {"seed": 1e30}, "seed must be between 0 and 9223372036854775807, got 1e+30"),
     (["1"], 1, {"seed": -1}, "seed must be between 0"),
     (["1"], 1, {"steps": None}, "steps is empty"), (["1"], 1, {"steps": 65}, "steps must be between 1 and 64"),
-    (["1"], 1, {"cfg_scale": None}, "cfg scale is empty"), (["1"], 1, {"cfg_scale": -1}, "cfg scale must be"),
+    (["1"], 1, {"cfg_scale": None}, "CFG scale is empty"), (["1"], 1, {"cfg_scale": -1}, "CFG scale must be"),
     (["1"], 1, {"temperature": None}, "temperature is empty"), (["1"], 1, {"temperature": -1}, "temperature must"),
     (["1"], 1, {"top_k": None}, "top-k is empty"), (["1"], 1, {"top_k": -1}, "top-k must be between 0 and 17"),
     (["1"], 1, {"top_p": 0}, "top-p must be above 0"), (["1"], 1, {"top_p": None}, "top-p is empty"),
@@ -257,7 +269,8 @@ def test_imagenet_classes_by_name_and_id():
 def test_page_defaults_and_presets_fit_the_model(app):
     defaults, rows = page_defaults(app.demo), presets(app.demo)
     assert defaults.classes == [str(digit) for digit in range(10)] and defaults.image_size == SIDE
-    for classes, per_class, *fields, seed in rows:  # each preset passes the page's checks
+    assert presets(None) == {} and len(rows) == 3
+    for classes, per_class, *fields, seed in rows.values():  # each preset passes the page's checks
         assert len(app.demo.classes.parse_many(classes)) * per_class <= 64
         app.settings(*fields, "model", False, seed)
 
@@ -296,8 +309,8 @@ def test_imagenet_model_names_its_classes_and_crops_picture_and_mask_alike(tmp_p
     picture = np.random.default_rng(0).integers(0, 256, (256, 400, 3), dtype=np.uint8)
     layer = np.zeros((256, 400, 4), np.uint8)
     layer[:, :200, 3] = 255
-    gallery, message = app.edit({"background": picture, "layers": [layer]}, "inpaint", "golden retriever", None, 1,
-                                *controls())
+    gallery, message = app.edit({"background": picture, "layers": [layer]}, PICKED, "inpaint", "golden retriever",
+                                None, 1, *controls())
     assert message.startswith("inpaint: kept 128 of 256 tokens") and "under 207: golden retriever" in message
     assert len(gallery) == 3 and gallery[2][0].shape == (256, 256, 3)
     assert "--vq-ckpt" in Actions.open("ARPG-tiny", gpt_ckpt=str(gpt), device="cpu").status
