@@ -90,7 +90,8 @@ def build_page(gr, actions: Actions):
                     with gr.Column(scale=2):
                         generate_message = gr.HTML(elem_id="generate-message")
                         gallery = gr.Gallery(label="a row per class (click to enlarge)", columns=defaults.per_class,
-                                             buttons=["download", "download_all", "fullscreen"], elem_id="gallery")
+                                             buttons=["download", "download_all", "fullscreen"], object_fit="contain",
+                                             elem_id="gallery")
                         with gr.Row():
                             pick = gr.Number(1, precision=0, label="sample to edit (1 = top left, row by row; "
                                              "or click one)", elem_id="pick")
@@ -121,7 +122,8 @@ def build_page(gr, actions: Actions):
                                                 canvas_size=(defaults.image_size, defaults.image_size))
                         edit_message = gr.HTML(elem_id="edit-message")
                         edited = gr.Gallery(label="input, kept area (bright), results", columns=6, height="auto",
-                                            buttons=["download", "download_all", "fullscreen"], elem_id="edited")
+                                            buttons=["download", "download_all", "fullscreen"], object_fit="contain",
+                                            elem_id="edited")
 
         def on_generate(last, *values):
             reply = answer(actions.generate, *values)
