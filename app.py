@@ -11,9 +11,8 @@ import argparse
 import logging
 import sys
 
-from autoregressive.models.arpg import ARPG_models
+from autoregressive.model_args import add_model_args
 from autoregressive.sampling import CFG_SCHEDULES, KV_CACHE_DTYPES
-from autoregressive.weights import PRECISIONS, add_weights_arg
 from demo.actions import PICKED, TASKS, Actions, answer
 from demo.presets import ABOUT, CONTROLS_HELP, page_defaults, presets
 
@@ -25,18 +24,11 @@ CSS = """
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="ARPG web demo (gradio).")
-    parser.add_argument("--gpt-model", choices=list(ARPG_models), default="ARPG-digits")
-    parser.add_argument("--gpt-ckpt", default=None,
-                        help="a file, hf://owner/repo/file[@revision], or omitted: the released weights of "
-                             "ARPG-L/XL/XXL, or the newest digits run under --results-dir")
-    add_weights_arg(parser)
-    parser.add_argument("--vq-model", default="VQ-16")
-    parser.add_argument("--vq-ckpt", default=None, help="VQ tokenizer (a file or hf://...); omitted: the released "
-                        "VQ-16 for ARPG-L/XL/XXL, none for the digits model")
-    parser.add_argument("--results-dir", default="results")
+    add_model_args(parser, gpt_model="ARPG-digits")
+    parser.add_argument("--results-dir", default="results",
+                        help="where the digits model is looked for when --gpt-ckpt is omitted")
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default=None,
                         help="default: cpu for the digits model, else auto (CUDA when present)")
-    parser.add_argument("--precision", choices=list(PRECISIONS), default="none", help="weights dtype")
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
     parser.add_argument("--port", type=int, default=7860)
     return parser
@@ -57,7 +49,7 @@ def sampling_controls(gr, prefix: str, defaults, max_steps: int, cuda: bool):
         top_k = gr.Number(0, precision=0, label="top-k", info="0 = off", elem_id=f"{prefix}-top-k")
         top_p = gr.Number(1.0, label="top-p", info="1 = off", elem_id=f"{prefix}-top-p")
     with gr.Row():
-        kv_cache = gr.Radio(list(KV_CACHE_DTYPES), value="model", label="KV cache")
+        kv_cache = gr.Radio(list(KV_CACHE_DTYPES), value="weights", label="KV cache")
         compiled = gr.Checkbox(False, label="compiled layers", interactive=cuda,
                                info="torch.compile, CUDA only" if cuda else "CUDA only; this page runs on the CPU")
     return [steps, cfg_scale, cfg_schedule, temperature, top_k, top_p, kv_cache, compiled, seed]
@@ -161,10 +153,7 @@ def main(args) -> None:
     except ImportError:
         sys.exit("the web demo needs gradio: pip install gradio")
     logging.basicConfig(level=logging.INFO)
-    device = args.device or ("cpu" if args.gpt_model == "ARPG-digits" else "auto")
-    actions = Actions.open(args.gpt_model, gpt_ckpt=args.gpt_ckpt, vq_model=args.vq_model, vq_ckpt=args.vq_ckpt,
-                           device=device, precision=args.precision, weights=args.weights,
-                           results_dir=args.results_dir)
+    actions = Actions.open(args)
     print(actions.status)
     build_page(gr, actions).launch(server_name=args.host, server_port=args.port, css=CSS)
 

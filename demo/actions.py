@@ -79,13 +79,14 @@ class Actions:
         self.demo, self.status = demo, status
 
     @classmethod
-    def open(cls, gpt_model: str = "ARPG-digits", **flags) -> "Actions":
-        """open_model's flags; a UserError (no checkpoint, a bad file) leaves a page that says so."""
+    def open(cls, args) -> "Actions":
+        """The model app.py's flags name (see open_model); a UserError (no checkpoint, a bad file, offline)
+        leaves a page that says so."""
         try:
-            demo = open_model(gpt_model, **flags)
+            demo = open_model(args)
         except UserError as error:
-            return cls(None, f"could not load {gpt_model}: {error}")
-        return cls(demo, f"{gpt_model} on {demo.device}, {demo.num_classes} classes, "
+            return cls(None, f"could not load {args.gpt_model}: {error}")
+        return cls(demo, f"{args.gpt_model} on {demo.device}, {demo.num_classes} classes, "
                          f"{demo.grid}x{demo.grid} tokens a picture")
 
     def _model(self) -> DemoModel:

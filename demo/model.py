@@ -108,25 +108,21 @@ NO_CHECKPOINT = ("no digits checkpoint in {results}/: train one with `bash scrip
                  "CPU), or start the app with --gpt-ckpt, or --gpt-model ARPG-L/XL/XXL for the released weights")
 
 
-def open_model(gpt_model: str = "ARPG-digits", gpt_ckpt: Optional[str] = None, vq_model: str = "VQ-16",
-               vq_ckpt: Optional[str] = None, device: str = "auto", precision: str = "none",
-               weights: Optional[str] = None, results_dir: str = "results") -> DemoModel:
-    """The page's model from the app's flags, as the samplers load it: --gpt-ckpt a file, hf://owner/repo/file,
-    or omitted (the released weights of ARPG-L/XL/XXL, or the newest digits run under results_dir);
-    the VQ-16 tokenizer likewise. UserError says what to pass when something is missing."""
+def open_model(args) -> DemoModel:
+    """The page's model from app.py's flags (autoregressive/model_args.py's, plus --results-dir and --device),
+    loaded as the samplers load it: --gpt-ckpt a file, hf://owner/repo/file, or omitted (the released weights
+    of ARPG-L/XL/XXL, or the newest digits run under --results-dir); the VQ-16 tokenizer likewise. UserError
+    says what to pass when something is missing."""
     import argparse
 
-    from autoregressive.pretrained import with_checkpoints_fetched
+    from autoregressive.model_args import check_model_args, model_from_args
     from autoregressive.utils.device import resolve_device
-    from autoregressive.weights import load_gpt, load_vq
 
-    if gpt_ckpt is None and gpt_model == "ARPG-digits":
-        gpt_ckpt = find_checkpoint(results_dir)
-        if gpt_ckpt is None:
-            raise UserError(NO_CHECKPOINT.format(results=results_dir))
-    flags = with_checkpoints_fetched(argparse.Namespace(gpt_model=gpt_model, gpt_ckpt=gpt_ckpt, vq_model=vq_model,
-                                                        vq_ckpt=vq_ckpt))
-    torch_device = resolve_device(device)
-    model = load_gpt(gpt_model, flags.gpt_ckpt, torch_device, precision, weights)
-    vq = load_vq(vq_model, flags.vq_ckpt, torch_device) if flags.vq_ckpt else None
-    return demo_model(model, vq)
+    if args.gpt_ckpt is None and args.gpt_model == "ARPG-digits":
+        found = find_checkpoint(args.results_dir)
+        if found is None:
+            raise UserError(NO_CHECKPOINT.format(results=args.results_dir))
+        args = argparse.Namespace(**{**vars(args), "gpt_ckpt": found})
+    check_model_args(args)
+    device = resolve_device(args.device or ("cpu" if args.gpt_model == "ARPG-digits" else "auto"))
+    return demo_model(*model_from_args(args, device))

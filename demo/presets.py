@@ -22,7 +22,7 @@ CONTROLS_HELP = """
 - **temperature**: randomness of each draw; below 1 is safer, 0 always takes the likeliest token.
 - **top-k / top-p**: draw only among the k likeliest tokens / the likeliest ones covering p of the probability
   (0 and 1 switch them off).
-- **KV cache**: *model* keeps keys and values in the weights' dtype (exact); *int8* / *fp8* store one-byte codes
+- **KV cache**: *weights* keeps keys and values in the weights' dtype (exact); *int8* / *fp8* store one-byte codes
   (half the memory reads, slightly different pictures).
 - **compiled layers** (CUDA): run the layers through torch.compile; faster after the first click, pictures close
   to, not equal to, the default ones.

@@ -15,7 +15,7 @@ from autoregressive.fast_generate import GraphedSteps
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.utils.device import resolve_device
 from autoregressive.weights import PRECISIONS, load_gpt, prepare_vq
-from demo.actions import PICKED, Actions
+from demo.actions import Actions
 from demo.model import demo_model
 
 CAPTURES = []
@@ -63,7 +63,7 @@ def main() -> None:
     classes = [actions.demo.classes.choice(i) for i in ids]
 
     def controls(compiled=False, seed=0):
-        return [args.step, 4.0, "linear", 1.0, 0, 1.0, "model", compiled, seed]
+        return [args.step, 4.0, "linear", 1.0, 0, 1.0, "weights", compiled, seed]
 
     for compiled in (False, True) if args.compiled else (False,):
         tag = "compiled " if compiled else ""

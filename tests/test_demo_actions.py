@@ -1,11 +1,9 @@
 """The web demo's back end (demo/) without gradio: finding the checkpoint, the gallery, the sample's class
 carried to the editor, painted-mask edits, one sampler per decoding layout, and every bad input answered
 by one line while a bug still raises."""
-import ast
 import logging
 import os
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,13 +15,19 @@ from autoregressive.utils.cli import UserError
 from demo.actions import BUG_LINE, PICKED, Actions, Reply, answer, painted_area
 from demo.classes import ClassNames
 from demo.fields import Settings
-from demo.model import DIGITS_ZOOM, find_checkpoint
+from demo.model import DIGITS_ZOOM, demo_model, find_checkpoint
 from demo.presets import page_defaults, presets
 
 SAMPLING = dict(steps=8, cfg_scale=2.0, cfg_schedule="linear", temperature=1.0, top_k=0, top_p=1.0,
-                kv_cache="model", compiled=False, seed=0)
+                kv_cache="weights", compiled=False, seed=0)
 SIDE = 8 * DIGITS_ZOOM  # a digit in the editor and the gallery: 256 px
-ROOT = Path(__file__).resolve().parents[1]
+
+
+def flags(*argv):
+    """app.py's flags, as a user types them."""
+    from app import get_args_parser
+
+    return get_args_parser().parse_args(list(argv))
 
 
 def controls(**changes) -> list:
@@ -45,7 +49,7 @@ def digits_ckpt(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def app(digits_ckpt):
-    app = Actions.open(gpt_ckpt=digits_ckpt, device="cpu")
+    app = Actions.open(flags("--gpt-ckpt", digits_ckpt, "--device", "cpu"))
     assert app.demo is not None, app.status
     return app
 
@@ -75,7 +79,7 @@ def test_finds_the_newest_digits_checkpoint(tmp_path):
 
 
 def test_without_a_checkpoint_every_action_answers_with_the_fix(tmp_path):
-    app = Actions.open(results_dir=str(tmp_path))
+    app = Actions.open(flags("--results-dir", str(tmp_path)))
     assert app.demo is None and "bash scripts/demo.sh" in app.status
     reply = answer(app.generate, ["1"], 1, *controls())
     assert reply.error and reply.result is None and "bash scripts/demo.sh" in reply.message
@@ -84,8 +88,8 @@ def test_without_a_checkpoint_every_action_answers_with_the_fix(tmp_path):
     assert reply.error and "scripts/demo.sh" in reply.message
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"not a checkpoint")
-    assert "not a readable PyTorch checkpoint" in Actions.open(gpt_ckpt=str(broken)).status
-    assert "checkpoint not found" in Actions.open(gpt_ckpt=str(tmp_path / "missing.pt")).status
+    assert "not a readable PyTorch checkpoint" in Actions.open(flags("--gpt-ckpt", str(broken))).status
+    assert "--gpt-ckpt" in Actions.open(flags("--gpt-ckpt", str(tmp_path / "missing.pt"))).status
 
 
 def test_generate_gives_a_gallery_row_per_class_and_follows_the_seed(app):
@@ -229,7 +233,7 @@ def test_bad_edits_are_answered_with_a_line(app, value, task, image_class, new_c
     (["1"], 1, {"temperature": None}, "temperature is empty"), (["1"], 1, {"temperature": -1}, "temperature must"),
     (["1"], 1, {"top_k": None}, "top-k is empty"), (["1"], 1, {"top_k": -1}, "top-k must be between 0 and 17"),
     (["1"], 1, {"top_p": 0}, "top-p must be above 0"), (["1"], 1, {"top_p": None}, "top-p is empty"),
-    (["1"], 1, {"kv_cache": "int4"}, "KV cache must be one of model, int8, fp8"),
+    (["1"], 1, {"kv_cache": "int4"}, "KV cache must be one of weights, int8, fp8"),
     (["1"], 1, {"compiled": True}, "compiled layers run on CUDA only"),
 ])
 def test_bad_generations_are_answered_with_a_line(app, classes, per_class, changes, needle):
@@ -272,7 +276,7 @@ def test_page_defaults_and_presets_fit_the_model(app):
     assert presets(None) == {} and len(rows) == 3
     for classes, per_class, *fields, seed in rows.values():  # each preset passes the page's checks
         assert len(app.demo.classes.parse_many(classes)) * per_class <= 64
-        app.settings(*fields, "model", False, seed)
+        app.settings(*fields, "weights", False, seed)
 
 
 def test_app_without_gradio_says_how_to_install_it(monkeypatch):
@@ -283,26 +287,16 @@ def test_app_without_gradio_says_how_to_install_it(monkeypatch):
         main(get_args_parser().parse_args([]))
 
 
-def test_the_library_never_imports_the_page():
-    for package in ("autoregressive", "tokenizer", "dataset", "evaluations"):
-        for path in (ROOT / package).rglob("*.py"):
-            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-                names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
-                    [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-                assert not any(name.split(".")[0] in ("demo", "app") for name in names), path
-
-
 def test_imagenet_model_names_its_classes_and_crops_picture_and_mask_alike(tmp_path):
-    """A VQ model (tiny ARPG, random VQ-16): an uploaded 400x256 picture is ADM centre-cropped to 256 and so is
-    its mask; painting the left 200 columns leaves the crop's left 128 columns, 8 of the 16 token columns."""
-    from tokenizer.vq_model import VQ_models
+    """A VQ model (tiny ARPG, a small random VQ with VQ-16's 16x downsampling): an uploaded 400x256 picture is
+    ADM centre-cropped to 256 and so is its mask; painting the left 200 columns leaves the crop's left 128
+    columns, 8 of the 16 token columns."""
+    from tokenizer.vq_model import VQ_16
 
     torch.manual_seed(0)
-    gpt, vq = tmp_path / "gpt.pt", tmp_path / "vq.pt"
-    torch.save({"model": ARPG_models["ARPG-tiny"]().state_dict()}, gpt)
-    torch.save({"model": VQ_models["VQ-16"]().state_dict()}, vq)
-    app = Actions.open("ARPG-tiny", gpt_ckpt=str(gpt), vq_ckpt=str(vq), device="cpu")
-    assert app.demo is not None and app.demo.grid == 16, app.status
+    vq = VQ_16(base_channels=16, z_channels=16, norm_groups=8, num_res_blocks=1).eval()
+    app = Actions(demo_model(ARPG_models["ARPG-tiny"]().eval(), vq), "ARPG-tiny")
+    assert app.demo.grid == 16 and app.demo.image_size == 256
     generation, message = app.generate(["207: golden retriever"], 1, *controls())
     assert generation.images.shape == (1, 256, 256, 3) and generation.captions == ("207: golden retriever",)
     assert page_defaults(app.demo).classes[0] == "207: golden retriever"
@@ -313,4 +307,30 @@ def test_imagenet_model_names_its_classes_and_crops_picture_and_mask_alike(tmp_p
                                 None, 1, *controls())
     assert message.startswith("inpaint: kept 128 of 256 tokens") and "under 207: golden retriever" in message
     assert len(gallery) == 3 and gallery[2][0].shape == (256, 256, 3)
-    assert "--vq-ckpt" in Actions.open("ARPG-tiny", gpt_ckpt=str(gpt), device="cpu").status
+
+
+def test_a_model_of_vq_tokens_without_a_tokenizer_is_refused(tmp_path):
+    gpt = tmp_path / "gpt.pt"
+    torch.save({"model": ARPG_models["ARPG-tiny"]().state_dict()}, gpt)
+    app = Actions.open(flags("--gpt-model", "ARPG-tiny", "--gpt-ckpt", str(gpt), "--device", "cpu"))
+    assert app.demo is None and "--vq-ckpt" in app.status
+
+
+def test_released_weights_load_by_name(monkeypatch):
+    """`python app.py --gpt-model ARPG-XL` asks the Hub for the released file and the VQ-16 tokenizer, as the
+    samplers do; offline, the page says what to do instead."""
+    import autoregressive.pretrained as pretrained
+    from autoregressive.utils.cli import InputNotFound
+
+    asked = []
+
+    def offline(file):
+        asked.append(f"{file.repo_id}/{file.filename}")
+        raise InputNotFound(f"{file.repo_id}/{file.filename} is not in the Hugging Face cache")
+
+    monkeypatch.setattr(pretrained, "download", offline)
+    app = Actions.open(flags("--gpt-model", "ARPG-XL"))
+    assert asked == ["hp-l33/ARPG/arpg_700m.pt"] and app.demo is None
+    assert app.status == "could not load ARPG-XL: hp-l33/ARPG/arpg_700m.pt is not in the Hugging Face cache"
+    Actions.open(flags("--gpt-model", "ARPG-L", "--gpt-ckpt", "hf://someone/repo/mine.pt@v1"))
+    assert asked[-1] == "someone/repo/mine.pt"
