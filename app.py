@@ -79,9 +79,9 @@ def build_page(gr, actions: Actions):
                                               elem_id="per-class")
                         controls = sampling_controls(gr, "gen", defaults, max_steps, cuda)
                         generate = gr.Button("Generate", variant="primary", elem_id="generate-button")
-                    with gr.Column(scale=2):
+                    with gr.Column(scale=3):
                         generate_message = gr.HTML(elem_id="generate-message")
-                        gallery = gr.Gallery(label="a row per class (click to enlarge)", columns=defaults.per_class,
+                        gallery = gr.Gallery(label="a row per class (click to enlarge)", columns=defaults.per_class, height="auto",
                                              buttons=["download", "download_all", "fullscreen"], object_fit="contain",
                                              elem_id="gallery")
                         with gr.Row():
@@ -106,7 +106,7 @@ def build_page(gr, actions: Actions):
                         num_results = gr.Number(4, precision=0, label="results", elem_id="num-results")
                         edit_controls = sampling_controls(gr, "edit", defaults, max_steps, cuda)
                         edit = gr.Button("Edit", variant="primary", elem_id="edit-button")
-                    with gr.Column(scale=2):
+                    with gr.Column(scale=3):
                         editor = gr.ImageEditor(type="numpy", image_mode="RGB", label="paint what to change",
                                                 elem_id="editor", layers=False, transforms=(),
                                                 brush=gr.Brush(colors=["#ff3030"], default_size=24,
