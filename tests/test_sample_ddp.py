@@ -194,3 +194,54 @@ def test_a_batch_out_of_gpu_memory_says_what_to_do_and_keeps_the_pngs(digits_ckp
     assert "Traceback" not in stderr and stderr.rstrip().splitlines()[-1].startswith(
         "error: out of GPU memory at --per-proc-batch-size 4: lower it")
     assert len(list((tmp_path / "out").glob("*/*.png"))) >= 4  # the first batches' PNGs stay
+
+
+def test_without_pngs_the_npz_is_the_same_and_a_killed_run_resumes(digits_ckpt, tmp_path):
+    """--no-png keeps each batch in one .npy file instead of PNGs: the packed arrays equal the PNG run's;
+    a batch file lost with the process is sampled again; and a folder holding both PNGs and batch files
+    (a run resumed with the other flag) packs the same arrays too."""
+    import json
+
+    run_inline(flags(digits_ckpt, tmp_path / "png"))
+    reference, labels = the_npz(tmp_path / "png")
+    timings = tmp_path / "timings.json"
+    run_inline(flags(digits_ckpt, tmp_path / "npy", extra=("--no-png", "--timings", str(timings))))
+    [folder] = [p for p in (tmp_path / "npy").iterdir() if p.is_dir()]
+    names = sorted(path.name for path in folder.iterdir())
+    assert names == [f"batch-{first:06d}-{min(first + 4, 26):06d}.npy" for first in range(0, 26, 4)]
+    arr, npy_labels = the_npz(tmp_path / "npy")
+    assert np.array_equal(arr, reference) and np.array_equal(npy_labels, labels)
+    stages = json.loads(timings.read_text())
+    assert {"model", "vq_decode", "write", "pack"} <= set(stages["seconds"])
+    assert stages["launched"] <= stages["marks"]["first_batch_sampled"] <= stages["marks"]["sampled"]
+
+    (folder / "batch-000008-000012.npy").unlink()  # as if the run died before this batch was written
+    (folder / "batch-000012-000016.tmp4242.npy").write_bytes(b"half a file")
+    (folder.parent / f"{folder.name}.npz").unlink()
+    run_inline(flags(digits_ckpt, tmp_path / "npy", extra=("--no-png",)))
+    assert sorted(path.name for path in folder.iterdir()) == names
+    assert np.array_equal(the_npz(tmp_path / "npy")[0], reference)
+
+    (folder / "batch-000020-000024.npy").unlink()  # resumed with PNGs: that batch comes back as PNGs
+    run_inline(flags(digits_ckpt, tmp_path / "npy"))
+    assert sorted(path.name for path in folder.glob("*.png")) == [f"{i:06d}.png" for i in range(20, 24)]
+    assert np.array_equal(the_npz(tmp_path / "npy")[0], reference)
+
+
+def test_two_gloo_processes_without_pngs_give_the_images_of_one(digits_ckpt, tmp_path):
+    run_inline(flags(digits_ckpt, tmp_path / "one"))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+               str(ROOT / "sample_c2i_ddp.py"), *flags(digits_ckpt, tmp_path / "two", extra=("--no-png",))]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert np.array_equal(the_npz(tmp_path / "one")[0], the_npz(tmp_path / "two")[0])
+
+
+def test_a_non_finite_decoder_output_fails_the_batch_that_holds_it():
+    """The finiteness check moved off the sampling thread: it is raised by the writer waiting for the images."""
+    from autoregressive.image_output import PendingImages, StageClock
+
+    render = lambda tokens: (torch.zeros(len(tokens), 2, 2, 3, dtype=torch.uint8), torch.tensor(False))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        PendingImages(torch.zeros(2, 4, dtype=torch.long), render, StageClock()).wait()
