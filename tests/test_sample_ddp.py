@@ -245,3 +245,27 @@ def test_a_non_finite_decoder_output_fails_the_batch_that_holds_it():
     render = lambda tokens: (torch.zeros(len(tokens), 2, 2, 3, dtype=torch.uint8), torch.tensor(False))
     with pytest.raises(ValueError, match="NaN or inf"):
         PendingImages(torch.zeros(2, 4, dtype=torch.long), render, StageClock()).wait()
+
+
+def test_the_pngs_are_those_of_sampling_decoding_and_saving_one_batch_after_the_other(digits_ckpt, tmp_path):
+    """The overlapped pipeline writes the PNG bytes of the plain sequence: the batch's tokens from the
+    sampler, tokens_to_images, save_png_atomic."""
+    from autoregressive.fast_generate import make_sampler
+    from autoregressive.sampling import SamplingConfig, batch_generator
+    from autoregressive.weights import load_gpt
+    from sample_c2i_ddp import save_png_atomic
+
+    argv = flags(digits_ckpt, tmp_path / "s", num=6)
+    run_inline(argv)
+    [folder] = [p for p in (tmp_path / "s").iterdir() if p.is_dir()]
+    args = get_args_parser().parse_args(argv)
+    model = load_gpt("ARPG-digits", str(digits_ckpt), "cpu", "none")
+    sampler, grid = make_sampler(model), model.config.grid_size
+    for first in (0, 4):
+        indices = torch.arange(first, first + 4)
+        tokens = sampler(indices % model.config.num_classes, SamplingConfig.from_args(args),
+                         batch_generator("cpu", 0, first))
+        images = tokens_to_images(tokens, grid, None, model.config.vocab_size).numpy()
+        for row, index in enumerate(i for i in indices.tolist() if i < 6):
+            save_png_atomic(images[row], str(tmp_path / "expected.png"))
+            assert (folder / f"{index:06d}.png").read_bytes() == (tmp_path / "expected.png").read_bytes()
