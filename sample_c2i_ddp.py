@@ -26,8 +26,8 @@ import torch
 from PIL import Image
 
 from autoregressive.fast_generate import make_sampler
-from autoregressive.image_output import (ImageWriter, PendingImages, StageClock, batch_path, default_workers,
-                                         png_path, render_function, stored_batches)
+from autoregressive.image_output import (DecoderThread, ImageWriter, StageClock, batch_path, default_workers, png_path,
+                                         render_function, stored_batches)
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.pretrained import with_checkpoints_fetched
 from autoregressive.sampling import SamplingConfig, add_sampling_args, batch_generator
@@ -308,10 +308,11 @@ def sample_into(folder: str, inputs: SampleInputs, model, vq, sampler, sampling:
         progress = tqdm(my_batches, desc="sample", unit="batch", dynamic_ncols=True)
     render = render_function(config.grid_size, vq, config.vocab_size, image_size_eval)
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    # The VQ decoder of a batch runs on a side stream while the next batch samples, and its images are
-    # written by threads behind that (autoregressive/image_output.py).
+    # The VQ decoder of a batch runs on a thread and a CUDA stream of its own while the next batches
+    # sample, and its images are written by threads behind that (autoregressive/image_output.py).
     writer = ImageWriter(folder, args.png, lambda image, path: save_png_atomic(image, path), clock,
                          default_workers(local_processes))
+    decoder = DecoderThread(render, writer, clock)
     stored = stored_batches(folder)
     try:
         for k in progress:
@@ -329,22 +330,30 @@ def sample_into(folder: str, inputs: SampleInputs, model, vq, sampler, sampling:
                 if tokens.is_cuda:
                     torch.cuda.current_stream().synchronize()  # the side stream's decoding goes on meanwhile
                 clock.add("model", time.perf_counter() - start)
-                pending = PendingImages(tokens, render, clock)
+                decoder.put(first, len(indices), tokens)
             except torch.cuda.OutOfMemoryError as error:
-                if info.is_main:
-                    progress.close()  # the error's line must not land on the bar's line
-                raise UserError(f"out of GPU memory at --per-proc-batch-size {batch}: lower it; the finished images "
-                                "are kept and skipped on the rerun (the samples still to come are drawn under the new "
-                                "batch size)") from error
-            writer.put(first, len(indices), pending)
+                raise out_of_memory(batch, progress if info.is_main else None) from error
             clock.mark("first_batch_sampled")
     finally:
-        writer.close()
+        try:
+            decoder.close()
+        except torch.cuda.OutOfMemoryError as error:  # in the VQ decoder
+            raise out_of_memory(batch, progress if info.is_main else None) from error
+        finally:
+            writer.close()
+
+
+def out_of_memory(batch: int, progress) -> UserError:
+    if progress is not None:
+        progress.close()  # the error's line must not land on the bar's line
+    return UserError(f"out of GPU memory at --per-proc-batch-size {batch}: lower it; the finished images are kept and "
+                     "skipped on the rerun (the samples still to come are drawn under the new batch size)")
 
 
 def write_timings(path: str, clock: StageClock, launched: float) -> None:
     """The stage times of this process as JSON (scripts/bench_sample_ddp.py reads them)."""
-    record = {"launched": launched, "seconds": dict(clock.seconds), "marks": clock.marks}
+    record = {"launched": launched, "seconds": dict(clock.seconds), "marks": clock.marks,
+              "written": sorted(clock.written)}
 
     def write(tmp: str) -> None:
         with open(tmp, "w") as file:

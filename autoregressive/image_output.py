@@ -7,6 +7,7 @@ way every file is written atomically and names the samples it holds, so a rerun 
 and a sample's pixels are the same whichever way they were stored.
 """
 import os
+import queue
 import re
 import threading
 import time
@@ -43,6 +44,7 @@ class StageClock:
     def __init__(self):
         self.seconds: Dict[str, float] = defaultdict(float)
         self.marks: Dict[str, float] = {}
+        self.written: List[List[float]] = []  # [time.time(), samples] of each batch once its files are on disk
         self._lock = threading.Lock()
 
     def add(self, stage: str, seconds: float) -> None:
@@ -51,6 +53,10 @@ class StageClock:
 
     def mark(self, name: str) -> None:
         self.marks.setdefault(name, time.time())
+
+    def batch_written(self, samples: int) -> None:
+        with self._lock:
+            self.written.append([time.time(), samples])
 
 
 class PendingImages:
@@ -112,6 +118,7 @@ class ImageWriter:
         self.folder, self.pngs, self.write_png, self.clock = folder, pngs, write_png, clock
         self.pool = ThreadPoolExecutor(max_workers=workers)
         self.in_flight: List[List[Future]] = []
+        self._lock = threading.Lock()
 
     def finished(self, indices: Sequence[int], batches: Dict[int, int]) -> bool:
         """Whether every sample of indices is on disk, as a PNG or in one of batches (stored_batches)."""
@@ -121,7 +128,8 @@ class ImageWriter:
     def put(self, first: int, count: int, pending: PendingImages) -> None:
         """Samples first .. first + count - 1, rows [0, count) of the pending batch."""
         if self.pngs:
-            jobs = [self.pool.submit(self._png, pending, row, first + row) for row in range(count)]
+            left = [count, count]  # PNGs of the batch still to write, and in all
+            jobs = [self.pool.submit(self._png, pending, row, first + row, left) for row in range(count)]
         else:
             jobs = [self.pool.submit(self._batch_file, pending, first, count)]
         self.in_flight.append(jobs)
@@ -141,17 +149,66 @@ class ImageWriter:
         for job in jobs:
             job.result()
 
-    def _png(self, pending: PendingImages, row: int, index: int) -> None:
+    def _png(self, pending: PendingImages, row: int, index: int, left: List[int]) -> None:
         images = pending.wait()
         start = time.perf_counter()
         self.write_png(images[row], png_path(self.folder, index))
         self.clock.add("write", time.perf_counter() - start)
+        with self._lock:
+            left[0] -= 1
+            if left[0] == 0:
+                self.clock.batch_written(left[1])
 
     def _batch_file(self, pending: PendingImages, first: int, count: int) -> None:
         images = pending.wait()[:count]
         start = time.perf_counter()
         write_atomic(batch_path(self.folder, first, first + count), lambda tmp: np.save(tmp, images))
         self.clock.add("write", time.perf_counter() - start)
+        self.clock.batch_written(count)
+
+
+class DecoderThread:
+    """Decodes each batch of tokens on a thread of its own and hands the images to the writer, so the
+    sampling thread never waits for the VQ decoder, not even while it compiles on the first batch: that
+    runs beside the sampling of the next batches, whose tokens queue up meanwhile (small: B x N ids).
+    A sampler must not capture CUDA graphs while this thread works; the fast sampler captures its
+    graphs in its first call only, before there is anything to decode."""
+
+    def __init__(self, render: Callable, writer: "ImageWriter", clock: StageClock, max_batches: int = 256):
+        self.render, self.writer, self.clock = render, writer, clock
+        self.batches: queue.Queue = queue.Queue(maxsize=max_batches)
+        self.error: Optional[BaseException] = None
+        self.thread = threading.Thread(target=self._run, name="vq-decoder", daemon=True)
+        self.thread.start()
+
+    def put(self, first: int, count: int, tokens: torch.Tensor) -> None:
+        """Queue samples first .. first + count - 1, rows [0, count) of tokens; re-raises an earlier error."""
+        while True:
+            self._raise()
+            try:
+                self.batches.put((first, count, tokens), timeout=1.0)
+                return
+            except queue.Full:
+                continue
+
+    def close(self) -> None:
+        """Decode and hand over everything queued; re-raise the first error."""
+        self.batches.put(None)
+        self.thread.join()
+        self._raise()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        while (item := self.batches.get()) is not None:
+            if self.error is None:  # after an error, only drain the queue
+                try:
+                    first, count, tokens = item
+                    self.writer.put(first, count, PendingImages(tokens, self.render, self.clock))
+                except BaseException as error:  # re-raised on the sampling thread
+                    self.error = error
 
 
 def default_workers(local_processes: int) -> int:

@@ -2,7 +2,7 @@
 themselves need a GPU and the official code)."""
 import pytest
 
-from scripts.bench_sample_ddp import PROJECTED, get_args_parser, main, row, table
+from scripts.bench_sample_ddp import PROJECTED, get_args_parser, main, row, steady_rate, table
 
 
 def test_stages_and_projection_from_a_timings_record():
@@ -22,3 +22,9 @@ def test_the_official_run_needs_whole_thousands_of_images(tmp_path):
     assert get_args_parser().parse_args(args).official_images == 1500
     with pytest.raises(ValueError, match="multiple of 1000"):
         main(args)
+
+
+def test_the_steady_rate_is_that_of_the_second_half_of_the_batches():
+    written = [[0.0, 10], [50.0, 10], [51.0, 10], [52.0, 10], [53.0, 10], [55.0, 10]]  # a slow start
+    assert steady_rate(written) == pytest.approx(20 / 3.0)
+    assert steady_rate(written[:3]) is None
