@@ -92,9 +92,9 @@ def model_only(batch: int, device) -> float:
     """Our sampler alone (random bf16 ARPG-L, the flags above), img/s at batch: median of 3 after a warm-up."""
     from autoregressive.fast_generate import FastSampler
     from autoregressive.sampling import SamplingConfig
-    from scripts.bench_sample import build_model, timed
+    from scripts.bench_sample import random_model, timed
 
-    model = build_model("ARPG-L", device)
+    model = random_model("ARPG-L", device)
     sampler = FastSampler(model)
     sampling = SamplingConfig(num_steps=64, cfg_scale=5.0, sample_schedule="arccos")
     labels = torch.arange(batch, device=device) % model.config.num_classes

@@ -123,7 +123,7 @@ def test_each_kv_cache_kind_gets_steps_of_its_own():
     model, condition = build_tiny(), torch.tensor([0, 4, 2])
     sampler = FastSampler(model, use_graphs=False)
     built = []
-    for kv_cache in ("model", "fp8", "fp8", "model"):
+    for kv_cache in ("weights", "fp8", "fp8", "weights"):
         sampling = SamplingConfig(num_steps=5, cfg_scale=3.0, kv_cache=kv_cache)
         fast = sampler.generate(condition, sampling, generator=torch.Generator().manual_seed(2))
         assert torch.equal(fast, generate(model, condition, sampling, generator=torch.Generator().manual_seed(2)))
@@ -184,6 +184,6 @@ def test_fused_parts_compile_once_per_kind_and_shape_for_two_models_and_every_ca
     limit = getattr(torch._dynamo.config, "recompile_limit", None) or torch._dynamo.config.cache_size_limit
     assert max(first.values()) < limit
     check(samplers[0], models[0], "int8", 3)
-    check(samplers[1], models[1], "model", 5)
-    check(FastSampler(models[0], use_graphs=False, fuse="eager"), models[0], "model", 3)  # a second sampler
+    check(samplers[1], models[1], "weights", 5)
+    check(FastSampler(models[0], use_graphs=False, fuse="eager"), models[0], "weights", 3)  # a second sampler
     assert entries() == first
