@@ -270,3 +270,25 @@ def test_the_pngs_are_those_of_sampling_decoding_and_saving_one_batch_after_the_
         for row, index in enumerate(i for i in indices.tolist() if i < 6):
             save_png_atomic(images[row], str(tmp_path / "expected.png"))
             assert (folder / f"{index:06d}.png").read_bytes() == (tmp_path / "expected.png").read_bytes()
+
+
+def test_an_error_of_the_decoder_thread_reaches_the_sampling_thread(tmp_path):
+    """A batch the decoder fails on (out of memory, say) stops the run with that error, after the
+    batches queued before it were written."""
+    from autoregressive.image_output import DecoderThread, ImageWriter, StageClock
+    from sample_c2i_ddp import save_png_atomic
+
+    def render(tokens):
+        if int(tokens[0, 0]) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return torch.zeros(len(tokens), 2, 2, 3, dtype=torch.uint8), torch.tensor(True)
+
+    clock = StageClock()
+    writer = ImageWriter(str(tmp_path), True, save_png_atomic, clock, workers=2)
+    decoder = DecoderThread(render, writer, clock)
+    decoder.put(0, 2, torch.zeros(2, 4, dtype=torch.long))
+    decoder.put(2, 2, torch.ones(2, 4, dtype=torch.long))
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        decoder.close()
+    writer.close()
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["000000.png", "000001.png"]
