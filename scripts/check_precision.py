@@ -29,8 +29,8 @@ Pass rules (TOLERANCE = 2):
 
     python -m scripts.check_precision --precision-policies exact,bf16,fp8 --out-dir results/check-precision
 
-With --parallel N the training runs go to N processes at once, each on a GPU of its own (about 7 minutes
-on four H100s against 18 on one, 2026-11-28).
+With --parallel N the training runs go to N processes at once, each on a GPU of its own.
+The parts live in scripts/precision_check/ (data, modes, measure, judge, run, parallel, report).
 """
 import argparse
 import json

@@ -39,7 +39,8 @@ def test_every_sampling_script_takes_the_model_flags_and_the_sampling_flags():
 
 def test_no_script_declares_a_model_flag_itself():
     root = pathlib.Path(__file__).resolve().parent.parent
-    for name in ("sample_c2i.py", "sample_c2i_ddp.py", "edit_c2i.py", "scripts/sweep_cfg.py", "evaluations/digits.py"):
+    for name in ("sample_c2i.py", "sample_c2i_ddp.py", "edit_c2i.py", "scripts/sweep_cfg.py", "evaluations/digits.py",
+                 "scripts/eval_digits_editing.py"):
         text = (root / name).read_text()
         for flag in MODEL_FLAGS | {"--codebook-size", "--num-classes", "--cls-token-num"}:
             assert f'add_argument("{flag}"' not in text, (name, flag)
@@ -68,3 +69,12 @@ def test_the_sweep_reads_the_sampling_flags_around_its_swept_scale():
     config = SamplingConfig.from_args(args, cfg_scale=3.0, cfg_schedule="constant")
     assert (config.kv_cache, config.num_steps, config.cfg_scale, args.weights) == ("int8", 8, 3.0, "model")
     assert "--cfg-scale" not in flags_of(sweep_cfg.get_args_parser())
+
+
+def test_the_old_fused_flag_sets_compile_layers_with_a_note(capsys):
+    for script in (sample_c2i, sample_c2i_ddp):
+        parser = script.get_args_parser()
+        assert parser.parse_args([]).compile_layers is False
+        assert parser.parse_args(["--fused"]).compile_layers is True
+        assert "--fused is now --compile-layers" in capsys.readouterr().err
+        assert "--fused" not in parser.format_help()  # hidden: --help shows the new name only

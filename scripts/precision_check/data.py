@@ -18,9 +18,8 @@ class PrototypeCodes(torch.utils.data.Dataset):
     where the first token it places sits; the others follow that token's shift. Blocks of several
     positions make the set learnable in a few hundred steps by a model with relative positions only: a
     target's nearest known tokens mostly hold its code. With one code per position (regions = grid) the
-    code must be looked up from a neighbour's code and offset, and ARPG-L sat at the class's code
-    frequencies (loss 7.13 of ln V 9.70) for all of its 300 steps (H100, 2026-11-27), as ARPG-tiny
-    did for 800 steps on the CPU, where 4 x 4 blocks of 4 x 4 broke through by step 550."""
+    code must be looked up from a neighbour's code and offset, which ARPG-L and ARPG-tiny did not learn
+    within the check's step counts (they stay at plateau_loss), while blocks of 4 x 4 do."""
 
     def __init__(self, num_classes: int, grid: int, vocab_size: int, resample_fraction: float, num_samples: int,
                  seed: int, shift: bool = True, regions: Optional[int] = None):
@@ -80,9 +79,8 @@ def loss_floor(vocab_size: int, resample_fraction: float) -> float:
 
 def plateau_loss(vocab_size: int, codes_per_class: int, resample_fraction: float) -> float:
     """The entropy (nats) of one token given its class alone: the loss of a model that has learned only how
-    often each code occurs in its class. Training sits here before it learns the grids (ARPG-L: 7.13 with
-    one code per position, 2026-11-27; 5.1 with 4 x 4 blocks, where one of three seeds was still there
-    at step 350, 2026-11-28)."""
+    often each code occurs in its class. Training sits here before it learns the grids, for a number of
+    steps that varies from seed to seed."""
     own = (1 - resample_fraction) / codes_per_class + resample_fraction / vocab_size
     other = resample_fraction / vocab_size
     return -(codes_per_class * own * math.log(own) + (vocab_size - codes_per_class) * other * math.log(other))
