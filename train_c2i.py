@@ -15,6 +15,7 @@ import torch
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.train.config import TrainConfig
 from autoregressive.train.loop import find_resume_checkpoint, new_run_dir, train
+from autoregressive.train.kernels import KERNEL_SETS
 from autoregressive.train.precision import PRECISION_POLICIES
 from autoregressive.utils.cli import InputNotFound, UserError, check_file, run_main
 from autoregressive.utils.device import enable_tf32, use_deterministic_kernels
@@ -77,6 +78,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="exact: the released numerics (float32 weights and residual stream, bf16 autocast); "
                              "opt-in bf16: bf16 compute weights over float32 master weights (DDP or FSDP; with "
                              "--grad-checkpointing, FSDP only); fp8: torchao float8 matmuls (CUDA sm89+). Checkpoints hold float32 weights")
+    parser.add_argument("--kernels", choices=list(KERNEL_SETS), default=d.kernels,
+                        help="opt-in Liger-Kernel kernels (CUDA, pip install liger-kernel): liger-ce: fused head and "
+                             "cross-entropy; liger: also RMSNorm and SwiGLU (docs/numerics.md)")
     parser.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
     parser.add_argument("--log-every", type=int, default=d.log_every)
     parser.add_argument("--num-workers", type=int, default=d.num_workers)
@@ -107,7 +111,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         warmup_epochs=args.warmup_epochs, lr_schedule=args.lr_schedule, weight_decay=args.weight_decay,
         betas=[args.beta1, args.beta2], max_grad_norm=args.max_grad_norm, ema=args.ema, dropout_p=args.dropout_p,
         token_dropout_p=args.token_dropout_p, compile=not args.no_compile, mixed_precision=args.mixed_precision,
-        precision_policy=args.precision_policy,
+        precision_policy=args.precision_policy, kernels=args.kernels,
         grad_checkpointing=args.grad_checkpointing, activation_memory_budget=args.activation_memory_budget,
         data_parallel=args.data_parallel, chunked_loss=args.chunked_loss,
         drop_path_rate=args.drop_path_rate,

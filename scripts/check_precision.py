@@ -28,6 +28,10 @@ Pass rules (TOLERANCE = 2):
   its match share is within noise of float32's.
 
     python -m scripts.check_precision --precision-policies exact,bf16,fp8 --out-dir results/check-precision
+    python -m scripts.check_precision --precision-policies exact --kernels liger-ce,liger --sampling-modes none
+
+--kernels: the exact policy also trains under each opt-in kernel set (autoregressive/train/kernels.py),
+judged as a policy is (its run is named "exact + <set>").
 
 With --parallel N the training runs go to N processes at once, each on a GPU of its own (about 7 minutes
 on four H100s against 18 on one, 2026-11-28).
@@ -54,6 +58,7 @@ from autoregressive.models.arpg import ARPG_models
 from autoregressive.train.config import TrainConfig, build_model
 from autoregressive.train.loop import Trainer
 from autoregressive.train.optim import learning_rate_at, set_learning_rate
+from autoregressive.train.kernels import kernels_unavailable_reason, parse_kernel_list
 from autoregressive.train.precision import PRECISION_POLICIES, fp8_unavailable_reason, parse_policy_list
 from autoregressive.utils.cli import UserError, check_at_least, run_main
 from autoregressive.utils.dist import DistInfo, cleanup, free_port, init_distributed, init_one_process_group
@@ -217,10 +222,18 @@ def mode_passes(kl: float, top1: float, share: float, yardstick_kl: float, yards
     return close and within_noise(share, reference_share, count)
 
 
-def policy_config(args, policy: str, seed: int) -> TrainConfig:
+def split_variant(variant: str) -> Tuple[str, str]:
+    """A run's "policy" or "policy + kernel set" -> (policy, kernel set)."""
+    policy, _, kernels = variant.partition(" + ")
+    return policy, kernels or "none"
+
+
+def policy_config(args, variant: str, seed: int) -> TrainConfig:
     """train_c2i.py's defaults on the synthetic set: one epoch of args.steps steps, warm-up then a
-    constant learning rate; bf16 runs under FSDP (its policy needs it), the others as one process does."""
-    return TrainConfig(code_path="", gpt_model=args.gpt_model, vocab_size=args.vocab_size, num_classes=args.num_classes,
+    constant learning rate; bf16 runs under FSDP (its policy needs it), the others as one process does.
+    variant: a policy, or "policy + kernel set" (split_variant)."""
+    policy, kernels = split_variant(variant)
+    return TrainConfig(kernels=kernels, code_path="", gpt_model=args.gpt_model, vocab_size=args.vocab_size, num_classes=args.num_classes,
                        image_size=args.grid, downsample_size=1, global_batch_size=args.batch_size, epochs=1,
                        lr=args.lr, lr_schedule="constant", warmup_epochs=args.warmup_steps / args.steps,
                        compile=not args.no_compile, num_workers=0, global_seed=seed, device=args.device,
@@ -319,10 +332,12 @@ def held_out_batch(dataset: PrototypeCodes, count: int, seed: int, device):
 
 def planned_runs(args) -> List[Tuple[str, str, int]]:
     """(name, policy, seed) of every training run: exact twice (the seed and the next one), then each
-    other policy from the seed."""
+    other policy from the seed, then exact under each opt-in kernel set ("exact + liger")."""
     runs = [("exact", "exact", args.global_seed), ("exact, next seed", "exact", args.global_seed + 1)]
-    return runs + [(policy, policy, args.global_seed) for policy in parse_policy_list(args.precision_policies)
-                   if policy != "exact"]
+    runs += [(policy, policy, args.global_seed) for policy in parse_policy_list(args.precision_policies)
+             if policy != "exact"]
+    return runs + [(f"exact + {kernels}",) * 2 + (args.global_seed,) for kernels in parse_kernel_list(args.kernels)
+                   if kernels != "none"]
 
 
 def run_training(args, info: DistInfo, dataset: PrototypeCodes, held_out, runs: List[Tuple[str, str, int]]):
@@ -333,6 +348,7 @@ def run_training(args, info: DistInfo, dataset: PrototypeCodes, held_out, runs: 
     for name, policy, seed in runs:
         row = {"run": name, "seed": seed}
         reason = fp8_unavailable_reason(info.device) if policy == "fp8" else None
+        reason = reason or kernels_unavailable_reason(split_variant(policy)[1], info.device)
         if reason is not None:
             rows.append({**row, "pass": f"not run: {reason}"})
             continue
@@ -470,6 +486,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gpt-model", choices=list(ARPG_models), default="ARPG-L")
     parser.add_argument("--precision-policies", default=",".join(PRECISION_POLICIES),
                         help="comma-separated training policies, each trained beside exact")
+    parser.add_argument("--kernels", default="none", help="comma-separated opt-in kernel sets (liger-ce, liger), "
+                        "each trained under the exact policy beside exact")
     parser.add_argument("--sampling-modes", default=",".join(SAMPLING_MODES),
                         help=f"comma-separated, from {', '.join(SAMPLING_MODES)}; or none (training only)")
     parser.add_argument("--vocab-size", type=int, default=16384)

@@ -71,9 +71,9 @@ def test_policy_list_and_table():
                                       {**row, "policy": "bf16", "img_s": 1000.0},
                                       {**row, "policy": "fp8", "skipped": "needs a CUDA GPU (this run is on cpu)"}],
                                      peak=1000.0)
-    assert lines[2] == "| ARPG-L | 128 | fsdp | exact | 800 | 1.00x | 30.0 | 80.0% |"
-    assert lines[3] == "| ARPG-L | 128 | fsdp | bf16 | 1000 | 1.25x | 30.0 | 100.0% |"
-    assert lines[4] == "| ARPG-L | 128 | fsdp | fp8 | not run: needs a CUDA GPU (this run is on cpu) | - | - | - |"
+    assert lines[2] == "| ARPG-L | 128 | fsdp | exact | none | 800 | 1.00x | 30.0 | 80.0% |"
+    assert lines[3] == "| ARPG-L | 128 | fsdp | bf16 | none | 1000 | 1.25x | 30.0 | 100.0% |"
+    assert lines[4] == "| ARPG-L | 128 | fsdp | fp8 | none | not run: needs a CUDA GPU (this run is on cpu) | - | - | - |"
 
 
 def test_kernel_names_fall_into_kinds():

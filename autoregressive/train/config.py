@@ -5,6 +5,7 @@ from typing import List, Optional
 import torch
 
 from autoregressive.models.arpg import ARPG_models
+from autoregressive.train.kernels import check_kernels
 from autoregressive.train.precision import check_policy
 from autoregressive.utils.cli import UserError, check_at_least
 
@@ -40,6 +41,7 @@ class TrainConfig:
     chunked_loss: bool = True  # cross-entropy chunk by chunk, never keeping the (B, N, V) float32 logits
     mixed_precision: str = "bf16"  # on CUDA: autocast dtype ('none', 'bf16', 'fp16')
     precision_policy: str = "exact"  # 'exact', or opt-in 'bf16' / 'fp8' (see autoregressive/train/precision.py)
+    kernels: str = "none"  # 'none', or opt-in Liger kernels 'liger-ce' / 'liger' (see autoregressive/train/kernels.py)
     ckpt_every: int = 5000
     log_every: int = 100
     num_workers: int = 24
@@ -65,6 +67,7 @@ class TrainConfig:
         if self.data_parallel not in ("ddp", "fsdp"):
             raise UserError(f"--data-parallel must be ddp or fsdp, got {self.data_parallel!r}")
         check_policy(self.precision_policy, self.data_parallel, self.grad_checkpointing)
+        check_kernels(self.kernels)
         if not 0.0 <= self.activation_memory_budget <= 1.0:
             raise UserError(f"--activation-memory-budget must be in [0, 1], got {self.activation_memory_budget}")
         if not 0.0 <= self.drop_path_rate < 1.0:
