@@ -77,7 +77,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision-policy", choices=list(PRECISION_POLICIES), default=d.precision_policy,
                         help="exact: the released numerics (float32 weights and residual stream, bf16 autocast); "
                              "opt-in bf16: bf16 compute weights over float32 master weights (DDP or FSDP; with "
-                             "--grad-checkpointing, FSDP only); fp8: torchao float8 matmuls (CUDA sm89+). Checkpoints hold float32 weights")
+                             "--grad-checkpointing, FSDP only); fp8 / fp8-rowwise: torchao float8 matmuls, scaled per tensor / per row (CUDA sm89+). Checkpoints hold float32 weights")
     parser.add_argument("--kernels", choices=list(KERNEL_SETS), default=d.kernels,
                         help="opt-in Liger-Kernel kernels (CUDA, pip install liger-kernel): liger-ce: fused head and "
                              "cross-entropy; liger: also RMSNorm and SwiGLU (docs/numerics.md)")

@@ -239,7 +239,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-models", nargs="*", default=["ARPG-L"], choices=list(ARPG_models))
     parser.add_argument("--train-batch", type=int, default=128, help="per GPU")
     parser.add_argument("--precision-policies", default="exact", help="comma-separated training policies of ours "
-                        "(exact always): exact, bf16, fp8")
+                        "(exact always): exact, bf16, fp8, fp8-rowwise")
     parser.add_argument("--kernels", default="none", help="comma-separated kernel sets of ours (none always): none, "
                         "liger-ce, liger; every policy runs under each")
     parser.add_argument("--sample-models", nargs="*", default=["ARPG-L"], choices=list(ARPG_models))

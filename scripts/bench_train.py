@@ -36,7 +36,7 @@ from autoregressive.train.config import TrainConfig, build_model
 from autoregressive.train.kernels import kernels_unavailable_reason, parse_kernel_list
 from autoregressive.train.loop import Trainer
 from autoregressive.train.parallel import set_activation_memory_budget
-from autoregressive.train.precision import check_policy, fp8_unavailable_reason, parse_policy_list
+from autoregressive.train.precision import FLOAT8_RECIPES, check_policy, fp8_unavailable_reason, parse_policy_list
 from autoregressive.utils.cli import UserError, check_at_least, run_main
 from autoregressive.utils.device import enable_tf32, synchronize
 from autoregressive.utils.dist import DistInfo, cleanup, init_distributed, init_one_process_group
@@ -73,7 +73,7 @@ def unavailable_reason(policy: str, mode: str, device: torch.device, grad_checkp
         check_policy(policy, mode, grad_checkpointing)
     except ValueError as error:
         return str(error)
-    reason = fp8_unavailable_reason(device) if policy == "fp8" else None
+    reason = fp8_unavailable_reason(device) if policy in FLOAT8_RECIPES else None
     return reason or kernels_unavailable_reason(kernels, device)
 
 
@@ -265,7 +265,7 @@ def main(argv=None):
     parser.add_argument("--batch-sizes", default="128", help="comma-separated batch sizes per GPU")
     parser.add_argument("--modes", default="ddp", help="comma-separated: ddp, fsdp")
     parser.add_argument("--precision-policies", default="exact",
-                        help="comma-separated: exact, bf16, fp8 (torchao, sm89+); each is timed "
+                        help="comma-separated: exact, bf16, fp8, fp8-rowwise (torchao, sm89+); each is timed "
                              "beside exact, repetitions interleaved")
     parser.add_argument("--kernels", default="none",
                         help="comma-separated kernel sets (none, liger-ce, liger: Liger-Kernel, opt-in); every "

@@ -59,7 +59,7 @@ from autoregressive.train.config import TrainConfig, build_model
 from autoregressive.train.loop import Trainer
 from autoregressive.train.optim import learning_rate_at, set_learning_rate
 from autoregressive.train.kernels import kernels_unavailable_reason, parse_kernel_list
-from autoregressive.train.precision import PRECISION_POLICIES, fp8_unavailable_reason, parse_policy_list
+from autoregressive.train.precision import FLOAT8_RECIPES, PRECISION_POLICIES, fp8_unavailable_reason, parse_policy_list
 from autoregressive.utils.cli import UserError, check_at_least, run_main
 from autoregressive.utils.dist import DistInfo, cleanup, free_port, init_distributed, init_one_process_group
 
@@ -347,7 +347,7 @@ def run_training(args, info: DistInfo, dataset: PrototypeCodes, held_out, runs: 
     rows, curves, exact_model = [], {}, None
     for name, policy, seed in runs:
         row = {"run": name, "seed": seed}
-        reason = fp8_unavailable_reason(info.device) if policy == "fp8" else None
+        reason = fp8_unavailable_reason(info.device) if split_variant(policy)[0] in FLOAT8_RECIPES else None
         reason = reason or kernels_unavailable_reason(split_variant(policy)[1], info.device)
         if reason is not None:
             rows.append({**row, "pass": f"not run: {reason}"})
