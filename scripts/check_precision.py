@@ -57,7 +57,6 @@ from autoregressive.fast_generate import eager_rounding, fusion, reference_sampl
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.train.config import TrainConfig, build_model
 from autoregressive.train.loop import Trainer
-from autoregressive.train.optim import learning_rate_at, set_learning_rate
 from autoregressive.train.kernels import kernels_unavailable_reason, parse_kernel_list
 from autoregressive.train.precision import FLOAT8_RECIPES, PRECISION_POLICIES, fp8_unavailable_reason, parse_policy_list
 from autoregressive.utils.cli import UserError, check_at_least, run_main
@@ -241,22 +240,10 @@ def policy_config(args, variant: str, seed: int) -> TrainConfig:
 
 
 def train_policy(cfg: TrainConfig, info: DistInfo, dataset, steps: int):
-    """`steps` optimizer steps of Trainer.optimizer_step, seeded as train_c2i.py seeds a run; returns the
-    trainer and the loss of every step."""
-    torch.manual_seed(cfg.global_seed * info.world_size + info.rank)  # token orders and dropout
+    """`steps` optimizer steps of train_c2i.py's iteration (Trainer.steps); returns the trainer and the
+    loss of every step."""
     trainer = Trainer(cfg, info, dataset)
-    losses, epoch = [], 0
-    while len(losses) < steps:
-        trainer.sampler.set_epoch(epoch)
-        batches = iter(trainer.loader)
-        for index in range(min(trainer.steps_per_epoch, steps - len(losses))):
-            set_learning_rate(trainer.optimizer, learning_rate_at(epoch + index / trainer.steps_per_epoch, cfg.lr,
-                                                                  cfg.min_lr, cfg.warmup_epochs, cfg.epochs,
-                                                                  cfg.lr_schedule))
-            micro_batches = [next(batches) for _ in range(cfg.gradient_accumulation_steps)]
-            losses.append(trainer.optimizer_step(micro_batches).item())
-        epoch += 1
-    return trainer, losses
+    return trainer, [loss.item() for loss, _ in trainer.steps(steps)]
 
 
 def float32_copy(cfg: TrainConfig, trained: torch.nn.Module, device: torch.device) -> torch.nn.Module:

@@ -79,3 +79,23 @@ def test_latest_checkpoint_takes_files_and_complete_sharded_folders(tmp_path):
     (folder / "0000040").mkdir()  # no trainer.pt: incomplete
     (folder / "0000050.tmp123.pt").write_bytes(b"")
     assert latest_checkpoint(str(tmp_path)).endswith("0000020")
+
+
+def test_trainer_steps_cross_epochs_with_the_schedule_and_continue_where_they_stopped():
+    from autoregressive.train.config import TrainConfig
+    from autoregressive.train.loop import Trainer
+    from autoregressive.utils.dist import init_distributed
+
+    codes, labels = torch.randint(0, 32, (12, 16)), torch.arange(12) % 5
+    dataset = torch.utils.data.TensorDataset(codes, labels)
+    cfg = TrainConfig(code_path="", gpt_model="ARPG-tiny", vocab_size=32, num_classes=5, image_size=4,
+                      downsample_size=1, global_batch_size=4, gradient_accumulation_steps=2, epochs=2,
+                      warmup_epochs=1, lr=1e-3, min_lr=0.0, num_workers=0, device="cpu")
+    info = init_distributed("cpu")
+    whole = Trainer(cfg, info, dataset)  # 3 steps an epoch, 2 micro-batches of 2 each
+    straight = [(loss.item(), lr) for loss, lr in whole.steps(5)]
+    assert [lr for _, lr in straight] == [learning_rate_at(step / 3, 1e-3, 0.0, 1, 2, "cosine") for step in range(5)]
+    assert (whole.progress.step, whole.progress.epoch, whole.progress.batch_in_epoch) == (5, 1, 2)
+    parts = Trainer(cfg, info, dataset)
+    stopped = [(loss.item(), lr) for loss, lr in parts.steps(2)] + [(loss.item(), lr) for loss, lr in parts.steps(5)]
+    assert stopped == straight

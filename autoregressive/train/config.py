@@ -1,67 +1,117 @@
-"""The training configuration: one typed place for every setting and its default."""
+"""The training configuration: one typed place for every setting, its default and its command-line flag."""
+import argparse
+import dataclasses
+import operator
+import typing
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 
 from autoregressive.models.arpg import ARPG_models
-from autoregressive.train.kernels import check_kernels
-from autoregressive.train.precision import check_policy
+from autoregressive.train.kernels import KERNEL_SETS, check_kernels
+from autoregressive.train.precision import PRECISION_POLICIES, check_policy
 from autoregressive.utils.cli import UserError, check_at_least
+
+
+def option(default=dataclasses.MISSING, *, flags=None, combine=None, default_factory=dataclasses.MISSING,
+           **argparse_options):
+    """A TrainConfig field with its command line: one flag named after the field (gpt_model -> --gpt-model)
+    taking `argparse_options`, or `flags`, (name, options) pairs whose parsed values `combine` turns into
+    the field's value. Flag defaults, types and the config built from the flags all come from the field, so
+    a new setting is written once."""
+    metadata = {"options": argparse_options, "flags": flags, "combine": combine}
+    return field(default=default, default_factory=default_factory, metadata=metadata)
 
 
 @dataclass
 class TrainConfig:
-    code_path: str
-    gpt_model: str = "ARPG-L"
-    dataset: str = "imagenet_code"
-    results_dir: str = "results"
-    epochs: int = 300
-    max_steps: Optional[int] = None  # stop after this many optimizer steps (the schedule still follows epochs)
-    global_batch_size: int = 256
-    gradient_accumulation_steps: int = 1
-    lr: float = 1e-4
-    min_lr: float = 1e-5
-    warmup_epochs: float = 100
-    lr_schedule: str = "cosine"
-    weight_decay: float = 5e-2
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
-    max_grad_norm: float = 1.0
-    ema: bool = False
+    code_path: str = option(required=True, help="folder of code files (see --dataset)")
+    gpt_model: str = option("ARPG-L", choices=list(ARPG_models))
+    dataset: str = option("imagenet_code", choices=["imagenet_code", "llamagen_code", "digits"],
+                          help="imagenet_code: RandAR layout {class}/{i}.npy; llamagen_code: *_codes/ + *_labels/; "
+                               "digits: the embedded demo set (python -m dataset.digits)")
+    results_dir: str = option("results")
+    epochs: int = option(300)
+    max_steps: Optional[int] = option(None, help="stop after this many optimizer steps")  # the LR still follows epochs
+    global_batch_size: int = option(256)
+    gradient_accumulation_steps: int = option(1)
+    lr: float = option(1e-4)
+    min_lr: float = option(1e-5)
+    warmup_epochs: float = option(100)
+    lr_schedule: str = option("cosine", choices=["cosine", "constant"])
+    weight_decay: float = option(5e-2)
+    betas: List[float] = option(default_factory=lambda: [0.9, 0.95], flags=(("--beta1", {}), ("--beta2", {})),
+                                combine=lambda *betas: list(betas))
+    max_grad_norm: float = option(1.0, help="0 disables clipping")
+    ema: bool = option(False, action="store_true", help="keep an EMA of the weights (decay 0.9999)")
     ema_decay: float = 0.9999
-    dropout_p: float = 0.1
-    token_dropout_p: float = 0.1
-    drop_path_rate: float = 0.0  # stochastic depth of the last layer (timm's DropPath); > 0 sets dropout_p to 0
-    compile: bool = True
+    dropout_p: float = option(0.1, help="residual and FFN dropout")
+    token_dropout_p: float = option(0.1, help="input token dropout")
+    drop_path_rate: float = option(0.0, help="stochastic depth, rising linearly over the layers to this rate; > 0 "
+                                             "turns --dropout-p off")
+    compile: bool = option(True, flags=(("--no-compile", dict(action="store_true", help="do not torch.compile the "
+                                                              "model (CUDA only)")),), combine=operator.not_)
     # Compiled step: below 1, compile's partitioner recomputes cheap ops in the backward pass instead of
     # keeping their outputs (ARPG-L batch 128 on an H100: 0.75 gave 26.8 GiB at 779 img/s, vs 34.8 / 830).
-    activation_memory_budget: float = 1.0
-    grad_checkpointing: str = "none"  # layers recomputed in the backward pass: none, all, self, cross or a number
-    data_parallel: str = "ddp"  # 'ddp' (replicated) or 'fsdp' (sharded parameters, gradients, optimizer state)
-    chunked_loss: bool = True  # cross-entropy chunk by chunk, never keeping the (B, N, V) float32 logits
-    mixed_precision: str = "bf16"  # on CUDA: autocast dtype ('none', 'bf16', 'fp16')
-    precision_policy: str = "exact"  # 'exact', or opt-in 'bf16' / 'fp8' (see autoregressive/train/precision.py)
-    kernels: str = "none"  # 'none', or opt-in Liger kernels 'liger-ce' / 'liger' (see autoregressive/train/kernels.py)
-    ckpt_every: int = 5000
-    log_every: int = 100
-    num_workers: int = 24
-    global_seed: int = 0
-    deterministic: bool = False  # deterministic kernels: bitwise-repeatable GPU runs (and resumes), slower
-    vocab_size: int = 16384
-    num_classes: int = 1000
-    image_size: int = 256
-    downsample_size: int = 16
-    cls_token_num: int = 1
+    activation_memory_budget: float = option(
+        1.0, metavar="FRACTION", help="compiled step on CUDA: below 1, recompute cheap ops in the backward pass to "
+        "keep less activation memory (ARPG-L batch 128: 0.75 = 26.8 GiB, 6%% slower)")
+    grad_checkpointing: str = option(
+        "none", nargs="?", const="all", metavar="LAYERS", help="recompute layers in the backward pass (less "
+        "activation memory): bare or 'all', 'self', 'cross' (one layer kind), or a number n (the first n layers)")
+    data_parallel: str = option("ddp", choices=["ddp", "fsdp"],
+                                help="ddp: every GPU holds the model; fsdp: parameters, gradients and optimizer state "
+                                     "sharded over GPUs (FSDP2), checkpoints sharded (python -m "
+                                     "scripts.convert_checkpoint)")
+    chunked_loss: bool = option(True, action=argparse.BooleanOptionalAction,
+                                help="cross-entropy chunk by chunk without keeping the float32 logits: the same loss "
+                                     "and speed, 4 GiB less for ARPG-L at batch 128 (on by default)")
+    mixed_precision: str = option("bf16", choices=["none", "fp16", "bf16"])  # on CUDA: the autocast dtype
+    precision_policy: str = option(
+        "exact", choices=list(PRECISION_POLICIES),
+        help="exact: the released numerics (float32 weights and residual stream, bf16 autocast); opt-in bf16: bf16 "
+             "compute weights over float32 master weights (DDP or FSDP; with --grad-checkpointing, FSDP only); fp8 / "
+             "fp8-rowwise: torchao float8 matmuls, scaled per tensor / per row (CUDA sm89+). Checkpoints hold float32 "
+             "weights")
+    kernels: str = option("none", choices=list(KERNEL_SETS),
+                          help="opt-in Liger-Kernel kernels (CUDA, pip install liger-kernel): liger-ce: fused head and "
+                               "cross-entropy; liger: also RMSNorm and SwiGLU (docs/numerics.md)")
+    ckpt_every: int = option(5000)
+    log_every: int = option(100)
+    num_workers: int = option(24)
+    global_seed: int = option(0)
+    deterministic: bool = option(False, action="store_true",
+                                 help="deterministic kernels: two runs (or a run and its resume) from one seed give "
+                                      "the same losses to the bit on the same GPUs and build, at some speed cost")
+    vocab_size: int = option(16384)
+    num_classes: int = option(1000)
+    image_size: int = option(256)
+    downsample_size: int = option(16)
+    cls_token_num: int = option(1)
     # Controllable generation: condition maps beside the codes (dataset/conditions.py); the vocabulary
     # size comes from the folder's condition.json (0 = a class-only model).
-    condition_path: Optional[str] = None
+    condition_path: Optional[str] = option(
+        None, help="controllable generation: condition maps beside the codes (python -m dataset.digits writes "
+                   "{split}_shape/, extract_conditions_c2i.py edge maps); sizes the condition table")
     condition_vocab_size: int = 0
-    condition_dropout_prob: float = 0.1
-    init_from: Optional[str] = None  # start from these weights (fine-tuning; see train/finetune.py)
-    resume: Optional[str] = None  # 'latest', a checkpoint file or a run folder
-    wandb: bool = False
-    num_threads: Optional[int] = None
-    device: str = "auto"
+    condition_dropout_prob: float = option(
+        0.1, flags=(("--condition-dropout-p", dict(help="condition map dropped to 'no condition' for guidance (also "
+                                                        "with every dropped class)")),))
+    init_from: Optional[str] = option(
+        None, help="start from these weights with a fresh optimizer (fine-tuning); a class-only checkpoint for a "
+                   "--condition-path run loads strictly plus fresh condition parameters")
+    # The official flag --gpt-ckpt names the checkpoint to resume; --resume also finds the latest one.
+    resume: Optional[str] = option(
+        None, flags=(("--gpt-ckpt", dict(help="resume from this checkpoint (the official flag)")),
+                     ("--resume", dict(nargs="?", const="latest",
+                                       help="resume: bare = latest checkpoint of the newest run of --gpt-model in "
+                                            "--results-dir (a new run if there is none); or a checkpoint file or "
+                                            "run folder"))),
+        combine=lambda gpt_ckpt, resume: gpt_ckpt or resume)
+    wandb: bool = option(False, action="store_true", help="log to Weights & Biases (off by default)")
+    num_threads: Optional[int] = option(None, help="torch CPU threads (matters on small CPUs)")
+    device: str = option("auto", choices=["auto", "cuda", "cpu"])
 
     def __post_init__(self):
         if self.data_parallel not in ("ddp", "fsdp"):
@@ -116,3 +166,50 @@ def build_model(cfg: TrainConfig) -> torch.nn.Module:
                                       grad_checkpointing=cfg.grad_checkpointing, drop_path_rate=cfg.drop_path_rate,
                                       drop_path_layer=drop_path_layer, condition_vocab_size=cfg.condition_vocab_size,
                                       condition_dropout_prob=cfg.condition_dropout_prob)
+
+
+def field_flags(config_field: dataclasses.Field) -> List[Tuple[str, dict]]:
+    """The (flag, argparse options) pairs of a TrainConfig field; none for a field set only in code."""
+    if "options" not in config_field.metadata:
+        return []
+    flag = "--" + config_field.name.replace("_", "-")
+    return list(config_field.metadata["flags"] or [(flag, config_field.metadata["options"])])
+
+
+def flag_dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def flag_type(annotation):
+    """int or float for a numeric field (Optional[int] and List[float] included); None (strings) otherwise."""
+    inner = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+    base = inner[0] if inner else annotation
+    return base if base in (int, float) else None
+
+
+def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add every TrainConfig flag to `parser`, defaulting to the dataclass defaults (a list default gives one
+    value to each of its flags). Read them back with train_config_from_args."""
+    for config_field in dataclasses.fields(TrainConfig):
+        for index, (flag, options) in enumerate(field_flags(config_field)):
+            options = dict(options)
+            default = (config_field.default_factory() if config_field.default_factory is not dataclasses.MISSING
+                       else config_field.default)
+            if default is not dataclasses.MISSING and options.get("action") != "store_true":
+                options["default"] = default[index] if isinstance(default, list) else default
+            if "action" not in options and flag_type(config_field.type) is not None:
+                options["type"] = flag_type(config_field.type)
+            parser.add_argument(flag, **options)
+    return parser
+
+
+def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig of the flags added by add_train_args (fields without a flag keep their defaults)."""
+    values = {}
+    for config_field in dataclasses.fields(TrainConfig):
+        flags = field_flags(config_field)
+        if flags:
+            given = [getattr(args, flag_dest(flag)) for flag, _ in flags]
+            combine = config_field.metadata["combine"]
+            values[config_field.name] = combine(*given) if combine else given[0]
+    return TrainConfig(**values)

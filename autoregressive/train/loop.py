@@ -4,7 +4,7 @@ import dataclasses
 import glob
 import os
 import time
-from typing import Optional
+from typing import Iterator, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
@@ -66,6 +66,23 @@ def new_run_dir(cfg: TrainConfig, info: DistInfo) -> str:
     return run_dir
 
 
+def check_data_fits(cfg: TrainConfig, world_size: int, dataset) -> None:
+    """What a run of `cfg` on `world_size` processes refuses about `dataset`; train_c2i.py asks before it
+    makes a run folder."""
+    per_step = world_size * cfg.gradient_accumulation_steps
+    if cfg.global_batch_size % per_step:
+        raise UserError(f"--global-batch-size {cfg.global_batch_size} must divide by world size {world_size} x "
+                        f"--gradient-accumulation-steps {cfg.gradient_accumulation_steps}")
+    if len(dataset) < cfg.global_batch_size:
+        raise UserError(f"the dataset ({len(dataset)} samples in {cfg.code_path}) is smaller than one global batch "
+                        f"({cfg.global_batch_size}); lower --global-batch-size")
+    tokens = getattr(dataset, "num_tokens", cfg.block_size)  # code datasets know it; a TensorDataset does not
+    if tokens != cfg.block_size:
+        raise UserError(f"the codes in {cfg.code_path} have {tokens} tokens per image, but --image-size "
+                        f"{cfg.image_size} / --downsample-size {cfg.downsample_size} gives {cfg.block_size}; "
+                        "pass the sizes the codes were extracted with")
+
+
 class Trainer:
     """Holds the model, optimizer, EMA, data and progress of one run."""
 
@@ -73,9 +90,9 @@ class Trainer:
         """model: the weights to start from (scripts/bench_train.py's); by default build_model(cfg) seeded
         with cfg.global_seed."""
         self.cfg, self.info, self.dataset = cfg, info, dataset
-        if cfg.global_batch_size % (info.world_size * cfg.gradient_accumulation_steps):
-            raise UserError(f"--global-batch-size {cfg.global_batch_size} must divide by world size "
-                            f"{info.world_size} x --gradient-accumulation-steps {cfg.gradient_accumulation_steps}")
+        check_data_fits(cfg, info.world_size, dataset)
+        # Per-rank stream (token orders, dropout); restore() replaces it with a checkpoint's saved states.
+        torch.manual_seed(cfg.global_seed * info.world_size + info.rank)
         self.micro_batch = cfg.global_batch_size // (info.world_size * cfg.gradient_accumulation_steps)
         # The same initial weights on every rank (FSDP keeps each rank's shard of its own copy; DDP
         # would broadcast rank 0's), without touching the per-rank random stream.
@@ -106,10 +123,7 @@ class Trainer:
                                  # its own generator: creating an iterator must not draw from the global
                                  # RNG, or a run resumed mid-epoch would drift from an uninterrupted one
                                  generator=torch.Generator().manual_seed(cfg.global_seed))
-        self.steps_per_epoch = len(self.loader) // cfg.gradient_accumulation_steps
-        if self.steps_per_epoch == 0:
-            raise UserError(f"the dataset ({len(dataset)} samples) is smaller than one global batch "
-                            f"({cfg.global_batch_size}); lower --global-batch-size")
+        self.steps_per_epoch = len(self.loader) // cfg.gradient_accumulation_steps  # >= 1: check_data_fits
         self.progress = Progress()
         use_amp = info.device.type == "cuda" and cfg.mixed_precision != "none"
         dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float16
@@ -182,6 +196,34 @@ class Trainer:
             update_ema(self.ema, self.model, cfg.ema_decay)
         return total
 
+    def steps(self, total_steps: int) -> Iterator[Tuple[torch.Tensor, float]]:
+        """Take optimizer steps from the current progress until step `total_steps`, yielding each step's
+        (mean loss, learning rate) once progress counts it: the one training iteration (epoch order, data
+        position, learning rate at the fractional epoch, micro-batches) that train() and
+        scripts/check_precision.py share."""
+        cfg, progress, accum = self.cfg, self.progress, self.cfg.gradient_accumulation_steps
+        while progress.step < total_steps:
+            self.sampler.set_epoch(progress.epoch)
+            if hasattr(self.dataset, "set_epoch"):  # datasets whose augmentation pick follows the epoch
+                self.dataset.set_epoch(progress.epoch)
+            self.sampler.start = progress.batch_in_epoch * accum * self.micro_batch
+            batches = iter(self.loader)
+            while progress.step < total_steps:
+                epoch_float = progress.epoch + progress.batch_in_epoch / self.steps_per_epoch
+                lr = learning_rate_at(epoch_float, cfg.lr, cfg.min_lr, cfg.warmup_epochs, cfg.epochs, cfg.lr_schedule)
+                set_learning_rate(self.optimizer, lr)
+                try:
+                    loss = self.optimizer_step([next(batches) for _ in range(accum)])
+                except torch.cuda.OutOfMemoryError as error:
+                    raise UserError(out_of_memory_advice(cfg, self.micro_batch)) from error
+                progress.step, progress.batch_in_epoch = progress.step + 1, progress.batch_in_epoch + 1
+                end_of_epoch = progress.batch_in_epoch == self.steps_per_epoch
+                if end_of_epoch:
+                    progress.epoch, progress.batch_in_epoch = progress.epoch + 1, 0
+                yield loss, lr
+                if end_of_epoch:
+                    break
+
 
 def train(cfg: TrainConfig, info: DistInfo, dataset, run_dir: str, resume_path: Optional[str]) -> Trainer:
     """Run (or continue) training until cfg.epochs or cfg.max_steps; returns the trainer."""
@@ -200,33 +242,16 @@ def train(cfg: TrainConfig, info: DistInfo, dataset, run_dir: str, resume_path: 
     running, logged_steps, start_time = torch.zeros((), device=info.device), 0, time.time()
     # Closed on the way out, also by an error: the error's line must not land on the bar's line.
     with progress_bar if progress_bar is not None else contextlib.nullcontext():
-        while trainer.progress.step < total_steps:
-            progress, accum = trainer.progress, cfg.gradient_accumulation_steps
-            trainer.sampler.set_epoch(progress.epoch)
-            dataset.set_epoch(progress.epoch)
-            trainer.sampler.start = progress.batch_in_epoch * accum * trainer.micro_batch
-            batches = iter(trainer.loader)
-            while progress.batch_in_epoch < trainer.steps_per_epoch and progress.step < total_steps:
-                epoch_float = progress.epoch + progress.batch_in_epoch / trainer.steps_per_epoch
-                lr = learning_rate_at(epoch_float, cfg.lr, cfg.min_lr, cfg.warmup_epochs, cfg.epochs, cfg.lr_schedule)
-                set_learning_rate(trainer.optimizer, lr)
-                try:
-                    running += trainer.optimizer_step([next(batches) for _ in range(accum)])
-                except torch.cuda.OutOfMemoryError as error:
-                    raise UserError(out_of_memory_advice(cfg, trainer.micro_batch)) from error
-                progress.step, progress.batch_in_epoch, logged_steps = progress.step + 1, progress.batch_in_epoch + 1, logged_steps + 1
-                if progress.batch_in_epoch == trainer.steps_per_epoch:
-                    progress.epoch, progress.batch_in_epoch = progress.epoch + 1, 0
-                if progress_bar is not None:
-                    progress_bar.update(1)
-                if progress.step % cfg.log_every == 0 or progress.step == total_steps:
-                    seconds = time.time() - start_time
-                    log_step(logger, wandb_run, trainer, running / logged_steps, lr, logged_steps * cfg.global_batch_size / seconds)
-                    running, logged_steps, start_time = torch.zeros((), device=info.device), 0, time.time()
-                if progress.step % cfg.ckpt_every == 0 or progress.step == total_steps:
-                    logger.info(f"saved {trainer.save(run_dir)}")
-                if progress.batch_in_epoch == 0:
-                    break
+        for loss, lr in trainer.steps(total_steps):
+            running, logged_steps, step = running + loss, logged_steps + 1, trainer.progress.step
+            if progress_bar is not None:
+                progress_bar.update(1)
+            if step % cfg.log_every == 0 or step == total_steps:
+                seconds = time.time() - start_time
+                log_step(logger, wandb_run, trainer, running / logged_steps, lr, logged_steps * cfg.global_batch_size / seconds)
+                running, logged_steps, start_time = torch.zeros((), device=info.device), 0, time.time()
+            if step % cfg.ckpt_every == 0 or step == total_steps:
+                logger.info(f"saved {trainer.save(run_dir)}")
     return trainer
 
 
