@@ -19,14 +19,12 @@ from torchvision.utils import save_image
 
 from autoregressive import editing
 from autoregressive.fast_generate import make_sampler
-from autoregressive.models.arpg import ARPG_models
-from autoregressive.pretrained import with_checkpoints_fetched
+from autoregressive.model_args import add_model_args, check_model_args, model_from_args
 from autoregressive.render import tokens_to_view
 from autoregressive.sampling import SamplingConfig, add_sampling_args
 from autoregressive.utils.cli import (UserError, check_at_least, check_at_most, check_file, check_image_output,
                                       run_main)
 from autoregressive.utils.device import resolve_device
-from autoregressive.weights import PRECISIONS, add_weights_arg, load_gpt, load_vq
 from dataset.conditions import add_condition_args, check_condition_args, load_condition_map
 
 TASKS = ("inpaint", "outpaint", "class-edit", "expand")
@@ -35,14 +33,7 @@ TASKS = ("inpaint", "outpaint", "class-edit", "expand")
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Zero-shot editing with ARPG.")
     parser.add_argument("--task", choices=TASKS, required=True)
-    parser.add_argument("--gpt-model", choices=list(ARPG_models), default="ARPG-L")
-    parser.add_argument("--gpt-ckpt", default=None,
-                        help="a file, hf://owner/repo/file[@revision], or omitted: the released weights of "
-                             "--gpt-model from the Hugging Face Hub")
-    add_weights_arg(parser)
-    parser.add_argument("--vq-model", default="VQ-16")
-    parser.add_argument("--vq-ckpt", default=None, help="needed for --image and to render ImageNet tokens (a file "
-                        "or hf://...); omitted: the released VQ-16 for ARPG-L/XL/XXL")
+    add_model_args(parser, sizes=False)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--image", help="a picture, ADM centre-cropped to --image-size and encoded")
     source.add_argument("--codes", help="a .npy of (N,) or (g, g) tokens")
@@ -57,7 +48,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out-size", type=int, default=None, help="expand: tokens per side of the new canvas")
     parser.add_argument("--num-samples", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--precision", choices=list(PRECISIONS), default="none")
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     parser.add_argument("--out", default="samples/edit.png")
     add_condition_args(parser)
@@ -66,8 +56,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def check_args(args) -> int:
     """Refuse bad flags before any model is built; returns the condition vocabulary (0: none)."""
-    for flag, path in (("--gpt-ckpt", args.gpt_ckpt), ("--vq-ckpt", args.vq_ckpt), ("--image", args.image),
-                       ("--codes", args.codes), ("--mask-png", args.mask_png)):
+    check_model_args(args)
+    for flag, path in (("--image", args.image), ("--codes", args.codes), ("--mask-png", args.mask_png)):
         check_file(flag, path)
     for flag in ("--num-samples", "--image-size", "--border-width", "--out-size"):
         check_at_least(flag, getattr(args, flag[2:].replace("-", "_")), 1)
@@ -156,12 +146,9 @@ def condition_maps(args, model, device) -> dict:
 def main(args) -> None:
     condition_vocab_size = check_args(args)
     sampling = SamplingConfig.from_args(args)
-    args = with_checkpoints_fetched(args)  # hf:// paths and omitted checkpoints -> local files
     device = resolve_device(args.device)
-    overrides = {"condition_vocab_size": condition_vocab_size} if condition_vocab_size else {}
-    model = load_gpt(args.gpt_model, args.gpt_ckpt, device, args.precision, args.weights, **overrides)
+    model, vq = model_from_args(args, device, condition_vocab_size=condition_vocab_size)
     check_at_most("--step", args.step, model.config.block_size, "the number of tokens of an image")
-    vq = load_vq(args.vq_model, args.vq_ckpt, device) if args.vq_ckpt else None
     tokens, own_label = load_source(args, model, vq, device)
     label = args.class_label if args.class_label is not None else own_label
     if label is None:

@@ -8,39 +8,15 @@ already written, so a killed run resumes.
 """
 import argparse
 import os
-from typing import Callable
-
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torchvision.datasets import ImageFolder
-from torchvision.transforms import functional as TF
 
 from autoregressive.utils.cli import InputNotFound, UserError, check_at_least, check_file, run_main
 from autoregressive.utils.dist import cleanup, init_distributed
 from autoregressive.utils.logger import get_logger
-from dataset.codes import save_npy_atomic
-from dataset.transforms import center_crop_adm, to_model_input
-
-
-def augmentations(image: Image.Image, size: int, ten_crop: bool, crop_range: float):
-    """The views to encode: [centre crop, its flip], or TenCrop of a crop_range-larger centre crop."""
-    if ten_crop:
-        return list(TF.ten_crop(center_crop_adm(image, int(size * crop_range)), size))
-    crop = center_crop_adm(image, size)
-    return [crop, crop.transpose(Image.FLIP_LEFT_RIGHT)]
-
-
-def open_rgb(path: str) -> Image.Image:
-    try:
-        return Image.open(path).convert("RGB")
-    except (UnidentifiedImageError, OSError) as error:
-        raise UserError(f"image {path} is unreadable ({error}); delete or replace it and run again (finished "
-                        "code files are kept)") from error
-
-
-def code_file(code_path: str, label: int, index: int) -> str:
-    return os.path.join(code_path, str(label), f"{index}.npy")
+from dataset.images import extract_views, open_image_folder
+from dataset.transforms import to_model_input
 
 
 @torch.no_grad()
@@ -57,22 +33,6 @@ def extract(vq, folder: ImageFolder, code_path: str, rank: int, world_size: int,
                          image_size, ten_crop, crop_range)
 
 
-def extract_views(encode: Callable[[list], np.ndarray], folder: ImageFolder, out_path: str, rank: int,
-                  world_size: int, image_size: int, ten_crop: bool = False, crop_range: float = 1.1) -> int:
-    """For this rank's share of the folder, write encode(the image's views) as {out_path}/{label}/{index}.npy,
-    skipping files that exist (so a rerun resumes); returns how many files it wrote."""
-    written = 0
-    for index in range(rank, len(folder), world_size):
-        path, label = folder.samples[index]
-        target = code_file(out_path, label, index)
-        if os.path.exists(target):
-            continue
-        views = augmentations(open_rgb(path), image_size, ten_crop, crop_range)
-        save_npy_atomic(target, encode(views))
-        written += 1
-    return written
-
-
 def check_args(args) -> None:
     """Refuse bad flags before the tokenizer is loaded or any code file written."""
     if not os.path.isdir(args.data_path):
@@ -84,13 +44,6 @@ def check_args(args) -> None:
         raise UserError(f"--image-size {args.image_size} must be a multiple of {downsample} ({args.vq_model}'s downsampling)")
     if args.ten_crop and args.crop_range < 1:
         raise UserError(f"--crop-range must be >= 1 (the crop grows by this factor before ten-crop), got {args.crop_range}")
-
-
-def open_image_folder(path: str) -> ImageFolder:
-    try:
-        return ImageFolder(path)
-    except FileNotFoundError as error:  # no class folders, or no images in them
-        raise UserError(f"--data-path {path}: {error}") from error
 
 
 def main(argv=None):

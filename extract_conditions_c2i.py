@@ -18,7 +18,7 @@ from autoregressive.utils.dist import cleanup, init_distributed
 from autoregressive.utils.logger import get_logger
 from dataset.conditions import ConditionInfo, write_condition_info
 from dataset.edges import EDGE_VOCAB_SIZE, image_edge_tokens
-from extract_codes_c2i import extract_views, open_image_folder
+from dataset.images import extract_views, open_image_folder
 
 
 def extract(folder: ImageFolder, condition_path: str, rank: int, world_size: int, image_size: int, grid: int,

@@ -23,16 +23,16 @@ import torch
 from PIL import Image
 
 from autoregressive.fast_generate import make_sampler
-from autoregressive.models.arpg import ARPG_models
+from autoregressive.model_args import add_model_args, check_model_args, model_from_args
 from autoregressive.pretrained import with_checkpoints_fetched
 from autoregressive.render import tokens_to_images
 from autoregressive.sampling import SamplingConfig, add_sampling_args, batch_generator
-from autoregressive.utils.cli import UserError, check_at_least, check_at_most, check_file, run_main
+from autoregressive.utils.cli import RenamedFlag, UserError, check_at_least, check_at_most, run_main
 from autoregressive.utils.device import enable_tf32
 from autoregressive.utils.dist import barrier, check_shared_folder, cleanup, init_distributed
 from autoregressive.utils.files import output_folder, remove_stale_temporaries, write_atomic
 from autoregressive.utils.logger import get_logger
-from autoregressive.weights import PRECISIONS, add_weights_arg, load_gpt, load_vq
+from autoregressive.weights import PRECISIONS
 from dataset.conditions import ConditionFolder, add_condition_args, check_condition_args, load_condition_map
 
 DEFAULT_NUM_SAMPLES = 50000  # ImageNet's val set, the FID reference
@@ -40,33 +40,22 @@ DEFAULT_NUM_SAMPLES = 50000  # ImageNet's val set, the FID reference
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="DDP sampling into PNGs and an ADM .npz.")
-    parser.add_argument("--gpt-model", choices=list(ARPG_models), default="ARPG-L")
-    parser.add_argument("--gpt-ckpt", default=None,
-                        help="a file, hf://owner/repo/file[@revision], or omitted: the released weights of "
-                             "--gpt-model from the Hugging Face Hub")
-    add_weights_arg(parser)
-    parser.add_argument("--cls-token-num", type=int, default=1)
-    parser.add_argument("--precision", choices=list(PRECISIONS), default="bf16", help="weights dtype")
+    add_model_args(parser, precision="bf16")
     parser.add_argument("--compile", action="store_true", default=True,
                         help="decode with CUDA graphs (the fast sampler; default, the official flag's name); "
                              "same tokens as the reference loop")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="decode with the reference loop")
-    parser.add_argument("--fused", action="store_true",
-                        help="also compile the layers: faster (see the README), logits as close to float32 as the "
+    parser.add_argument("--compile-layers", action="store_true",
+                        help="also compile the layers: faster (docs/speed.md), logits as close to float32 as the "
                              "eager layers' but not bitwise equal to them, so samples differ where tokens nearly tie")
-    parser.add_argument("--vq-model", default="VQ-16")
-    parser.add_argument("--vq-ckpt", default=None, help="VQ checkpoint (a file or hf://...); omitted: the released "
-                        "VQ-16 for ARPG-L/XL/XXL; not needed for the digits model")
+    parser.add_argument("--fused", dest="compile_layers", action=RenamedFlag, new_flag="--compile-layers", nargs=0,
+                        const=True)
     parser.add_argument("--vq-precision", choices=list(PRECISIONS), default="none",
                         help="decoder dtype: none = float32 as the official scripts (TF32 on); fp16 is about as "
-                             "close and 1.5x faster; bf16 moves pixels by up to 24 levels")
+                             "close (at most 2 levels of 255) and faster; bf16 moves pixels by up to 24 levels")
     parser.add_argument("--compile-vq", action=argparse.BooleanOptionalAction, default=True,
-                        help="compile the VQ decoder on CUDA (2x faster in float32; about a minute to compile)")
-    parser.add_argument("--codebook-size", type=int, default=None, help="default: the model size's (16384)")
-    parser.add_argument("--image-size", type=int, default=None, help="default: the model size's grid x 16")
+                        help="compile the VQ decoder on CUDA (faster decoding; about a minute to compile)")
     parser.add_argument("--image-size-eval", type=int, default=None, help="resize (bicubic) before saving")
-    parser.add_argument("--downsample-size", type=int, default=16)
-    parser.add_argument("--num-classes", type=int, default=None, help="default: the model size's (1000)")
     parser.add_argument("--sample-dir", default="samples")
     parser.add_argument("--per-proc-batch-size", type=int, default=32)
     parser.add_argument("--num-fid-samples", type=int, default=None,
@@ -98,7 +87,7 @@ def numerics_suffix(args) -> str:
     """Names non-default numerics (weights dtype, KV cache) in the folder name, so such a run never resumes
     into the PNGs of another; the default name stays the official one."""
     parts = [f"-precision-{args.precision}" if args.precision != "bf16" else "",
-             f"-kv-cache-{args.kv_cache}" if args.kv_cache != "model" else ""]
+             f"-kv-cache-{args.kv_cache}" if args.kv_cache != "weights" else ""]
     return "".join(parts)
 
 
@@ -190,19 +179,6 @@ def sample_inputs(args, config) -> SampleInputs:
     return SampleInputs(num_samples, config.num_classes, folder=folder)
 
 
-def model_overrides(args, condition_vocab_size: int) -> dict:
-    overrides = {"cls_token_num": args.cls_token_num}
-    if condition_vocab_size:
-        overrides["condition_vocab_size"] = condition_vocab_size
-    if args.codebook_size:
-        overrides["vocab_size"] = args.codebook_size
-    if args.num_classes:
-        overrides["num_classes"] = args.num_classes
-    if args.image_size:
-        overrides["block_size"] = (args.image_size // args.downsample_size) ** 2
-    return overrides
-
-
 def finish_writes(futures) -> None:
     """Wait for the PNG writes of the previous batch; re-raise the first error."""
     for future in futures:
@@ -211,13 +187,9 @@ def finish_writes(futures) -> None:
 
 def check_args(args) -> int:
     """Refuse bad flags before any model is built or folder made; returns the condition vocabulary."""
-    check_file("--gpt-ckpt", args.gpt_ckpt)
-    check_file("--vq-ckpt", args.vq_ckpt)
-    for flag in ("--per-proc-batch-size", "--num-fid-samples", "--cls-token-num", "--codebook-size",
-                 "--codebook-embed-dim", "--image-size", "--image-size-eval", "--downsample-size", "--num-classes"):
+    check_model_args(args)
+    for flag in ("--per-proc-batch-size", "--num-fid-samples", "--codebook-embed-dim", "--image-size-eval"):
         check_at_least(flag, getattr(args, flag[2:].replace("-", "_")), 1)
-    if args.image_size and args.image_size % args.downsample_size:
-        raise UserError(f"--image-size {args.image_size} is not a multiple of --downsample-size {args.downsample_size}")
     return check_condition_args(args)
 
 
@@ -229,13 +201,10 @@ def main(args) -> None:
     logger = get_logger("arpg.sample", rank=info.rank)
     if info.device.type == "cuda":
         enable_tf32()
-    model = load_gpt(args.gpt_model, args.gpt_ckpt, info.device, args.precision, args.weights,
-                     **model_overrides(args, condition_vocab_size))
+    model, vq = model_from_args(args, info.device, condition_vocab_size=condition_vocab_size,
+                                vq_dtype=PRECISIONS[args.vq_precision], compile_vq=args.compile_vq)
     config = model.config
     inputs = sample_inputs(args, config)
-    vq = None
-    if args.vq_ckpt:
-        vq = load_vq(args.vq_model, args.vq_ckpt, info.device, PRECISIONS[args.vq_precision], args.compile_vq)
     if vq is None and config.vocab_size > 256:
         raise UserError("--vq-ckpt is required to turn image tokens into pixels (LlamaGen's vq_ds16_c2i.pt)")
     scale = args.downsample_size if vq is not None else 1
@@ -243,7 +212,7 @@ def main(args) -> None:
     image_size_eval = args.image_size_eval or image_size
     folder = os.path.join(args.sample_dir, folder_name(args, image_size, image_size_eval))
     check_at_most("--step", args.step, config.block_size, "the number of tokens of an image")
-    sampler = make_sampler(model, use_fast=args.compile, fuse=args.fused)
+    sampler = make_sampler(model, use_fast=args.compile, fuse=args.compile_layers)
     with output_folder(folder):
         if info.is_main:  # before any rank writes: check_shared_folder's collectives wait for it
             removed = remove_stale_temporaries(folder)

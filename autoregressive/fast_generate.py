@@ -35,7 +35,7 @@ def compiled_layer_parts(model, backend: str = "inductor") -> LayerParts:
 def eager_rounding(layer_parts: Optional[LayerParts]):
     """With compiled parts: inductor asked to round where eager ops do (emulate_precision_casts, where
     this torch has it), which brings the fused tokens closer to the eager ones at the same speed (see
-    the README). Compilation happens on the first calls, so they must run inside."""
+    docs/numerics.md). Compilation happens on the first calls, so they must run inside."""
     inductor = torch._inductor.config
     if not layer_parts or not hasattr(inductor, "emulate_precision_casts"):
         return contextlib.nullcontext()

@@ -97,7 +97,8 @@ def with_checkpoints_fetched(args: argparse.Namespace) -> argparse.Namespace:
     if gpt_ckpt is None:
         raise UserError(f"--gpt-ckpt is required: {args.gpt_model} has no released weights "
                          f"(released: {', '.join(name for name in RELEASED if name not in TOKENIZERS)})")
-    vq_ckpt = resolve_checkpoint(args.vq_ckpt, args.vq_model if args.gpt_model in IMAGENET_SIZES else None)
+    vq_model = getattr(args, "vq_model", None)  # scripts without a tokenizer (the digits evaluator) lack both
+    vq_ckpt = resolve_checkpoint(getattr(args, "vq_ckpt", None), vq_model if args.gpt_model in IMAGENET_SIZES else None)
     return argparse.Namespace(**{**vars(args), "gpt_ckpt": gpt_ckpt, "vq_ckpt": vq_ckpt})
 
 

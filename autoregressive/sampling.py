@@ -4,19 +4,21 @@ import argparse
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from autoregressive.utils.cli import UserError
+from autoregressive.kernels.codes import KV_CODES
+from autoregressive.utils.cli import UserError, renamed_note, renamed_values
 
 SAMPLE_SCHEDULES = ("arccos", "cosine")
 CFG_SCHEDULES = ("linear", "constant")
-# How decoding stores keys and values: in the weights' dtype, or as one-byte codes (int8 or e4m3) with a
-# float32 scale per vector (half the bytes that decoding reads; opt-in, scripts/check_precision.py judges
-# their quality).
-KV_CACHE_DTYPES = {"model": None, "int8": torch.int8, "fp8": torch.float8_e4m3fn}
+# How decoding stores keys and values: in the weights' dtype, or as one-byte codes (kernels/codes.py's
+# table: int8, e4m3) with a float32 scale per vector (half the bytes that decoding reads; opt-in,
+# scripts/check_precision.py judges their quality).
+KV_CACHE_DTYPES = {"weights": None, **{name: code.dtype for name, code in KV_CODES.items()}}
+RENAMED_KV_CACHES = {"model": "weights"}  # old --kv-cache values, still accepted with a note
 
 
 @dataclass(frozen=True)
@@ -28,7 +30,7 @@ class SamplingConfig:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
-    kv_cache: str = "model"  # a key of KV_CACHE_DTYPES
+    kv_cache: str = "weights"  # a key of KV_CACHE_DTYPES
 
     # Fields that act only on drawing tokens from the guided logits, outside the network pass; every
     # other field may change the work of a step (see captured_settings).
@@ -50,6 +52,9 @@ class SamplingConfig:
             raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise UserError(f"top_k must be >= 0, got {self.top_k}")
+        if self.kv_cache in RENAMED_KV_CACHES:
+            renamed_note(f"kv_cache={self.kv_cache!r}", f"kv_cache={RENAMED_KV_CACHES[self.kv_cache]!r}")
+            object.__setattr__(self, "kv_cache", RENAMED_KV_CACHES[self.kv_cache])
         if self.kv_cache not in KV_CACHE_DTYPES:
             raise UserError(f"unknown KV cache {self.kv_cache!r} (--kv-cache); choose one of {tuple(KV_CACHE_DTYPES)}")
 
@@ -73,9 +78,11 @@ class SamplingConfig:
         return draw_tokens(logits, self.temperature, self.top_k, self.top_p, generator)
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "SamplingConfig":
-        """The config of the flags added by add_sampling_args."""
-        return cls(**{field: getattr(args, dest) for field, (_, dest, _) in SAMPLING_FLAGS.items()})
+    def from_args(cls, args: argparse.Namespace, **fields) -> "SamplingConfig":
+        """The config of the flags added by add_sampling_args; `fields` set the fields whose flags were skipped
+        (or replace those given)."""
+        given = {field: getattr(args, dest) for field, (_, dest, _) in SAMPLING_FLAGS.items() if hasattr(args, dest)}
+        return cls(**{**given, **fields})
 
 
 # SamplingConfig field -> (flag, argparse dest, help). The flag names are the official scripts'.
@@ -87,26 +94,32 @@ SAMPLING_FLAGS = {
     "temperature": ("--temperature", "temperature", "0 = greedy"),
     "top_k": ("--top-k", "top_k", "0 = no top-k filter"),
     "top_p": ("--top-p", "top_p", "1 = no nucleus filter"),
-    "kv_cache": ("--kv-cache", "kv_cache", "how decoding stores keys and values: model = the weights' dtype, "
+    "kv_cache": ("--kv-cache", "kv_cache", "how decoding stores keys and values: weights = the weights' dtype, "
                  "int8 or fp8 (float8 e4m3) = one-byte codes with a scale per vector (opt-in: half the cache "
-                 "reads, tokens close to, not equal to, model's)"),
+                 "reads, tokens close to, not equal to, weights')"),
 }
 FIELD_CHOICES = {"cfg_schedule": CFG_SCHEDULES, "sample_schedule": SAMPLE_SCHEDULES, "kv_cache": tuple(KV_CACHE_DTYPES)}
 
 
-def add_sampling_args(parser: argparse.ArgumentParser, **defaults) -> argparse.ArgumentParser:
+def add_sampling_args(parser: argparse.ArgumentParser, skip: Sequence[str] = (), **defaults) -> argparse.ArgumentParser:
     """Add the sampling flags (--step, --cfg-scale, --cfg-schedule, --sample-schedule, --temperature,
     --top-k, --top-p, --kv-cache) to `parser`, defaulting to SamplingConfig's defaults; `defaults` overrides them
-    by field name (num_steps=256, say). Read them back with SamplingConfig.from_args."""
+    by field name (num_steps=256, say); `skip` names fields a script sets itself (a sweep's cfg_scale). Read
+    them back with SamplingConfig.from_args."""
     fields = {field.name: field for field in dataclasses.fields(SamplingConfig)}
     unknown = set(defaults) - set(fields)
     if unknown:
         raise TypeError(f"unknown sampling defaults {sorted(unknown)}; SamplingConfig has {sorted(fields)}")
     group = parser.add_argument_group("sampling")
     for name, (flag, dest, help_text) in SAMPLING_FLAGS.items():
+        if name in skip:
+            continue
         default = defaults.get(name, fields[name].default)
         choices = FIELD_CHOICES.get(name)
-        group.add_argument(flag, dest=dest, type=type(fields[name].default), choices=choices, default=default,
+        kind = type(fields[name].default)
+        if name == "kv_cache":
+            kind = renamed_values(flag, RENAMED_KV_CACHES)
+        group.add_argument(flag, dest=dest, type=kind, choices=choices, default=default,
                            help=f"{help_text} (default {default})")
     return parser
 

@@ -172,7 +172,7 @@ def load_gpt(name: str, ckpt: Optional[str], device, precision: str = "none", we
 
 def prepare_vq(vq, device, dtype=torch.float32, compile_decoder: bool = False):
     """Move and cast the VQ tokenizer for decoding; compile its decoder on CUDA if asked. Float32 with
-    TF32 is what the official scripts decode with; the README compares the dtypes."""
+    TF32 is what the official scripts decode with; docs/sampling.md compares the dtypes."""
     vq = vq.to(device=device, dtype=dtype).eval()
     if compile_decoder and torch.device(device).type == "cuda":
         vq.decoder.compile()  # in place: the state dict keeps its names

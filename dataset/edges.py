@@ -59,7 +59,7 @@ def image_edge_tokens(image: Image.Image, grid: int) -> np.ndarray:
 
 def main(argv=None):
     from dataset.transforms import center_crop_adm
-    from extract_codes_c2i import open_rgb
+    from dataset.images import open_rgb
 
     parser = argparse.ArgumentParser(description="An image's Canny edge condition map, for sample_c2i.py --condition-map.")
     parser.add_argument("image")

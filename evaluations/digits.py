@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from autoregressive.utils.cli import check_at_least, check_at_most, check_file, run_main
+from autoregressive.utils.cli import check_at_least, check_at_most, run_main
 from dataset.digits import DIGITS_VOCAB_SIZE, load_digits_split
 from evaluations.c2i import metrics
 
@@ -66,21 +66,18 @@ def main(argv=None):
     import torch
 
     from autoregressive.generate import generate
-    from autoregressive.models.arpg import ARPG_models
+    from autoregressive.model_args import add_model_args, check_model_args, model_from_args
     from autoregressive.sampling import SamplingConfig, add_sampling_args
-    from autoregressive.weights import add_weights_arg, load_gpt
 
     parser = argparse.ArgumentParser(description="Sample a digits model and judge the samples.")
-    parser.add_argument("--gpt-model", default="ARPG-digits", choices=list(ARPG_models))
-    parser.add_argument("--gpt-ckpt", required=True)
-    add_weights_arg(parser)
+    add_model_args(parser, gpt_model="ARPG-digits", vq=False, sizes=False)
     parser.add_argument("--num-samples", type=int, default=1000, help="sample i has class i mod 10")
     parser.add_argument("--seed", type=int, default=0)
     args = add_sampling_args(parser, cfg_scale=2.0, num_steps=16).parse_args(argv)
-    check_file("--gpt-ckpt", args.gpt_ckpt)
+    check_model_args(args)
     check_at_least("--num-samples", args.num_samples, 2)  # a Frechet distance needs a covariance
     sampling = SamplingConfig.from_args(args)
-    model = load_gpt(args.gpt_model, args.gpt_ckpt, "cpu", "none", args.weights)
+    model, _ = model_from_args(args, "cpu")
     labels = torch.arange(args.num_samples) % model.config.num_classes
     check_at_most("--step", args.step, model.config.block_size, "the number of tokens of an image")
     tokens = generate(model, labels, sampling, generator=torch.Generator().manual_seed(args.seed))

@@ -26,8 +26,9 @@ import torch.nn.functional as F
 
 from autoregressive.kernels import decode_attention as attention_kernel
 from autoregressive.kernels import cache_write
+from autoregressive.kernels.codes import KV_CODES
 from autoregressive.models.arpg import ARPG_models
-from autoregressive.models.kv_cache import FP8_DTYPE, quantise
+from autoregressive.models.kv_cache import quantise
 from autoregressive.utils.cli import UserError, run_main
 
 HEAD_DIM = 64
@@ -85,9 +86,8 @@ def bench_size(name: str, batch: int, new_tokens: int, queries: int, keys: int, 
     # a (rows, n, 3, H, d) projection's key slice, strided as SelfAttention.project hands it to the cache
     qkv = torch.randn(rows, new_tokens, 3, heads, HEAD_DIM, device=device, generator=generator, dtype=torch.bfloat16)
     new_keys = qkv[:, :, 1].transpose(1, 2)
-    code_dtypes = {"int8": torch.int8}
-    if attention_kernel.has_fp8(device):
-        code_dtypes["fp8"] = FP8_DTYPE
+    code_dtypes = {kind: code.dtype for kind, code in KV_CODES.items()
+                   if not code.needs_sm89 or attention_kernel.has_fp8(device)}
     bf16_cache = torch.zeros(rows, heads, keys + new_tokens, HEAD_DIM, device=device, dtype=torch.bfloat16)
     scales = torch.zeros(rows, heads, keys + new_tokens, device=device)
     write_bytes = new_keys.numel() * 2

@@ -1,7 +1,7 @@
 """Ours against the official code (github hp-l33/ARPG) in one process: training step and sampling, the
 repetitions of the two interleaved, medians, peak memory. The official model is imported from a copy of
 that repository given by --official-repo (not part of this project; it needs `einops`, and takes
-`transformers` where installed), so the ratios of issue #17's targets are measured in the same run on the
+`transformers` where installed), so the ratios to the official code are measured in the same run on the
 same GPU. Sampling rows give the share of scripts/sampling_floor.py's floor they reach; --profile DIR adds
 one profiled batch per sampling path (scripts/kernel_profile.py's report: where the time above the floor
 goes).
@@ -33,10 +33,10 @@ import torch
 from autoregressive.fast_generate import FastSampler
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.sampling import SamplingConfig
-from autoregressive.utils.cli import InputNotFound, UserError, check_at_least, run_main
+from autoregressive.utils.cli import InputNotFound, RenamedFlag, UserError, check_at_least, run_main
 from autoregressive.utils.device import enable_tf32, resolve_device, synchronize
 from autoregressive.utils.dist import cleanup, init_distributed
-from scripts.bench_sample import alone_peak_gib, build_model, model_bytes, parse_kv_caches, timed
+from scripts.bench_sample import alone_peak_gib, model_bytes, parse_kv_caches, random_model, timed
 from autoregressive.train.kernels import parse_kernel_list
 from autoregressive.train.precision import parse_policy_list
 from scripts.bench_train import PolicyRun, start_run, time_steps, variant_name, warm_up
@@ -120,8 +120,8 @@ def bench_training(official, name: str, batch: int, args, info) -> List[dict]:
     """Official and ours (exact policy, and each other policy and kernel set asked for) on one model and
     batch, repetitions interleaved."""
     runs = [start_official_run(official, name, batch, info.device, not args.no_compile)]
-    for policy in parse_policy_list(args.precision_policies):
-        for kernels in parse_kernel_list(args.kernels):
+    for policy in parse_policy_list(getattr(args, "precision_policies", "exact")):
+        for kernels in parse_kernel_list(getattr(args, "kernels", "none")):
             ours = start_run(name, batch, "ddp", policy, args, info, kernels)
             ours.result["side"] = "ours" if (policy, kernels) == ("exact", "none") else f"ours, {variant_name(ours.result)}"
             runs.append(ours)
@@ -148,13 +148,13 @@ def bench_training(official, name: str, batch: int, args, info) -> List[dict]:
 
 def bench_sampling(official, name: str, batches: List[int], kv_caches: List[str], args, device) -> List[dict]:
     """The official generate() against our fast path (one per KV cache kind) on random bf16 weights."""
-    theirs, ours = build_model(name, device, official.ARPG_models[name]), build_model(name, device)
+    theirs, ours = random_model(name, device, official.ARPG_models[name]), random_model(name, device)
     # CPU: the same steps, uncaptured. fused: the layers' cache-free parts compiled (close to, not equal to, eager).
     # One sampler per cache kind: a sampler keeps the graphs of its last settings only, so one shared sampler
     # would capture its graphs again at every call (it did, in the first GPU run: 34 img/s for L at batch 64).
-    new_sampler = lambda: FastSampler(ours, use_graphs=device.type == "cuda", fuse=args.fused)
+    new_sampler = lambda: FastSampler(ours, use_graphs=device.type == "cuda", fuse=args.compile_layers)
     samplers = {kind: new_sampler() for kind in kv_caches}
-    ours_name = "ours, fused" if args.fused else "ours"
+    ours_name = "ours, compiled layers" if args.compile_layers else "ours"
     rows = []
     for batch in batches:
         labels = torch.arange(batch, device=device) % ours.config.num_classes
@@ -163,7 +163,7 @@ def bench_sampling(official, name: str, batches: List[int], kv_caches: List[str]
         paths: Dict[str, Callable] = {"official": lambda: theirs.generate(
             labels, guidance_scale=args.cfg_scale, cfg_schedule="constant", sample_schedule="arccos",
             num_iter=args.step)}
-        cache_kinds = {"official": "model"}  # each path's cache kind; the official cache is in the weights' dtype
+        cache_kinds = {"official": "weights"}  # each path's cache kind; the official cache is in the weights' dtype
         for kind, sampling in settings.items():
             key = f"{ours_name}, kv-cache {kind}"
             paths[key], cache_kinds[key] = (lambda k, s: lambda: samplers[k].generate(labels, s))(kind, sampling), kind
@@ -182,7 +182,7 @@ def bench_sampling(official, name: str, batches: List[int], kv_caches: List[str]
         peaks = {key: alone_peak_gib(run_fresh, own_bytes) for key, (run_fresh, own_bytes) in fresh.items()}
         for key in paths:
             kind = cache_kinds[key]
-            floor = decoding_work(ours, batch, settings[kind], cache_bytes_each=2 if kind == "model" else 1)
+            floor = decoding_work(ours, batch, settings[kind], cache_bytes_each=2 if kind == "weights" else 1)
             rows.append({"model": name, "batch": batch, "side": key, "img_s": batch / statistics.median(times[key]),
                          "peak_gib": peaks[key],
                          "floor_img_s": batch / floor.seconds})
@@ -244,10 +244,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "liger-ce, liger; every policy runs under each")
     parser.add_argument("--sample-models", nargs="*", default=["ARPG-L"], choices=list(ARPG_models))
     parser.add_argument("--sample-batches", nargs="+", type=int, default=[64, 256])
-    parser.add_argument("--kv-caches", default="model", help="comma-separated KV caches of our path: model "
+    parser.add_argument("--kv-caches", default="weights", help="comma-separated KV caches of our path: weights "
                         "(always), int8, fp8")
-    parser.add_argument("--fused", action="store_true", help="our sampling with the layers compiled (the samplers' "
-                        "--fused; scripts/check_precision.py's bf16-fused mode judges it)")
+    parser.add_argument("--compile-layers", action="store_true", help="our sampling with the layers compiled (the "
+                        "samplers' --compile-layers; scripts/check_precision.py's bf16-compiled-layers mode judges it)")
+    parser.add_argument("--fused", dest="compile_layers", action=RenamedFlag, new_flag="--compile-layers", nargs=0,
+                        const=True)
     parser.add_argument("--profile", metavar="DIR", default=None, help="after the timing, one more batch of every "
                         "sampling path under torch.profiler: kernel time by kind and launches, into DIR")
     parser.add_argument("--step", type=int, default=64)

@@ -7,11 +7,11 @@ timing, the memory it allocates and reserves on top of what the others hold, plu
 weights are not counted). End-to-end adds the VQ-16 decode of the tokens as sample_c2i_ddp.py runs it by
 default (float32 with TF32, decoder compiled; --vq-precision fp16 for the faster one).
 
---kv-caches model,int8,fp8 adds the fast path over a quantised KV cache (--kv-cache int8 / fp8), timed
+--kv-caches weights,int8,fp8 adds the fast path over a quantised KV cache (--kv-cache int8 / fp8), timed
 interleaved with the others (the "KV cache GiB" column is each path's own cache).
 
     python -m scripts.bench_sample --models ARPG-L ARPG-XL ARPG-XXL --batch-sizes 64 256
-    python -m scripts.bench_sample --models ARPG-L --batch-sizes 256 --kv-caches model,int8,fp8
+    python -m scripts.bench_sample --models ARPG-L --batch-sizes 256 --kv-caches weights,int8,fp8
 """
 import argparse
 import dataclasses
@@ -24,11 +24,12 @@ import torch
 
 from autoregressive.fast_generate import FastSampler, make_sampler
 from autoregressive.generate import generate
+from autoregressive.kernels.codes import KV_CODES
 from autoregressive.kernels.decode_attention import has_fp8
 from autoregressive.models.arpg import ARPG_models
-from autoregressive.models.kv_cache import FP8_DTYPE, ScaledCodes, quantise
-from autoregressive.sampling import KV_CACHE_DTYPES, SamplingConfig, add_sampling_args
-from autoregressive.utils.cli import UserError, check_at_least, run_main
+from autoregressive.models.kv_cache import ScaledCodes, quantise
+from autoregressive.sampling import KV_CACHE_DTYPES, RENAMED_KV_CACHES, SamplingConfig, add_sampling_args
+from autoregressive.utils.cli import RenamedFlag, UserError, check_at_least, renamed_values, run_main
 from autoregressive.utils.device import enable_tf32
 from autoregressive.weights import PRECISIONS, prepare_vq
 
@@ -83,7 +84,7 @@ def alone_peak_gib(run_fresh: Callable[[], object], own_bytes: int) -> Optional[
     return peak
 
 
-def build_model(name: str, device, builder=None):
+def random_model(name: str, device, builder=None):
     """Random bf16 weights (seed 0) in eval mode; the head gets random weights too (a zero head, the
     training init, would make every token equally likely). builder: another constructor of `name`'s
     model (the official code's, in scripts/bench_official.py)."""
@@ -138,9 +139,10 @@ def decode_kernel_check(model, device) -> str:
     triton_error = (decode_attention(q, k, v).float() - exact).abs().max()
     sdpa_error = (F.scaled_dot_product_attention(q, k, v).float() - exact).abs().max()
     line = f"decoding attention vs float32: Triton max |diff| {triton_error:.3g}, SDPA bf16 {sdpa_error:.3g}"
-    for kind, dtype in (("int8", torch.int8), ("fp8", FP8_DTYPE)):
-        if dtype == FP8_DTYPE and not has_fp8(q.device):
-            line += "; Triton fp8 KV: not on this GPU (needs sm89+)"
+    for kind, code in KV_CODES.items():
+        dtype = code.dtype
+        if code.needs_sm89 and not has_fp8(q.device):
+            line += f"; Triton {kind} KV: not on this GPU (needs sm89+)"
             continue
         k8, v8 = ScaledCodes(*quantise(cache[0], dtype)), ScaledCodes(*quantise(cache[1], dtype))  # strided like a cache
         k8, v8 = (ScaledCodes(part.data[:, :, :100], part.scale[:, :, :100]) for part in (k8, v8))
@@ -162,14 +164,14 @@ def check_greedy(title: str, key: str, fast: FastSampler, reference, labels, sam
     return tokens
 
 
-def bench_model(name, batch_sizes, sampling, reps, vq, device, fused=False, kv_caches=("model",)):
-    model = build_model(name, device)
+def bench_model(name, batch_sizes, sampling, reps, vq, device, fused=False, kv_caches=("weights",)):
+    model = random_model(name, device)
     fast_key = "fused" if fused else "fast"
     # One fast sampler per cache kind: a sampler keeps the graphs of its last settings only.
     new_sampler = lambda: FastSampler(model, fuse=fused)
     fast = {kind: new_sampler() for kind in kv_caches}
     settings = {kind: dataclasses.replace(sampling, kv_cache=kind) for kind in kv_caches}
-    fast_keys = {kind: fast_key if kind == "model" else f"{fast_key}, {kind} KV" for kind in kv_caches}
+    fast_keys = {kind: fast_key if kind == "weights" else f"{fast_key}, {kind} KV" for kind in kv_caches}
     # The reference loop, with the same fused layers when the fast path has them.
     reference, plain_key = make_sampler(model, use_fast=False, fuse=fused), "plain, fused" if fused else "plain"
     print(f"{name}: {decode_kernel_check(model, device)}", flush=True)
@@ -235,12 +237,12 @@ def bench_model(name, batch_sizes, sampling, reps, vq, device, fused=False, kv_c
 
 
 def parse_kv_caches(text: str):
-    """--kv-caches: cache kinds (SamplingConfig.kv_cache), model first and always (the baseline)."""
-    kinds = [kind for kind in text.split(",") if kind]
+    """--kv-caches: cache kinds (SamplingConfig.kv_cache), weights first and always (the baseline)."""
+    kinds = [renamed_values("--kv-caches", RENAMED_KV_CACHES)(kind) for kind in text.split(",") if kind]
     unknown = [kind for kind in kinds if kind not in KV_CACHE_DTYPES]
     if unknown:
         raise UserError(f"unknown KV cache {', '.join(unknown)} in --kv-caches; choose from {', '.join(KV_CACHE_DTYPES)}")
-    return tuple(dict.fromkeys(["model", *kinds]))
+    return tuple(dict.fromkeys(["weights", *kinds]))
 
 
 def main(argv=None):
@@ -251,18 +253,20 @@ def main(argv=None):
     parser.add_argument("--no-decode", action="store_true", help="tokens only, no VQ decode column")
     parser.add_argument("--vq-precision", choices=list(PRECISIONS), default="none",
                         help="decoder dtype (compiled), as sample_c2i_ddp.py's flag; none = float32 with TF32")
-    parser.add_argument("--fused", action="store_true", help="time the fused fast path (layers compiled: close to, "
-                        "not equal to, the reference loop) instead of the exact one")
-    parser.add_argument("--kv-caches", default="model", help="comma-separated KV cache kinds of the fast path, timed "
+    parser.add_argument("--compile-layers", action="store_true", help="time the fast path with the layers compiled "
+                        "(close to, not equal to, the reference loop) instead of the exact one")
+    parser.add_argument("--fused", dest="compile_layers", action=RenamedFlag, new_flag="--compile-layers", nargs=0,
+                        const=True)
+    parser.add_argument("--kv-caches", default="weights", help="comma-separated KV cache kinds of the fast path, timed "
                         f"side by side (from {', '.join(KV_CACHE_DTYPES)}; model always runs, as the baseline)")
     args = add_sampling_args(parser, cfg_scale=4.5, cfg_schedule="constant").parse_args(argv)
     for flag, values in (("--batch-sizes", args.batch_sizes), ("--step", [args.step]), ("--reps", [args.reps])):
         for value in values:
             check_at_least(flag, value, 1)
     sampling, kv_caches = SamplingConfig.from_args(args), parse_kv_caches(args.kv_caches)
-    if sampling.kv_cache != "model":
-        raise UserError("bench_sample.py compares cache kinds with --kv-caches (model always runs); "
-                        f"drop --kv-cache {sampling.kv_cache} and pass --kv-caches model,{sampling.kv_cache}")
+    if sampling.kv_cache != "weights":
+        raise UserError("bench_sample.py compares cache kinds with --kv-caches (weights always runs); "
+                        f"drop --kv-cache {sampling.kv_cache} and pass --kv-caches weights,{sampling.kv_cache}")
     if not torch.cuda.is_available():
         raise UserError("bench_sample.py times the CUDA paths and needs a CUDA GPU; none is visible")
     device = torch.device("cuda")
@@ -274,7 +278,7 @@ def main(argv=None):
         vq = prepare_vq(VQ_models["VQ-16"](), device, PRECISIONS[args.vq_precision], compile_decoder=True)
     rows = []
     for name in args.models:
-        rows += bench_model(name, args.batch_sizes, sampling, args.reps, vq, device, args.fused, kv_caches)
+        rows += bench_model(name, args.batch_sizes, sampling, args.reps, vq, device, args.compile_layers, kv_caches)
         torch.cuda.empty_cache()  # the model of this size is gone once bench_model returns
         torch._dynamo.reset()  # fused: compiled parts of the last size would count against the recompile limit
     print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, {args.step} steps, "

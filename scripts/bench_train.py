@@ -40,7 +40,8 @@ from autoregressive.train.precision import FLOAT8_RECIPES, check_policy, fp8_una
 from autoregressive.utils.cli import UserError, check_at_least, run_main
 from autoregressive.utils.device import enable_tf32, synchronize
 from autoregressive.utils.dist import DistInfo, cleanup, init_distributed, init_one_process_group
-from scripts.kernel_profile import PEAK_BF16_TFLOPS, profile_calls, report, write_report
+from scripts.bench_common import PEAK_BF16_TFLOPS
+from scripts.kernel_profile import profile_calls, report, write_report
 
 
 def peak_tflops() -> float:

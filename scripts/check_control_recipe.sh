@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The ImageNet controllable-generation recipe (README, "Controllable generation") end to end on made-up data:
+# The ImageNet controllable-generation recipe (docs/controllable.md) end to end on made-up data:
 # images of random shapes in an ImageNet-style folder, random VQ-16 and ARPG weights, so it runs anywhere.
 # Codes and Canny condition maps are extracted from the images, a class-only checkpoint is fine-tuned with
 # --condition-path --init-from, and sample_c2i_ddp.py samples under the val folder's conditions into an .npz.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Multi-GPU measurements on one host (the README's "Several GPUs" tables): random weights and random codes,
+# Multi-GPU measurements on one host (the tables of docs/training.md and docs/reliability.md): random weights and random codes,
 # so it runs anywhere with torchrun and 4 GPUs. Each part prints one summary line per run; the logs are packed into $OUT.
 #   bash scripts/check_multigpu.sh scaling-small   # 1 and 2 GPUs, ARPG-L and ARPG-XXL, DDP and FSDP
 #   bash scripts/check_multigpu.sh scaling-large   # 4 GPUs, the same models and modes (xxl-ddp-4: that one only)

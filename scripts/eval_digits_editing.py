@@ -12,24 +12,23 @@ import dataclasses
 import torch
 
 from autoregressive import editing
-from autoregressive.generate import SamplingConfig, generate
-from autoregressive.sampling import add_sampling_args
-from autoregressive.utils.cli import check_file, run_main
-from autoregressive.weights import add_weights_arg, load_gpt
+from autoregressive.generate import generate
+from autoregressive.model_args import add_model_args, check_model_args, model_from_args
+from autoregressive.sampling import SamplingConfig, add_sampling_args
+from autoregressive.utils.cli import run_main
 from dataset.digits import load_digits_split
 from evaluations.digits import class_accuracy, fit_digit_classifier
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--gpt-ckpt", required=True)
-    add_weights_arg(parser)
+    add_model_args(parser, gpt_model="ARPG-digits", vq=False, sizes=False)
     parser.add_argument("--seed", type=int, default=0)
     args = add_sampling_args(parser, cfg_scale=2.0, num_steps=16).parse_args(argv)
-    check_file("--gpt-ckpt", args.gpt_ckpt)
+    check_model_args(args)
     given = SamplingConfig.from_args(args)  # refuses bad sampling flags before the model and classifier are built
     dropped = dataclasses.replace(given, cfg_scale=0.0, cfg_schedule="constant")
-    model = load_gpt("ARPG-digits", args.gpt_ckpt, "cpu", "none", args.weights)
+    model, _ = model_from_args(args, "cpu")
     classifier = fit_digit_classifier(*load_digits_split("train"))
     images, labels = load_digits_split("val")
     images, labels = torch.from_numpy(images), torch.from_numpy(labels)

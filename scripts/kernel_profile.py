@@ -1,7 +1,8 @@
 """Where a step's time goes: torch.profiler over a few calls of a function, the kernels grouped into kinds
 (matmul, attention, optimizer, communication, copies and casts, fused Triton kernels, other), each kind's
 time per call and share, the GPU's idle share, and the costliest kernels. On the CPU (no kernels) the
-aten ops' self times stand in for kernels, which is what the tests run. Used by bench_train.py --profile.
+aten ops' self times stand in for kernels, which is what the tests run. A helper module (no command line) of
+bench_train.py --profile and bench_official.py.
 """
 import os
 import time
@@ -11,10 +12,6 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from autoregressive.utils.device import synchronize
-
-# Datasheet peaks (SXM parts), the floors' rates: dense bf16 tensor-core TFLOP/s, and H100 HBM3 bandwidth.
-PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
-H100_BYTES_PER_S = 3.35e12
 
 # First match wins; lower-case substrings of CUDA kernel names or, on the CPU, of aten op names.
 KINDS = (

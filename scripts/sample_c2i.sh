@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # 50,000 samples (50 per class) for FID with the released checkpoints, as in the official GETTING_STARTED
-# (arccos, 64 steps: FID about 2.38 / 2.02 / 1.91 for L / XL / XXL at cfg 5.0 / 6.0 / 7.5; the README's
+# (arccos, 64 steps: FID about 2.38 / 2.02 / 1.91 for L / XL / XXL at cfg 5.0 / 6.0 / 7.5; the official README's
 # cosine-schedule table uses cfg 4.5 / 6.0 / 7.5 for 2.44 / 2.10 / 1.94).
 # Several nodes: NNODES, NODE_RANK, MASTER_ADDR (node 0's address), with samples/ on a filesystem all share.
 set -euo pipefail

@@ -9,7 +9,7 @@ Per step of the plan (autoregressive/generate.py's plan_steps, rows = 2 x batch 
 - logits: the head's float32 logits written once and read once (guidance, softmax, the draw).
 These run one after another on one stream, so the floor of a step is the sum of the three. Whatever a
 measured batch takes beyond it is launch gaps, norms, RoPE, SwiGLU, the cache writes, and kernels short
-of the peak rates; the README's "Floors" read the gap.
+of the peak rates; docs/speed.md ("Floors") reads the gap.
 
     python -m scripts.sampling_floor --models ARPG-L ARPG-XL ARPG-XXL --batch-sizes 64 256
     python -m scripts.sampling_floor --measure     # at the rates this GPU reaches, not its datasheet's
@@ -22,11 +22,12 @@ from typing import NamedTuple, Tuple
 import torch
 
 from autoregressive.generate import plan_steps
+from autoregressive.kernels.codes import KV_CODES
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.sampling import SamplingConfig, step_sizes
 from autoregressive.utils.cli import UserError, run_main
 from autoregressive.utils.device import synchronize
-from scripts.kernel_profile import H100_BYTES_PER_S, PEAK_BF16_TFLOPS
+from scripts.bench_common import H100_BYTES_PER_S, PEAK_BF16_TFLOPS
 
 H100_BF16_FLOPS = PEAK_BF16_TFLOPS["H100"] * 1e12
 
@@ -129,7 +130,7 @@ def main(argv=None):
         with torch.device("meta"):
             model = ARPG_models[name]()
         for batch in args.batch_sizes:
-            for cache, cache_bytes_each in (("bf16", 2), ("fp8", 1)):
+            for cache, cache_bytes_each in (("bf16", 2), *((kind, code.dtype.itemsize) for kind, code in KV_CODES.items())):
                 work = decoding_work(model, batch, sampling, flops_per_s, bytes_per_s,
                                      cache_bytes_each=cache_bytes_each)
                 print(f"| {name} | {batch} | {cache} | {1e3 * work.matmul_seconds:.0f} ({work.matmul_flops / 1e12:.0f}) | "

@@ -25,13 +25,13 @@ import numpy as np
 import torch
 
 from autoregressive.fast_generate import make_sampler
-from autoregressive.models.arpg import ARPG_models
+from autoregressive.model_args import add_model_args, check_model_args, model_from_args
+from autoregressive.pretrained import IMAGENET_SIZES
 from autoregressive.render import tokens_to_images
-from autoregressive.sampling import CFG_SCHEDULES, SAMPLE_SCHEDULES, SamplingConfig, batch_generator
+from autoregressive.sampling import CFG_SCHEDULES, SamplingConfig, add_sampling_args, batch_generator
 from autoregressive.utils.cli import UserError, check_at_least, check_at_most, check_file, run_main
 from autoregressive.utils.dist import barrier, cleanup, init_distributed
 from autoregressive.utils.logger import get_logger
-from autoregressive.weights import PRECISIONS, load_gpt, load_vq
 
 
 @dataclass(frozen=True)
@@ -146,50 +146,45 @@ def plot(rows: List[dict], metrics: Tuple[str, ...], best_by: str, path: str, ti
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Sweep the CFG scale: sample, score, CSV and plot.")
-    parser.add_argument("--gpt-model", choices=list(ARPG_models), default="ARPG-L")
-    parser.add_argument("--gpt-ckpt", required=True)
-    parser.add_argument("--precision", choices=list(PRECISIONS), default="bf16", help="weights dtype (CUDA)")
+    add_model_args(parser, precision="bf16", sizes=False)  # --precision: on CUDA; float32 on the CPU
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                         help="the CUDA-graph fast sampler on CUDA (same tokens as the reference loop)")
-    parser.add_argument("--vq-model", default="VQ-16")
-    parser.add_argument("--vq-ckpt", default=None, help="VQ checkpoint; not needed for the digits model")
     parser.add_argument("--ref-batch", default=None, help="ADM reference npz (VIRTUAL_imagenet256_labeled.npz)")
     parser.add_argument("--inception-weights", default=None, help="weights-inception-2015-12-05-6726825d.pth")
     parser.add_argument("--cfg-scales", type=float, nargs="+", default=[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
     parser.add_argument("--cfg-schedules", nargs="+", choices=CFG_SCHEDULES, default=list(CFG_SCHEDULES))
-    parser.add_argument("--sample-schedule", choices=SAMPLE_SCHEDULES, default="arccos")
-    parser.add_argument("--step", type=int, default=64, help="decoding steps")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=0)
-    parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--num-samples", type=int, default=5000, help="per (schedule, scale)")
     parser.add_argument("--per-proc-batch-size", type=int, default=64)
     parser.add_argument("--global-seed", type=int, default=0)
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     parser.add_argument("--out-dir", default="results/sweep")
-    return parser
+    return add_sampling_args(parser, skip=("cfg_scale", "cfg_schedule"))  # swept: --cfg-scales, --cfg-schedules
 
 
 def check_args(args) -> List[SamplingConfig]:
     """Refuse bad flags before any model is built or folder made; -> the sampling settings of every point,
     schedule by schedule."""
-    for flag, path in (("--gpt-ckpt", args.gpt_ckpt), ("--vq-ckpt", args.vq_ckpt), ("--ref-batch", args.ref_batch),
-                       ("--inception-weights", args.inception_weights)):
+    check_model_args(args)
+    for flag, path in (("--ref-batch", args.ref_batch), ("--inception-weights", args.inception_weights)):
         check_file(flag, path)
     check_at_least("--num-samples", args.num_samples, 2)  # a Frechet distance needs a covariance
     check_at_least("--per-proc-batch-size", args.per_proc_batch_size, 1)
     for scale in args.cfg_scales:
         check_at_least("--cfg-scales", scale, 0)  # 0 is the "no class" prediction alone
-    if args.vq_ckpt and not args.ref_batch:
+    if uses_tokenizer(args) and not args.ref_batch:
         raise UserError("scoring images needs --ref-batch (and --inception-weights, or the network to download "
-                        "them; see the README's Evaluation)")
-    return [SamplingConfig(num_steps=args.step, cfg_scale=scale, cfg_schedule=schedule,
-                           sample_schedule=args.sample_schedule, temperature=args.temperature, top_k=args.top_k,
-                           top_p=args.top_p) for schedule in args.cfg_schedules for scale in args.cfg_scales]
+                        "them; see docs/sampling.md)")
+    return [SamplingConfig.from_args(args, cfg_scale=scale, cfg_schedule=schedule)
+            for schedule in args.cfg_schedules for scale in args.cfg_scales]
 
 
-def make_judge(args, config, device) -> Judge:
-    if args.vq_ckpt is None:
+def uses_tokenizer(args) -> bool:
+    """Images are scored (not digits): a --vq-ckpt, or an ImageNet size whose released VQ-16 is fetched."""
+    return args.vq_ckpt is not None or args.gpt_model in IMAGENET_SIZES
+
+
+def make_judge(args, config, vq, device) -> Judge:
+    if vq is None:
         if config.vocab_size > 256:
             raise UserError("--vq-ckpt is required to turn image tokens into pixels (LlamaGen's vq_ds16_c2i.pt)")
         if args.ref_batch is None:
@@ -204,13 +199,12 @@ def main(args) -> List[dict]:
     info = init_distributed(args.device)
     logger = get_logger("arpg.sweep", rank=info.rank)
     precision = args.precision if info.device.type == "cuda" else "none"
-    model = load_gpt(args.gpt_model, args.gpt_ckpt, info.device, precision)
+    model, vq = model_from_args(args, info.device, precision=precision)
     config = model.config
     check_at_most("--step", args.step, config.block_size, "the number of tokens of an image")
-    vq = load_vq(args.vq_model, args.vq_ckpt, info.device) if args.vq_ckpt else None
-    judge = make_judge(args, config, info.device) if info.is_main else None
+    judge = make_judge(args, config, vq, info.device) if info.is_main else None
     os.makedirs(args.out_dir, exist_ok=True)
-    if args.vq_ckpt is None and args.ref_batch is None:
+    if vq is None and args.ref_batch is None:
         render = lambda tokens: tokens.int().cpu().numpy()  # the digits judge reads grey-level tokens
     else:
         render = lambda tokens: tokens_to_images(tokens, config.grid_size, vq, config.vocab_size).numpy()

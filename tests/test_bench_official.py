@@ -48,11 +48,11 @@ def test_the_harness_times_both_sides_and_tabulates_ratios(tmp_path, capsys, mon
     (tmp_path / "models" / "arpg.py").write_text(STAND_IN)
     bench_official.main(["--official-repo", str(tmp_path), "--device", "cpu", "--train-models", "ARPG-tiny",
                          "--train-batch", "2", "--steps", "1", "--reps", "2", "--no-compile", "--sample-models",
-                         "ARPG-tiny", "--sample-batches", "2", "--step", "4", "--kv-caches", "model,fp8",
+                         "ARPG-tiny", "--sample-batches", "2", "--step", "4", "--kv-caches", "weights,fp8",
                          "--profile", str(tmp_path / "profile")])
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| ARPG-tiny |")]
-    sampling_sides = ["official", "ours, kv-cache model", "ours, kv-cache fp8"]
+    sampling_sides = ["official", "ours, kv-cache weights", "ours, kv-cache fp8"]
     # training, then sampling, each as its size ends (kept if a time limit cuts the run short), then the
     # full tables
     assert [row.split(" | ")[2] for row in rows] == ["official", "ours", *sampling_sides] * 2

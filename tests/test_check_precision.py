@@ -1,4 +1,4 @@
-"""scripts/check_precision.py: the synthetic prototype set, the pass rules on hand-made numbers, and one
+"""scripts/check_precision.py and scripts/precision_check/: the synthetic prototype set, the pass rules on hand-made numbers, and one
 small run of the whole check on the CPU (every policy and sampling mode in the tables)."""
 import csv
 import math
@@ -9,7 +9,9 @@ import torch.distributed as dist
 
 from autoregressive.utils.dist import init_distributed
 from scripts import check_precision as check
-from scripts.check_precision import PrototypeCodes
+from scripts.precision_check import data, judge, measure, modes, parallel, run
+from scripts.precision_check import report as files
+from scripts.precision_check.data import PrototypeCodes
 
 
 def test_samples_are_their_prototype_shifted_with_a_fraction_redrawn_and_reproducible():
@@ -31,17 +33,17 @@ def test_samples_are_their_prototype_shifted_with_a_fraction_redrawn_and_reprodu
     assert (fixed[4][0] == fixed.prototypes[1]).float().mean() > 0.65  # in place
     assert fixed.match_share(fixed.prototypes, labels) == 1.0 and fixed.match_share(shifted, labels) == 0.0
     # V = 2, half redrawn: a token keeps its value with 3/4, flips with 1/4
-    assert check.loss_floor(2, 0.5) == pytest.approx(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))
+    assert data.loss_floor(2, 0.5) == pytest.approx(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))
 
 
 def test_the_plateau_is_the_class_code_frequency_entropy():
     # V = 4, 2 codes a class, half redrawn: each own code 1/4 + 1/8, each other code 1/8
-    assert check.plateau_loss(4, 2, 0.5) == pytest.approx(-(2 * 0.375 * math.log(0.375) + 2 * 0.125 * math.log(0.125)))
+    assert data.plateau_loss(4, 2, 0.5) == pytest.approx(-(2 * 0.375 * math.log(0.375) + 2 * 0.125 * math.log(0.125)))
     # where ARPG-L sat on the H100: 7.13 with one code per position, 5.1 with 4 x 4 blocks
-    assert check.plateau_loss(16384, 256, 0.25) == pytest.approx(7.12, abs=0.01)
-    assert check.plateau_loss(16384, 16, 0.25) == pytest.approx(5.07, abs=0.01)
+    assert data.plateau_loss(16384, 256, 0.25) == pytest.approx(7.12, abs=0.01)
+    assert data.plateau_loss(16384, 16, 0.25) == pytest.approx(5.07, abs=0.01)
     args = check.get_args_parser().parse_args([])
-    assert check.learned_below(args) == pytest.approx((5.066 + 2.988) / 2, abs=0.01)
+    assert data.learned_below(args) == pytest.approx((5.066 + 2.988) / 2, abs=0.01)
 
 
 def test_prototypes_of_blocks():
@@ -60,18 +62,18 @@ def test_prototypes_of_blocks():
 
 
 def test_pass_rules_on_hand_made_numbers():
-    assert check.within_noise(0.90, 0.90, 100) and check.within_noise(0.85, 0.90, 100)  # 2 sigma = 0.087 + 0.01
-    assert not check.within_noise(0.70, 0.90, 100)
-    assert check.within_noise(1.0, 1.0, 10) and check.within_noise(0.9, 1.0, 10) and not check.within_noise(0.4, 1.0, 10)
+    assert judge.within_noise(0.90, 0.90, 100) and judge.within_noise(0.85, 0.90, 100)  # 2 sigma = 0.087 + 0.01
+    assert not judge.within_noise(0.70, 0.90, 100)
+    assert judge.within_noise(1.0, 1.0, 10) and judge.within_noise(0.9, 1.0, 10) and not judge.within_noise(0.4, 1.0, 10)
     # training: |loss - exact| <= 2 x run-to-run, and a share within noise
-    assert check.policy_passes(2.09, 2.00, 0.05, 0.9, 0.9, 100)
-    assert not check.policy_passes(2.11, 2.00, 0.05, 0.9, 0.9, 100)
-    assert not check.policy_passes(2.00, 2.00, 0.05, 0.5, 0.9, 100)
+    assert judge.policy_passes(2.09, 2.00, 0.05, 0.9, 0.9, 100)
+    assert not judge.policy_passes(2.11, 2.00, 0.05, 0.9, 0.9, 100)
+    assert not judge.policy_passes(2.00, 2.00, 0.05, 0.5, 0.9, 100)
     # sampling: KL and top-1 disagreement within 2x the yardstick's, and a share within noise
-    assert check.mode_passes(0.0019, 0.981, 0.9, yardstick_kl=0.001, yardstick_top1=0.99, reference_share=0.9, count=100)
-    assert not check.mode_passes(0.0021, 0.98, 0.9, 0.001, 0.99, 0.9, 100)
-    assert not check.mode_passes(0.001, 0.97, 0.9, 0.001, 0.99, 0.9, 100)  # 3% disagreement > 2 x 1%
-    assert not check.mode_passes(0.001, 0.99, 0.6, 0.001, 0.99, 0.9, 100)
+    assert judge.mode_passes(0.0019, 0.981, 0.9, yardstick_kl=0.001, yardstick_top1=0.99, reference_share=0.9, count=100)
+    assert not judge.mode_passes(0.0021, 0.98, 0.9, 0.001, 0.99, 0.9, 100)
+    assert not judge.mode_passes(0.001, 0.97, 0.9, 0.001, 0.99, 0.9, 100)  # 3% disagreement > 2 x 1%
+    assert not judge.mode_passes(0.001, 0.99, 0.6, 0.001, 0.99, 0.9, 100)
 
 
 def test_judging_fills_every_row():
@@ -80,7 +82,7 @@ def test_judging_fills_every_row():
             {"run": "bf16", "held-out loss": 2.08, "match share": 0.88},
             {"run": "bf16-bad", "held-out loss": 2.2, "match share": 0.9},
             {"run": "fp8", "pass": "not run: no GPU"}]
-    check.judge_policies(rows, count=100, learned_below=3.0)
+    judge.judge_policies(rows, count=100, learned_below=3.0)
     assert [row["pass"] for row in rows] == ["reference", "run-to-run difference", "yes", "no", "not run: no GPU"]
     assert rows[2]["vs exact"] == pytest.approx(0.08) and list(rows[2])[-1] == "pass"
     assert [row.get("learned") for row in rows] == ["yes", "yes", "yes", "yes", None]
@@ -88,25 +90,26 @@ def test_judging_fills_every_row():
     rows = [{"run": "exact", "held-out loss": 2.0, "match share": 0.9},
             {"run": "exact, next seed", "held-out loss": 2.05, "match share": 0.9},
             {"run": "bf16", "held-out loss": 5.1, "match share": 0.0}]
-    check.judge_policies(rows, count=100, learned_below=3.0)
+    judge.judge_policies(rows, count=100, learned_below=3.0)
     assert rows[2]["pass"] == "no: did not learn the set"
     rows = [{"run": "exact", "held-out loss": 5.128, "match share": 0.0},  # the H100 run of 2026-11-28
             {"run": "exact, next seed", "held-out loss": 3.621, "match share": 0.77},
             {"run": "bf16", "held-out loss": 4.297, "match share": 0.43}]
-    check.judge_policies(rows, count=160, learned_below=4.03)
+    judge.judge_policies(rows, count=160, learned_below=4.03)
     assert rows[2]["pass"] == "inconclusive: exact did not learn the set"
     assert [row["learned"] for row in rows] == ["no", "yes", "no"]
-    modes = [{"mode": "float32", "KL vs float32": 0.0, "top-1 agreement": 1.0, "match share": 0.9},
+    mode_rows = [{"mode": "float32", "KL vs float32": 0.0, "top-1 agreement": 1.0, "match share": 0.9},
              {"mode": "bf16-autocast", "KL vs float32": 0.001, "top-1 agreement": 0.99, "match share": 0.9},
              {"mode": "bf16", "KL vs float32": 0.003, "top-1 agreement": 0.99, "match share": 0.9}]
-    modes.append({"mode": "fp8-kv", "KL vs float32": 0.005, "top-1 agreement": 0.985, "match share": 0.9})
-    check.judge_modes(modes, count=100)
-    assert [row["pass"] for row in modes] == ["reference", "yes", "no", "yes"]  # fp8-kv: within 2x of bf16's
-    assert [row.get("yardstick") for row in modes] == [None, "bf16-autocast", "bf16-autocast", "bf16"]
-    assert check.parse_modes("fp16") == ["float32", "bf16-autocast", "fp16"]
-    assert check.parse_modes("fp8-kv") == ["float32", "bf16-autocast", "bf16", "fp8-kv"]  # its yardstick first
+    mode_rows.append({"mode": "fp8-kv", "KL vs float32": 0.005, "top-1 agreement": 0.985, "match share": 0.9})
+    judge.judge_modes(mode_rows, count=100)
+    assert [row["pass"] for row in mode_rows] == ["reference", "yes", "no", "yes"]  # fp8-kv: within 2x of bf16's
+    assert [row.get("yardstick") for row in mode_rows] == [None, "bf16-autocast", "bf16-autocast", "bf16"]
+    assert modes.parse_modes("fp16") == ["float32", "bf16-autocast", "fp16"]
+    assert modes.parse_modes("fp8-kv") == ["float32", "bf16-autocast", "bf16", "fp8-kv"]  # its yardstick first
+    assert modes.parse_modes("bf16-fused") == modes.parse_modes("bf16-compiled-layers")  # the old name, with a note
     with pytest.raises(ValueError, match="unknown sampling mode fp4"):
-        check.parse_modes("fp4")
+        modes.parse_modes("fp4")
 
 
 def test_next_token_distributions_are_read_through_the_kv_cache():
@@ -120,25 +123,25 @@ def test_next_token_distributions_are_read_through_the_kv_cache():
     generator = torch.Generator().manual_seed(0)
     codes, labels = torch.randint(0, 32, (6, 16), generator=generator), torch.arange(6) % 5
     orders = torch.rand(6, 16, generator=generator).argsort(1)
-    float32 = check.SAMPLING_MODES["float32"]
-    cached = check.next_token_log_probs(model, float32, codes, labels, orders, num_steps=16)
+    float32 = modes.SAMPLING_MODES["float32"]
+    cached = measure.next_token_log_probs(model, float32, codes, labels, orders, num_steps=16)
     with torch.no_grad():
         forward = torch.log_softmax(model(codes, labels, orders=orders)[0], dim=-1)
     assert cached.shape == (6, 16, 32) and torch.allclose(cached, forward, atol=1e-5)
-    parallel = check.next_token_log_probs(model, float32, codes, labels, orders, num_steps=4)
-    assert 0 < check.compare_to_reference(cached, parallel)[0] < 0.5
+    parallel = measure.next_token_log_probs(model, float32, codes, labels, orders, num_steps=4)
+    assert 0 < measure.compare_to_reference(cached, parallel)[0] < 0.5
     figures = {}
     for name in ("bf16", "int8-kv", "fp8-kv"):
-        mode = check.SAMPLING_MODES[name]
-        figures[name] = check.next_token_log_probs(mode.prepare(build_tiny().float()), mode, codes, labels, orders, 16)
-    kl, top1 = check.compare_to_reference(figures["bf16"], figures["fp8-kv"])
+        mode = modes.SAMPLING_MODES[name]
+        figures[name] = measure.next_token_log_probs(mode.prepare(build_tiny().float()), mode, codes, labels, orders, 16)
+    kl, top1 = measure.compare_to_reference(figures["bf16"], figures["fp8-kv"])
     assert 0 < kl < 0.05 and top1 >= 0.9
-    kl_int8, top1_int8 = check.compare_to_reference(figures["bf16"], figures["int8-kv"])
+    kl_int8, top1_int8 = measure.compare_to_reference(figures["bf16"], figures["int8-kv"])
     assert 0 < kl_int8 < kl / 4 and top1_int8 >= top1
 
 
-def test_the_fused_mode_runs_the_compiled_layer_parts():
-    """bf16-fused reads its distributions through the layers' compiled parts (a counting backend here, which
+def test_the_compiled_layers_mode_runs_the_compiled_layer_parts():
+    """bf16-compiled-layers reads its distributions through the layers' compiled parts (a counting backend here, which
     runs them as traced: the figures equal the bf16 mode's to rounding)."""
     from conftest import build_tiny
 
@@ -154,14 +157,14 @@ def test_the_fused_mode_runs_the_compiled_layer_parts():
     codes, labels = torch.randint(0, 32, (4, 16), generator=generator), torch.arange(4) % 5
     orders = torch.rand(4, 16, generator=generator).argsort(1)
     figures = {}
-    for name in ("bf16", "bf16-fused"):
-        mode = check.SAMPLING_MODES[name]
+    for name in ("bf16", "bf16-compiled-layers"):
+        mode = modes.SAMPLING_MODES[name]
         model = mode.prepare(build_tiny().float())
-        parts = compiled_layer_parts(model, counting_backend) if mode.fused else None
-        figures[name] = check.next_token_log_probs(model, mode, codes, labels, orders, 4, parts)
+        parts = compiled_layer_parts(model, counting_backend) if mode.compile_layers else None
+        figures[name] = measure.next_token_log_probs(model, mode, codes, labels, orders, 4, parts)
     torch._dynamo.reset()
-    assert compiled  # the fused mode went through torch.compile
-    kl, top1 = check.compare_to_reference(figures["bf16"], figures["bf16-fused"])
+    assert compiled  # the compiled-layers mode went through torch.compile
+    kl, top1 = measure.compare_to_reference(figures["bf16"], figures["bf16-compiled-layers"])
     assert kl < 1e-3 and top1 >= 0.95
 
 
@@ -178,12 +181,12 @@ def test_a_small_check_learns_the_set_and_reports_every_policy_and_mode(tmp_path
     args = check.get_args_parser().parse_args(
         ["--gpt-model", "ARPG-digits", "--vocab-size", "32", "--num-classes", "5", "--grid", "4", "--steps", "60",
          "--batch-size", "8", "--lr", "3e-3", "--warmup-steps", "4", "--eval-batch", "16", "--samples-per-class", "4",
-         "--sample-batch", "20", "--num-steps", "4", "--device", "cpu", "--fuse-backend", "aot_eager",
+         "--sample-batch", "20", "--num-steps", "4", "--device", "cpu", "--compile-layers-backend", "aot_eager",
          "--out-dir", str(tmp_path / "out")])
     check.check_args(args)
-    training, sampling, curves = check.run_check(args, init_distributed("cpu"))
+    training, sampling, curves = run.run_check(args, init_distributed("cpu"))
     assert [row["run"] for row in training] == ["exact", "exact, next seed", "bf16", "fp8", "fp8-rowwise"]
-    assert [row["mode"] for row in sampling] == list(check.SAMPLING_MODES)
+    assert [row["mode"] for row in sampling] == list(modes.SAMPLING_MODES)
     exact = curves["exact"]
     assert sum(exact[-10:]) / 10 < sum(exact[:10]) / 10 - 1.0  # the set is learnable
     assert training[0]["held-out loss"] < math.log(32) - 1.0 and training[0]["match share"] >= 0.5
@@ -192,26 +195,26 @@ def test_a_small_check_learns_the_set_and_reports_every_policy_and_mode(tmp_path
     assert sampling[1]["KL vs float32"] > 0  # bf16 autocast moves the distributions a little
     assert all(row["pass"] in ("reference", "yes", "no") for row in sampling)
 
-    check.report(args, training, sampling, curves)
+    files.report(args, training, sampling, curves)
     out = tmp_path / "out"
     assert {path.name for path in out.iterdir()} == {"report.md", "training.csv", "sampling.csv", "losses.png"}
     with open(out / "sampling.csv") as file:
-        assert [row["mode"] for row in csv.DictReader(file)] == list(check.SAMPLING_MODES)
+        assert [row["mode"] for row in csv.DictReader(file)] == list(modes.SAMPLING_MODES)
     assert "| bf16 | 0 |" in (out / "report.md").read_text()
 
 
 def test_training_alone_when_sampling_modes_is_none(tmp_path, one_process_group):
     """--sampling-modes none: the training runs and their table only (a device call too short for both
     runs the two halves apart)."""
-    assert check.parse_modes("none") == []
+    assert modes.parse_modes("none") == []
     args = check.get_args_parser().parse_args(
         ["--gpt-model", "ARPG-digits", "--vocab-size", "32", "--num-classes", "5", "--grid", "4", "--steps", "10",
          "--batch-size", "8", "--lr", "3e-3", "--warmup-steps", "2", "--eval-batch", "8", "--samples-per-class", "2",
          "--sample-batch", "10", "--num-steps", "4", "--device", "cpu", "--precision-policies", "exact",
          "--sampling-modes", "none", "--out-dir", str(tmp_path / "out")])
-    training, sampling, curves = check.run_check(args, init_distributed("cpu"))
+    training, sampling, curves = run.run_check(args, init_distributed("cpu"))
     assert [row["run"] for row in training] == ["exact", "exact, next seed"] and sampling == []
-    check.report(args, training, sampling, curves)
+    files.report(args, training, sampling, curves)
     out = tmp_path / "out"
     assert {path.name for path in out.iterdir()} == {"report.md", "training.csv", "losses.png"}
     assert "Sampling" not in (out / "report.md").read_text()
@@ -229,7 +232,7 @@ def test_parallel_runs_give_the_tables_of_one_process(tmp_path, one_process_grou
         parallel_training = list(csv.DictReader(file))
     with open(tmp_path / "parallel" / "sampling.csv") as file:
         parallel_sampling = list(csv.DictReader(file))
-    training, sampling, _ = check.run_check(check.get_args_parser().parse_args(argv), init_distributed("cpu"))
+    training, sampling, _ = run.run_check(check.get_args_parser().parse_args(argv), init_distributed("cpu"))
     assert [row["run"] for row in parallel_training] == ["exact", "exact, next seed", "bf16"]
     for mine, theirs in zip(parallel_training, training):
         assert float(mine["held-out loss"]) == pytest.approx(theirs["held-out loss"], abs=1e-4)
@@ -240,16 +243,16 @@ def test_parallel_runs_give_the_tables_of_one_process(tmp_path, one_process_grou
 
 
 def test_parallel_children_take_the_parents_visible_gpus():
-    assert check.child_gpus(2, {"CUDA_VISIBLE_DEVICES": "2,3"}) == ["2", "3"]
-    assert check.child_gpus(2, {"CUDA_VISIBLE_DEVICES": "5, 1,7"}) == ["5", "1"]
-    assert check.child_gpus(3, {}) == ["0", "1", "2"]
+    assert parallel.child_gpus(2, {"CUDA_VISIBLE_DEVICES": "2,3"}) == ["2", "3"]
+    assert parallel.child_gpus(2, {"CUDA_VISIBLE_DEVICES": "5, 1,7"}) == ["5", "1"]
+    assert parallel.child_gpus(3, {}) == ["0", "1", "2"]
 
 
 def test_a_failed_exact_run_leaves_the_policies_inconclusive():
     rows = [{"run": "exact", "seed": 0, "pass": "failed: its process exited with code 1 (its output is above)"},
             {"run": "exact, next seed", "held-out loss": 2.05, "match share": 0.9},
             {"run": "bf16", "held-out loss": 2.08, "match share": 0.88}]
-    check.judge_policies(rows, count=100, learned_below=3.0)
+    judge.judge_policies(rows, count=100, learned_below=3.0)
     assert rows[0]["pass"].startswith("failed") and rows[2]["pass"] == "inconclusive: exact did not finish"
 
 

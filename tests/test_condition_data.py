@@ -176,13 +176,12 @@ def test_shape_agreement_counts_pixels_and_iou():
     assert shape_agreement(samples, shapes, region) == {"agreement": 6 / 8, "iou": (1 + 2 / 4) / 2}
 
 
-def test_the_controllable_python_block_of_the_readme_runs(tmp_path):
-    import re
+def test_the_controllable_python_block_of_the_docs_runs(tmp_path):
+    from test_readme import marked_block
 
     from autoregressive.models.arpg import ARPG_models
 
-    text = (ROOT / "README.md").read_text()
-    [block] = re.findall(r"From Python, the condition map.*?```python\n(.*?)```", text, flags=re.S)
+    block = marked_block("control-python")
     torch.save({"model": ARPG_models["ARPG-digits"](condition_vocab_size=2).state_dict()}, tmp_path / "model.pt")
     np.save(tmp_path / "shape.npy", digit_shapes(load_digits_split("val")[0][:1]))
     for old, new in (('"results/digits_shape/000-ARPG-digits/checkpoints/0001200.pt"', repr(str(tmp_path / "model.pt"))),
@@ -190,7 +189,7 @@ def test_the_controllable_python_block_of_the_readme_runs(tmp_path):
         assert old in block, old
         block = block.replace(old, new)
     scope = {}
-    exec(compile(block, "README.md", "exec"), scope)
+    exec(compile(block, "docs/controllable.md", "exec"), scope)
     assert torch.equal(scope["edited"][:, :32], scope["tokens"][:, :32]) and scope["edited"].shape == (2, 64)
 
 

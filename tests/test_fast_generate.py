@@ -123,7 +123,7 @@ def test_each_kv_cache_kind_gets_steps_of_its_own():
     model, condition = build_tiny(), torch.tensor([0, 4, 2])
     sampler = FastSampler(model, use_graphs=False)
     built = []
-    for kv_cache in ("model", "fp8", "fp8", "model"):
+    for kv_cache in ("weights", "fp8", "fp8", "weights"):
         sampling = SamplingConfig(num_steps=5, cfg_scale=3.0, kv_cache=kv_cache)
         fast = sampler.generate(condition, sampling, generator=torch.Generator().manual_seed(2))
         assert torch.equal(fast, generate(model, condition, sampling, generator=torch.Generator().manual_seed(2)))

@@ -1,10 +1,12 @@
-"""The project's own modules import each other without a cycle (read from the source with ast)."""
+"""The project's own modules import each other without a cycle, and only downwards: the library never
+imports an entry script, the web page or scripts/ (read from the source with ast)."""
 import ast
 from pathlib import Path
 from typing import Dict, List, Set
 
 ROOT = Path(__file__).resolve().parents[1]
 SKIPPED = {"tests", "results", "data", "shared"}
+LIBRARY = ("autoregressive", "tokenizer", "dataset", "evaluations")  # the packages; above them: scripts, app, demo
 
 
 def project_modules() -> Dict[str, Path]:
@@ -93,3 +95,30 @@ def test_find_cycle_reports_one():
 def test_no_import_cycle_among_the_project_modules():
     cycle = find_cycle(import_graph())
     assert not cycle, "import cycle: " + " -> ".join(cycle)
+
+
+def layering_violations(graph: Dict[str, Set[str]]) -> List[str]:
+    """'a -> b' for every library module a that imports a module b outside the library packages."""
+    in_library = lambda module: module.split(".")[0] in LIBRARY
+    return sorted(f"{module} -> {target}" for module, targets in graph.items() if in_library(module)
+                  for target in targets if not in_library(target))
+
+
+def test_layering_violations_reports_an_upward_import():
+    graph = {"dataset.edges": {"extract_codes_c2i", "dataset.transforms"}, "scripts.sweep_cfg": {"autoregressive"}}
+    assert layering_violations(graph) == ["dataset.edges -> extract_codes_c2i"]
+
+
+def test_the_library_never_imports_entry_scripts_the_web_page_or_scripts():
+    graph = import_graph()
+    assert "dataset.images" in graph["dataset.edges"]  # the graph sees imports inside functions
+    assert not layering_violations(graph), "imports going up: " + ", ".join(layering_violations(graph))
+
+
+def test_pip_install_makes_every_library_package_importable():
+    """pyproject.toml's package list is the library: `pip install -e .` must install each of its packages."""
+    import re
+
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    included = re.search(r"^include = \[(.*)\]$", text, re.MULTILINE).group(1)
+    assert sorted(name.strip(' "*') for name in included.split(",")) == sorted(LIBRARY)

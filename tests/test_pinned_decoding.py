@@ -1,4 +1,4 @@
-"""Sampled tokens pinned bitwise to those recorded before the decoding refactor of issue #16.
+"""Sampled tokens pinned bitwise to those recorded before the decoding loop was refactored.
 
 The fixture holds the tokens of the reference loop, of `model.generate` and of the fast path (static
 buffers, run eagerly on the CPU) for the tiny model with fixed weights and generator seeds, plus the

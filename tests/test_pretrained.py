@@ -1,7 +1,6 @@
 """Weights by name through huggingface_hub, offline: a Hub cache laid out by the test (models--owner--name/
 snapshots/<commit>/file, refs/main), read by the real huggingface_hub code with HF_HUB_OFFLINE=1."""
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -145,8 +144,8 @@ def test_pipeline_samples_images_from_cached_weights(hub, monkeypatch):
 
 
 def test_the_quick_start_of_the_readme_runs(hub, monkeypatch, tmp_path):
-    [block] = re.findall(r"## Quick start from Python\n\n.*?```python\n(.*?)```", (ROOT / "README.md").read_text(),
-                         flags=re.S)
+    from test_readme import marked_block
+    block = marked_block("quick-start")
     torch.manual_seed(0)
     put_in_cache(hub, "test-owner/tiny", "tiny.pt", {"model": ARPG_models["ARPG-tiny"]().state_dict()})
     put_in_cache(hub, "FoundationVision/LlamaGen", "vq_ds16_c2i.pt", {"model": VQ_models["VQ-16"]().state_dict()})

@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from autoregressive.sampling import CFG_SCHEDULES, SAMPLE_SCHEDULES, SamplingConfig, add_sampling_args
+from autoregressive.sampling import CFG_SCHEDULES, KV_CACHE_DTYPES, SAMPLE_SCHEDULES, SamplingConfig, add_sampling_args
 from autoregressive.utils.cli import UserError
 
 OFFICIAL_DDP = ["--gpt-model", "ARPG-L", "--gpt-ckpt", "arpg_300m.pt", "--vq-ckpt", "vq_ds16_c2i.pt",
@@ -30,14 +30,14 @@ def test_flags_round_trip_every_field_and_take_defaults_by_field_name():
 def test_schedule_choices_come_from_the_tables(capsys):
     parser = add_sampling_args(argparse.ArgumentParser())
     choices = {action.dest: action.choices for action in parser._actions if action.choices}
-    assert choices == {"cfg_schedule": CFG_SCHEDULES, "sample_schedule": SAMPLE_SCHEDULES, "kv_cache": ("model", "int8", "fp8")}
+    assert choices == {"cfg_schedule": CFG_SCHEDULES, "sample_schedule": SAMPLE_SCHEDULES, "kv_cache": ("weights", "int8", "fp8")}
     with pytest.raises(SystemExit):
         parser.parse_args(["--sample-schedule", "bogus"])
     assert "invalid choice: 'bogus'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parser.parse_args(["--kv-cache", "int4"])
     assert "invalid choice: 'int4'" in capsys.readouterr().err
-    with pytest.raises(UserError, match=r"unknown KV cache 'fp4' \(--kv-cache\); choose one of \('model', 'int8', 'fp8'\)"):
+    with pytest.raises(UserError, match=r"unknown KV cache 'fp4' \(--kv-cache\); choose one of \('weights', 'int8', 'fp8'\)"):
         SamplingConfig(kv_cache="fp4")  # the Python API: model.generate(..., kv_cache="fp4")
 
 
@@ -76,3 +76,24 @@ def test_ddp_compatibility_flags_are_accepted_and_said_to_be_ignored():
     assert "ignored" in group.description
     assert {action.dest for action in group._group_actions} == {"gpt_type", "from_fsdp", "codebook_embed_dim"}
     assert "CUDA graphs" in next(action.help for action in parser._actions if action.dest == "compile")
+
+
+def test_every_cache_list_derives_from_the_code_dtype_table():
+    from autoregressive.kernels.codes import KV_CODES
+    from scripts import check_precision
+    from scripts.bench_sample import parse_kv_caches
+
+    assert tuple(KV_CACHE_DTYPES) == ("weights", *KV_CODES)
+    assert {f"{kind}-kv" for kind in KV_CODES} <= set(check_precision.SAMPLING_MODES)
+    assert parse_kv_caches(",".join(KV_CODES)) == ("weights", *KV_CODES)
+    assert {kind: code.code_max for kind, code in KV_CODES.items()} == {"int8": 127.0, "fp8": 448.0}
+
+
+def test_the_old_kv_cache_name_still_works_with_a_note(capsys):
+    parser = add_sampling_args(argparse.ArgumentParser())
+    assert SamplingConfig.from_args(parser.parse_args(["--kv-cache", "model"])).kv_cache == "weights"
+    assert SamplingConfig(kv_cache="model") == SamplingConfig()
+    from scripts.bench_sample import parse_kv_caches
+
+    assert parse_kv_caches("model,int8") == ("weights", "int8")
+    assert capsys.readouterr().err.count("is now") == 3

@@ -33,7 +33,7 @@ def test_cache_reads_and_the_fp8_cache():
     model, sampling = meta_model("ARPG-L"), SamplingConfig(num_steps=64, cfg_scale=4.5, cfg_schedule="constant")
     bf16 = sampling_floor.decoding_work(model, 256, sampling)
     fp8 = sampling_floor.decoding_work(model, 256, sampling, cache_bytes_each=1)
-    assert round(bf16.cache_bytes / 1e9, 1) == 298.5  # the README's figure for ARPG-L at batch 256
+    assert round(bf16.cache_bytes / 1e9, 1) == 298.5  # docs/speed.md's floor table: 298 GB for ARPG-L at batch 256
     config = model.config
     # codes are half the bytes; each vector adds one float32 scale per head
     assert fp8.cache_bytes == bf16.cache_bytes / 2 * (1 + 4 * config.n_head / config.dim)

@@ -2,12 +2,12 @@
 
 The eager form (autoregressive/models/kv_cache.py's quantise, then two slice copies) is about ten
 small kernels per tensor; a decoding step writes a key and a value tensor into every layer set, so an
-FP8 cache added some 500 launches a step to ARPG-L and made decoding slower than the bf16 cache it
-halves (first GPU run, 2026-11-27). This kernel reads each new vector once and writes its codes and
+FP8 cache adds some 500 launches a step to ARPG-L, enough to make decoding slower than with the bf16
+cache it halves. This kernel reads each new vector once and writes its codes and
 float32 scale straight into the cache, with the eager form's arithmetic: scale = amax times
 float32(1 / code max), codes = x / max(scale, tiny) clamped to +-code max, rounded to nearest even (the
 division correctly rounded, as torch's between tensors), so the cache holds the same bits either way
-(e4m3: tested on an H100 and in Triton 3.8's interpreter, 2026-11-28). e4m3: on a GPU the cast is the
+(tests/test_cache_write.py compares them bitwise, on a GPU and in Triton's interpreter). e4m3: on a GPU the cast is the
 hardware's (cvt.rn.satfinite, to nearest even as torch); only the interpreter, whose cast rounds wrongly,
 first rounds on e4m3's grid with float arithmetic. int8: the quotient is rounded to an integer first
 (the cast to int8 truncates).
@@ -16,7 +16,8 @@ import os
 
 import torch
 
-from autoregressive.kernels.decode_attention import CODE_DTYPES, has_fp8
+from autoregressive.kernels.codes import CODE_DTYPES, code_dtype
+from autoregressive.kernels.decode_attention import has_fp8
 
 try:
     import triton
@@ -25,9 +26,8 @@ except ImportError:  # CPU-only torch builds
     triton = None
 
 FLOAT32_TINY = torch.finfo(torch.float32).tiny  # the eager form's floor under a scale (all-zero vectors)
-# The code standing for a vector's largest |entry|: e4m3's largest finite value (448), int8's 127 (-128 unused)
-CODE_MAX_BY_DTYPE = {dtype: float(torch.finfo(dtype).max if dtype.is_floating_point else torch.iinfo(dtype).max)
-                     for dtype in CODE_DTYPES}
+# The code standing for a vector's largest |entry| (codes.CodeDtype.code_max), by dtype
+CODE_MAX_BY_DTYPE = {dtype: code.code_max for dtype, code in CODE_DTYPES.items()}
 
 
 def inverse_code_max(dtype: torch.dtype) -> float:
@@ -38,7 +38,7 @@ def inverse_code_max(dtype: torch.dtype) -> float:
 def supports(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> bool:
     """Whether quantise_into handles these tensors (else the caller quantises eagerly)."""
     return (triton is not None and x.is_cuda and codes.dtype in CODE_MAX_BY_DTYPE
-            and (codes.dtype != torch.float8_e4m3fn or has_fp8(x.device))
+            and (not code_dtype(codes.dtype).needs_sm89 or has_fp8(x.device))
             and x.dtype in (torch.bfloat16, torch.float16, torch.float32) and x.shape[-1] in (16, 32, 64, 128)
             and x.stride(-1) == 1 and codes.stride(-1) == 1 and scales.stride(-1) == 1)
 
@@ -51,7 +51,7 @@ if triton is not None:
                          INTEGER: tl.constexpr, ROUND_ON_GRID: tl.constexpr):
         # One program quantises BLOCK_V vectors of the flattened (B, H, n) index: a decoding step writes
         # only a few positions per (row, head), and a program per (row, head) left the GPU mostly idle on
-        # ten thousand tiny programs (46 us a launch for ARPG-XL b256 on an H100, 2026-11-28).
+        # ten thousand tiny programs (scripts/bench_cache_kernels.py times the write).
         vector = tl.program_id(0) * BLOCK_V + tl.arange(0, BLOCK_V)
         ok = vector < total
         n = vector % num_vectors
@@ -97,6 +97,6 @@ def quantise_into(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, bl
         x, codes, scales, heads, num_vectors, total, FLOAT32_TINY, inverse_code_max(codes.dtype),
         x.stride(0), x.stride(1), x.stride(2), codes.stride(0), codes.stride(1), codes.stride(2),
         scales.stride(0), scales.stride(1), BLOCK_V=block_v, HEAD_DIM=head_dim,
-        CODE_MAX=CODE_MAX_BY_DTYPE[codes.dtype], INTEGER=not codes.dtype.is_floating_point,
+        CODE_MAX=CODE_MAX_BY_DTYPE[codes.dtype], INTEGER=code_dtype(codes.dtype).integer,
         ROUND_ON_GRID=os.environ.get("TRITON_INTERPRET") == "1",
         num_warps=num_warps)

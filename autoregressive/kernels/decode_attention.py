@@ -13,12 +13,11 @@ vector) is read by the same kernel compiled with SCALED: the codes are widened t
 queries are scaled into fp16's range by a power of two per row, the key scales multiply the score
 columns, and the value scales, relative to the program's largest (found in a first pass over the
 scales), are folded into the probabilities before the p @ V product. Accumulation stays float32.
-SCALED is a compile-time flag, so the unscaled kernel is the bf16 cache's. At decoding shapes
-(a few hundred keys per program) the FP8 kernel is 10-13% faster than the bf16 one on an H100 with 8
-queries a row, not 2x: each program waits on its chain of dependent steps (load, widen, two small dots,
-the online softmax) more than on memory; with 28 queries it is 21% slower. The int8 kernel is as fast as
-the bf16 one with 8 queries on an H100, and 21-47% slower on an H200, codes widened by bit moves
-(scripts/bench_cache_kernels.py, 2026-11-28).
+SCALED is a compile-time flag, so the unscaled kernel is the bf16 cache's. Reading half the bytes
+does not halve the time at decoding shapes (a few hundred keys per program): each program waits on its
+chain of dependent steps (load, widen, two small dots, the online softmax) more than on memory, so the
+one-byte kernels can be slower than the bf16 one, more so with many queries a row. To time the three
+kernels on the card at hand: `python -m scripts.bench_cache_kernels` (docs/speed.md has a table).
 
 Triton ships with torch's CUDA builds; without it `available()` is False and callers use SDPA.
 """
@@ -27,6 +26,8 @@ import math
 from typing import Optional
 
 import torch
+
+from autoregressive.kernels.codes import code_dtype
 
 try:
     import triton
@@ -41,8 +42,6 @@ def available() -> bool:
     return triton is not None
 
 
-# Codes of a quantised cache: both widen exactly to fp16 in registers (e4m3 on compute capability 8.9+).
-CODE_DTYPES = (torch.float8_e4m3fn, torch.int8)
 
 
 @functools.lru_cache(maxsize=None)
@@ -56,12 +55,13 @@ def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaled: bool = F
     float8_e4m3fn or int8 codes of a quantised cache (their scales go to decode_attention too)."""
     head_dim = q.shape[-1]
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    cache_ok = k.dtype in CODE_DTYPES if scaled else k.dtype == q.dtype
+    code = code_dtype(k.dtype)  # the codes of a quantised cache widen exactly to fp16 in registers
+    cache_ok = code is not None if scaled else k.dtype == q.dtype
     return (triton is not None and q.is_cuda and not needs_grad  # forward only
             and q.dtype in (torch.bfloat16, torch.float16) and cache_ok and v.dtype == k.dtype
             and q.shape[2] <= MAX_QUERIES and k.shape[2] > 0 and head_dim in (16, 32, 64, 128)
             and q.stride(-1) == 1 and k.stride(-1) == 1 and v.stride(-1) == 1
-            and (k.dtype != torch.float8_e4m3fn or has_fp8(q.device)))
+            and (code is None or not code.needs_sm89 or has_fp8(q.device)))
 
 
 if triton is not None:
@@ -69,7 +69,7 @@ if triton is not None:
     def _widen(codes, WIDEN_BITS: tl.constexpr):
         """One-byte codes -> fp16, exactly. WIDEN_BITS (int8 only): without a conversion instruction, as
         c + 1152 has the fp16 bits 0x6400 + (c + 128) (1024 plus a mantissa below 1024), then one
-        subtraction: 6-8% faster than the conversion instruction (bench_cache_kernels, H200, 2026-11-28)."""
+        subtraction, which is shorter than the conversion instruction (scripts/bench_cache_kernels.py)."""
         if WIDEN_BITS:
             return ((codes.to(tl.int16) + 0x6480).to(tl.float16, bitcast=True) - 1152.0).to(tl.float16)
         return codes.to(tl.float16)
@@ -89,8 +89,8 @@ if triton is not None:
         row_ok = rows < num_queries
         q = tl.load(Q + b * q_sb + h * q_sh + rows[:, None] * q_sm + cols[None, :], mask=row_ok[:, None], other=0.0)
         if SCALED:
-            # fp16 operands: the FP8 kernel took 144 us with them against 194 with bf16 ones (ARPG-L b256
-            # shapes, one H100, 2026-11-28). Each query row is scaled by a power of two into [-2, 2),
+            # fp16 operands: e4m3 pairs widen to fp16 in one instruction, and tl.dot on fp16 beats bf16
+            # here (scripts/bench_cache_kernels.py). Each query row is scaled by a power of two into [-2, 2),
             # which moves only its exponent, so fp16 cannot overflow; scores get the power back.
             q32 = q.to(tl.float32)
             exponent = (tl.max(tl.abs(q32), 1).to(tl.int32, bitcast=True) >> 23) & 0xFF
@@ -101,9 +101,8 @@ if triton is not None:
             score_scale = q_up * scale_log2
             # Value scales enter the probabilities relative to the program's largest, so p * scale stays in
             # [0, 1] where fp16 keeps 11 bits. That largest is found first, in a pass over the scales (4 bytes
-            # a key against 64 of codes): kept as a running maximum instead, the main loop paid a reduction
-            # across each block and a rescale of the accumulator, and the FP8 kernel was no faster than the
-            # bf16 one (H100, 2026-11-28).
+            # a key against 64 of codes): kept as a running maximum instead, the main loop would pay a
+            # reduction across each block and a rescale of the accumulator, which cost more than this pass.
             v_maxes = tl.full([BLOCK_N], 1.1754943508222875e-38, tl.float32)  # float32's tiny: never 0
             for start in range(0, num_keys, BLOCK_N):
                 n = start + keys
@@ -153,11 +152,11 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_scale:
 
     k_scale, v_scale: (B, H, n_k) float32 scales (last dim contiguous) of float8_e4m3fn or int8 k and v,
     which then stand for k * k_scale[..., None] and v * v_scale[..., None]; None for k and v in q's dtype.
-    block_n, num_warps, num_stages: launch settings; by default the fastest at ARPG's decoding shapes
-    (scripts/bench_cache_kernels.py, one H100, 2026-11-28): 64-key blocks and 2 stages for a bf16 cache,
-    128 and 3 for an FP8 one with up to 16 queries a row (64 and 2 above, and for int8 codes).
+    block_n, num_warps, num_stages: launch settings; by default the fastest found at ARPG's decoding
+    shapes by scripts/bench_cache_kernels.py: 64-key blocks and 2 stages for a bf16 cache, 128 and 3 for
+    an FP8 one with up to 16 queries a row (64 and 2 above, and for int8 codes).
     widen_by_bits: int8 codes widened to fp16 by bit moves and a subtraction instead of a conversion
-    instruction: the same values, 6-8% faster (four H200s, 2026-11-28); False keeps the conversion.
+    instruction: the same values, fewer instructions; False keeps the conversion (to compare them).
     Returns (B, H, n_q, d) in q's dtype, a transposed view of a (B, n_q, H, d) tensor. See `supports`.
     """
     batch, heads, num_queries, head_dim = q.shape
@@ -168,8 +167,9 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_scale:
     block_m = max(16, triton.next_power_of_2(num_queries))
     # An FP8 cache with up to 16 queries a row streams 128-key blocks; with more (late steps of a decoding,
     # up to 28 targets) the 128 x block_m scores cost more than the longer blocks save, and int8 codes
-    # gained nothing from them (H100 and H200, 2026-11-28, timed with the conversion instruction).
-    wide = scaled and k.dtype == torch.float8_e4m3fn and block_m <= 16
+    # gain nothing from them (scripts/bench_cache_kernels.py compares the block sizes).
+    code = code_dtype(k.dtype) if scaled else None
+    wide = code is not None and code.wide_blocks and block_m <= 16
     block_n = block_n or (128 if wide else 64)
     num_stages = num_stages or (3 if wide else 2)
     if scaled:
@@ -182,6 +182,6 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_scale:
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
         k_scale.stride(0), k_scale.stride(1), v_scale.stride(0), v_scale.stride(1),
         BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim,
-        SCALED=scaled, WIDEN_BITS=widen_by_bits and k.dtype == torch.int8, num_warps=num_warps,
+        SCALED=scaled, WIDEN_BITS=widen_by_bits and code is not None and code.widen_by_bits, num_warps=num_warps,
         num_stages=num_stages)
     return out

@@ -362,15 +362,13 @@ class ARPG(nn.Module):
         return KVCache(len(self.layers.self_dec) + 1, batch_size, config.n_head, max_len or config.cls_token_num
                        + config.block_size, config.head_dim, dtype or weight.dtype, weight.device)
 
-    def generate(self, condition, *, orders=None, generator: Optional[torch.Generator] = None, known=None,
-                 known_mask=None, condition_map=None, **sampling) -> torch.Tensor:
+    def generate(self, condition, **options) -> torch.Tensor:
         """Sample (B, N) long tokens in raster order for (B,) class ids: the reference loop of
-        autoregressive/generate.py, with SamplingConfig's fields (num_steps, cfg_scale, cfg_schedule,
-        sample_schedule, temperature, top_k, top_p, kv_cache) as keyword arguments."""
+        autoregressive/generate.py; options: its keywords (orders, generator, known, known_mask, condition_map)
+        and SamplingConfig's fields (num_steps, cfg_scale, cfg_schedule, sample_schedule, temperature, ...)."""
         from autoregressive.generate import generate  # the loop is not part of the network
 
-        return generate(self, condition, orders=orders, generator=generator, known=known, known_mask=known_mask,
-                        condition_map=condition_map, **sampling)
+        return generate(self, condition, **options)
 
 
 def ARPG_L(drop_path_layer=None, **overrides):

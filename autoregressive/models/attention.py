@@ -1,7 +1,7 @@
 """ARPG's two attention kinds (self-attention over the known tokens with a KV cache, cross-attention of
 the [MASK] queries over the shared set) and which kernel runs them: one rule of the inputs' shapes and
 flags, so the reference loop and the CUDA-graph path pick the same kernel for the same step and agree
-exactly. The README gives the timings behind each rule."""
+exactly. docs/speed.md gives the timings behind each rule (python -m scripts.bench_sample)."""
 from typing import Optional
 
 import torch

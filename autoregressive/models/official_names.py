@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 
 
-def is_sharded(tensor: torch.Tensor) -> bool:
+def is_dtensor(tensor: torch.Tensor) -> bool:
+    """Whether `tensor` is an FSDP2 shard (a DTensor), which the export hook leaves as it is."""
     if not torch.distributed.is_available():
         return False
     try:
@@ -30,7 +31,7 @@ def keep_official_names(module: nn.Module, fused: str, parts: Tuple[str, ...]) -
     """Export `module.<fused>.weight` as `<part>.weight` tensors and merge them back on load."""
 
     def split_on_export(mod, state_dict, prefix, local_metadata):
-        if is_sharded(state_dict[prefix + fused + ".weight"]):
+        if is_dtensor(state_dict[prefix + fused + ".weight"]):
             return state_dict
         fused_weight = state_dict.pop(prefix + fused + ".weight")
         for name, piece in zip(parts, fused_weight.chunk(len(parts))):

@@ -53,10 +53,10 @@ class TrainConfig:
     compile: bool = option(True, flags=(("--no-compile", dict(action="store_true", help="do not torch.compile the "
                                                               "model (CUDA only)")),), combine=operator.not_)
     # Compiled step: below 1, compile's partitioner recomputes cheap ops in the backward pass instead of
-    # keeping their outputs (ARPG-L batch 128 on an H100: 0.75 gave 26.8 GiB at 779 img/s, vs 34.8 / 830).
+    # keeping their outputs: less memory for some recomputation (python -m scripts.bench_train measures both).
     activation_memory_budget: float = option(
         1.0, metavar="FRACTION", help="compiled step on CUDA: below 1, recompute cheap ops in the backward pass to "
-        "keep less activation memory (ARPG-L batch 128: 0.75 = 26.8 GiB, 6%% slower)")
+        "keep less activation memory, at some speed cost (scripts.bench_train measures both)")
     grad_checkpointing: str = option(
         "none", nargs="?", const="all", metavar="LAYERS", help="recompute layers in the backward pass (less "
         "activation memory): bare or 'all', 'self', 'cross' (one layer kind), or a number n (the first n layers)")

@@ -53,14 +53,6 @@ def shard_model(model: nn.Module, device: torch.device, compile_layers: bool = F
     return model
 
 
-def is_sharded(model: nn.Module) -> bool:
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # torch < 2.5
-        from torch.distributed._tensor import DTensor
-    return any(isinstance(p, DTensor) for p in model.parameters())
-
-
 def rank_ordered_mean(process_group, bucket) -> torch.futures.Future[torch.Tensor]:  # DDP checks this annotation
     """DDP communication hook of --deterministic: each gradient becomes (g_0 + g_1 + ... + g_{n-1}) / n,
     added in rank order, whatever the bucket layout. A ring all-reduce adds the ranks' values of an element

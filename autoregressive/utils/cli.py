@@ -5,6 +5,7 @@ Code that checks user input raises UserError (a ValueError, so callers that catc
 working) or InputNotFound (also a FileNotFoundError). Set ARPG_DEBUG=1 to see the traceback of a
 UserError too.
 """
+import argparse
 import os
 import sys
 from typing import Callable, List, Optional
@@ -71,3 +72,34 @@ def check_image_output(flag: str, path: str) -> None:
     extension = os.path.splitext(path)[1].lower()
     if extension not in Image.registered_extensions():
         raise UserError(f"{flag} {path}: unknown image extension {extension or '(none)'!r}; use .png or .jpg")
+
+
+def renamed_note(old: str, new: str) -> None:
+    """One line on stderr for an old name of ours that still works: which name to use instead."""
+    print(f"note: {old} is now {new} (the old name still works for now)", file=sys.stderr, flush=True)
+
+
+class RenamedFlag(argparse.Action):
+    """An old name of one of our flags: hidden from --help, it sets the new flag's destination and prints
+    renamed_note. Declare it with dest=<the new flag's dest>, new_flag=<the new flag> and, for a switch,
+    nargs=0 and const=<the value it stands for>."""
+
+    def __init__(self, option_strings, dest, new_flag: str, **kwargs):
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+        self.new_flag = new_flag
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        renamed_note(option_string, self.new_flag)
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+
+
+def renamed_values(flag: str, renames: dict, kind: Callable = str) -> Callable[[str], object]:
+    """An argparse `type` for a flag whose values of ours were renamed: an old value becomes the new one,
+    with renamed_note."""
+    def convert(text: str):
+        if text in renames:
+            renamed_note(f"{flag} {text}", f"{flag} {renames[text]}")
+            return kind(renames[text])
+        return kind(text)
+
+    return convert

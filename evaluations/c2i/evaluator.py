@@ -95,7 +95,7 @@ def main(argv=None):
     parser.add_argument("ref_batch", help="reference npz, e.g. VIRTUAL_imagenet256_labeled.npz")
     parser.add_argument("sample_batch", help="sample npz written by sample_c2i_ddp.py")
     parser.add_argument("--inception-weights", default=None,
-                        help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth (see the README); omitted: "
+                        help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth (see docs/sampling.md); omitted: "
                              "torch-fidelity downloads them into the torch hub cache, or finds them there")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto", help="auto: CUDA when present")
