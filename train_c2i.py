@@ -9,11 +9,13 @@ import contextlib
 import dataclasses
 import os
 import shutil
+import sys
 
 import torch
 
 from autoregressive.train.config import TrainConfig, add_train_args, train_config_from_args
 from autoregressive.train.loop import check_data_fits, find_resume_checkpoint, new_run_dir, train
+from autoregressive.train.stopping import STOPPED_EXIT_CODE, ignore_stop_signals
 from autoregressive.utils.cli import InputNotFound, UserError, check_file, run_main
 from autoregressive.utils.device import enable_tf32, use_deterministic_kernels
 from autoregressive.utils.dist import check_shared_folder, cleanup, init_distributed
@@ -97,8 +99,12 @@ def main(cfg: TrainConfig) -> None:
             raise InputNotFound(f"--resume / --gpt-ckpt {resume_path}: not found; check the path")
         run_dir = run_dir_for(resume_path, cfg, info)
         with removed_if_refused(run_dir, info.is_main):
-            train(cfg, info, dataset, run_dir, resume_path)
+            trainer = train(cfg, info, dataset, run_dir, resume_path)
+    if trainer.stopped_by:
+        ignore_stop_signals(cfg.stop_signal)
     cleanup()
+    if trainer.stopped_by:  # a checkpoint was written: schedulers and scripts may requeue on the exit code
+        sys.exit(STOPPED_EXIT_CODE)
 
 
 def cli(argv=None) -> None:

@@ -97,7 +97,9 @@ class GraphedSteps:
         with torch.inference_mode():
             for step in self.steps:
                 graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool):
+                # thread_local: a training run's DataLoader pin-memory thread allocates pinned memory while
+                # a sample grid is captured; in the default global mode that call breaks the capture.
+                with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
                     self._step(step)
                 self.graphs.append(graph)
 

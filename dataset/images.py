@@ -30,8 +30,9 @@ def open_rgb(path: str) -> Image.Image:
                         "code files are kept)") from error
 
 
-def code_file(code_path: str, label: int, index: int) -> str:
-    return os.path.join(code_path, str(label), f"{index}.npy")
+def output_file(out_path: str, label: int, index: int) -> str:
+    """{out_path}/{label}/{index}.npy: the file one image's views are written to."""
+    return os.path.join(out_path, str(label), f"{index}.npy")
 
 
 def open_image_folder(path: str) -> ImageFolder:
@@ -48,7 +49,7 @@ def extract_views(encode: Callable[[list], np.ndarray], folder: ImageFolder, out
     written = 0
     for index in range(rank, len(folder), world_size):
         path, label = folder.samples[index]
-        target = code_file(out_path, label, index)
+        target = output_file(out_path, label, index)
         if os.path.exists(target):
             continue
         views = augmentations(open_rgb(path), image_size, ten_crop, crop_range)

@@ -5,6 +5,7 @@ distance of samples to the held-out real digits in a 20-component PCA space of p
 """
 import argparse
 from dataclasses import dataclass
+from typing import Dict
 
 import numpy as np
 
@@ -46,20 +47,46 @@ class DigitsReport:
                 f"Frechet distance to held-out digits (PCA-20): {self.frechet:.3f} (real-vs-real floor {self.real_floor:.3f})"]
 
 
+class DigitsJudge:
+    """The classifier and the PCA fitted once on the real digits, for judging many sample sets (a training
+    run judges its samples every --eval-every steps)."""
+
+    def __init__(self, n_components: int = 20, seed: int = 0):
+        from sklearn.decomposition import PCA
+
+        train_images, train_labels = load_digits_split("train")
+        self.val_images, self.val_labels = load_digits_split("val")
+        self.train_images, self.seed = train_images, seed
+        self.classifier = fit_digit_classifier(train_images, train_labels)
+        self.pca = PCA(n_components, random_state=seed).fit(to_pixels(train_images))
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """(M, 64) grey levels -> (M, n_components) PCA features."""
+        return self.pca.transform(to_pixels(images))
+
+    def features(self, tokens) -> Dict[str, np.ndarray]:
+        """(B, 64) torch tokens -> the per-sample rows a training run gathers from its processes."""
+        return {"tokens": tokens.cpu().numpy()}
+
+    def score(self, features: Dict[str, np.ndarray], labels: np.ndarray) -> Dict[str, float]:
+        """Gathered rows in sample order -> class_accuracy and frechet_distance (see __call__)."""
+        report = self(features["tokens"], labels)
+        return {"class_accuracy": report.accuracy, "frechet_distance": report.frechet}
+
+    def __call__(self, samples: np.ndarray, labels: np.ndarray) -> DigitsReport:
+        """samples (M, 64) grey levels with their intended labels (M,)."""
+        real_subset = np.random.default_rng(self.seed).choice(len(self.train_images),
+                                                              min(len(samples), len(self.train_images)), replace=False)
+        val_features = self.embed(self.val_images)
+        return DigitsReport(accuracy=class_accuracy(self.classifier, samples, labels),
+                            real_accuracy=class_accuracy(self.classifier, self.val_images, self.val_labels),
+                            frechet=frechet_distance(self.embed(samples), val_features),
+                            real_floor=frechet_distance(self.embed(self.train_images[real_subset]), val_features))
+
+
 def judge(samples: np.ndarray, labels: np.ndarray, n_components: int = 20, seed: int = 0) -> DigitsReport:
     """samples (M, 64) grey levels with their intended labels (M,)."""
-    from sklearn.decomposition import PCA
-
-    train_images, train_labels = load_digits_split("train")
-    val_images, val_labels = load_digits_split("val")
-    classifier = fit_digit_classifier(train_images, train_labels)
-    pca = PCA(n_components, random_state=seed).fit(to_pixels(train_images))
-    features = lambda images: pca.transform(to_pixels(images))
-    real_subset = np.random.default_rng(seed).choice(len(train_images), min(len(samples), len(train_images)), replace=False)
-    return DigitsReport(accuracy=class_accuracy(classifier, samples, labels),
-                        real_accuracy=class_accuracy(classifier, val_images, val_labels),
-                        frechet=frechet_distance(features(samples), features(val_images)),
-                        real_floor=frechet_distance(features(train_images[real_subset]), features(val_images)))
+    return DigitsJudge(n_components, seed)(samples, labels)
 
 
 def main(argv=None):

@@ -17,7 +17,7 @@ train_c2i.py's defaults (chunked loss), and beside it each of --precision-polici
 --precision bf16), 64 steps, CFG 4.5 constant, arccos; theirs is `Transformer.generate`, ours the
 CUDA-graph fast path (plus `--kv-caches` variants). Tokens only, no VQ decode. Peak memory: a training
 side's own state plus its step's transient peak (bench_train's count); a sampling path's alone
-(bench_sample.alone_peak_gib: run anew after the timing, allocated and reserved on top of what the other
+(bench_common.alone_peak_gib: run anew after the timing, allocated and reserved on top of what the other
 paths hold).
 """
 import argparse
@@ -33,12 +33,12 @@ import torch
 from autoregressive.fast_generate import FastSampler
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.sampling import SamplingConfig
+from autoregressive.train.kernels import parse_kernel_list
+from autoregressive.train.precision import parse_policy_list
 from autoregressive.utils.cli import InputNotFound, RenamedFlag, UserError, check_at_least, run_main
 from autoregressive.utils.device import enable_tf32, resolve_device, synchronize
 from autoregressive.utils.dist import cleanup, init_distributed
-from scripts.bench_sample import alone_peak_gib, model_bytes, parse_kv_caches, random_model, timed
-from autoregressive.train.kernels import parse_kernel_list
-from autoregressive.train.precision import parse_policy_list
+from scripts.bench_common import alone_peak_gib, model_bytes, parse_kv_caches, random_model, timed
 from scripts.bench_train import PolicyRun, start_run, time_steps, variant_name, warm_up
 from scripts.kernel_profile import profile_calls, report, write_report
 from scripts.sampling_floor import decoding_work

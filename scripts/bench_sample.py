@@ -15,10 +15,7 @@ interleaved with the others (the "KV cache GiB" column is each path's own cache)
 """
 import argparse
 import dataclasses
-import gc
 import statistics
-import time
-from typing import Callable, NamedTuple, Optional
 
 import torch
 
@@ -28,75 +25,16 @@ from autoregressive.kernels.codes import KV_CODES
 from autoregressive.kernels.decode_attention import has_fp8
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.models.kv_cache import ScaledCodes, quantise
-from autoregressive.sampling import KV_CACHE_DTYPES, RENAMED_KV_CACHES, SamplingConfig, add_sampling_args
-from autoregressive.utils.cli import RenamedFlag, UserError, check_at_least, renamed_values, run_main
+from autoregressive.sampling import KV_CACHE_DTYPES, SamplingConfig, add_sampling_args
+from autoregressive.utils.cli import RenamedFlag, UserError, check_at_least, run_main
 from autoregressive.utils.device import enable_tf32
 from autoregressive.weights import PRECISIONS, prepare_vq
-
-
-def timed(fn):
-    """Run fn once; return (result, seconds)."""
-    cuda = torch.cuda.is_available()
-    if cuda:
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    result = fn()
-    if cuda:
-        torch.cuda.synchronize()
-    return result, time.perf_counter() - start
-
-
-def model_bytes(model) -> int:
-    return sum(p.numel() * p.element_size() for p in model.parameters())
-
-
-class AlonePeak(NamedTuple):
-    """GiB one path needs on its own (see alone_peak_gib), counted two ways."""
-    allocated: float  # tensors alive at once (CUDA graph pools count, as the capture allocates them)
-    reserved: float  # what the caching allocator took from the GPU: also its fragmentation
-
-    def __str__(self) -> str:
-        return f"{self.allocated:.2f} / {self.reserved:.2f}"
-
-
-def alone_peak_gib(run_fresh: Callable[[], object], own_bytes: int) -> Optional[AlonePeak]:
-    """GiB one sampling path needs on its own, though other paths' state stays resident: run_fresh
-    builds the path anew (a new sampler: its own KV cache and CUDA graphs, captured inside) and runs it
-    once; the figures are the peaks allocated and reserved above what was held before (every model, the
-    other samplers' caches and graph pools), plus own_bytes (the path's weights). Both, because they
-    part ways: the official sampler grows its caches by concatenation at every step, and the allocator
-    reserved 21-64 GiB for what it allocated in single figures (H100, 2026-11-28). The reserved figure
-    can also come out below the allocated one, where the path's tensors fill free room in segments the
-    others keep reserved. None without CUDA."""
-    if not torch.cuda.is_available():
-        return None
-    gc.collect()
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    allocated, reserved = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
-    run_fresh()
-    torch.cuda.synchronize()
-    peak = AlonePeak((torch.cuda.max_memory_allocated() - allocated + own_bytes) / 2**30,
-                     (torch.cuda.max_memory_reserved() - reserved + own_bytes) / 2**30)
-    gc.collect()  # the fresh sampler's graphs and cache go back
-    torch.cuda.empty_cache()
-    return peak
-
-
-def random_model(name: str, device, builder=None):
-    """Random bf16 weights (seed 0) in eval mode; the head gets random weights too (a zero head, the
-    training init, would make every token equally likely). builder: another constructor of `name`'s
-    model (the official code's, in scripts/bench_official.py)."""
-    torch.manual_seed(0)
-    model = (builder or ARPG_models[name])().to(device=device, dtype=torch.bfloat16).eval()
-    torch.nn.init.normal_(model.head.weight, std=0.02)
-    return model
+from scripts.bench_common import alone_peak_gib, model_bytes, parse_kv_caches, random_model, timed
 
 
 @torch.inference_mode()
-def fused_logits_check(model, device) -> str:
-    """One teacher-forced pass over random tokens: the bf16 logits of the eager layers and of the fused
+def compiled_layers_logits_check(model, device) -> str:
+    """One teacher-forced pass over random tokens: the bf16 logits of the eager layers and of the compiled
     ones, each against the same model in float32 (max |difference|, share of equal top-1 tokens)."""
     import copy
 
@@ -112,14 +50,14 @@ def fused_logits_check(model, device) -> str:
     eager = model.decode(ids, slots, slots, causal=True)
     parts = compiled_layer_parts(model)
     with eager_rounding(parts):
-        fused = model.decode(ids, slots, slots, causal=True, layer_parts=parts)
+        compiled = model.decode(ids, slots, slots, causal=True, layer_parts=parts)
 
     def against_float32(logits):
         top1 = (logits.argmax(-1) == exact.argmax(-1)).float().mean()
         return f"max |diff| {(logits - exact).abs().max():.3g}, same top-1 {100 * top1:.2f}%"
 
     return (f"logits of one teacher-forced pass vs float32 (std {exact.std():.3g}): eager bf16 "
-            f"{against_float32(eager)}; fused bf16 {against_float32(fused)}")
+            f"{against_float32(eager)}; compiled layers bf16 {against_float32(compiled)}")
 
 
 @torch.inference_mode()
@@ -164,24 +102,24 @@ def check_greedy(title: str, key: str, fast: FastSampler, reference, labels, sam
     return tokens
 
 
-def bench_model(name, batch_sizes, sampling, reps, vq, device, fused=False, kv_caches=("weights",)):
+def bench_model(name, batch_sizes, sampling, reps, vq, device, compile_layers=False, kv_caches=("weights",)):
     model = random_model(name, device)
-    fast_key = "fused" if fused else "fast"
+    fast_key = "compiled layers" if compile_layers else "fast"
     # One fast sampler per cache kind: a sampler keeps the graphs of its last settings only.
-    new_sampler = lambda: FastSampler(model, fuse=fused)
+    new_sampler = lambda: FastSampler(model, fuse=compile_layers)
     fast = {kind: new_sampler() for kind in kv_caches}
     settings = {kind: dataclasses.replace(sampling, kv_cache=kind) for kind in kv_caches}
     fast_keys = {kind: fast_key if kind == "weights" else f"{fast_key}, {kind} KV" for kind in kv_caches}
-    # The reference loop, with the same fused layers when the fast path has them.
-    reference, plain_key = make_sampler(model, use_fast=False, fuse=fused), "plain, fused" if fused else "plain"
+    # The reference loop, with the same compiled layers when the fast path has them.
+    reference, plain_key = make_sampler(model, use_fast=False, fuse=compile_layers), "plain, compiled layers" if compile_layers else "plain"
     print(f"{name}: {decode_kernel_check(model, device)}", flush=True)
-    if fused:
-        print(f"{name}: {fused_logits_check(model, device)}", flush=True)
+    if compile_layers:
+        print(f"{name}: {compiled_layers_logits_check(model, device)}", flush=True)
     rows = []
     for batch in batch_sizes:
         labels = torch.arange(batch, device=device) % model.config.num_classes
         grid = model.config.grid_size
-        paths = {plain_key: lambda g: reference(labels, settings["model"], g)}
+        paths = {plain_key: lambda g: reference(labels, settings["weights"], g)}
         for kind in kv_caches:
             paths[fast_keys[kind]] = lambda g, kind=kind: fast[kind].generate(labels, settings[kind], generator=g)
         order = torch.randperm(model.config.block_size, device=device)
@@ -189,13 +127,13 @@ def bench_model(name, batch_sizes, sampling, reps, vq, device, fused=False, kv_c
                                      settings[kind], order) for kind in kv_caches}
         for kind in kv_caches[1:]:
             print(f"{name} batch {batch}: greedy {fast_keys[kind]} tokens equal to {fast_key}'s "
-                  f"{100 * (greedy[kind] == greedy['model']).float().mean():.2f}%", flush=True)
-        if fused:
+                  f"{100 * (greedy[kind] == greedy['weights']).float().mean():.2f}%", flush=True)
+        if compile_layers:
             eager_equal = generate(model, labels, dataclasses.replace(sampling, temperature=0.0), orders=order) \
-                == greedy["model"]
-            print(f"{name} batch {batch}: greedy fused tokens equal to the eager layers' "
+                == greedy["weights"]
+            print(f"{name} batch {batch}: greedy compiled-layers tokens equal to the eager layers' "
                   f"{100 * eager_equal.float().mean():.2f}%", flush=True)
-        # The reference loop allocates the cache the model-dtype fast path keeps.
+        # The reference loop allocates the cache the weights-dtype fast path keeps.
         cache_gib = {fast_keys[kind]: fast[kind].cache.nbytes / 2**30 for kind in kv_caches}
         cache_gib[plain_key] = cache_gib[fast_key]
         seeded = [paths[key](torch.Generator(device).manual_seed(3)) for key in (plain_key, fast_key)]
@@ -217,7 +155,7 @@ def bench_model(name, batch_sizes, sampling, reps, vq, device, fused=False, kv_c
                 decode_times.append(seconds)
         decode = statistics.median(decode_times) if decode_times else float("nan")
         # Each path's memory alone (a fresh sampler for a fast path; the VQ weights are not counted)
-        fresh = {plain_key: lambda: reference(labels, settings["model"], torch.Generator(device).manual_seed(0))}
+        fresh = {plain_key: lambda: reference(labels, settings["weights"], torch.Generator(device).manual_seed(0))}
         for kind in kv_caches:
             fresh[fast_keys[kind]] = lambda kind=kind: new_sampler().generate(
                 labels, settings[kind], generator=torch.Generator(device).manual_seed(0))
@@ -236,15 +174,6 @@ def bench_model(name, batch_sizes, sampling, reps, vq, device, fused=False, kv_c
     return rows
 
 
-def parse_kv_caches(text: str):
-    """--kv-caches: cache kinds (SamplingConfig.kv_cache), weights first and always (the baseline)."""
-    kinds = [renamed_values("--kv-caches", RENAMED_KV_CACHES)(kind) for kind in text.split(",") if kind]
-    unknown = [kind for kind in kinds if kind not in KV_CACHE_DTYPES]
-    if unknown:
-        raise UserError(f"unknown KV cache {', '.join(unknown)} in --kv-caches; choose from {', '.join(KV_CACHE_DTYPES)}")
-    return tuple(dict.fromkeys(["weights", *kinds]))
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["ARPG-L", "ARPG-XL", "ARPG-XXL"], choices=list(ARPG_models))
@@ -258,7 +187,7 @@ def main(argv=None):
     parser.add_argument("--fused", dest="compile_layers", action=RenamedFlag, new_flag="--compile-layers", nargs=0,
                         const=True)
     parser.add_argument("--kv-caches", default="weights", help="comma-separated KV cache kinds of the fast path, timed "
-                        f"side by side (from {', '.join(KV_CACHE_DTYPES)}; model always runs, as the baseline)")
+                        f"side by side (from {', '.join(KV_CACHE_DTYPES)}; weights always runs, as the baseline)")
     args = add_sampling_args(parser, cfg_scale=4.5, cfg_schedule="constant").parse_args(argv)
     for flag, values in (("--batch-sizes", args.batch_sizes), ("--step", [args.step]), ("--reps", [args.reps])):
         for value in values:
@@ -280,7 +209,7 @@ def main(argv=None):
     for name in args.models:
         rows += bench_model(name, args.batch_sizes, sampling, args.reps, vq, device, args.compile_layers, kv_caches)
         torch.cuda.empty_cache()  # the model of this size is gone once bench_model returns
-        torch._dynamo.reset()  # fused: compiled parts of the last size would count against the recompile limit
+        torch._dynamo.reset()  # --compile-layers: compiled parts of the last size would count against the recompile limit
     print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, {args.step} steps, "
           f"CFG {args.cfg_scale} {args.cfg_schedule}, {args.sample_schedule}, bf16, medians of {args.reps}, "
           f"VQ decode {'float32' if args.vq_precision == 'none' else args.vq_precision} compiled")

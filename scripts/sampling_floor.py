@@ -103,6 +103,14 @@ def measure_ceilings(device: torch.device, copy_bytes: int = 2 << 30, matmul_siz
     return flops, bytes_per_s
 
 
+def cache_code_sizes() -> dict:
+    """The quantised caches by bytes per code, one row per size: {"int8/fp8": 1}; the floor depends only on it."""
+    kinds_by_size = {}
+    for kind, code in KV_CODES.items():
+        kinds_by_size.setdefault(code.dtype.itemsize, []).append(kind)
+    return {"/".join(kinds): size for size, kinds in kinds_by_size.items()}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["ARPG-L", "ARPG-XL", "ARPG-XXL"], choices=list(ARPG_models))
@@ -130,7 +138,7 @@ def main(argv=None):
         with torch.device("meta"):
             model = ARPG_models[name]()
         for batch in args.batch_sizes:
-            for cache, cache_bytes_each in (("bf16", 2), *((kind, code.dtype.itemsize) for kind, code in KV_CODES.items())):
+            for cache, cache_bytes_each in (("bf16", 2), *cache_code_sizes().items()):
                 work = decoding_work(model, batch, sampling, flops_per_s, bytes_per_s,
                                      cache_bytes_each=cache_bytes_each)
                 print(f"| {name} | {batch} | {cache} | {1e3 * work.matmul_seconds:.0f} ({work.matmul_flops / 1e12:.0f}) | "

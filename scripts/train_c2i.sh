@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${MODEL:-ARPG-L}
 CODES=${CODES:-data/imagenet-llamagen-adm-256_codes}
-torchrun --nnodes="${NNODES:-1}" --node_rank="${NODE_RANK:-0}" --nproc_per_node="${NPROC:-8}" \
+exec torchrun --nnodes="${NNODES:-1}" --node_rank="${NODE_RANK:-0}" --nproc_per_node="${NPROC:-8}" \
     --master_addr="${MASTER_ADDR:-127.0.0.1}" --master_port="${MASTER_PORT:-29500}" train_c2i.py \
     --gpt-model "$MODEL" --code-path "$CODES" --dataset imagenet_code \
     --epochs 400 --global-batch-size 1024 --lr 4e-4 --min-lr 1e-5 --warmup-epochs 100 --lr-schedule cosine \

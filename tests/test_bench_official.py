@@ -64,7 +64,7 @@ def test_the_harness_times_both_sides_and_tabulates_ratios(tmp_path, capsys, mon
     assert rows[0].count("|") == 7 and all("% of " in row for row in rows[2:])  # sampling: share of the floor
     profiles = sorted(path.name for path in (tmp_path / "profile").iterdir())
     assert profiles == ["ARPG-tiny-b2-official.md", "ARPG-tiny-b2-ours-kv-cache-fp8.md",
-                        "ARPG-tiny-b2-ours-kv-cache-model.md"]
+                        "ARPG-tiny-b2-ours-kv-cache-weights.md"]
     text = (tmp_path / "profile" / profiles[1]).read_text()
     assert "| kind | ms per call |" in text and "per batch. Floor of the batch" in text
 
@@ -96,7 +96,7 @@ def test_a_paths_peak_alone_counts_what_it_allocates_and_reserves_above_the_othe
     3 GiB allocated, 5 reserved."""
     import torch
 
-    from scripts import bench_sample
+    from scripts import bench_common
 
     gib, calls = 2**30, []
     fake = {"is_available": lambda: True, "synchronize": lambda: None, "empty_cache": lambda: calls.append("empty"),
@@ -105,8 +105,8 @@ def test_a_paths_peak_alone_counts_what_it_allocates_and_reserves_above_the_othe
             "max_memory_allocated": lambda: 10 * gib}
     for name, function in fake.items():
         monkeypatch.setattr(torch.cuda, name, function)
-    peak = bench_sample.alone_peak_gib(lambda: calls.append("ran"), own_bytes=gib)
+    peak = bench_common.alone_peak_gib(lambda: calls.append("ran"), own_bytes=gib)
     assert (peak.allocated, peak.reserved) == (3.0, 5.0) and str(peak) == "3.00 / 5.00"
     assert calls == ["empty", "reset", "ran", "empty"]  # caches emptied and peaks reset before the path runs
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert bench_sample.alone_peak_gib(lambda: None, own_bytes=gib) is None
+    assert bench_common.alone_peak_gib(lambda: None, own_bytes=gib) is None

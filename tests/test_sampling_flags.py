@@ -81,7 +81,7 @@ def test_ddp_compatibility_flags_are_accepted_and_said_to_be_ignored():
 def test_every_cache_list_derives_from_the_code_dtype_table():
     from autoregressive.kernels.codes import KV_CODES
     from scripts import check_precision
-    from scripts.bench_sample import parse_kv_caches
+    from scripts.bench_common import parse_kv_caches
 
     assert tuple(KV_CACHE_DTYPES) == ("weights", *KV_CODES)
     assert {f"{kind}-kv" for kind in KV_CODES} <= set(check_precision.SAMPLING_MODES)
@@ -93,7 +93,7 @@ def test_the_old_kv_cache_name_still_works_with_a_note(capsys):
     parser = add_sampling_args(argparse.ArgumentParser())
     assert SamplingConfig.from_args(parser.parse_args(["--kv-cache", "model"])).kv_cache == "weights"
     assert SamplingConfig(kv_cache="model") == SamplingConfig()
-    from scripts.bench_sample import parse_kv_caches
+    from scripts.bench_common import parse_kv_caches
 
     assert parse_kv_caches("model,int8") == ("weights", "int8")
     assert capsys.readouterr().err.count("is now") == 3

@@ -43,7 +43,7 @@ def test_cache_reads_and_the_fp8_cache():
 def test_the_table_prints_every_model_batch_and_cache(capsys):
     sampling_floor.main(["--models", "ARPG-tiny", "--batch-sizes", "2", "4", "--step", "4"])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ARPG-tiny")]
-    assert [row.split(" | ")[1:3] for row in rows] == [["2", "bf16"], ["2", "fp8"], ["4", "bf16"], ["4", "fp8"]]
+    assert [row.split(" | ")[1:3] for row in rows] == [["2", "bf16"], ["2", "int8/fp8"], ["4", "bf16"], ["4", "int8/fp8"]]
 
 
 def test_ceilings_are_measured_as_rates():

@@ -14,7 +14,7 @@ import glob
 import logging
 import os
 import shutil
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from autoregressive.train.config import TrainConfig, build_model
 from autoregressive.utils.cli import InputNotFound, UserError
-from autoregressive.utils.dist import barrier, is_distributed
+from autoregressive.utils.dist import any_rank, barrier, is_distributed
 from autoregressive.utils.files import write_atomic
 from autoregressive.weights import first_line, module_state_dict
 
@@ -31,6 +31,22 @@ TRAINER_FILE = "trainer.pt"  # inside a sharded checkpoint folder: step, epoch, 
 # 2: "format_version" recorded; converted files keep epoch and batch_in_epoch.
 FORMAT_VERSION = 2
 StateDict = Dict[str, torch.Tensor]
+WRITE_FAILED_EXIT_CODE = 74  # sysexits' EX_IOERR
+
+
+class CheckpointWriteFailed(UserError):
+    """A checkpoint could not be written (disk full, folder read-only): the run ends, the earlier
+    checkpoints stay as they were."""
+    exit_code = WRITE_FAILED_EXIT_CODE
+
+    def __init__(self, path: str, error: Optional[BaseException]):
+        folder = os.path.dirname(os.path.abspath(path))
+        cause = " (on rank 0)" if error is None else f" ({getattr(error, 'strerror', None) or first_line(error)})"
+        previous = latest_checkpoint(os.path.dirname(folder))
+        kept = f"the last complete one, {previous}, is intact" if previous else "no earlier checkpoint exists"
+        super().__init__(f"could not write checkpoint {os.path.basename(path)} in {folder}{cause}; {kept} and no "
+                         "partial file is left. Free space in that folder or make it writable (or pass another "
+                         "--results-dir), then run the same command with --resume")
 
 
 @dataclasses.dataclass
@@ -134,6 +150,53 @@ def resume_random_state(checkpoint: TrainingCheckpoint, path: str, global_batch_
             "not bitwise, as it would have")
 
 
+def tensors_of(state: Any) -> Iterable[torch.Tensor]:
+    """Every tensor in nested dicts, lists and tuples (state dicts, optimizer states); a DTensor's local shard."""
+    if isinstance(state, torch.Tensor):
+        yield state.to_local() if hasattr(state, "to_local") else state
+    elif isinstance(state, dict):
+        for value in state.values():
+            yield from tensors_of(value)
+    elif isinstance(state, (list, tuple)):
+        for value in state:
+            yield from tensors_of(value)
+
+
+def all_finite(*states: Any) -> bool:
+    """No NaN or infinity in any floating-point tensor of the states (one host sync per device)."""
+    verdicts: Dict[torch.device, List[torch.Tensor]] = {}
+    for tensor in tensors_of(states):
+        if tensor.is_floating_point() and tensor.numel():
+            verdicts.setdefault(tensor.device, []).append(torch.isfinite(tensor).all())
+    return all(bool(torch.stack(found).all()) for found in verdicts.values())
+
+
+def save_checked(payload: Dict[str, Any], path: str, is_main: bool, device: torch.device) -> None:
+    """Rank 0 writes `payload` atomically; every rank raises CheckpointWriteFailed if the write failed
+    (the ranks agree, so none waits forever for a rank that gave up)."""
+    error = None
+    if is_main:
+        try:
+            save_atomic(payload, path)
+        except OSError as caught:  # disk full, read-only or vanished folder, quota
+            error = caught
+    if any_rank(error is not None, device):
+        raise CheckpointWriteFailed(path, error)
+
+
+def prune_checkpoints(run_dir: str, keep_last: Optional[int], keep: str) -> List[str]:
+    """Delete all but the keep_last checkpoints of highest step in run_dir (never `keep`, the one just
+    written); None keeps all. Returns the deleted paths."""
+    if keep_last is None:
+        return []
+    complete = sorted(checkpoints_of(run_dir), key=checkpoint_step, reverse=True)
+    kept = [keep] + [path for path in complete if path != keep][:keep_last - 1]
+    deleted = [path for path in complete if path not in kept]
+    for path in deleted:
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    return deleted
+
+
 def save_atomic(payload: Dict[str, Any], path: str) -> None:
     """torch.save, atomically: never a half-written checkpoint."""
     write_atomic(path, lambda tmp: torch.save(payload, tmp))
@@ -154,11 +217,23 @@ def checkpoint_step(path: str) -> Optional[int]:
     return int(stem) if stem.isdigit() else None
 
 
+def checkpoints_of(run_dir: str) -> List[str]:
+    """The checkpoints (files and complete sharded folders) in run_dir/checkpoints, in no order."""
+    return [path for path in glob.glob(os.path.join(run_dir, "checkpoints", "[0-9]*"))
+            if checkpoint_step(path) is not None and (os.path.isfile(path) or is_sharded_checkpoint(path))]
+
+
 def latest_checkpoint(run_dir: str) -> Optional[str]:
     """The checkpoint (file or complete sharded folder) of the highest step in run_dir/checkpoints, or None."""
-    paths = [path for path in glob.glob(os.path.join(run_dir, "checkpoints", "[0-9]*"))
-             if checkpoint_step(path) is not None and (os.path.isfile(path) or is_sharded_checkpoint(path))]
+    paths = checkpoints_of(run_dir)
     return max(paths, key=checkpoint_step) if paths else None
+
+
+def earlier_checkpoints(path: str) -> List[str]:
+    """The checkpoints beside `path` (in its run's checkpoints folder) of lower step, newest first."""
+    run_dir, step = os.path.dirname(os.path.dirname(os.path.abspath(path.rstrip("/")))), checkpoint_step(path)
+    earlier = [other for other in checkpoints_of(run_dir) if checkpoint_step(other) < step]
+    return sorted(earlier, key=checkpoint_step, reverse=True)
 
 
 def load_checkpoint(path: str) -> TrainingCheckpoint:
@@ -187,22 +262,34 @@ def _sharded_state(model, optimizer, ema) -> Dict[str, Any]:
     return state
 
 
-def save_sharded(path: str, model, optimizer, ema, trainer_state: TrainingCheckpoint, is_main: bool) -> None:
+def save_sharded(path: str, model, optimizer, ema, trainer_state: TrainingCheckpoint, is_main: bool,
+                 device: torch.device) -> None:
     """Every rank writes its shards into `path`.tmp; rank 0 adds trainer.pt (`trainer_state` without
-    weights) and renames the folder into place, so a folder under the final name is always complete."""
+    weights) and renames the folder into place, so a folder under the final name is always complete.
+    A failed write on any rank raises CheckpointWriteFailed on every rank and removes `path`.tmp."""
     import torch.distributed.checkpoint as dcp
 
     tmp = path + ".tmp"
     if is_main and os.path.exists(tmp):
         shutil.rmtree(tmp)  # left by a run killed while saving
     barrier()
-    dcp.save(_sharded_state(model, optimizer, ema), checkpoint_id=tmp)
-    if is_main:
-        torch.save(pack(trainer_state), os.path.join(tmp, TRAINER_FILE))
-        if os.path.exists(path):
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    barrier()
+    error = None
+    try:
+        dcp.save(_sharded_state(model, optimizer, ema), checkpoint_id=tmp)
+    except Exception as caught:  # DCP reports one rank's failed write on every rank, wrapped
+        error = caught
+    if is_main and error is None:
+        try:
+            torch.save(pack(trainer_state), os.path.join(tmp, TRAINER_FILE))
+            if os.path.exists(path):
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        except OSError as caught:
+            error = caught
+    if any_rank(error is not None, device):
+        if is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointWriteFailed(path, error)
 
 
 def load_sharded(path: str, model, optimizer, ema) -> None:

@@ -11,7 +11,8 @@ import torch
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.train.kernels import KERNEL_SETS, check_kernels
 from autoregressive.train.precision import PRECISION_POLICIES, check_policy
-from autoregressive.utils.cli import UserError, check_at_least
+from autoregressive.train.stopping import STOP_SIGNALS, STOPPED_EXIT_CODE, parse_deadline
+from autoregressive.utils.cli import UserError, check_at_least, check_at_most
 
 
 def option(default=dataclasses.MISSING, *, flags=None, combine=None, default_factory=dataclasses.MISSING,
@@ -109,7 +110,42 @@ class TrainConfig:
                                             "--results-dir (a new run if there is none); or a checkpoint file or "
                                             "run folder"))),
         combine=lambda gpt_ckpt, resume: gpt_ckpt or resume)
+    # Ending early without losing work (train/stopping.py): SIGTERM, the stop signal, the time limit and the
+    # deadline all stop every rank at the next step boundary with a checkpoint.
+    stop_signal: str = option("SIGUSR1", choices=list(STOP_SIGNALS),
+                              help="besides SIGTERM, this signal (to any worker; to torchrun too if in its "
+                                   "--signals-to-handle) stops all ranks at the next step with a checkpoint; exit "
+                                   f"code {STOPPED_EXIT_CODE}, continue with --resume")
+    time_limit: Optional[float] = option(None, metavar="MINUTES", help="checkpoint and exit (code "
+                                         f"{STOPPED_EXIT_CODE}) this many minutes after training starts")
+    deadline: Optional[str] = option(None, metavar="TIME", help="checkpoint and exit at this local time, e.g. "
+                                     "2026-12-06T08:00 (leave a step and a checkpoint write of room before the "
+                                     "job's end)")
+    keep_last: Optional[int] = option(None, metavar="N", help="keep only the N newest checkpoints of the run "
+                                      "(default: all)")
     wandb: bool = option(False, action="store_true", help="log to Weights & Biases (off by default)")
+    # Watching the run (autoregressive/train/monitor.py, docs/training.md); the run trains the same with them.
+    sample_every: int = option(0, metavar="STEPS", help="save a grid of samples (fixed classes and seed, EMA weights "
+                               "when kept) to RUN/grids/STEP.png every this many steps (0: never)")
+    eval_every: int = option(0, metavar="STEPS", help="evaluate every this many steps (0: never): FID, IS, sFID against "
+                             "--eval-ref-batch (the digits model: class accuracy and Frechet distance) in log.txt, "
+                             "RUN/metrics.csv and RUN/metrics.png")
+    eval_num_images: int = option(10000, help="samples per evaluation (sample i has class i mod the classes)")
+    eval_ref_batch: Optional[str] = option(None, help="reference .npz: an ADM batch (VIRTUAL_imagenet256_labeled.npz) "
+                                           "or precomputed statistics mu, sigma (and mu_s, sigma_s for sFID)")
+    eval_batch_size: int = option(64, help="samples per process per batch (the samples depend on it, not on the "
+                                  "number of processes)")
+    eval_num_steps: int = option(64, flags=(("--eval-step", dict(help="decoding steps of grids and evaluations")),))
+    eval_cfg_scale: float = option(4.0, help="guidance scale of grids and evaluations")
+    eval_precision_recall: bool = option(False, action="store_true",
+                                         help="also precision and recall (needs the reference images, arr_0)")
+    inception_weights: Optional[str] = option(None, help="torch-fidelity's Inception weights file; omitted: its "
+                                              "download, or the torch hub cache")
+    stop_on_eval_error: bool = option(False, action="store_true", help="a failed grid or evaluation ends the run "
+                                      "(default: one line in the log, and training goes on)")
+    vq_model: str = option("VQ-16")
+    vq_ckpt: Optional[str] = option(None, help="the tokenizer that draws grids and evaluation samples (a file or "
+                                    "hf://...); omitted: the released VQ-16 for VQ-16 codes; the digits model needs none")
     num_threads: Optional[int] = option(None, help="torch CPU threads (matters on small CPUs)")
     device: str = option("auto", choices=["auto", "cuda", "cpu"])
 
@@ -127,6 +163,10 @@ class TrainConfig:
         if not 0.0 <= self.condition_dropout_prob <= 1.0:
             raise UserError(f"--condition-dropout-p must be in [0, 1], got {self.condition_dropout_prob}")
         self.check_counts_and_rates()
+        if self.stop_signal not in STOP_SIGNALS:
+            raise UserError(f"--stop-signal must be one of {', '.join(STOP_SIGNALS)}, got {self.stop_signal!r}")
+        parse_deadline(self.deadline)
+        self.check_watching()
         if self.image_size % self.downsample_size:
             raise UserError(f"--image-size {self.image_size} is not a multiple of --downsample-size {self.downsample_size}")
 
@@ -139,7 +179,8 @@ class TrainConfig:
                                      ("--num-workers", self.num_workers, 0), ("--vocab-size", self.vocab_size, 1),
                                      ("--num-classes", self.num_classes, 1), ("--image-size", self.image_size, 1),
                                      ("--downsample-size", self.downsample_size, 1),
-                                     ("--cls-token-num", self.cls_token_num, 1), ("--num-threads", self.num_threads, 1)):
+                                     ("--cls-token-num", self.cls_token_num, 1), ("--num-threads", self.num_threads, 1),
+                                     ("--time-limit", self.time_limit, 0), ("--keep-last", self.keep_last, 1)):
             check_at_least(flag, value, minimum)
         for flag, value in (("--dropout-p", self.dropout_p), ("--token-dropout-p", self.token_dropout_p),
                             ("--beta1", self.betas[0]), ("--beta2", self.betas[1])):
@@ -147,6 +188,22 @@ class TrainConfig:
                 raise UserError(f"{flag} must be in [0, 1), got {value}")
         if self.grad_checkpointing not in ("none", "all", "self", "cross") and not self.grad_checkpointing.isdigit():
             raise UserError(f"--grad-checkpointing must be all, self, cross or a number, got {self.grad_checkpointing!r}")
+
+    def check_watching(self) -> None:
+        for flag, value, minimum in (("--sample-every", self.sample_every, 0), ("--eval-every", self.eval_every, 0),
+                                     ("--eval-num-images", self.eval_num_images, 2),
+                                     ("--eval-batch-size", self.eval_batch_size, 1), ("--eval-step", self.eval_num_steps, 1),
+                                     ("--eval-cfg-scale", self.eval_cfg_scale, 0)):
+            check_at_least(flag, value, minimum)
+        if not (self.sample_every or self.eval_every):
+            return
+        check_at_most("--eval-step", self.eval_num_steps, self.block_size, "the number of tokens of an image")
+        if self.data_parallel == "fsdp":
+            raise UserError("--sample-every / --eval-every need --data-parallel ddp (an FSDP run holds its weights "
+                            "sharded); sample its checkpoints with sample_c2i_ddp.py instead")
+        if self.eval_every and self.dataset != "digits" and not self.eval_ref_batch:
+            raise UserError("--eval-every needs --eval-ref-batch: an ADM reference batch (e.g. "
+                            "VIRTUAL_imagenet256_labeled.npz) or an .npz of precomputed statistics (mu, sigma)")
 
     @property
     def block_size(self) -> int:

@@ -9,20 +9,27 @@ from typing import Iterator, Optional, Tuple
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from autoregressive.train.checkpoint import (Progress, TrainingCheckpoint, checkpoint_path, gather_rng_states,
-                                             is_sharded_checkpoint, latest_checkpoint, load_checkpoint, load_sharded,
-                                             pack, resume_random_state, save_atomic, save_sharded)
+from autoregressive.train.checkpoint import (Progress, TrainingCheckpoint, all_finite, checkpoint_path,
+                                             earlier_checkpoints, gather_rng_states, is_sharded_checkpoint,
+                                             latest_checkpoint, load_checkpoint, load_sharded, pack, prune_checkpoints,
+                                             resume_random_state, save_checked, save_sharded)
 from autoregressive.train.config import TrainConfig, build_model
 from autoregressive.train.ema import create_ema, update_ema
 from autoregressive.train.finetune import load_initial_weights
 from autoregressive.train.kernels import apply_kernels
+from autoregressive.train.monitor import Monitor
 from autoregressive.train.optim import build_optimizer, learning_rate_at, set_learning_rate
 from autoregressive.train.parallel import (set_activation_memory_budget, shard_model, skip_gradient_sync,
                                           wrap_for_training)
+from autoregressive.train.stopping import Diverged, StopAgreement, parse_deadline, stop_on_signals
 from autoregressive.utils.cli import InputNotFound, UserError
-from autoregressive.utils.dist import DistInfo, all_reduce_mean, barrier
+from autoregressive.utils.dist import DistInfo, all_reduce_mean, any_rank, barrier
 from autoregressive.utils.files import remove_stale_temporaries
 from autoregressive.utils.logger import get_logger
+
+
+class NonFiniteCheckpoint(UserError):
+    """A checkpoint holding NaN or infinite weights or optimizer state (saved by a diverged run of older code)."""
 
 
 class ResumableSampler(DistributedSampler):
@@ -129,6 +136,8 @@ class Trainer:
         dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float16
         self.autocast = (lambda: torch.autocast("cuda", dtype=dtype)) if use_amp else contextlib.nullcontext
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_amp and cfg.mixed_precision == "fp16")
+        self.grad_norm: Optional[torch.Tensor] = None  # of the last optimizer step, before clipping
+        self.stopped_by: Optional[str] = None  # why the run ended before its last step (signal, time limit)
 
     def checkpoint(self, with_weights: bool) -> TrainingCheckpoint:
         """Progress, config and every rank's RNG (collective), with the weights and optimizer if asked."""
@@ -157,19 +166,33 @@ class Trainer:
             if self.ema is not None:
                 self.ema.load_state_dict(checkpoint.ema if checkpoint.ema is not None else checkpoint.model,
                                          strict=True)
+        if not self.state_is_finite():
+            raise NonFiniteCheckpoint(f"{path} holds non-finite weights or optimizer state (saved by a run that "
+                                      "diverged); resume from an earlier checkpoint of that run with a lower --lr")
         self.progress = checkpoint.progress
         resume_random_state(checkpoint, path, self.cfg.global_batch_size, self.info.rank, self.info.world_size,
                             self.info.device)
 
+    def state_is_finite(self) -> bool:
+        """No NaN or infinity in the weights, EMA or optimizer state of any rank (collective)."""
+        ema = None if self.ema is None else self.ema.state_dict()
+        mine = all_finite(self.model.state_dict(), self.optimizer.state_dict()["state"], ema)
+        return not any_rank(not mine, self.info.device)
+
     def save(self, run_dir: str) -> str:
+        """Write this step's checkpoint (every rank takes part), then keep only the --keep-last newest.
+        Raises Diverged rather than write non-finite state, CheckpointWriteFailed if the write fails."""
         path = checkpoint_path(run_dir, self.progress.step, sharded=self.sharded)
+        if not self.state_is_finite():
+            raise Diverged(f"training diverged: the weights or optimizer state are non-finite at step "
+                           f"{self.progress.step}; not saved. Resume from the last checkpoint with a lower --lr")
         if self.sharded:
             save_sharded(path, self.model, self.optimizer, self.ema, self.checkpoint(with_weights=False),
-                         self.info.is_main)
-            return path
-        payload = pack(self.checkpoint(with_weights=True))  # every rank takes part in gathering the RNG states
+                         self.info.is_main, self.info.device)
+        else:  # every rank takes part in gathering the RNG states
+            save_checked(pack(self.checkpoint(with_weights=True)), path, self.info.is_main, self.info.device)
         if self.info.is_main:
-            save_atomic(payload, path)
+            prune_checkpoints(run_dir, self.cfg.keep_last, keep=path)
         barrier()
         return path
 
@@ -186,9 +209,9 @@ class Trainer:
                                                **extra)
                 self.scaler.scale(loss / len(batches)).backward()
             total += loss.detach() / len(batches)
-        if cfg.max_grad_norm > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+        self.scaler.unscale_(self.optimizer)
+        # Without clipping, an infinite bound only measures the norm (the gradients are multiplied by 1.0).
+        self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm or float("inf"))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -230,18 +253,22 @@ def train(cfg: TrainConfig, info: DistInfo, dataset, run_dir: str, resume_path: 
     logger = get_logger("arpg.train", run_dir, info.rank)
     trainer = Trainer(cfg, info, dataset)
     if resume_path:
-        trainer.restore(resume_path)
+        resume_path = restore_newest_finite(trainer, resume_path, logger, fall_back=picks_a_checkpoint(cfg.resume))
         logger.info(f"resumed from {resume_path} at step {trainer.progress.step}")
     if info.is_main and remove_stale_temporaries(os.path.join(run_dir, "checkpoints")):
         logger.info("removed the partial checkpoint files of a killed run")  # only rank 0 writes these files
     logger.info(f"{cfg.gpt_model}: {sum(p.numel() for p in trainer.model.parameters()):,} parameters, "
                 f"{len(dataset):,} samples, {trainer.steps_per_epoch} steps per epoch, run folder {run_dir}")
     wandb_run = start_wandb(cfg, run_dir, logger) if info.is_main and cfg.wandb else None
+    monitor = Monitor(cfg, info, run_dir, logger, wandb_run, trainer.progress.step)
     total_steps = min(cfg.max_steps or 10**12, cfg.epochs * trainer.steps_per_epoch)
     progress_bar = make_progress_bar(info, total_steps, trainer.progress.step)
     running, logged_steps, start_time = torch.zeros((), device=info.device), 0, time.time()
+    agreement = StopAgreement(info.device, cfg.time_limit, parse_deadline(cfg.deadline),
+                              check_grad_norm=not trainer.scaler.is_enabled())
     # Closed on the way out, also by an error: the error's line must not land on the bar's line.
-    with progress_bar if progress_bar is not None else contextlib.nullcontext():
+    with progress_bar if progress_bar is not None else contextlib.nullcontext(), \
+            stop_on_signals(agreement, cfg.stop_signal):
         for loss, lr in trainer.steps(total_steps):
             running, logged_steps, step = running + loss, logged_steps + 1, trainer.progress.step
             if progress_bar is not None:
@@ -250,9 +277,38 @@ def train(cfg: TrainConfig, info: DistInfo, dataset, run_dir: str, resume_path: 
                 seconds = time.time() - start_time
                 log_step(logger, wandb_run, trainer, running / logged_steps, lr, logged_steps * cfg.global_batch_size / seconds)
                 running, logged_steps, start_time = torch.zeros((), device=info.device), 0, time.time()
-            if step % cfg.ckpt_every == 0 or step == total_steps:
+            due = step % cfg.ckpt_every == 0 or step == total_steps
+            stop = agreement.after_step(step, loss, trainer.grad_norm, settle=due)  # raises Diverged
+            trainer.stopped_by = stop if step < total_steps else None
+            if due or trainer.stopped_by:
                 logger.info(f"saved {trainer.save(run_dir)}")
+            if trainer.stopped_by:
+                logger.info(f"stopped at step {step} on {trainer.stopped_by}; to continue, run the same command "
+                            "with --resume")
+                agreement.checkpoint_written()
+                return trainer
+            start_time += monitor.after_step(trainer)  # grids and evaluations do not count as training time
     return trainer
+
+
+def picks_a_checkpoint(resume: Optional[str]) -> bool:
+    """Whether --resume leaves the choice of checkpoint to us ('latest' or a run folder), not names a file."""
+    return resume == "latest" or (resume is not None and os.path.isdir(resume) and not is_sharded_checkpoint(resume))
+
+
+def restore_newest_finite(trainer: Trainer, path: str, logger, fall_back: bool) -> str:
+    """Restore `path`; if it holds non-finite state and `fall_back`, the newest earlier finite checkpoint of
+    the same run instead (our runs never save one, older code did). Returns the path restored."""
+    for candidate in [path] + (earlier_checkpoints(path) if fall_back else []):
+        try:
+            trainer.restore(candidate)
+            return candidate
+        except NonFiniteCheckpoint:
+            if not fall_back:
+                raise
+            logger.warning(f"skipping {candidate}: non-finite weights or optimizer state (a diverged run)")
+    raise NonFiniteCheckpoint(f"no checkpoint beside {path} has finite weights and optimizer state; "
+                              "start a new run (without --resume)")
 
 
 def out_of_memory_advice(cfg: TrainConfig, micro_batch: int) -> str:

@@ -15,7 +15,9 @@ HUB_PREFIX = "hf://"  # --gpt-ckpt / --vq-ckpt values that name a file on the Hu
 
 
 class UserError(ValueError):
-    """A value, flag or file the user gave is wrong; the message says which and what to do."""
+    """A value, flag or file the user gave is wrong; the message says which and what to do. Subclasses for
+    conditions that are not a wrong input but need the user (a diverged run) set their own exit code."""
+    exit_code = USER_ERROR_EXIT_CODE
 
 
 class InputNotFound(UserError, FileNotFoundError):
@@ -23,14 +25,15 @@ class InputNotFound(UserError, FileNotFoundError):
 
 
 def run_main(main: Callable[[Optional[List[str]]], None], argv: Optional[List[str]] = None) -> None:
-    """Call main(argv); turn a UserError into `error: <message>` on stderr and exit code 2."""
+    """Call main(argv); turn a UserError into `error: <message>` on stderr and its exit code (2 unless the
+    error's class says otherwise)."""
     try:
         main(argv)
     except UserError as error:
         if os.environ.get("ARPG_DEBUG", "") not in ("", "0"):
             raise
         print(f"error: {user_message(error)}", file=sys.stderr, flush=True)
-        sys.exit(USER_ERROR_EXIT_CODE)
+        sys.exit(error.exit_code)
 
 
 def user_message(error: UserError) -> str:

@@ -111,6 +111,15 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether `flag` is true on at least one rank (a collective: every rank must call it)."""
+    if not is_distributed():
+        return flag
+    value = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def cleanup() -> None:
     """Leave the process group, all ranks together.
 
