@@ -1,95 +1,149 @@
-"""Web demo: sample a grid of chosen classes, and edit a picture (inpaint, outpaint, class edit) under a mask
-painted with the brush. Needs gradio (`pip install gradio`), which the rest of the code base does not.
+"""Web demo: generate a gallery of chosen classes, and edit a picture (inpaint, outpaint, class edit) under a
+mask painted with the brush. Needs gradio (`pip install gradio`), which the rest of the code base does not.
 
-    python app.py                     # the digits model that `bash scripts/demo.sh` trained (results/), on the CPU
-    python app.py --gpt-model ARPG-L --gpt-ckpt arpg_300m.pt --vq-ckpt vq_ds16_c2i.pt --device cuda
+    python app.py                          # the digits model that `bash scripts/demo.sh` trained (results/), CPU
+    python app.py --gpt-model ARPG-XL      # the released weights and VQ-16 tokenizer, fetched from the Hub
 
-What the buttons do lives in autoregressive/demo_app.py (tested without gradio); this file only lays out the page.
+What the buttons do lives in demo/ (tested without gradio); this file lays out the page and wires it up.
+See docs/web_demo.md.
 """
 import argparse
+import logging
 import sys
 
-from autoregressive.demo_app import TASKS, DemoApp, page_defaults
-from autoregressive.models.arpg import ARPG_models
-from autoregressive.weights import PRECISIONS
+from autoregressive.model_args import add_model_args
+from autoregressive.sampling import CFG_SCHEDULES, KV_CACHE_DTYPES
+from demo.actions import PICKED, TASKS, Actions, answer
+from demo.presets import ABOUT, CONTROLS_HELP, page_defaults, presets
+
+CSS = """
+.arpg-message { padding: 6px 10px; border-radius: 6px; border-left: 4px solid #3a7d44; background: #eef7ef; }
+.arpg-error { border-left-color: #c62828; background: #fdecea; color: #8e1c1c; font-weight: 600; }
+"""
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="ARPG web demo (gradio).")
-    parser.add_argument("--gpt-model", choices=list(ARPG_models), default="ARPG-digits")
-    parser.add_argument("--gpt-ckpt", default=None, help="default: the newest digits run under --results-dir")
-    parser.add_argument("--vq-model", default="VQ-16")
-    parser.add_argument("--vq-ckpt", default=None, help="VQ tokenizer; needed by the ImageNet models")
-    parser.add_argument("--results-dir", default="results")
+    add_model_args(parser, gpt_model="ARPG-digits")
+    parser.add_argument("--results-dir", default="results",
+                        help="where the digits model is looked for when --gpt-ckpt is omitted")
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default=None,
-                        help="default: cpu for the digits model, auto (CUDA when present) with --vq-ckpt")
-    parser.add_argument("--precision", choices=list(PRECISIONS), default="none", help="weights dtype")
+                        help="default: cpu for the digits model, else auto (CUDA when present)")
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
     parser.add_argument("--port", type=int, default=7860)
     return parser
 
 
-def sampling_controls(gr, steps_max: int, defaults):
-    """Steps, CFG scale, CFG schedule, temperature and seed, in that order."""
+def sampling_controls(gr, prefix: str, defaults, max_steps: int, cuda: bool):
+    """The controls of Settings.FIELDS, in that order; elem_ids <prefix>-steps, <prefix>-seed, ..."""
     with gr.Row():
-        steps = gr.Slider(1, steps_max, value=defaults.steps, step=1, label="steps")
-        cfg_scale = gr.Slider(1.0, 10.0, value=defaults.cfg_scale, step=0.5, label="CFG scale")
-        cfg_schedule = gr.Radio(["linear", "constant"], value="linear", label="CFG schedule")
+        steps = gr.Number(defaults.steps, precision=0, label="steps", info=f"1 to {max_steps}",
+                          elem_id=f"{prefix}-steps")
+        cfg_scale = gr.Number(defaults.cfg_scale, label="CFG scale", info="1 = no guidance",
+                              elem_id=f"{prefix}-cfg")
+    cfg_schedule = gr.Radio(list(CFG_SCHEDULES), value="linear", label="CFG schedule")
     with gr.Row():
-        temperature = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="temperature (0 = greedy)")
-        seed = gr.Number(value=0, precision=0, label="seed")
-    return [steps, cfg_scale, cfg_schedule, temperature, seed]
+        temperature = gr.Number(1.0, label="temperature", info="0 = greedy", elem_id=f"{prefix}-temperature")
+        seed = gr.Number(0, precision=0, label="seed", elem_id=f"{prefix}-seed")
+    with gr.Row():
+        top_k = gr.Number(0, precision=0, label="top-k", info="0 = off", elem_id=f"{prefix}-top-k")
+        top_p = gr.Number(1.0, label="top-p", info="1 = off", elem_id=f"{prefix}-top-p")
+    with gr.Row():
+        kv_cache = gr.Radio(list(KV_CACHE_DTYPES), value="weights", label="KV cache")
+        compiled = gr.Checkbox(False, label="compiled layers", interactive=cuda,
+                               info="torch.compile, CUDA only" if cuda else "CUDA only; this page runs on the CPU")
+    return [steps, cfg_scale, cfg_schedule, temperature, top_k, top_p, kv_cache, compiled, seed]
 
 
-def build_page(gr, app: DemoApp):
-    defaults = page_defaults(app.demo)
-    steps_max = app.demo.model.config.block_size if app.demo else 64
+def build_page(gr, actions: Actions):
+    demo = actions.demo
+    defaults = page_defaults(demo)
+    choices = demo.classes.choices if demo else []
+    max_steps = demo.model.config.block_size if demo else 64
+    cuda = bool(demo) and demo.device.type == "cuda"
+    keep = gr.update  # an output left as it is: a failed action keeps the last good result
+
     with gr.Blocks(title="ARPG demo") as page:
-        gr.Markdown(f"# ARPG: randomized parallel decoding\n{app.status}")
-        samples = gr.State([])
+        gr.Markdown(f"# ARPG: randomized parallel decoding\n{ABOUT}\n\n**Model:** {actions.status}")
+        with gr.Accordion("What the controls do", open=False):
+            gr.Markdown(CONTROLS_HELP)
+        generation = gr.State(None)
+        origin = gr.State(None)  # the picture the image class came with, or PICKED by hand
         with gr.Tabs() as tabs:
             with gr.Tab("Generate", id="generate"):
                 with gr.Row():
-                    classes = gr.Textbox(defaults.classes, label="class ids (space or comma separated)")
-                    per_class = gr.Slider(1, 8, value=defaults.per_class, step=1, label="images per class")
-                controls = sampling_controls(gr, steps_max, defaults)
-                generate = gr.Button("Generate", variant="primary", elem_id="generate-button")
-                generate_message = gr.Markdown(elem_id="generate-message")
-                grid = gr.Image(label="one row per class", type="numpy", interactive=False, elem_id="grid")
-                with gr.Row():
-                    pick = gr.Number(value=1, precision=0, label="sample to edit (1 = top left, row by row)")
-                    send = gr.Button("Send to the editor", elem_id="send-button")
+                    with gr.Column(scale=1):
+                        classes = gr.Dropdown(choices, value=defaults.classes, multiselect=True, label="classes",
+                                              info="type to search by name or id", elem_id="classes")
+                        per_class = gr.Number(defaults.per_class, precision=0, label="images per class",
+                                              elem_id="per-class")
+                        controls = sampling_controls(gr, "gen", defaults, max_steps, cuda)
+                        generate = gr.Button("Generate", variant="primary", elem_id="generate-button")
+                    with gr.Column(scale=3):
+                        generate_message = gr.HTML(elem_id="generate-message")
+                        gallery = gr.Gallery(label="a row per class (click to enlarge)", columns=defaults.per_class, height="auto",
+                                             buttons=["download", "download_all", "fullscreen"], object_fit="contain",
+                                             elem_id="gallery")
+                        with gr.Row():
+                            pick = gr.Number(1, precision=0, label="sample to edit (1 = top left, row by row; "
+                                             "or click one)", elem_id="pick")
+                            send = gr.Button("Send to the editor", elem_id="send-button")
+                examples = presets(demo)
+                if examples:
+                    gr.Examples(list(examples.values()), [classes, per_class, *controls[:6], controls[-1]],
+                                label="presets (click one, then Generate)", example_labels=list(examples),
+                                elem_id="presets")
             with gr.Tab("Edit", id="edit"):
-                gr.Markdown("Paint over the image with the brush; "
-                            + "; ".join(f"**{task}**: {what}" for task, what in TASKS.items()) + ".")
-                editor = gr.ImageEditor(type="numpy", image_mode="RGB", label="image and mask", elem_id="editor",
-                                        brush=gr.Brush(colors=["#ff3030"], default_size=24, color_mode="fixed"),
-                                        layers=False, transforms=(), canvas_size=(256, 256))
                 with gr.Row():
-                    task = gr.Radio(list(TASKS), value="inpaint", label="task")
-                    class_label = gr.Number(value=int(defaults.classes.split()[0]), precision=0,
-                                            label="class (the image's, or the new one for class-edit)")
-                    num_results = gr.Slider(1, 8, value=4, step=1, label="results")
-                edit_controls = sampling_controls(gr, steps_max, defaults)
-                edit = gr.Button("Edit", variant="primary", elem_id="edit-button")
-                edit_message = gr.Markdown(elem_id="edit-message")
-                edited = gr.Image(label="input, mask (kept area bright), results", type="numpy", interactive=False,
-                                  elem_id="edited")
+                    with gr.Column(scale=1):
+                        task = gr.Radio(list(TASKS), value="inpaint", label="task",
+                                        info="; ".join(f"{name}: {what}" for name, what in TASKS.items()))
+                        image_class = gr.Dropdown(choices, value=None, label="image class",
+                                                  info="the picture's class; a sent sample brings its own",
+                                                  elem_id="image-class")
+                        new_class = gr.Dropdown(choices, value=None, label="new class (class-edit)",
+                                                elem_id="new-class")
+                        num_results = gr.Number(4, precision=0, label="results", elem_id="num-results")
+                        edit_controls = sampling_controls(gr, "edit", defaults, max_steps, cuda)
+                        edit = gr.Button("Edit", variant="primary", elem_id="edit-button")
+                    with gr.Column(scale=3):
+                        editor = gr.ImageEditor(type="numpy", image_mode="RGB", label="paint what to change",
+                                                elem_id="editor", layers=False, transforms=(),
+                                                brush=gr.Brush(colors=["#ff3030"], default_size=24,
+                                                               color_mode="fixed"),
+                                                canvas_size=(defaults.image_size, defaults.image_size))
+                        edit_message = gr.HTML(elem_id="edit-message")
+                        edited = gr.Gallery(label="input, kept area (bright), results", columns=6, height="auto",
+                                            buttons=["download", "download_all", "fullscreen"], object_fit="contain",
+                                            elem_id="edited")
 
-        def on_generate(*values):
-            result, message = app.generate(*values)
-            return (None, [], message) if result is None else (result[0], list(result[1]), message)
+        def on_generate(last, *values):
+            reply = answer(actions.generate, *values)
+            if reply.result is None:
+                return keep(), last, reply.html()
+            result = reply.result
+            return gr.Gallery(value=result.gallery(), columns=result.per_row), result, reply.html()
 
-        def on_send(pictures, index):
-            if not pictures:
-                return gr.update(), gr.Tabs(), "Error: generate a grid first"
-            index = min(max(int(index or 1), 1), len(pictures)) - 1
-            picture = pictures[index]
-            return {"background": picture, "layers": [], "composite": picture}, gr.Tabs(selected="edit"), ""
+        def on_pick(selected: gr.SelectData):
+            return selected.index + 1
 
-        generate.click(on_generate, [classes, per_class, *controls], [grid, samples, generate_message])
-        send.click(on_send, [samples, pick], [editor, tabs, generate_message])
-        edit.click(app.edit, [editor, task, class_label, num_results, *edit_controls], [edited, edit_message])
+        def on_send(last, index):
+            reply = answer(actions.send, last, index)
+            if reply.result is None:
+                return keep(), keep(), keep(), keep(), reply.html(), ""
+            value, label, picture = reply.result
+            return value, label, picture, gr.Tabs(selected="edit"), "", reply.html()
+
+        def on_edit(*values):
+            reply = answer(actions.edit, *values)
+            return (keep() if reply.result is None else reply.result), reply.html()
+
+        generate.click(on_generate, [generation, classes, per_class, *controls], [gallery, generation, generate_message])
+        gallery.select(on_pick, None, pick)
+        send.click(on_send, [generation, pick], [editor, image_class, origin, tabs, generate_message, edit_message])
+        image_class.input(lambda: PICKED, None, origin)  # a class picked by hand names whatever is in the editor
+        edit.click(on_edit, [editor, origin, task, image_class, new_class, num_results, *edit_controls],
+                   [edited, edit_message])
     return page
 
 
@@ -98,11 +152,10 @@ def main(args) -> None:
         import gradio as gr
     except ImportError:
         sys.exit("the web demo needs gradio: pip install gradio")
-    device = args.device or ("auto" if args.vq_ckpt else "cpu")
-    app = DemoApp.open(args.gpt_model, args.gpt_ckpt, args.vq_model, args.vq_ckpt, device, args.precision,
-                       args.results_dir)
-    print(app.status)
-    build_page(gr, app).launch(server_name=args.host, server_port=args.port)
+    logging.basicConfig(level=logging.INFO)
+    actions = Actions.open(args)
+    print(actions.status)
+    build_page(gr, actions).launch(server_name=args.host, server_port=args.port, css=CSS)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,15 @@ one per sample) or --condition-path, a condition folder such as ImageNet val's e
 takes the folder's i-th map and that file's class, as ControlAR evaluates. Batch k holds samples
 [k*B, (k+1)*B) (B = --per-proc-batch-size) and runs on rank k mod world size with randomness drawn
 from (--global-seed, k*B): at a fixed B the images do not depend on the number of processes. Each PNG
-is written atomically and a rerun skips finished batches, so a killed run resumes. Rank 0 finally
-packs arr_0 (N, H, W, 3) uint8 and labels.
+(or, with --no-png, each batch's .npy file) is written atomically and a rerun skips finished batches,
+so a killed run resumes. Rank 0 finally packs arr_0 (N, H, W, 3) uint8 and labels. The VQ decoding
+and the writing of a batch overlap the sampling of the next (autoregressive/image_output.py).
 """
 import argparse
+import json
 import math
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
@@ -23,9 +26,10 @@ import torch
 from PIL import Image
 
 from autoregressive.fast_generate import make_sampler
+from autoregressive.image_output import (DecoderThread, ImageWriter, StageClock, batch_path, default_workers, png_path,
+                                         render_function, stored_batches)
 from autoregressive.model_args import add_model_args, check_model_args, model_from_args
 from autoregressive.pretrained import with_checkpoints_fetched
-from autoregressive.render import tokens_to_images
 from autoregressive.sampling import SamplingConfig, add_sampling_args, batch_generator
 from autoregressive.utils.cli import RenamedFlag, UserError, check_at_least, check_at_most, run_main
 from autoregressive.utils.device import enable_tf32
@@ -36,6 +40,7 @@ from autoregressive.weights import PRECISIONS
 from dataset.conditions import ConditionFolder, add_condition_args, check_condition_args, load_condition_map
 
 DEFAULT_NUM_SAMPLES = 50000  # ImageNet's val set, the FID reference
+LAUNCHED = time.time()  # the start of this process's wall time in --timings
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -61,6 +66,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-fid-samples", type=int, default=None,
                         help=f"default: {DEFAULT_NUM_SAMPLES}, or the number of maps in --condition-path")
     parser.add_argument("--global-seed", type=int, default=0)
+    parser.add_argument("--png", action=argparse.BooleanOptionalAction, default=True,
+                        help="one PNG per sample (the official layout); --no-png: one .npy file per batch in the "
+                             "sample folder instead, packed into the same .npz (same arrays, resumable, no PNG "
+                             "encoding)")
+    parser.add_argument("--timings", metavar="PATH", default=None,
+                        help="write the seconds spent per stage (model, VQ decoding, writing, packing) as JSON to "
+                             "PATH (.rankN appended with several processes); scripts/bench_sample_ddp.py reads it")
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     ignored = parser.add_argument_group(
         "compatibility", "accepted so the official command lines run, and ignored: checkpoint layouts are "
@@ -109,22 +121,43 @@ def read_png_rgb(path: str) -> np.ndarray:
 
 
 def pack_npz(folder: str, labels: np.ndarray) -> str:
-    """Stack PNGs 0..N-1 into {folder}.npz (arr_0 uint8 NHWC, labels (N,) int64), written atomically.
-    PNGs are decoded on threads straight into one preallocated array (50,000 images at 256 are 9.8 GB)."""
+    """Stack samples 0..N-1 into {folder}.npz (arr_0 uint8 NHWC, labels (N,) int64), written atomically.
+    Each sample comes from a batch file of a run without PNGs or else from its PNG; both are read on
+    threads straight into one preallocated array (50,000 images at 256 are 9.8 GB)."""
     num_samples = len(labels)
-    paths = [os.path.join(folder, f"{i:06d}.png") for i in range(num_samples)]
-    first = read_png_rgb(paths[0])
-    arr = np.empty((num_samples, *first.shape), dtype=np.uint8)
+    batches = {first: end for first, end in stored_batches(folder).items() if first < num_samples}
+    from_png = np.ones(num_samples, dtype=bool)
+    for first, end in batches.items():
+        from_png[first:end] = False
+    png_indices = np.flatnonzero(from_png).tolist()
+    if batches:
+        first_batch = min(batches)
+        shape = np.load(batch_path(folder, first_batch, batches[first_batch]), mmap_mode="r").shape[1:]
+        source = batch_path(folder, first_batch, batches[first_batch])
+    else:
+        shape, source = read_png_rgb(png_path(folder, png_indices[0])).shape, png_path(folder, png_indices[0])
+    arr = np.empty((num_samples, *shape), dtype=np.uint8)
 
-    def fill(index: int) -> None:
-        image = read_png_rgb(paths[index])
-        if image.shape != first.shape:
-            raise UserError(f"{folder} holds images of several sizes ({paths[index]} is {image.shape[:2]}, "
-                            f"{paths[0]} is {first.shape[:2]}); delete it and sample again")
+    def check_shape(found, path):
+        if tuple(found) != tuple(shape):
+            raise UserError(f"{folder} holds images of several sizes ({path} is {tuple(found)[:2]}, "
+                            f"{source} is {tuple(shape)[:2]}); delete it and sample again")
+
+    def fill_png(index: int) -> None:
+        image = read_png_rgb(png_path(folder, index))
+        check_shape(image.shape, png_path(folder, index))
         arr[index] = image
 
+    def fill_batch(first: int) -> None:
+        path = batch_path(folder, first, batches[first])
+        images = np.load(path, mmap_mode="r")
+        check_shape(images.shape[1:], path)
+        end = min(batches[first], num_samples)
+        arr[first:end] = images[:end - first]
+
     with ThreadPoolExecutor(max_workers=8) as readers:
-        list(readers.map(fill, range(num_samples)))
+        list(readers.map(fill_batch, batches))
+        list(readers.map(fill_png, png_indices))
     path = f"{folder}.npz"
     write_atomic(path, lambda tmp: np.savez(tmp, arr_0=arr, labels=labels))
     return path
@@ -179,12 +212,6 @@ def sample_inputs(args, config) -> SampleInputs:
     return SampleInputs(num_samples, config.num_classes, folder=folder)
 
 
-def finish_writes(futures) -> None:
-    """Wait for the PNG writes of the previous batch; re-raise the first error."""
-    for future in futures:
-        future.result()
-
-
 def check_args(args) -> int:
     """Refuse bad flags before any model is built or folder made; returns the condition vocabulary."""
     check_model_args(args)
@@ -213,24 +240,32 @@ def main(args) -> None:
     folder = os.path.join(args.sample_dir, folder_name(args, image_size, image_size_eval))
     check_at_most("--step", args.step, config.block_size, "the number of tokens of an image")
     sampler = make_sampler(model, use_fast=args.compile, fuse=args.compile_layers)
+    clock = StageClock()
     with output_folder(folder):
         if info.is_main:  # before any rank writes: check_shared_folder's collectives wait for it
             removed = remove_stale_temporaries(folder)
             if removed:
-                logger.info(f"removed {removed} partial PNGs of a killed run from {folder}")
-        check_shared_folder(folder)  # rank 0 packs every rank's PNGs
-        sample_into(folder, inputs, model, vq, sampler, sampling, image_size_eval, info, args)
+                logger.info(f"removed {removed} partial files of a killed run from {folder}")
+        check_shared_folder(folder)  # rank 0 packs every rank's images
+        sample_into(folder, inputs, model, vq, sampler, sampling, image_size_eval, info, args, clock)
+    clock.mark("sampled")
     barrier()
     if info.is_main:
+        start = time.perf_counter()
         path = pack_npz(folder, inputs.labels(torch.arange(inputs.num_samples)).numpy())
+        clock.add("pack", time.perf_counter() - start)
         logger.info(f"saved {path}")
+    clock.mark("packed")
+    if args.timings:
+        write_timings(f"{args.timings}.rank{info.rank}" if info.world_size > 1 else args.timings, clock, LAUNCHED)
     barrier()
     cleanup()
 
 
 def sample_into(folder: str, inputs: SampleInputs, model, vq, sampler, sampling: SamplingConfig, image_size_eval: int,
-                info, args) -> None:
-    """This rank's batches as PNGs in folder; finished batches of an earlier run are skipped."""
+                info, args, clock: StageClock) -> None:
+    """This rank's batches into folder (PNGs, or one .npy per batch with --no-png); finished batches of an
+    earlier run are skipped."""
     logger, config = get_logger("arpg.sample", rank=info.rank), model.config
     batch, total = args.per_proc_batch_size, inputs.num_samples
     my_batches = range(info.rank, math.ceil(total / batch), info.world_size)
@@ -240,32 +275,59 @@ def sample_into(folder: str, inputs: SampleInputs, model, vq, sampler, sampling:
         from tqdm import tqdm
 
         progress = tqdm(my_batches, desc="sample", unit="batch", dynamic_ncols=True)
-    # PNG encoding of one batch runs on threads while the GPU samples the next; at most one batch is
-    # in flight, so memory stays bounded and an error surfaces one batch late at the latest.
-    with ThreadPoolExecutor(max_workers=8) as writers:  # on an error, the writes under way still finish
-        writing = []
+    render = render_function(config.grid_size, vq, config.vocab_size, image_size_eval)
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    # The VQ decoder of a batch runs on a thread and a CUDA stream of its own while the next batches
+    # sample, and its images are written by threads behind that (autoregressive/image_output.py).
+    writer = ImageWriter(folder, args.png, lambda image, path: save_png_atomic(image, path), clock,
+                         default_workers(local_processes))
+    decoder = DecoderThread(render, writer, clock)
+    stored = stored_batches(folder)
+    try:
         for k in progress:
             first = k * batch
             indices = [i for i in range(first, first + batch) if i < total]
-            if all(os.path.exists(os.path.join(folder, f"{i:06d}.png")) for i in indices):
+            if writer.finished(indices, stored):
                 continue
             batch_indices = torch.arange(first, first + batch, device=info.device)
             condition_map = inputs.condition_maps(batch_indices)
             extra = {} if condition_map is None else {"condition_map": condition_map}
             try:
+                start = time.perf_counter()
                 tokens = sampler(inputs.labels(batch_indices), sampling,
                                  batch_generator(info.device, args.global_seed, first), **extra)
-                images = tokens_to_images(tokens, config.grid_size, vq, config.vocab_size, image_size_eval).numpy()
+                if tokens.is_cuda:
+                    torch.cuda.current_stream().synchronize()  # the side stream's decoding goes on meanwhile
+                clock.add("model", time.perf_counter() - start)
+                decoder.put(first, len(indices), tokens)
             except torch.cuda.OutOfMemoryError as error:
-                if info.is_main:
-                    progress.close()  # the error's line must not land on the bar's line
-                raise UserError(f"out of GPU memory at --per-proc-batch-size {batch}: lower it; the finished PNGs "
-                                "are kept and skipped on the rerun (the samples still to come are drawn under the new "
-                                "batch size)") from error
-            finish_writes(writing)
-            writing = [writers.submit(save_png_atomic, images[i - first], os.path.join(folder, f"{i:06d}.png"))
-                       for i in indices]
-        finish_writes(writing)
+                raise out_of_memory(batch, progress if info.is_main else None) from error
+            clock.mark("first_batch_sampled")
+    finally:
+        try:
+            decoder.close()
+        except torch.cuda.OutOfMemoryError as error:  # in the VQ decoder
+            raise out_of_memory(batch, progress if info.is_main else None) from error
+        finally:
+            writer.close()
+
+
+def out_of_memory(batch: int, progress) -> UserError:
+    if progress is not None:
+        progress.close()  # the error's line must not land on the bar's line
+    return UserError(f"out of GPU memory at --per-proc-batch-size {batch}: lower it; the finished images are kept and "
+                     "skipped on the rerun (the samples still to come are drawn under the new batch size)")
+
+
+def write_timings(path: str, clock: StageClock, launched: float) -> None:
+    """The stage times of this process as JSON (scripts/bench_sample_ddp.py reads them)."""
+    record = {"launched": launched, "seconds": dict(clock.seconds), "marks": clock.marks,
+              "written": sorted(clock.written)}
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as file:
+            json.dump(record, file, indent=1)
+    write_atomic(path, write)
 
 
 if __name__ == "__main__":

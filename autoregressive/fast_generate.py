@@ -8,7 +8,8 @@ every later batch with the same settings. Drawing the tokens stays outside the g
 loop, so with the same generator the fast path returns the reference loop's tokens.
 """
 import contextlib
-from typing import Callable, List, Optional, Tuple, Union
+import types
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
@@ -19,6 +20,39 @@ from autoregressive.sampling import SamplingConfig
 LayerParts = List[Tuple[Callable, Callable]]
 
 
+def _before_attention(layer, x, rope, *cache_slot):
+    return layer.before_attention(x, rope, *cache_slot)
+
+
+def _after_attention(layer, x, attended, training: bool):
+    return layer.after_attention(x, attended, training)
+
+
+# One function object per kind of part, shared by every model and sampler of the process (see compiled_part).
+_compiled_parts: Dict[Tuple, Callable] = {}
+
+
+def part_kind(layer, part: Callable, backend: str, has_cache_slot: bool = False) -> Tuple:
+    """What a compiled part's code is specialised on: the layer's attention type, its parameters' shapes,
+    dtypes and device, whether it writes a cache slot, and the backend. Batch and sequence sizes are
+    left out: they are dynamic."""
+    weights = tuple((name, tuple(p.shape), p.dtype, p.device.type) for name, p in layer.named_parameters())
+    return part.__name__, type(layer.attn).__name__, type(layer.drop_path).__name__, weights, has_cache_slot, backend
+
+
+def compiled_part(kind: Tuple, part: Callable, backend: str) -> Callable:
+    """torch.compile of `part` with a code object of its own for this kind. Dynamo keeps its compiled
+    entries, and counts them against its recompile limit, per code object: with one code object for
+    every layer kind, model size and cache option, a process that samples two models (or a quantised
+    and a plain cache) ran out of that limit and fell back to eager layers. Here each kind compiles
+    once per shape (a sequence of one token, and any other length)."""
+    if kind not in _compiled_parts:
+        code = part.__code__.replace(co_name=f"{part.__name__}_{len(_compiled_parts)}")
+        copy = types.FunctionType(code, part.__globals__, code.co_name)
+        _compiled_parts[kind] = torch.compile(copy, dynamic=True, backend=backend)
+    return _compiled_parts[kind]
+
+
 def compiled_layer_parts(model, backend: str = "inductor") -> LayerParts:
     """Each decoder layer's cache-free parts (norms, projections, RoPE, residuals, FFN) through
     torch.compile (shape-generic), in compute order, to pass as ARPG.decode's layer_parts: each part is
@@ -27,9 +61,36 @@ def compiled_layer_parts(model, backend: str = "inductor") -> LayerParts:
     eager layers', and sampled tokens differ wherever two candidates nearly tie (run them inside
     eager_rounding). Shape-generic, so the reference loop with these parts gives the fast path's tokens
     exactly. backend="eager" runs the same plumbing uncompiled (tests)."""
-    return [(torch.compile(layer.before_attention, dynamic=True, backend=backend),
-             torch.compile(layer.after_attention, dynamic=True, backend=backend))
-            for layer in [*model.layers.self_dec, *model.layers.cross_dec]]
+    return [layer_parts(layer, backend) for layer in [*model.layers.self_dec, *model.layers.cross_dec]]
+
+
+def layer_parts(layer, backend: str) -> Tuple[Callable, Callable]:
+    """One layer's (before_attention, after_attention) through the compiled parts of its kind; a
+    quantised cache passes no cache slot, which is another kind of before_attention."""
+    after = compiled_part(part_kind(layer, _after_attention, backend), _after_attention, backend)
+    before = {}  # has a cache slot -> compiled part, made on first use (cross-attention never has one)
+
+    def run_before(x, rope, *cache_slot):
+        has_slot = bool(cache_slot)
+        if has_slot not in before:
+            before[has_slot] = compiled_part(part_kind(layer, _before_attention, backend, has_slot), _before_attention,
+                                             backend)
+        with _no_duck_shapes():
+            return before[has_slot](layer, x, rope, *cache_slot)
+
+    def run_after(x, attended, training: bool):
+        with _no_duck_shapes():
+            return after(layer, x, attended, training)
+    return run_before, run_after
+
+
+def _no_duck_shapes():
+    """Sizes that happen to be equal when a part is traced (rows of the batch and heads, say) stay separate
+    symbols: otherwise the batch is fixed to the head count and every other batch size compiles again."""
+    shapes = torch.fx.experimental._config
+    if not hasattr(shapes, "use_duck_shape"):  # older torch
+        return contextlib.nullcontext()
+    return shapes.patch(use_duck_shape=False)
 
 
 def eager_rounding(layer_parts: Optional[LayerParts]):

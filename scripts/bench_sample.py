@@ -209,7 +209,7 @@ def main(argv=None):
     for name in args.models:
         rows += bench_model(name, args.batch_sizes, sampling, args.reps, vq, device, args.compile_layers, kv_caches)
         torch.cuda.empty_cache()  # the model of this size is gone once bench_model returns
-        torch._dynamo.reset()  # --compile-layers: compiled parts of the last size would count against the recompile limit
+        torch._dynamo.reset()  # --compile-layers: drop the parts of the last size (each size compiles its own)
     print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, {args.step} steps, "
           f"CFG {args.cfg_scale} {args.cfg_schedule}, {args.sample_schedule}, bf16, medians of {args.reps}, "
           f"VQ decode {'float32' if args.vq_precision == 'none' else args.vq_precision} compiled")

@@ -152,3 +152,38 @@ def test_the_step_plan_is_the_one_description_of_a_decoding(tiny_model):
         assert steps[-1].done_after == generated and start.cache_capacity == first_fed + generated - steps[-1].size
     plain = start_decoding(tiny_model, torch.tensor([0]), SamplingConfig(num_steps=4, cfg_scale=1.0))
     assert all(step.guidance is None for step in plain.steps) and plain.fed_ids.shape[0] == 1
+
+
+def test_fused_parts_compile_once_per_kind_and_shape_for_two_models_and_every_cache():
+    """Two model sizes in one process, every KV cache kind, new batch sizes: each kind of compiled layer
+    part (attention type, weight shapes, cache slot) holds at most two dynamo entries (a one-token
+    sequence and any other), far from the recompile limit past which the layers ran eagerly; a later
+    batch size compiles nothing; the tokens stay the reference loop's."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    from autoregressive import fast_generate
+    from autoregressive.sampling import KV_CACHE_DTYPES
+
+    def entries():  # dynamo entries per compiled part of this test's models (sizes no other test uses)
+        return {kind: len(_debug_get_cache_entry_list(part._torchdynamo_orig_callable.__code__))
+                for kind, part in fast_generate._compiled_parts.items() if kind[3][0][1][-1] in (40, 56)}
+
+    def check(sampler, model, kv_cache, batch):
+        sampling, condition = SamplingConfig(num_steps=3, cfg_scale=2.0, kv_cache=kv_cache), torch.arange(batch)
+        fast = sampler.generate(condition, sampling, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(fast, generate(model, condition, sampling, generator=torch.Generator().manual_seed(0)))
+
+    models = [build_tiny(0, dim=40, n_head=5), build_tiny(1, dim=56, n_head=7)]
+    samplers = [FastSampler(model, use_graphs=False, fuse="eager") for model in models]
+    for sampler, model in zip(samplers, models):
+        for kv_cache in KV_CACHE_DTYPES:
+            check(sampler, model, kv_cache, 2)
+    first = entries()
+    # per model: self-attention before (with and without a cache slot) and after, cross-attention before and after
+    assert len(first) == 10 and max(first.values()) <= 2
+    limit = getattr(torch._dynamo.config, "recompile_limit", None) or torch._dynamo.config.cache_size_limit
+    assert max(first.values()) < limit
+    check(samplers[0], models[0], "int8", 3)
+    check(samplers[1], models[1], "weights", 5)
+    check(FastSampler(models[0], use_graphs=False, fuse="eager"), models[0], "weights", 3)  # a second sampler
+    assert entries() == first

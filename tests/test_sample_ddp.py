@@ -194,3 +194,101 @@ def test_a_batch_out_of_gpu_memory_says_what_to_do_and_keeps_the_pngs(digits_ckp
     assert "Traceback" not in stderr and stderr.rstrip().splitlines()[-1].startswith(
         "error: out of GPU memory at --per-proc-batch-size 4: lower it")
     assert len(list((tmp_path / "out").glob("*/*.png"))) >= 4  # the first batches' PNGs stay
+
+
+def test_without_pngs_the_npz_is_the_same_and_a_killed_run_resumes(digits_ckpt, tmp_path):
+    """--no-png keeps each batch in one .npy file instead of PNGs: the packed arrays equal the PNG run's;
+    a batch file lost with the process is sampled again; and a folder holding both PNGs and batch files
+    (a run resumed with the other flag) packs the same arrays too."""
+    import json
+
+    run_inline(flags(digits_ckpt, tmp_path / "png"))
+    reference, labels = the_npz(tmp_path / "png")
+    timings = tmp_path / "timings.json"
+    run_inline(flags(digits_ckpt, tmp_path / "npy", extra=("--no-png", "--timings", str(timings))))
+    [folder] = [p for p in (tmp_path / "npy").iterdir() if p.is_dir()]
+    names = sorted(path.name for path in folder.iterdir())
+    assert names == [f"batch-{first:06d}-{min(first + 4, 26):06d}.npy" for first in range(0, 26, 4)]
+    arr, npy_labels = the_npz(tmp_path / "npy")
+    assert np.array_equal(arr, reference) and np.array_equal(npy_labels, labels)
+    stages = json.loads(timings.read_text())
+    assert {"model", "vq_decode", "write", "pack"} <= set(stages["seconds"])
+    assert stages["launched"] <= stages["marks"]["first_batch_sampled"] <= stages["marks"]["sampled"]
+    assert sorted(samples for _, samples in stages["written"]) == [2] + [4] * 6  # each batch once on disk
+
+    (folder / "batch-000008-000012.npy").unlink()  # as if the run died before this batch was written
+    (folder / "batch-000012-000016.tmp4242.npy").write_bytes(b"half a file")
+    (folder.parent / f"{folder.name}.npz").unlink()
+    run_inline(flags(digits_ckpt, tmp_path / "npy", extra=("--no-png",)))
+    assert sorted(path.name for path in folder.iterdir()) == names
+    assert np.array_equal(the_npz(tmp_path / "npy")[0], reference)
+
+    (folder / "batch-000020-000024.npy").unlink()  # resumed with PNGs: that batch comes back as PNGs
+    run_inline(flags(digits_ckpt, tmp_path / "npy"))
+    assert sorted(path.name for path in folder.glob("*.png")) == [f"{i:06d}.png" for i in range(20, 24)]
+    assert np.array_equal(the_npz(tmp_path / "npy")[0], reference)
+
+
+def test_two_gloo_processes_without_pngs_give_the_images_of_one(digits_ckpt, tmp_path):
+    run_inline(flags(digits_ckpt, tmp_path / "one"))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+               str(ROOT / "sample_c2i_ddp.py"), *flags(digits_ckpt, tmp_path / "two", extra=("--no-png",))]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert np.array_equal(the_npz(tmp_path / "one")[0], the_npz(tmp_path / "two")[0])
+
+
+def test_a_non_finite_decoder_output_fails_the_batch_that_holds_it():
+    """The finiteness check moved off the sampling thread: it is raised by the writer waiting for the images."""
+    from autoregressive.image_output import PendingImages, StageClock
+
+    render = lambda tokens: (torch.zeros(len(tokens), 2, 2, 3, dtype=torch.uint8), torch.tensor(False))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        PendingImages(torch.zeros(2, 4, dtype=torch.long), render, StageClock()).wait()
+
+
+def test_the_pngs_are_those_of_sampling_decoding_and_saving_one_batch_after_the_other(digits_ckpt, tmp_path):
+    """The overlapped pipeline writes the PNG bytes of the plain sequence: the batch's tokens from the
+    sampler, tokens_to_images, save_png_atomic."""
+    from autoregressive.fast_generate import make_sampler
+    from autoregressive.sampling import SamplingConfig, batch_generator
+    from autoregressive.weights import load_gpt
+    from sample_c2i_ddp import save_png_atomic
+
+    argv = flags(digits_ckpt, tmp_path / "s", num=6)
+    run_inline(argv)
+    [folder] = [p for p in (tmp_path / "s").iterdir() if p.is_dir()]
+    args = get_args_parser().parse_args(argv)
+    model = load_gpt("ARPG-digits", str(digits_ckpt), "cpu", "none")
+    sampler, grid = make_sampler(model), model.config.grid_size
+    for first in (0, 4):
+        indices = torch.arange(first, first + 4)
+        tokens = sampler(indices % model.config.num_classes, SamplingConfig.from_args(args),
+                         batch_generator("cpu", 0, first))
+        images = tokens_to_images(tokens, grid, None, model.config.vocab_size).numpy()
+        for row, index in enumerate(i for i in indices.tolist() if i < 6):
+            save_png_atomic(images[row], str(tmp_path / "expected.png"))
+            assert (folder / f"{index:06d}.png").read_bytes() == (tmp_path / "expected.png").read_bytes()
+
+
+def test_an_error_of_the_decoder_thread_reaches_the_sampling_thread(tmp_path):
+    """A batch the decoder fails on (out of memory, say) stops the run with that error, after the
+    batches queued before it were written."""
+    from autoregressive.image_output import DecoderThread, ImageWriter, StageClock
+    from sample_c2i_ddp import save_png_atomic
+
+    def render(tokens):
+        if int(tokens[0, 0]) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return torch.zeros(len(tokens), 2, 2, 3, dtype=torch.uint8), torch.tensor(True)
+
+    clock = StageClock()
+    writer = ImageWriter(str(tmp_path), True, save_png_atomic, clock, workers=2)
+    decoder = DecoderThread(render, writer, clock)
+    decoder.put(0, 2, torch.zeros(2, 4, dtype=torch.long))
+    decoder.put(2, 2, torch.ones(2, 4, dtype=torch.long))
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        decoder.close()
+    writer.close()
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["000000.png", "000001.png"]

@@ -218,14 +218,17 @@ STEPS = ["--max-steps", "12", "--log-every", "1", "--ckpt-every", "100"]
 def stop_after(process, step: int, send) -> str:
     """Once `process` logged `step`, call send(process); returns its output once it ended."""
     output = []
-    threading.Thread(target=drain, args=(process.stdout, output), daemon=True).start()
+    reader = threading.Thread(target=drain, args=(process.stdout, output), daemon=True)
+    reader.start()
     deadline = time.time() + 240
     while f"step {step:07d} loss" not in "".join(output):
         assert process.poll() is None and time.time() < deadline, "".join(output)
         time.sleep(0.02)
     send(process)
     process.wait(timeout=240)
-    time.sleep(0.2)  # the drain thread reads the last lines
+    # Workers hold the pipe too: wait for its end of file, so the lines of workers that outlive a killed
+    # launcher (finishing their checkpoint) are read.
+    reader.join(timeout=120)
     return "".join(output)
 
 

@@ -91,6 +91,8 @@ class StopAgreement:
         flags[0] = self._request()  # a fill kernel: no host-to-device copy that would wait for the GPU
         flags[1] = (~torch.isfinite(loss.detach().float())).float()
         if grad_norm is not None and self.check_grad_norm:
+            if hasattr(grad_norm, "full_tensor"):  # FSDP's norm is a DTensor, each rank holding a partial sum
+                grad_norm = grad_norm.full_tensor()
             flags[2] = (~torch.isfinite(grad_norm.detach().float())).float()
         if is_distributed():
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)

@@ -1,0 +1,193 @@
+"""End to end, as users run it: the official sample_c2i_ddp.py against ours, launch to finished .npz, on
+one GPU with the same random weights and flags, split into stages.
+
+    python -m scripts.bench_sample_ddp --official-repo /tmp/ARPG-official --num-images 10000 \\
+        --official-images 10000 --batches 32 250 --no-png-batches 250
+
+Both scripts run under torchrun --nproc_per_node=1 with the official README's flags (--gpt-model ARPG-L
+--cfg-scale 5.0 --step 64 --sample-schedule arccos) on one random ARPG-L checkpoint in the official
+layout and one random VQ-16 checkpoint (written first into --work-dir). The official script runs from its
+own tree through scripts/time_official_sample.py (its stages timed), ours with --timings. Columns:
+start-up = launch until the first batch's tokens are sampled (loading, compilation, graph capture; our
+VQ decoder compiles after that, on its own thread beside the next batches); model, VQ decoding and
+encoding+writing = seconds busy over the whole run (ours overlaps them: the VQ decoder of a batch runs
+beside the sampling of the next, the writers on threads, so they add up to more than the wall time;
+writing is summed over the writer threads; our VQ time is GPU time, without its compilation); packing =
+the .npz. Steady img/s: images over time in the second half of the batches as their files reach the
+disk (the official script: its images after the first batch, over the time to its last PNG); "model only" is our sampler alone at that batch in this process, after the runs. The
+50,000-image column projects each run: start-up + images at the steady rate + packing scaled by the
+image count.
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from typing import List, Optional
+
+import numpy as np
+import torch
+
+from autoregressive.utils.cli import UserError, check_at_least, run_main
+from autoregressive.utils.dist import free_port
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OFFICIAL_FLAGS = ["--gpt-model", "ARPG-L", "--cfg-scale", "5.0", "--step", "64", "--sample-schedule", "arccos"]
+PROJECTED = 50000
+
+
+def random_checkpoints(work_dir: str, official_repo: str):
+    """A random ARPG-L in the official layout (head drawn, not zero) and a random VQ-16, as files."""
+    from scripts.bench_official import load_official
+    from tokenizer.vq_model import VQ_models
+
+    gpt, vq = os.path.join(work_dir, "arpg_l_random.pt"), os.path.join(work_dir, "vq_random.pt")
+    torch.manual_seed(0)
+    model = load_official(official_repo).ARPG_models["ARPG-L"]()
+    torch.nn.init.normal_(model.head.weight, std=0.02)
+    torch.save({"model": model.state_dict()}, gpt)
+    torch.save({"model": VQ_models["VQ-16"]().state_dict()}, vq)
+    return gpt, vq
+
+
+def launch(script: str, flags: List[str], times: str, env: dict, cwd: str) -> float:
+    """torchrun one process of script; returns the wall seconds from launch to exit."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", f"--master_port={free_port()}",
+               script, *flags]
+    start = time.time()
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    wall = time.time() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    with open(times) as file:
+        record = json.load(file)
+    record["launch_wall"] = start
+    return wall, record
+
+
+def row(name: str, batch: int, images: int, wall: float, record: dict) -> dict:
+    seconds, marks = record["seconds"], record["marks"]
+    startup = marks["first_batch_sampled"] - record["launch_wall"]
+    steady = steady_rate(record.get("written")) or (images - batch) / max(marks["sampled"] - marks["first_batch_sampled"],
+                                                                          1e-9)
+    pack = seconds.get("pack", 0.0)
+    projected = startup + (PROJECTED - batch) / steady + pack * PROJECTED / images
+    return {"run": name, "batch": batch, "images": images, "wall": wall, "startup": startup,
+            "model": seconds.get("model", 0.0), "vq": seconds.get("vq_decode", 0.0),
+            "write": seconds.get("write", 0.0), "pack": pack, "steady": steady, "projected": projected}
+
+
+def steady_rate(written: Optional[List[List[float]]]) -> Optional[float]:
+    """Images per second over the second half of the batches as they reached the disk ([time, samples]
+    per batch, in time order): past the start-up and the VQ compilation."""
+    if not written or len(written) < 4:
+        return None
+    half = written[len(written) // 2:]
+    return sum(samples for _, samples in half[1:]) / max(half[-1][0] - half[0][0], 1e-9)
+
+
+def model_only(batch: int, device) -> float:
+    """Our sampler alone (random bf16 ARPG-L, the flags above), img/s at batch: median of 3 after a warm-up."""
+    from autoregressive.fast_generate import FastSampler
+    from autoregressive.sampling import SamplingConfig
+    from scripts.bench_sample import random_model, timed
+
+    model = random_model("ARPG-L", device)
+    sampler = FastSampler(model)
+    sampling = SamplingConfig(num_steps=64, cfg_scale=5.0, sample_schedule="arccos")
+    labels = torch.arange(batch, device=device) % model.config.num_classes
+    sampler.generate(labels, sampling)
+    return batch / float(np.median([timed(lambda: sampler.generate(labels, sampling))[1] for _ in range(3)]))
+
+
+def table(rows: List[dict], official: Optional[dict], model_rates: dict) -> List[str]:
+    lines = ["| run | batch | images | wall s | start-up s | model s | VQ decoding s | encoding+writing s | "
+             "packing s | steady img/s | steady / model only | end to end img/s | 50k projected s | x official (50k) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        rate = model_rates.get(r["batch"]) if r["run"] != "official" else None
+        share = f"{100 * r['steady'] / rate:.0f}% of {rate:.0f}" if rate else "-"
+        ratio = f"{official['projected'] / r['projected']:.1f}x" if official else "-"
+        lines.append(f"| {r['run']} | {r['batch']} | {r['images']} | {r['wall']:.1f} | {r['startup']:.1f} | "
+                     f"{r['model']:.1f} | {r['vq']:.1f} | {r['write']:.1f} | {r['pack']:.1f} | {r['steady']:.1f} | "
+                     f"{share} | {r['images'] / r['wall']:.1f} | {r['projected']:.0f} | {ratio} |")
+    return lines
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--official-repo", required=True, help="a copy of https://github.com/hp-l33/ARPG")
+    parser.add_argument("--skip-official", action="store_true", help="our runs only (the copy still gives the "
+                        "checkpoint layout)")
+    parser.add_argument("--num-images", type=int, default=10000, help="images of each of our runs")
+    parser.add_argument("--official-images", type=int, default=10000, help="images of the official run")
+    parser.add_argument("--batches", nargs="*", type=int, default=[32, 250], help="our runs with PNGs")
+    parser.add_argument("--no-png-batches", nargs="*", type=int, default=[250], help="our runs with --no-png")
+    parser.add_argument("--work-dir", default="bench_sample_ddp", help="checkpoints and samples (emptied first)")
+    parser.add_argument("--keep-samples", action="store_true", help="leave the sample folders in --work-dir")
+    return parser
+
+
+def main(argv=None) -> None:
+    args = get_args_parser().parse_args(argv)
+    check_at_least("--num-images", args.num_images, 1)
+    if args.official_images % 1000:
+        raise UserError("--official-images must be a multiple of 1000: the official script samples every class "
+                        "equally often")
+    shutil.rmtree(args.work_dir, ignore_errors=True)
+    os.makedirs(args.work_dir)
+    work = os.path.abspath(args.work_dir)
+    gpt, vq = random_checkpoints(work, args.official_repo)
+    common = [*OFFICIAL_FLAGS, "--gpt-ckpt", gpt, "--vq-ckpt", vq]
+    env = {**os.environ, "PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1"}
+    rows, official = [], None
+    if not args.skip_official:
+        times = os.path.join(work, "official.json")
+        repo = os.path.abspath(args.official_repo)
+        flags = [*common, "--num-fid-samples", str(args.official_images), "--sample-dir", os.path.join(work, "official")]
+        try:
+            wall, record = launch(os.path.join(ROOT, "scripts", "time_official_sample.py"), flags, times,
+                                  {**env, "ARPG_OFFICIAL_REPO": repo, "ARPG_STAGE_TIMES": times}, repo)
+            official = row("official", 32, args.official_images, wall, record)
+            rows.append(official)
+            print("\n".join(table(rows, official, {})), flush=True)
+        except RuntimeError as error:
+            print(error, flush=True)
+    # Without PNGs first: a size's first run compiles the VQ decoder cold, the PNG run after it finds it cached.
+    runs = [(batch, False) for batch in args.no_png_batches] + [(batch, True) for batch in args.batches]
+    npz = {}
+    for batch, pngs in runs:
+        name = "ours" if pngs else "ours --no-png"
+        times = os.path.join(work, f"ours-{batch}-{pngs}.json")
+        out = os.path.join(work, f"ours-{batch}-{'png' if pngs else 'npy'}")
+        flags = [*common, "--num-fid-samples", str(args.num_images), "--sample-dir", out,
+                 "--per-proc-batch-size", str(batch), "--timings", times, *([] if pngs else ["--no-png"])]
+        try:
+            wall, record = launch(os.path.join(ROOT, "sample_c2i_ddp.py"), flags, times, env, ROOT)
+        except RuntimeError as error:  # the other runs still give their rows
+            print(error, flush=True)
+            continue
+        rows.append(row(name, batch, args.num_images, wall, record))
+        npz[(batch, pngs)] = next(os.path.join(out, f) for f in os.listdir(out) if f.endswith(".npz"))
+        print("\n".join(table(rows, official, {})), flush=True)
+    for batch in {b for b, _ in runs}:  # the same samples whichever way they were stored
+        if (batch, True) in npz and (batch, False) in npz:
+            with np.load(npz[(batch, True)]) as a, np.load(npz[(batch, False)]) as b:
+                same = np.array_equal(a["arr_0"], b["arr_0"]) and np.array_equal(a["labels"], b["labels"])
+            print(f"batch {batch}: the --no-png .npz {'equals' if same else 'DIFFERS FROM'} the PNG run's", flush=True)
+    device = torch.device("cuda")
+    model_rates = {batch: model_only(batch, device) for batch in sorted({b for b, _ in runs})}
+    print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}; "
+          f"flags {' '.join(OFFICIAL_FLAGS)}, random weights")
+    print("\n".join(table(rows, official, model_rates)))
+    if not args.keep_samples:
+        for entry in os.listdir(work):
+            path = os.path.join(work, entry)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+
+
+if __name__ == "__main__":
+    run_main(main)

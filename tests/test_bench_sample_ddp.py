@@ -1,0 +1,30 @@
+"""scripts/bench_sample_ddp.py's arithmetic: stages, steady rate and the 50,000-image projection (the runs
+themselves need a GPU and the official code)."""
+import pytest
+
+from scripts.bench_sample_ddp import PROJECTED, get_args_parser, main, row, steady_rate, table
+
+
+def test_stages_and_projection_from_a_timings_record():
+    record = {"launch_wall": 100.0, "seconds": {"model": 30.0, "vq_decode": 10.0, "write": 50.0, "pack": 4.0},
+              "marks": {"first_batch_sampled": 120.0, "sampled": 140.0, "packed": 144.0}}
+    r = row("ours", 100, 1100, 45.0, record)
+    assert r["startup"] == 20.0 and r["steady"] == 50.0  # 1,000 images after the first batch in 20 s
+    assert r["projected"] == pytest.approx(20.0 + (PROJECTED - 100) / 50.0 + 4.0 * PROJECTED / 1100)
+    official = dict(r, run="official", projected=10 * r["projected"])
+    lines = table([official, r], official, {100: 100.0})
+    assert lines[-1].startswith("| ours | 100 | 1100 | 45.0 | 20.0 | 30.0 | 10.0 | 50.0 | 4.0 | 50.0 | 50% of 100 |")
+    assert lines[-1].endswith("| 10.0x |")
+
+
+def test_the_official_run_needs_whole_thousands_of_images(tmp_path):
+    args = ["--official-repo", str(tmp_path), "--official-images", "1500", "--work-dir", str(tmp_path / "w")]
+    assert get_args_parser().parse_args(args).official_images == 1500
+    with pytest.raises(ValueError, match="multiple of 1000"):
+        main(args)
+
+
+def test_the_steady_rate_is_that_of_the_second_half_of_the_batches():
+    written = [[0.0, 10], [50.0, 10], [51.0, 10], [52.0, 10], [53.0, 10], [55.0, 10]]  # a slow start
+    assert steady_rate(written) == pytest.approx(20 / 3.0)
+    assert steady_rate(written[:3]) is None
