@@ -9,8 +9,16 @@ codes, FP8 with a few launch settings; FP8 rows need compute capability 8.9+). E
 against float32 attention over the bf16 cache (attention rows only). Interleaved repetitions, medians.
 
     python -m scripts.bench_cache_kernels --models ARPG-L ARPG-XL ARPG-XXL --batch-sizes 64 256
+    python -m scripts.bench_cache_kernels --models ARPG-L ARPG-XXL --batch-sizes 64 256 --flashinfer
+
+--flashinfer adds FlashInfer's attention (the optional flashinfer-python package; it compiles its kernels
+with nvcc at first use) over the same bf16 cache, read in place as a paged cache of one page per row
+(HND layout): its batch decode with the row's queries as a group of query heads sharing each key head
+(tensor cores), and its batch prefill with the queries as a ragged batch, not causal. FlashInfer has no
+int8 cache, and its FP8 cache takes one scale per tensor, not ours per vector: those rows are ours only.
 """
 import argparse
+import importlib.util
 import statistics
 
 import torch
@@ -38,7 +46,39 @@ def time_graph(fn) -> float:
     return triton.testing.do_bench_cudagraph(fn, rep=50, return_mode="median")
 
 
-def bench_size(name: str, batch: int, new_tokens: int, queries: int, keys: int, reps: int):
+def flashinfer_cases(q: torch.Tensor, kv: torch.Tensor, cache_bytes: int) -> dict:
+    """FlashInfer's two ways to attend q (rows, H, m, d; a view of (rows, m, H, d)) over the bf16 cache
+    kv (2, rows, H, n, d) with no copy of it: one page of n keys per row, planned once (CUDA-graph mode)."""
+    import flashinfer
+
+    rows, heads, queries, head_dim = q.shape
+    keys, device = kv.shape[3], q.device
+    workspace = torch.zeros(128 * 2**20, dtype=torch.uint8, device=device)
+    pages = torch.arange(rows + 1, dtype=torch.int32, device=device)  # row i's page is page i
+    last_len = torch.full((rows,), keys, dtype=torch.int32, device=device)
+    query_rows = pages * queries
+    cache = (kv[0], kv[1])  # each (rows = pages, H, n = page size, d): the HND layout
+    # decode: the m queries of a row and head as m query heads of one key head (q heads h*m .. h*m + m-1)
+    decode = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
+        workspace, "HND", use_cuda_graph=True, use_tensor_cores=True, paged_kv_indptr_buffer=pages.clone(),
+        paged_kv_indices_buffer=pages[:-1].clone(), paged_kv_last_page_len_buffer=last_len.clone())
+    decode.plan(pages, pages[:-1], last_len, heads * queries, heads, head_dim, keys, q_data_type=q.dtype,
+                kv_data_type=kv.dtype)
+    prefill = flashinfer.BatchPrefillWithPagedKVCacheWrapper(
+        torch.zeros_like(workspace), "HND", use_cuda_graph=True, qo_indptr_buf=query_rows.clone(),
+        paged_kv_indptr_buf=pages.clone(), paged_kv_indices_buf=pages[:-1].clone(),
+        paged_kv_last_page_len_buf=last_len.clone())
+    prefill.plan(query_rows, pages, pages[:-1], last_len, heads, heads, head_dim, keys, causal=False,
+                 q_data_type=q.dtype, kv_data_type=kv.dtype)
+    # outputs in ours' (rows, H, m, d) order; the copies the layouts need are part of the timed work
+    run_decode = lambda: decode.run(q.reshape(rows, heads * queries, head_dim), cache).view(rows, heads, queries, -1)
+    run_prefill = lambda: prefill.run(q.transpose(1, 2).reshape(rows * queries, heads, head_dim), cache).view(
+        rows, queries, heads, -1).transpose(1, 2)
+    return {"attention: flashinfer decode, queries as a head group (tensor cores)": (run_decode, cache_bytes),
+            "attention: flashinfer prefill, ragged queries": (run_prefill, cache_bytes)}
+
+
+def bench_size(name: str, batch: int, new_tokens: int, queries: int, keys: int, reps: int, flashinfer: bool = False):
     with torch.device("meta"):  # the config alone, no weights
         heads = ARPG_models[name]().config.n_head
     rows, device = 2 * batch, torch.device("cuda")
@@ -76,6 +116,11 @@ def bench_size(name: str, batch: int, new_tokens: int, queries: int, keys: int, 
                 lambda settings=settings, k=k_codes, v=v_codes, ks=k_scale, vs=v_scale:
                     attention_kernel.decode_attention(q, k, v, ks, vs, **settings),
                 cache_bytes / 2 + 2 * k_scale.numel() * 4)
+    if flashinfer:
+        try:
+            cases.update(flashinfer_cases(q, kv, cache_bytes))
+        except Exception as error:  # its JIT build or planning failed here: ours' rows still come
+            print(f"flashinfer: {type(error).__name__}: {(str(error).strip().splitlines() or [''])[-1][:300]}")
     times = {label: [] for label in cases}
     for _ in range(reps):
         for label, (fn, _) in cases.items():
@@ -101,13 +146,17 @@ def main(argv=None):
                         help="queries a row (a step's targets: 8 early in a 64-step decoding, up to 28 late)")
     parser.add_argument("--keys", type=int, default=257)
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--flashinfer", action="store_true",
+                        help="add FlashInfer's attention over the same bf16 cache (pip install flashinfer-python)")
     args = parser.parse_args(argv)
+    if args.flashinfer and importlib.util.find_spec("flashinfer") is None:
+        raise UserError("--flashinfer needs the optional flashinfer-python package (pip install flashinfer-python)")
     if not (torch.cuda.is_available() and attention_kernel.available()):
         raise UserError("bench_cache_kernels needs a CUDA GPU and Triton")
     for batch in args.batch_sizes:
         for queries in args.queries:
             for name in args.models:
-                bench_size(name, batch, args.new_tokens, queries, args.keys, args.reps)
+                bench_size(name, batch, args.new_tokens, queries, args.keys, args.reps, args.flashinfer)
 
 
 if __name__ == "__main__":

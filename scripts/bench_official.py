@@ -12,7 +12,8 @@ goes).
 
 Training, both sides: random codes, bf16 autocast, torch.compile, gradient clipping, fused AdamW with
 weight decay on 2-D parameters (the official train_c2i.py's step); ours is `Trainer.optimizer_step` with
-train_c2i.py's defaults (chunked loss). Sampling, both sides: random bf16 weights (the official
+train_c2i.py's defaults (chunked loss), and beside it each of --precision-policies under each of --kernels
+(autoregressive/train/kernels.py). Sampling, both sides: random bf16 weights (the official
 --precision bf16), 64 steps, CFG 4.5 constant, arccos; theirs is `Transformer.generate`, ours the
 CUDA-graph fast path (plus `--kv-caches` variants). Tokens only, no VQ decode. Peak memory: a training
 side's own state plus its step's transient peak (bench_train's count); a sampling path's alone
@@ -32,11 +33,13 @@ import torch
 from autoregressive.fast_generate import FastSampler
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.sampling import SamplingConfig
+from autoregressive.train.kernels import parse_kernel_list
+from autoregressive.train.precision import parse_policy_list
 from autoregressive.utils.cli import InputNotFound, RenamedFlag, UserError, check_at_least, run_main
 from autoregressive.utils.device import enable_tf32, resolve_device, synchronize
 from autoregressive.utils.dist import cleanup, init_distributed
 from scripts.bench_common import alone_peak_gib, model_bytes, parse_kv_caches, random_model, timed
-from scripts.bench_train import PolicyRun, start_run, time_steps, warm_up
+from scripts.bench_train import PolicyRun, start_run, time_steps, variant_name, warm_up
 from scripts.kernel_profile import profile_calls, report, write_report
 from scripts.sampling_floor import decoding_work
 
@@ -114,17 +117,25 @@ def start_official_run(official, name: str, batch: int, device: torch.device, co
 
 
 def bench_training(official, name: str, batch: int, args, info) -> List[dict]:
-    """Official and ours (exact policy) on one model and batch, repetitions interleaved."""
-    ours = start_run(name, batch, "ddp", "exact", args, info)
-    ours.result["side"] = "ours"
-    runs = [start_official_run(official, name, batch, info.device, not args.no_compile), ours]
-    for _ in range(args.reps):
+    """Official and ours (exact policy, and each other policy and kernel set asked for) on one model and
+    batch, repetitions interleaved."""
+    runs = [start_official_run(official, name, batch, info.device, not args.no_compile)]
+    for policy in parse_policy_list(getattr(args, "precision_policies", "exact")):
+        for kernels in parse_kernel_list(getattr(args, "kernels", "none")):
+            ours = start_run(name, batch, "ddp", policy, args, info, kernels)
+            ours.result["side"] = "ours" if (policy, kernels) == ("exact", "none") else f"ours, {variant_name(ours.result)}"
+            runs.append(ours)
+    for rep in range(args.reps):
         for run in runs:
             if run.trainer is not None:
                 time_steps(run, args.steps, batch, info.device)
+        rates = ", ".join(f"{run.result['side']} {run.rates[-1]:.1f}" for run in runs if run.trainer is not None)
+        print(f"{name} b{batch} training repetition {rep + 1}: img/s {rates}", flush=True)
     rows = []
     for run in runs:
         row = {"model": name, "batch": batch, "side": run.result["side"]}
+        if "skipped" in run.result:
+            row["side"] += f" (not run: {run.result['skipped']})"
         row["img_s"] = statistics.median(run.rates) if run.rates else None
         row["peak_gib"] = max(run.peaks) / 2**30 if run.peaks else None
         rows.append(row)
@@ -210,7 +221,7 @@ def table(rows: List[dict], title: str) -> List[str]:
     for r in rows:
         base = official.get((r["model"], r["batch"]))
         ratio = f"{r['img_s'] / base:.2f}x" if r["img_s"] and base else "-"
-        rate = f"{r['img_s']:.1f}" if r["img_s"] else "out of memory"
+        rate = f"{r['img_s']:.1f}" if r["img_s"] else ("-" if "not run" in r["side"] else "out of memory")
         peak = "-" if r["peak_gib"] is None else (
             f"{r['peak_gib']:.1f}" if isinstance(r["peak_gib"], float) else str(r["peak_gib"]))
         share = ""
@@ -226,6 +237,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--official-repo", required=True, help="a clone of https://github.com/hp-l33/ARPG")
     parser.add_argument("--train-models", nargs="*", default=["ARPG-L"], choices=list(ARPG_models))
     parser.add_argument("--train-batch", type=int, default=128, help="per GPU")
+    parser.add_argument("--precision-policies", default="exact", help="comma-separated training policies of ours "
+                        "(exact always): exact, bf16, fp8, fp8-rowwise")
+    parser.add_argument("--kernels", default="none", help="comma-separated kernel sets of ours (none always): none, "
+                        "liger-ce, liger; every policy runs under each")
     parser.add_argument("--sample-models", nargs="*", default=["ARPG-L"], choices=list(ARPG_models))
     parser.add_argument("--sample-batches", nargs="+", type=int, default=[64, 256])
     parser.add_argument("--kv-caches", default="weights", help="comma-separated KV caches of our path: weights "

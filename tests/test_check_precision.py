@@ -185,7 +185,7 @@ def test_a_small_check_learns_the_set_and_reports_every_policy_and_mode(tmp_path
          "--out-dir", str(tmp_path / "out")])
     check.check_args(args)
     training, sampling, curves = run.run_check(args, init_distributed("cpu"))
-    assert [row["run"] for row in training] == ["exact", "exact, next seed", "bf16", "fp8"]
+    assert [row["run"] for row in training] == ["exact", "exact, next seed", "bf16", "fp8", "fp8-rowwise"]
     assert [row["mode"] for row in sampling] == list(modes.SAMPLING_MODES)
     exact = curves["exact"]
     assert sum(exact[-10:]) / 10 < sum(exact[:10]) / 10 - 1.0  # the set is learnable

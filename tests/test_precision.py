@@ -2,6 +2,8 @@
 refusals and layer choice (fp8 numerics need torchao on an sm89+ GPU), and the bf16 policy under FSDP2
 on one gloo process: bf16 compute, float32 master weights and AdamW state, strictly loading checkpoints."""
 import importlib.util
+import sys
+import types
 
 import pytest
 import torch
@@ -180,3 +182,20 @@ def test_bf16_without_fsdp_trains_what_fsdp_bf16_trains_over_float32_master_weig
             load_model_weights(ARPG_models["ARPG-tiny"](**TINY), trainer.save(str(tmp_path / "run")))  # strict
     assert losses["ddp"][-1] < losses["ddp"][0]
     assert losses["ddp"] == pytest.approx(losses["fsdp"], rel=1e-3)
+
+
+def test_fp8_rowwise_converts_with_torchaos_rowwise_recipe(monkeypatch):
+    """fp8 keeps torchao's default (tensor-wise) config; fp8-rowwise asks for its "rowwise" recipe."""
+    seen = []
+    fake = types.ModuleType("torchao.float8")
+    fake.Float8LinearConfig = types.SimpleNamespace(from_recipe_name=lambda name: f"recipe {name}")
+    fake.convert_to_float8_training = lambda model, module_filter_fn, config: seen.append(config) or model
+    cpu = torch.device("cpu")
+    with pytest.raises(ValueError, match="--precision-policy fp8-rowwise needs"):
+        prepare_model(build_tiny(), "fp8-rowwise", cpu)  # no CUDA here (or no torchao)
+    monkeypatch.setitem(sys.modules, "torchao", types.ModuleType("torchao"))
+    monkeypatch.setitem(sys.modules, "torchao.float8", fake)
+    monkeypatch.setattr(precision, "fp8_unavailable_reason", lambda device: None)
+    for policy in ("fp8", "fp8-rowwise"):
+        prepare_model(build_tiny(), policy, cpu)
+    assert seen == [None, "recipe rowwise"]

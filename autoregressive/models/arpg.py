@@ -347,8 +347,12 @@ class ARPG(nn.Module):
             if targets is not None:
                 loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.gather(1, orders).reshape(-1))
             return logits, loss
-        loss = chunked_cross_entropy(features.flatten(0, 1), self.head.weight, targets.gather(1, orders).reshape(-1))
-        return None, loss
+        return None, self.head_loss(features.flatten(0, 1), targets.gather(1, orders).reshape(-1))
+
+    def head_loss(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of head(features) (M, D) against targets (M,) without keeping the logits
+        (a training run may swap it for a fused kernel: autoregressive/train/kernels.py)."""
+        return chunked_cross_entropy(features, self.head.weight, targets)
 
     def new_cache(self, batch_size: int, max_len: Optional[int] = None, dtype: Optional[torch.dtype] = None) -> KVCache:
         """An empty cache for batch_size rows and max_len tokens (default: class tokens + every image token),

@@ -9,6 +9,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from autoregressive.models.arpg import ARPG_models
+from autoregressive.train.kernels import KERNEL_SETS, check_kernels
 from autoregressive.train.precision import PRECISION_POLICIES, check_policy
 from autoregressive.train.stopping import STOP_SIGNALS, STOPPED_EXIT_CODE, parse_deadline
 from autoregressive.utils.cli import UserError, check_at_least, check_at_most
@@ -71,8 +72,12 @@ class TrainConfig:
     precision_policy: str = option(
         "exact", choices=list(PRECISION_POLICIES),
         help="exact: the released numerics (float32 weights and residual stream, bf16 autocast); opt-in bf16: bf16 "
-             "compute weights over float32 master weights (DDP or FSDP; with --grad-checkpointing, FSDP only); fp8: "
-             "torchao float8 matmuls (CUDA sm89+). Checkpoints hold float32 weights")
+             "compute weights over float32 master weights (DDP or FSDP; with --grad-checkpointing, FSDP only); fp8 / "
+             "fp8-rowwise: torchao float8 matmuls, scaled per tensor / per row (CUDA sm89+). Checkpoints hold float32 "
+             "weights")
+    kernels: str = option("none", choices=list(KERNEL_SETS),
+                          help="opt-in Liger-Kernel kernels (CUDA, pip install liger-kernel): liger-ce: fused head and "
+                               "cross-entropy; liger: also RMSNorm and SwiGLU (docs/numerics.md)")
     ckpt_every: int = option(5000)
     log_every: int = option(100)
     num_workers: int = option(24)
@@ -148,6 +153,7 @@ class TrainConfig:
         if self.data_parallel not in ("ddp", "fsdp"):
             raise UserError(f"--data-parallel must be ddp or fsdp, got {self.data_parallel!r}")
         check_policy(self.precision_policy, self.data_parallel, self.grad_checkpointing)
+        check_kernels(self.kernels)
         if not 0.0 <= self.activation_memory_budget <= 1.0:
             raise UserError(f"--activation-memory-budget must be in [0, 1], got {self.activation_memory_budget}")
         if not 0.0 <= self.drop_path_rate < 1.0:

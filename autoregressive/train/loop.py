@@ -16,6 +16,7 @@ from autoregressive.train.checkpoint import (Progress, TrainingCheckpoint, all_f
 from autoregressive.train.config import TrainConfig, build_model
 from autoregressive.train.ema import create_ema, update_ema
 from autoregressive.train.finetune import load_initial_weights
+from autoregressive.train.kernels import apply_kernels
 from autoregressive.train.monitor import Monitor
 from autoregressive.train.optim import build_optimizer, learning_rate_at, set_learning_rate
 from autoregressive.train.parallel import (set_activation_memory_budget, shard_model, skip_gradient_sync,
@@ -110,6 +111,7 @@ class Trainer:
                 load_initial_weights(model, cfg.init_from)
         self.model = model.to(info.device)
         self.ema = create_ema(self.model) if cfg.ema else None
+        apply_kernels(self.model, cfg.kernels, info.device)  # after the EMA copy: it only evaluates
         self.sharded = cfg.data_parallel == "fsdp"
         # Compile and wrap before the optimizer exists: FSDP replaces the parameters by sharded ones.
         compile_model = cfg.compile and info.device.type == "cuda"

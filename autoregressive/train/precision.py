@@ -8,8 +8,10 @@ bf16   every pass runs on bf16 copies of the float32 parameters (so the residual
        in bf16, reduced in float32); under DDP or one process through Bf16Compute (cast in the pass,
        float32 gradients reduced), which cannot run with --grad-checkpointing (FSDP can).
 fp8    torchao's float8 training: the Linear layers that `converts_to_float8` picks run their matmuls in
-       float8 with dynamic scales; parameters and optimizer state stay float32. CUDA, compute capability
-       8.9+ (Ada, Hopper) and the optional torchao package.
+       float8 with dynamic scales, one per tensor; parameters and optimizer state stay float32. CUDA,
+       compute capability 8.9+ (Ada, Hopper) and the optional torchao package.
+fp8-rowwise  the same with one scale per row of each operand (torchao's "rowwise" recipe): an outlier
+       coarsens only its own row, at the cost of the row-wise scaled matmul kernel.
 
 Every policy keeps the exact model's parameter names and float32 weights, so checkpoints load strictly
 into the exact model.
@@ -22,7 +24,8 @@ import torch.nn as nn
 
 from autoregressive.utils.cli import UserError
 
-PRECISION_POLICIES = ("exact", "bf16", "fp8")
+PRECISION_POLICIES = ("exact", "bf16", "fp8", "fp8-rowwise")
+FLOAT8_RECIPES = {"fp8": None, "fp8-rowwise": "rowwise"}  # policy -> torchao recipe (None: its default, tensor-wise)
 # Below this width a matmul gains less from float8 than the scaling passes (amax, cast) cost.
 FP8_MIN_FEATURES = 1024
 FP8_MIN_CAPABILITY = (8, 9)
@@ -76,15 +79,17 @@ def converts_to_float8(module: nn.Module, name: str) -> bool:
 
 def prepare_model(model: nn.Module, policy: str, device: torch.device) -> nn.Module:
     """Apply the policy's changes to the module itself, before compiling and wrapping: fp8 swaps the
-    chosen Linear layers for torchao's Float8Linear in place (same parameter names). Returns `model`."""
-    if policy != "fp8":
+    (and fp8-rowwise) chosen Linear layers for torchao's Float8Linear in place (same parameter names). Returns `model`."""
+    if policy not in FLOAT8_RECIPES:
         return model
     reason = fp8_unavailable_reason(device)
     if reason is not None:
-        raise UserError(f"--precision-policy fp8 {reason}; use --precision-policy exact or bf16")
-    from torchao.float8 import convert_to_float8_training
+        raise UserError(f"--precision-policy {policy} {reason}; use --precision-policy exact or bf16")
+    from torchao.float8 import Float8LinearConfig, convert_to_float8_training
 
-    return convert_to_float8_training(model, module_filter_fn=converts_to_float8)
+    recipe = FLOAT8_RECIPES[policy]
+    config = None if recipe is None else Float8LinearConfig.from_recipe_name(recipe)
+    return convert_to_float8_training(model, module_filter_fn=converts_to_float8, config=config)
 
 
 class Bf16Compute(nn.Module):
