@@ -126,6 +126,8 @@ class Loaded(Exception):
 def test_the_samplers_pass_weights_to_the_loader(monkeypatch, tmp_path, script, extra):
     import importlib
 
+    from autoregressive import model_args
+
     module = importlib.import_module(script)
     monkeypatch.chdir(tmp_path)
     for name in ("x.pt", "vq.pt"):  # the samplers refuse missing files before loading anything
@@ -134,7 +136,7 @@ def test_the_samplers_pass_weights_to_the_loader(monkeypatch, tmp_path, script, 
     def load_gpt(name, ckpt, device, precision, weights=None, **overrides):
         raise Loaded(weights)
 
-    monkeypatch.setattr(module, "load_gpt", load_gpt)
+    monkeypatch.setattr(model_args, "load_gpt", load_gpt)  # every sampler loads through model_from_args
     for flag, expected in (([], None), (["--weights", "model"], "model"), (["--weights", "ema"], "ema")):
         args = module.get_args_parser().parse_args(["--gpt-ckpt", "x.pt", "--device", "cpu", *extra, *flag])
         with pytest.raises(Loaded) as loaded:

@@ -119,7 +119,7 @@ class TrainConfig:
     time_limit: Optional[float] = option(None, metavar="MINUTES", help="checkpoint and exit (code "
                                          f"{STOPPED_EXIT_CODE}) this many minutes after training starts")
     deadline: Optional[str] = option(None, metavar="TIME", help="checkpoint and exit at this local time, e.g. "
-                                     "2026-12-06T08:00 (leave a step and a checkpoint write of room before the "
+                                     "2030-01-31T08:00 (leave a step and a checkpoint write of room before the "
                                      "job's end)")
     keep_last: Optional[int] = option(None, metavar="N", help="keep only the N newest checkpoints of the run "
                                       "(default: all)")

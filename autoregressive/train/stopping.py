@@ -51,14 +51,14 @@ class _Received:
 
 
 def parse_deadline(text: Optional[str]) -> Optional[float]:
-    """--deadline as a Unix time: ISO 8601 ('2026-12-06T08:00', local time unless it carries an offset)."""
+    """--deadline as a Unix time: ISO 8601 ('2030-01-31T08:00', local time unless it carries an offset)."""
     if text is None:
         return None
     try:
         return datetime.datetime.fromisoformat(text).timestamp()
     except ValueError:
-        raise UserError(f"--deadline {text!r} is not a date and time; write it as 2026-12-06T08:00 (local time) "
-                        "or 2026-12-06T08:00+01:00") from None
+        raise UserError(f"--deadline {text!r} is not a date and time; write it as 2030-01-31T08:00 (local time) "
+                        "or 2030-01-31T08:00+01:00") from None
 
 
 class StopAgreement:
