@@ -61,7 +61,7 @@ def main(args) -> None:
     if args.condition_map:
         maps = load_condition_map(args.condition_map, len(labels), model.config.block_size, args.condition_vocab_size)
         extra["condition_map"] = maps.to(device)
-    tokens = make_sampler(model, fuse=args.compile_layers)(labels, sampling, torch.Generator(device).manual_seed(args.seed),
+    tokens = make_sampler(model, compile_layers=args.compile_layers)(labels, sampling, torch.Generator(device).manual_seed(args.seed),
                                                   **extra)
     pixels = tokens_to_view(tokens, model.config.grid_size, vq, model.config.vocab_size)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)

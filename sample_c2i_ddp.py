@@ -239,7 +239,7 @@ def main(args) -> None:
     image_size_eval = args.image_size_eval or image_size
     folder = os.path.join(args.sample_dir, folder_name(args, image_size, image_size_eval))
     check_at_most("--step", args.step, config.block_size, "the number of tokens of an image")
-    sampler = make_sampler(model, use_fast=args.compile, fuse=args.compile_layers)
+    sampler = make_sampler(model, use_fast=args.compile, compile_layers=args.compile_layers)
     clock = StageClock()
     with output_folder(folder):
         if info.is_main:  # before any rank writes: check_shared_folder's collectives wait for it

@@ -103,12 +103,12 @@ def eager_rounding(layer_parts: Optional[LayerParts]):
     return inductor.patch(emulate_precision_casts=True)
 
 
-def fusion(model, fuse: Union[bool, str]) -> Optional[LayerParts]:
-    """The layer parts a `fuse` setting asks for: none (False), compiled with inductor (True), or
+def layer_parts_for(model, compile_layers: Union[bool, str]) -> Optional[LayerParts]:
+    """The layer parts a `compile_layers` setting asks for: none (False), compiled with inductor (True), or
     compiled with the named torch.compile backend."""
-    if not fuse:
+    if not compile_layers:
         return None
-    return compiled_layer_parts(model, fuse if isinstance(fuse, str) else "inductor")
+    return compiled_layer_parts(model, compile_layers if isinstance(compile_layers, str) else "inductor")
 
 
 class GraphedSteps:
@@ -179,15 +179,15 @@ class GraphedSteps:
 
 class FastSampler:
     """Generates like autoregressive.generate.generate, from CUDA graphs kept for the last settings.
-    fuse=True: also compile the layers (compiled_layer_parts): faster; equal to the reference loop run
+    compile_layers=True: also compile the layers (compiled_layer_parts): faster; equal to the reference loop run
     with the same parts, close to (not equal to) the eager one.
 
     Graphs point at the model's weights: build a new sampler after moving or casting the model.
     """
 
-    def __init__(self, model, use_graphs: bool = True, fuse: Union[bool, str] = False):
+    def __init__(self, model, use_graphs: bool = True, compile_layers: Union[bool, str] = False):
         self.model, self.use_graphs = model, use_graphs
-        self.layer_parts = fusion(model, fuse)
+        self.layer_parts = layer_parts_for(model, compile_layers)
         self._steps: Optional[GraphedSteps] = None
         self._key: Optional[Tuple] = None
 
@@ -217,15 +217,15 @@ class FastSampler:
                         runner=lambda start: self._graphed_steps(start, sampling))
 
 
-def make_sampler(model, use_fast: bool = True, fuse: Union[bool, str] = False):
+def make_sampler(model, use_fast: bool = True, compile_layers: Union[bool, str] = False):
     """A function (labels, sampling, generator, **known tokens) -> tokens: the CUDA-graph path on CUDA,
-    else the reference loop; keyword arguments (known, known_mask, condition_map) go to either. fuse: compile the
-    layers too (faster; logits close to, not equal to, the eager layers'), in either path; a string
-    names the torch.compile backend (tests use "aot_eager")."""
+    else the reference loop; keyword arguments (known, known_mask, condition_map) go to either.
+    compile_layers: compile the layers too (faster; logits close to, not equal to, the eager layers'), in
+    either path; a string names the torch.compile backend (tests use "aot_eager")."""
     if use_fast and model.embeddings.weight.is_cuda:
-        decode = FastSampler(model, fuse=fuse).generate
+        decode = FastSampler(model, compile_layers=compile_layers).generate
         return lambda labels, sampling, generator, **kwargs: decode(labels, sampling, generator=generator, **kwargs)
-    return reference_sampler(model, fusion(model, fuse))
+    return reference_sampler(model, layer_parts_for(model, compile_layers))
 
 
 def reference_sampler(model, layer_parts: Optional[LayerParts] = None):

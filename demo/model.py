@@ -59,7 +59,7 @@ class DemoModel:
             raise UserError(f"compiled layers run on CUDA only; this page runs on {self.device.type}")
         key = (compiled, rows, sampling.captured_settings(), editing)
         if key not in self.samplers:
-            self.samplers[key] = make_sampler(self.model, fuse=compiled)
+            self.samplers[key] = make_sampler(self.model, compile_layers=compiled)
             while len(self.samplers) > SAMPLERS_KEPT:
                 self.samplers.popitem(last=False)
         self.samplers.move_to_end(key)

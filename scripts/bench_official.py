@@ -152,7 +152,7 @@ def bench_sampling(official, name: str, batches: List[int], kv_caches: List[str]
     # CPU: the same steps, uncaptured. fused: the layers' cache-free parts compiled (close to, not equal to, eager).
     # One sampler per cache kind: a sampler keeps the graphs of its last settings only, so one shared sampler
     # would capture its graphs again at every call (it did, in the first GPU run: 34 img/s for L at batch 64).
-    new_sampler = lambda: FastSampler(ours, use_graphs=device.type == "cuda", fuse=args.compile_layers)
+    new_sampler = lambda: FastSampler(ours, use_graphs=device.type == "cuda", compile_layers=args.compile_layers)
     samplers = {kind: new_sampler() for kind in kv_caches}
     ours_name = "ours, compiled layers" if args.compile_layers else "ours"
     rows = []

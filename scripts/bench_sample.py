@@ -106,12 +106,12 @@ def bench_model(name, batch_sizes, sampling, reps, vq, device, compile_layers=Fa
     model = random_model(name, device)
     fast_key = "compiled layers" if compile_layers else "fast"
     # One fast sampler per cache kind: a sampler keeps the graphs of its last settings only.
-    new_sampler = lambda: FastSampler(model, fuse=compile_layers)
+    new_sampler = lambda: FastSampler(model, compile_layers=compile_layers)
     fast = {kind: new_sampler() for kind in kv_caches}
     settings = {kind: dataclasses.replace(sampling, kv_cache=kind) for kind in kv_caches}
     fast_keys = {kind: fast_key if kind == "weights" else f"{fast_key}, {kind} KV" for kind in kv_caches}
     # The reference loop, with the same compiled layers when the fast path has them.
-    reference, plain_key = make_sampler(model, use_fast=False, fuse=compile_layers), "plain, compiled layers" if compile_layers else "plain"
+    reference, plain_key = make_sampler(model, use_fast=False, compile_layers=compile_layers), "plain, compiled layers" if compile_layers else "plain"
     print(f"{name}: {decode_kernel_check(model, device)}", flush=True)
     if compile_layers:
         print(f"{name}: {compiled_layers_logits_check(model, device)}", flush=True)

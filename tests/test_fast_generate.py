@@ -56,7 +56,7 @@ def test_fused_layer_plumbing_gives_the_reference_tokens(backend):
     sampling = SamplingConfig(num_steps=5, cfg_scale=3.0, temperature=1.0)
     condition = torch.tensor([0, 4, 2])
     reference = generate(model, condition, sampling, generator=torch.Generator().manual_seed(0))
-    fused = FastSampler(model, use_graphs=False, fuse=backend).generate(condition, sampling,
+    fused = FastSampler(model, use_graphs=False, compile_layers=backend).generate(condition, sampling,
                                                                          generator=torch.Generator().manual_seed(0))
     assert torch.equal(fused, reference)
     again = generate(model, condition, sampling, generator=torch.Generator().manual_seed(0))
@@ -64,7 +64,7 @@ def test_fused_layer_plumbing_gives_the_reference_tokens(backend):
 
 
 def test_reference_loop_runs_the_fused_layers_when_asked():
-    """make_sampler(use_fast=False, fuse=...) is the reference the fused fast path is checked against
+    """make_sampler(use_fast=False, compile_layers=...) is the reference the fused fast path is checked against
     on the GPU: the plain loop with the compiled layer parts, with inductor asked to round like eager ops only
     while inside."""
     import torch._inductor.config as inductor
@@ -86,7 +86,8 @@ def test_reference_loop_runs_the_fused_layers_when_asked():
     reference = generate(model, condition, sampling, generator=torch.Generator().manual_seed(0))
     assert seen and not any(seen)  # the eager loop runs the same parts, with inductor's defaults
     seen.clear()
-    fused = make_sampler(model, use_fast=False, fuse="aot_eager")(condition, sampling, torch.Generator().manual_seed(0))
+    compiled = make_sampler(model, use_fast=False, compile_layers="aot_eager")
+    fused = compiled(condition, sampling, torch.Generator().manual_seed(0))
     assert torch.equal(fused, reference) and seen and all(seen)
     assert not getattr(inductor, "emulate_precision_casts", False)
 
@@ -174,7 +175,7 @@ def test_fused_parts_compile_once_per_kind_and_shape_for_two_models_and_every_ca
         assert torch.equal(fast, generate(model, condition, sampling, generator=torch.Generator().manual_seed(0)))
 
     models = [build_tiny(0, dim=40, n_head=5), build_tiny(1, dim=56, n_head=7)]
-    samplers = [FastSampler(model, use_graphs=False, fuse="eager") for model in models]
+    samplers = [FastSampler(model, use_graphs=False, compile_layers="eager") for model in models]
     for sampler, model in zip(samplers, models):
         for kv_cache in KV_CACHE_DTYPES:
             check(sampler, model, kv_cache, 2)
@@ -185,5 +186,5 @@ def test_fused_parts_compile_once_per_kind_and_shape_for_two_models_and_every_ca
     assert max(first.values()) < limit
     check(samplers[0], models[0], "int8", 3)
     check(samplers[1], models[1], "weights", 5)
-    check(FastSampler(models[0], use_graphs=False, fuse="eager"), models[0], "weights", 3)  # a second sampler
+    check(FastSampler(models[0], use_graphs=False, compile_layers="eager"), models[0], "weights", 3)  # a second sampler
     assert entries() == first

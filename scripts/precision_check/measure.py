@@ -15,7 +15,7 @@ def next_token_log_probs(model, mode: SamplingMode, codes, labels, orders, num_s
     through the KV cache as sampling reads them: `num_steps` steps of the default schedule over the
     fixed orders, each step feeding the true codes (B, N) of the positions the last one predicted, no
     guidance. With one token a step this is teacher forcing (the forward pass, which has no cache).
-    layer_parts: the compiled layer parts of a compile_layers mode (fast_generate.fusion)."""
+    layer_parts: the compiled layer parts of a compile_layers mode (fast_generate.layer_parts_for)."""
     from autoregressive.generate import EagerSteps, start_decoding
     from autoregressive.sampling import SamplingConfig
 

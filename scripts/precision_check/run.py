@@ -6,7 +6,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from autoregressive.fast_generate import fusion
+from autoregressive.fast_generate import layer_parts_for
 from autoregressive.train.config import TrainConfig, build_model
 from autoregressive.train.loop import Trainer
 from autoregressive.train.kernels import kernels_unavailable_reason, parse_kernel_list
@@ -107,7 +107,7 @@ def run_sampling(args, model, dataset: PrototypeCodes, held_out, modes: List[str
         started = time.perf_counter()
         mode = SAMPLING_MODES[name]
         prepared = mode.prepare(copy.deepcopy(model))
-        parts = fusion(prepared, args.compile_layers_backend) if mode.compile_layers else None
+        parts = layer_parts_for(prepared, args.compile_layers_backend) if mode.compile_layers else None
         kl, top1 = compare_to_reference(reference, next_token_log_probs(prepared, mode, codes, labels, orders,
                                                                         num_steps, parts))
         rows.append({"mode": name, "KL vs float32": kl, "top-1 agreement": top1,
