@@ -343,15 +343,12 @@ class ARPG(nn.Module):
                                         query_conditions=query_conditions)
         if targets is None or return_logits:
             logits = self.head(features).float()
-            loss = None
-            if targets is not None:
-                loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.gather(1, orders).reshape(-1))
-            return logits, loss
+            return logits, None if targets is None else F.cross_entropy(logits.flatten(0, 1),
+                                                                         targets.gather(1, orders).reshape(-1))
         return None, self.head_loss(features.flatten(0, 1), targets.gather(1, orders).reshape(-1))
 
     def head_loss(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy of head(features) (M, D) against targets (M,) without keeping the logits
-        (a training run may swap it for a fused kernel: autoregressive/train/kernels.py)."""
+        """Mean cross-entropy of head(features) (M, D) vs targets (M,), logits never kept (kernels.py swaps it)."""
         return chunked_cross_entropy(features, self.head.weight, targets)
 
     def new_cache(self, batch_size: int, max_len: Optional[int] = None, dtype: Optional[torch.dtype] = None) -> KVCache:
@@ -363,11 +360,9 @@ class ARPG(nn.Module):
                        + config.block_size, config.head_dim, dtype or weight.dtype, weight.device)
 
     def generate(self, condition, **options) -> torch.Tensor:
-        """Sample (B, N) long tokens in raster order for (B,) class ids: the reference loop of
-        autoregressive/generate.py; options: its keywords (orders, generator, known, known_mask, condition_map)
-        and SamplingConfig's fields (num_steps, cfg_scale, cfg_schedule, sample_schedule, temperature, ...)."""
+        """Sample (B, N) long tokens in raster order for (B,) class ids by autoregressive/generate.py's reference
+        loop; options: its keywords (orders, generator, known, ...) and SamplingConfig's fields."""
         from autoregressive.generate import generate  # the loop is not part of the network
-
         return generate(self, condition, **options)
 
 
