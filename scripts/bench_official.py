@@ -25,6 +25,7 @@ import importlib.util
 import os
 import statistics
 import sys
+import time
 import types
 from typing import Callable, Dict, List
 
@@ -39,7 +40,7 @@ from autoregressive.utils.cli import InputNotFound, RenamedFlag, UserError, chec
 from autoregressive.utils.device import enable_tf32, resolve_device, synchronize
 from autoregressive.utils.dist import cleanup, init_distributed
 from scripts.bench_common import alone_peak_gib, model_bytes, parse_kv_caches, random_model, timed
-from scripts.bench_train import PolicyRun, start_run, time_steps, variant_name, warm_up
+from scripts.bench_train import PolicyRun, ready, start_run, time_steps, variant_name, warm_up
 from scripts.kernel_profile import profile_calls, report, write_report
 from scripts.sampling_floor import decoding_work
 
@@ -119,12 +120,15 @@ def start_official_run(official, name: str, batch: int, device: torch.device, co
 def bench_training(official, name: str, batch: int, args, info) -> List[dict]:
     """Official and ours (exact policy, and each other policy and kernel set asked for) on one model and
     batch, repetitions interleaved."""
+    start = time.perf_counter()
     runs = [start_official_run(official, name, batch, info.device, not args.no_compile)]
+    ready(runs[-1], name, batch, start)
     for policy in parse_policy_list(getattr(args, "precision_policies", "exact")):
         for kernels in parse_kernel_list(getattr(args, "kernels", "none")):
+            start = time.perf_counter()
             ours = start_run(name, batch, "ddp", policy, args, info, kernels)
             ours.result["side"] = "ours" if (policy, kernels) == ("exact", "none") else f"ours, {variant_name(ours.result)}"
-            runs.append(ours)
+            runs.append(ready(ours, name, batch, start))
     for rep in range(args.reps):
         for run in runs:
             if run.trainer is not None:

@@ -108,10 +108,22 @@ def bench_group(name: str, batch: int, mode: str, policies: List[str], args, inf
     return time_group(name, batch, mode, variants, args, info)
 
 
+def ready(run: PolicyRun, name: str, batch: int, start: float) -> PolicyRun:
+    """Say that a side is built and compiled, and how long that took: the compilations before the first
+    timed step are most of a short run, so a run cut off by a time limit still shows how far it got."""
+    state = f"not run: {run.result['skipped']}" if "skipped" in run.result else "compiled and warmed up"
+    side = run.result.get("side") or variant_name(run.result)
+    print(f"{name} b{batch} {side}: {state} in {time.perf_counter() - start:.0f} s", flush=True)
+    return run
+
+
 def time_group(name: str, batch: int, mode: str, variants: List[Tuple[str, str]], args, info: DistInfo) -> List[dict]:
     """Build the variants' trainers, time them with interleaved repetitions, free them."""
     device = info.device
-    runs = [start_run(name, batch, mode, policy, args, info, kernels) for policy, kernels in variants]
+    runs = []
+    for policy, kernels in variants:
+        start = time.perf_counter()
+        runs.append(ready(start_run(name, batch, mode, policy, args, info, kernels), name, batch, start))
     for rep in range(args.reps):
         for run in runs:
             if run.trainer is not None:

@@ -51,6 +51,9 @@ def test_the_harness_times_both_sides_and_tabulates_ratios(tmp_path, capsys, mon
                          "ARPG-tiny", "--sample-batches", "2", "--step", "4", "--kv-caches", "weights,fp8",
                          "--profile", str(tmp_path / "profile")])
     out = capsys.readouterr().out
+    # each training side says when it is compiled, before any timing: a run cut short shows how far it got
+    assert [line.split(": compiled and warmed up in ")[0] for line in out.splitlines() if "warmed up" in line] == [
+        "ARPG-tiny b2 official", "ARPG-tiny b2 ours"]
     rows = [line for line in out.splitlines() if line.startswith("| ARPG-tiny |")]
     sampling_sides = ["official", "ours, kv-cache weights", "ours, kv-cache fp8"]
     # training, then sampling, each as its size ends (kept if a time limit cuts the run short), then the

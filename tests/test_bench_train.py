@@ -32,7 +32,9 @@ def test_bench_times_the_trainer_step(monkeypatch, capsys):
     [result] = bench_train.bench_group("ARPG-tiny", 2, "ddp", ["exact"], argparse.Namespace(**ARGS),
                                        init_distributed("cpu"))
     assert calls == [("exact", [torch.Size([2, 256])])] * (3 + 2 * 2)  # warm-up, then steps x reps, one micro-batch
-    progress = [line for line in capsys.readouterr().out.splitlines() if "repetition" in line]
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split(" in ")[0] for line in out if "warmed up" in line] == ["ARPG-tiny b2 exact: compiled and warmed up"]
+    progress = [line for line in out if "repetition" in line]
     assert [line.split(": img/s exact ")[0] for line in progress] == [f"ARPG-tiny b2 ddp repetition {rep}"
                                                                       for rep in (1, 2)]
     assert result["img_s"] > 0 and result["peak_gib"] is None and result["policy"] == "exact"
