@@ -15,8 +15,8 @@ beside the sampling of the next, the writers on threads, so they add up to more 
 writing is summed over the writer threads; our VQ time is GPU time, without its compilation); packing =
 the .npz. Steady img/s: images over time in the second half of the batches as their files reach the
 disk (the official script: its images after the first batch, over the time to its last PNG); "model only" is our sampler alone at that batch in this process, after the runs. The
-50,000-image column projects each run: start-up + images at the steady rate + packing scaled by the
-image count.
+50,000-image column projects each run: start-up + images at the steady rate (capped at model only's:
+faster is a backlog draining) + packing scaled by the image count.
 """
 import argparse
 import json
@@ -72,11 +72,17 @@ def row(name: str, batch: int, images: int, wall: float, record: dict) -> dict:
     startup = marks["first_batch_sampled"] - record["launch_wall"]
     steady = steady_rate(record.get("written")) or (images - batch) / max(marks["sampled"] - marks["first_batch_sampled"],
                                                                           1e-9)
-    pack = seconds.get("pack", 0.0)
-    projected = startup + (PROJECTED - batch) / steady + pack * PROJECTED / images
     return {"run": name, "batch": batch, "images": images, "wall": wall, "startup": startup,
             "model": seconds.get("model", 0.0), "vq": seconds.get("vq_decode", 0.0),
-            "write": seconds.get("write", 0.0), "pack": pack, "steady": steady, "projected": projected}
+            "write": seconds.get("write", 0.0), "pack": seconds.get("pack", 0.0), "steady": steady}
+
+
+def projected(r: dict, model_rate: Optional[float] = None) -> float:
+    """Seconds for PROJECTED images: start-up, the rest at the steady rate, packing scaled by the count.
+    The steady rate is capped at the sampler's own (model_rate): files can reach the disk faster than
+    that only while a backlog drains (batches sampled while the VQ decoder compiled), not for long."""
+    rate = min(r["steady"], model_rate) if model_rate else r["steady"]
+    return r["startup"] + (PROJECTED - r["batch"]) / rate + r["pack"] * PROJECTED / r["images"]
 
 
 def steady_rate(written: Optional[List[List[float]]]) -> Optional[float]:
@@ -109,10 +115,10 @@ def table(rows: List[dict], official: Optional[dict], model_rates: dict) -> List
     for r in rows:
         rate = model_rates.get(r["batch"]) if r["run"] != "official" else None
         share = f"{100 * r['steady'] / rate:.0f}% of {rate:.0f}" if rate else "-"
-        ratio = f"{official['projected'] / r['projected']:.1f}x" if official else "-"
+        ratio = f"{projected(official) / projected(r, rate):.1f}x" if official else "-"
         lines.append(f"| {r['run']} | {r['batch']} | {r['images']} | {r['wall']:.1f} | {r['startup']:.1f} | "
                      f"{r['model']:.1f} | {r['vq']:.1f} | {r['write']:.1f} | {r['pack']:.1f} | {r['steady']:.1f} | "
-                     f"{share} | {r['images'] / r['wall']:.1f} | {r['projected']:.0f} | {ratio} |")
+                     f"{share} | {r['images'] / r['wall']:.1f} | {projected(r, rate):.0f} | {ratio} |")
     return lines
 
 

@@ -2,7 +2,7 @@
 themselves need a GPU and the official code)."""
 import pytest
 
-from scripts.bench_sample_ddp import PROJECTED, get_args_parser, main, row, steady_rate, table
+from scripts.bench_sample_ddp import PROJECTED, get_args_parser, main, projected, row, steady_rate, table
 
 
 def test_stages_and_projection_from_a_timings_record():
@@ -10,11 +10,19 @@ def test_stages_and_projection_from_a_timings_record():
               "marks": {"first_batch_sampled": 120.0, "sampled": 140.0, "packed": 144.0}}
     r = row("ours", 100, 1100, 45.0, record)
     assert r["startup"] == 20.0 and r["steady"] == 50.0  # 1,000 images after the first batch in 20 s
-    assert r["projected"] == pytest.approx(20.0 + (PROJECTED - 100) / 50.0 + 4.0 * PROJECTED / 1100)
-    official = dict(r, run="official", projected=10 * r["projected"])
+    assert projected(r) == pytest.approx(20.0 + (PROJECTED - 100) / 50.0 + 4.0 * PROJECTED / 1100)
+    official = dict(r, run="official", steady=5.0)
     lines = table([official, r], official, {100: 100.0})
     assert lines[-1].startswith("| ours | 100 | 1100 | 45.0 | 20.0 | 30.0 | 10.0 | 50.0 | 4.0 | 50.0 | 50% of 100 |")
-    assert lines[-1].endswith("| 10.0x |")
+    assert lines[-1].endswith(f"| {projected(official) / projected(r):.1f}x |")
+
+
+def test_a_steady_rate_above_the_samplers_own_is_a_backlog_and_projects_at_the_samplers():
+    record = {"launch_wall": 0.0, "seconds": {"pack": 0.0}, "marks": {"first_batch_sampled": 10.0, "sampled": 12.0}}
+    r = row("ours --no-png", 100, 1100, 30.0, record)  # 500 img/s: files drained faster than the sampler runs
+    assert projected(r, model_rate=200.0) == pytest.approx(10.0 + (PROJECTED - 100) / 200.0)
+    assert projected(r, model_rate=1000.0) == projected(r) == pytest.approx(10.0 + (PROJECTED - 100) / 500.0)
+    assert "| 250% of 200 |" in table([r], None, {100: 200.0})[-1]
 
 
 def test_the_official_run_needs_whole_thousands_of_images(tmp_path):
