@@ -161,7 +161,8 @@ def pack_npz(folder: str, labels: np.ndarray) -> str:
         end = min(batches[first], num_samples)
         arr[first:end] = images[:end - first]
 
-    with ThreadPoolExecutor(max_workers=8) as readers:
+    # every core: the other ranks are done, and decoding the PNGs back is CPU work (Pillow releases the GIL)
+    with ThreadPoolExecutor(max_workers=default_workers(1)) as readers:
         list(readers.map(fill_batch, batches))
         list(readers.map(fill_png, png_indices))
     path = f"{folder}.npz"
