@@ -13,7 +13,7 @@ compiled, against the eager float32 path.
     python -m scripts.bench_train --models ARPG-XXL --batch-sizes 64 --precision-policies exact,fp8 --one-at-a-time
     python -m scripts.bench_train --models ARPG-L --batch-sizes 128 --kernels none,liger-ce,liger
 
---kernels: each precision policy is timed under each kernel set too (autoregressive/train/kernels.py:
+--kernels: each precision policy is timed under each kernel set too (autoregressive/kernels/liger.py:
 Liger-Kernel's, opt-in); a set that cannot run here or fails to compile gets a row that says why.
 
 --profile DIR: after the timing, 3 more steps of each run under torch.profiler; DIR/<model>-b<batch>-<mode>-

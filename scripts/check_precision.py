@@ -30,7 +30,7 @@ Pass rules (TOLERANCE = 2):
     python -m scripts.check_precision --precision-policies exact,bf16,fp8 --out-dir results/check-precision
     python -m scripts.check_precision --precision-policies exact --kernels liger-ce,liger --sampling-modes none
 
---kernels: the exact policy also trains under each opt-in kernel set (autoregressive/train/kernels.py),
+--kernels: the exact policy also trains under each opt-in kernel set (autoregressive/kernels/liger.py),
 judged as a policy is (its run is named "exact + <set>").
 
 With --parallel N the training runs go to N processes at once, each on a GPU of its own.

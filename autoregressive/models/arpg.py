@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from autoregressive.kernels import liger
 from autoregressive.models.attention import CrossAttention, SelfAttention, merge_heads, split_heads
 from autoregressive.models.condition import target_queries, teacher_forced_conditions
 from autoregressive.models.kv_cache import KVCache
@@ -66,6 +67,7 @@ class ARPGConfig:
     grad_checkpointing: Union[str, bool] = "none"
     condition_vocab_size: int = 0  # controllable generation: 0 = off; else ids 0..size-1, size = "no condition"
     condition_dropout_prob: float = 0.1  # condition map dropped to "no condition" in training
+    kernels: str = "none"  # training kernels: none, liger-ce or liger (kernels/liger.py); not in the weights
 
     def __post_init__(self):
         if self.dim % self.n_head:
@@ -78,6 +80,8 @@ class ARPGConfig:
             raise ValueError(f"block_size must be a square number of tokens, got {self.block_size}")
         if self.head_dim % 4:
             raise ValueError(f"head dim {self.head_dim} must be divisible by 4 for 2-D RoPE")
+        if self.kernels not in liger.KERNEL_SETS:
+            raise ValueError(f"kernels must be one of {', '.join(liger.KERNEL_SETS)}, got {self.kernels!r}")
         spec = {True: "all", False: "none"}.get(self.grad_checkpointing, str(self.grad_checkpointing))
         if spec not in ("none", "all", "self", "cross") and not (spec.isdigit() and int(spec) <= self.n_layer):
             raise ValueError(f"grad_checkpointing must be none, all, self, cross or a number of layers "
@@ -122,12 +126,14 @@ class ARPGConfig:
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
+    def __init__(self, dim: int, eps: float, liger: bool = False):
         super().__init__()
-        self.eps = eps
+        self.eps, self.liger = eps, liger
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
+        if self.liger and self.training:
+            return liger.rms_norm(x, self.weight, self.eps)
         # Normalised in float32 and rounded to x's dtype once, as released; then scaled in x's dtype.
         return F.rms_norm(x, (x.shape[-1],), eps=self.eps) * self.weight
 
@@ -139,11 +145,12 @@ class FeedForward(nn.Module):
         super().__init__()
         self.w13 = nn.Linear(config.dim, 2 * config.ffn_hidden, bias=False)
         self.w2 = nn.Linear(config.ffn_hidden, config.dim, bias=False)
+        self.liger = config.kernels == "liger"
         keep_official_names(self, "w13", ("w1", "w3"))
 
     def forward(self, x):
         gate, up = self.w13(x).chunk(2, dim=-1)
-        return self.w2(F.silu(gate) * up)
+        return self.w2(liger.silu_mul(gate, up) if self.liger and self.training else F.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):
@@ -163,8 +170,8 @@ class DecoderLayer(nn.Module):
         self.attn = attention
         self.drop_path = drop_path or nn.Identity()  # holds no tensors: the state dict is unchanged
         self.ffn = FeedForward(config)
-        self.attn_norm = RMSNorm(config.dim, config.norm_eps)
-        self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
+        self.attn_norm = RMSNorm(config.dim, config.norm_eps, config.kernels == "liger")
+        self.ffn_norm = RMSNorm(config.dim, config.norm_eps, config.kernels == "liger")
         self.resid_dropout_p = config.resid_dropout_p
         self.ffn_dropout_p = config.ffn_dropout_p
         self.recompute = recompute
@@ -203,7 +210,7 @@ class TwoPassDecoder(nn.Module):
         self.cross_dec = nn.ModuleList([DecoderLayer(config, CrossAttention(dim, heads), recompute(num_each + i),
                                                      drop[num_each + i])
                                         for i in range(num_each)])
-        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.norm = RMSNorm(config.dim, config.norm_eps, config.kernels == "liger")
         self.to_kv = nn.Linear(config.dim, 2 * config.dim, bias=False)  # the shared set's to_k, to_v
         keep_official_names(self, "to_kv", ("to_k", "to_v"))
 
@@ -253,7 +260,7 @@ class ARPG(nn.Module):
         if config.condition_vocab_size:
             self.condition_embeddings = nn.Embedding(config.condition_vocab_size + 1, config.dim)
         self.layers = TwoPassDecoder(config, drop_path_layer)
-        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.norm = RMSNorm(config.dim, config.norm_eps, config.kernels == "liger")
         self.head = nn.Linear(config.dim, config.vocab_size, bias=False)
         # A plain attribute, not a buffer: it stays float32 when the model is cast to bf16, and out of
         # the state dict, which must hold exactly the released names.
@@ -348,8 +355,9 @@ class ARPG(nn.Module):
         return None, self.head_loss(features.flatten(0, 1), targets.gather(1, orders).reshape(-1))
 
     def head_loss(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy of head(features) (M, D) vs targets (M,), logits never kept (kernels.py swaps it)."""
-        return chunked_cross_entropy(features, self.head.weight, targets)
+        """Mean cross-entropy of head(features) (M, D) vs targets (M,), logits never kept."""
+        loss = liger.linear_cross_entropy if self.config.kernels != "none" else chunked_cross_entropy
+        return loss(features, self.head.weight, targets)
 
     def new_cache(self, batch_size: int, max_len: Optional[int] = None, dtype: Optional[torch.dtype] = None) -> KVCache:
         """An empty cache for batch_size rows and max_len tokens (default: class tokens + every image token),

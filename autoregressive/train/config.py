@@ -222,7 +222,7 @@ def build_model(cfg: TrainConfig) -> torch.nn.Module:
                                       ffn_dropout_p=dropout_p, token_dropout_p=cfg.token_dropout_p,
                                       grad_checkpointing=cfg.grad_checkpointing, drop_path_rate=cfg.drop_path_rate,
                                       drop_path_layer=drop_path_layer, condition_vocab_size=cfg.condition_vocab_size,
-                                      condition_dropout_prob=cfg.condition_dropout_prob)
+                                      condition_dropout_prob=cfg.condition_dropout_prob, kernels=cfg.kernels)
 
 
 def field_flags(config_field: dataclasses.Field) -> List[Tuple[str, dict]]:
