@@ -1,6 +1,8 @@
 """The project's own modules import each other without a cycle, and only downwards: the library never
 imports an entry script, the web page or scripts/ (read from the source with ast)."""
 import ast
+import subprocess
+import sys
 from pathlib import Path
 from typing import Dict, List, Set
 
@@ -122,3 +124,25 @@ def test_pip_install_makes_every_library_package_importable():
     text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     included = re.search(r"^include = \[(.*)\]$", text, re.MULTILINE).group(1)
     assert sorted(name.strip(' "*') for name in included.split(",")) == sorted(LIBRARY)
+
+
+def test_the_model_and_tokenizer_import_only_torch_and_numpy():
+    """With every other third-party package made unimportable once torch and numpy are loaded, the model,
+    its kernels and the tokenizer still import and build (Triton and Liger-Kernel stay optional), and
+    importing them does not load torch's compiler (seconds at every start of a script)."""
+    code = """
+import importlib.abc, sys
+import numpy, torch
+allowed = set(sys.stdlib_module_names) | {"torch", "numpy", "autoregressive", "tokenizer"}
+class Refuse(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.partition(".")[0] not in allowed:
+            raise ImportError(f"refused: {name}")
+sys.meta_path.insert(0, Refuse())
+from autoregressive.models.arpg import ARPG_models
+from tokenizer.vq_model import VQ_models
+ARPG_models["ARPG-tiny"](), VQ_models["VQ-16"]()
+print("ok" if "torch._dynamo" not in sys.modules else "torch._dynamo imported")
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

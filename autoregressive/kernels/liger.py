@@ -30,9 +30,11 @@ def compute_dtype(tensor: torch.Tensor) -> torch.dtype:
     return dtype if enabled else tensor.dtype
 
 
-@torch.compiler.disable  # host sync inside (the count of targets) and Python loops over chunks
 def linear_cross_entropy(features: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of features (M, D) @ weight (V, D).T against targets (M,), logits never kept."""
+    """Mean cross-entropy of features (M, D) @ weight (V, D).T against targets (M,), logits never kept.
+    Call it outside torch.compile's graph (a host sync inside, the count of targets, and Python loops over
+    chunks): the model wraps it in torch.compiler.disable when built with these kernels, not at import,
+    which would load the compiler with every import of the model."""
     from liger_kernel.ops.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyFunction
 
     dtype = compute_dtype(features)

@@ -262,6 +262,9 @@ class ARPG(nn.Module):
         self.layers = TwoPassDecoder(config, drop_path_layer)
         self.norm = RMSNorm(config.dim, config.norm_eps, config.kernels == "liger")
         self.head = nn.Linear(config.dim, config.vocab_size, bias=False)
+        # the head's mean cross-entropy, logits never kept; Liger's outside the compiled graph (kernels/liger.py)
+        self.loss = (chunked_cross_entropy if config.kernels == "none"
+                     else torch.compiler.disable(liger.linear_cross_entropy))
         # A plain attribute, not a buffer: it stays float32 when the model is cast to bf16, and out of
         # the state dict, which must hold exactly the released names.
         self.rope_cpu = rope_table_2d(config.grid_size, config.head_dim, config.rope_base, config.cls_token_num)
@@ -352,12 +355,7 @@ class ARPG(nn.Module):
             logits = self.head(features).float()
             return logits, None if targets is None else F.cross_entropy(logits.flatten(0, 1),
                                                                          targets.gather(1, orders).reshape(-1))
-        return None, self.head_loss(features.flatten(0, 1), targets.gather(1, orders).reshape(-1))
-
-    def head_loss(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy of head(features) (M, D) vs targets (M,), logits never kept."""
-        loss = liger.linear_cross_entropy if self.config.kernels != "none" else chunked_cross_entropy
-        return loss(features, self.head.weight, targets)
+        return None, self.loss(features.flatten(0, 1), self.head.weight, targets.gather(1, orders).reshape(-1))
 
     def new_cache(self, batch_size: int, max_len: Optional[int] = None, dtype: Optional[torch.dtype] = None) -> KVCache:
         """An empty cache for batch_size rows and max_len tokens (default: class tokens + every image token),
