@@ -21,6 +21,7 @@ side's own state plus its step's transient peak (bench_train's count); a samplin
 paths hold).
 """
 import argparse
+import gc
 import importlib.util
 import os
 import statistics
@@ -119,16 +120,28 @@ def start_official_run(official, name: str, batch: int, device: torch.device, co
 
 def bench_training(official, name: str, batch: int, args, info) -> List[dict]:
     """Official and ours (exact policy, and each other policy and kernel set asked for) on one model and
-    batch, repetitions interleaved."""
-    start = time.perf_counter()
-    runs = [start_official_run(official, name, batch, info.device, not args.no_compile)]
-    ready(runs[-1], name, batch, start)
-    for policy in parse_policy_list(getattr(args, "precision_policies", "exact")):
-        for kernels in parse_kernel_list(getattr(args, "kernels", "none")):
-            start = time.perf_counter()
-            ours = start_run(name, batch, "ddp", policy, args, info, kernels)
-            ours.result["side"] = "ours" if (policy, kernels) == ("exact", "none") else f"ours, {variant_name(ours.result)}"
-            runs.append(ready(ours, name, batch, start))
+    batch, repetitions interleaved; with --one-at-a-time each side is built, timed and freed before the
+    next (where the sides' trainers do not fit in the GPU's memory together)."""
+    def ours(policy: str, kernels: str) -> PolicyRun:
+        run = start_run(name, batch, "ddp", policy, args, info, kernels)
+        run.result["side"] = "ours" if (policy, kernels) == ("exact", "none") else f"ours, {variant_name(run.result)}"
+        return run
+
+    sides = [lambda: start_official_run(official, name, batch, info.device, not args.no_compile)]
+    sides += [(lambda p, k: lambda: ours(p, k))(policy, kernels)
+              for policy in parse_policy_list(getattr(args, "precision_policies", "exact"))
+              for kernels in parse_kernel_list(getattr(args, "kernels", "none"))]
+    if args.one_at_a_time:
+        return [row for side in sides for row in time_training_sides([side], name, batch, args, info)]
+    return time_training_sides(sides, name, batch, args, info)
+
+
+def time_training_sides(sides: List[Callable[[], PolicyRun]], name: str, batch: int, args, info) -> List[dict]:
+    """Build the sides' trainers, time them with interleaved repetitions, free them; a row per side."""
+    runs = []
+    for side in sides:
+        start = time.perf_counter()
+        runs.append(ready(side(), name, batch, start))
     for rep in range(args.reps):
         for run in runs:
             if run.trainer is not None:
@@ -144,6 +157,7 @@ def bench_training(official, name: str, batch: int, args, info) -> List[dict]:
         row["peak_gib"] = max(run.peaks) / 2**30 if run.peaks else None
         rows.append(row)
     del runs
+    gc.collect()
     torch._dynamo.reset()
     if info.device.type == "cuda":
         torch.cuda.empty_cache()
@@ -260,6 +274,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=10, help="timed training steps per repetition")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--no-compile", action="store_true", help="train eagerly (both sides)")
+    parser.add_argument("--one-at-a-time", action="store_true",
+                        help="training: build, time and free each side in turn instead of interleaving their "
+                             "repetitions (where the trainers do not fit in the GPU's memory together: ARPG-XXL "
+                             "at batch 64 on 80 GB holds two at most)")
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto",
                         help="cpu only checks that the harness runs; timings mean something on a GPU")
     return parser

@@ -113,3 +113,22 @@ def test_a_paths_peak_alone_counts_what_it_allocates_and_reserves_above_the_othe
     assert calls == ["empty", "reset", "ran", "empty"]  # caches emptied and peaks reset before the path runs
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert bench_common.alone_peak_gib(lambda: None, own_bytes=gib) is None
+
+def test_one_at_a_time_builds_times_and_frees_each_training_side_in_turn(tmp_path, capsys, monkeypatch):
+    """--one-at-a-time: each side is compiled, timed over every repetition and freed before the next is
+    built (so sides that do not fit together still get their rows), in the interleaved order of sides."""
+    events = []
+    real_time_steps = bench_official.time_steps
+    monkeypatch.setattr(bench_official, "ready", lambda run, *a: events.append(("built", run.result["side"])) or run)
+    monkeypatch.setattr(bench_official, "time_steps",
+                        lambda run, *a: events.append(("timed", run.result["side"])) or real_time_steps(run, *a))
+    monkeypatch.setattr(bench_official.gc, "collect", lambda: events.append(("freed", None)))
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "arpg.py").write_text(STAND_IN)
+    bench_official.main(["--official-repo", str(tmp_path), "--device", "cpu", "--train-models", "ARPG-tiny",
+                         "--train-batch", "2", "--steps", "1", "--reps", "2", "--no-compile", "--sample-models",
+                         "--one-at-a-time"])
+    side = lambda name: [("built", name), ("timed", name), ("timed", name), ("freed", None)]
+    assert events == side("official") + side("ours")
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ARPG-tiny |")]
+    assert [row.split(" | ")[2] for row in rows] == ["official", "ours"] * 2  # as each size ends, then in full
