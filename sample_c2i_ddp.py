@@ -126,10 +126,11 @@ def read_png_rgb(path: str) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
-def pack_npz(folder: str, labels: np.ndarray) -> str:
+def pack_npz(folder: str, labels: np.ndarray, keep_batch_files: bool = True) -> str:
     """Stack samples 0..N-1 into {folder}.npz (arr_0 uint8 NHWC, labels (N,) int64), written atomically.
-    Each sample comes from a batch file of a run without PNGs or else from its PNG; both are read on
-    threads straight into one preallocated array (50,000 images at 256 are 9.8 GB)."""
+    Each sample comes from a batch file or else from its PNG; both are read on threads straight into one
+    preallocated array (50,000 images at 256 are 9.8 GB). keep_batch_files=False then removes the batch
+    files whose samples all have their PNGs (a PNG run's folder ends as the official layout)."""
     num_samples = len(labels)
     batches = {first: end for first, end in stored_batches(folder).items() if first < num_samples}
     from_png = np.ones(num_samples, dtype=bool)
@@ -167,6 +168,9 @@ def pack_npz(folder: str, labels: np.ndarray) -> str:
         list(readers.map(fill_png, png_indices))
     path = f"{folder}.npz"
     write_atomic(path, lambda tmp: np.savez(tmp, arr_0=arr, labels=labels))
+    for first, end in batches.items() if not keep_batch_files else ():
+        if all(os.path.exists(png_path(folder, index)) for index in range(first, end)):
+            os.remove(batch_path(folder, first, end))
     return path
 
 
@@ -259,7 +263,7 @@ def main(args) -> None:
     barrier()
     if info.is_main:
         start = time.perf_counter()
-        path = pack_npz(folder, inputs.labels(torch.arange(inputs.num_samples)).numpy())
+        path = pack_npz(folder, inputs.labels(torch.arange(inputs.num_samples)).numpy(), keep_batch_files=not args.png)
         clock.add("pack", time.perf_counter() - start)
         logger.info(f"saved {path}")
     clock.mark("packed")

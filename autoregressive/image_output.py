@@ -2,9 +2,9 @@
 
 A batch's tokens are decoded to pixels on a CUDA side stream and copied to pinned host memory, so the
 VQ decoder runs beside the next batch's sampling; worker threads then wait for the copy and write the
-images: one PNG per sample, or, without PNGs, one .npy file per batch that packing reads back. Either
-way every file is written atomically and names the samples it holds, so a rerun skips what is done,
-and a sample's pixels are the same whichever way they were stored.
+images: one PNG per sample if asked, and one .npy file per batch that packing reads back (much faster
+than decoding PNGs). Every file is written atomically and names the samples it holds, so a rerun skips
+what is done, and a sample's pixels are the same whichever way they were stored.
 """
 import os
 import queue
@@ -111,7 +111,8 @@ class ImageWriter:
     batch before the previous one is on disk (so host memory holds at most two batches of images) and
     re-raises the first error of its writes.
 
-    pngs=True: one PNG per sample through write_png(image, path); False: one .npy per batch."""
+    One .npy per batch; with pngs=True also one PNG per sample through write_png(image, path), the batch
+    file then written after the last of its PNGs, so that a batch file always means a finished batch."""
 
     def __init__(self, folder: str, pngs: bool, write_png: Callable[[np.ndarray, str], None], clock: StageClock,
                  workers: int):
@@ -128,8 +129,8 @@ class ImageWriter:
     def put(self, first: int, count: int, pending: PendingImages) -> None:
         """Samples first .. first + count - 1, rows [0, count) of the pending batch."""
         if self.pngs:
-            left = [count, count]  # PNGs of the batch still to write, and in all
-            jobs = [self.pool.submit(self._png, pending, row, first + row, left) for row in range(count)]
+            left = [count]  # PNGs of the batch still to write
+            jobs = [self.pool.submit(self._png, pending, row, first, count, left) for row in range(count)]
         else:
             jobs = [self.pool.submit(self._batch_file, pending, first, count)]
         self.in_flight.append(jobs)
@@ -149,15 +150,16 @@ class ImageWriter:
         for job in jobs:
             job.result()
 
-    def _png(self, pending: PendingImages, row: int, index: int, left: List[int]) -> None:
+    def _png(self, pending: PendingImages, row: int, first: int, count: int, left: List[int]) -> None:
         images = pending.wait()
         start = time.perf_counter()
-        self.write_png(images[row], png_path(self.folder, index))
+        self.write_png(images[row], png_path(self.folder, first + row))
         self.clock.add("write", time.perf_counter() - start)
         with self._lock:
             left[0] -= 1
-            if left[0] == 0:
-                self.clock.batch_written(left[1])
+            last = left[0] == 0
+        if last:  # the batch's PNGs are all on disk: its pixels in one file too, which packing reads faster
+            self._batch_file(pending, first, count)
 
     def _batch_file(self, pending: PendingImages, first: int, count: int) -> None:
         images = pending.wait()[:count]

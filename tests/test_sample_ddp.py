@@ -134,6 +134,22 @@ def test_a_failed_png_write_stops_the_run(digits_ckpt, tmp_path, monkeypatch):
     assert not list((tmp_path / "s").glob("*.npz"))
     [folder] = [p for p in (tmp_path / "s").iterdir() if p.is_dir()]
     assert len(list(folder.glob("*.png"))) == 25
+    # a batch file is written after its batch's last PNG: the unfinished last batch has none
+    assert sorted(path.name for path in folder.glob("*.npy")) == [f"batch-{i:06d}-{i + 4:06d}.npy" for i in range(0, 24, 4)]
+
+
+def test_a_png_run_packs_from_its_batch_files_and_leaves_only_the_pngs(digits_ckpt, tmp_path, monkeypatch):
+    """Each batch's pixels also go to a batch file once its PNGs are written; packing reads those (no PNG is
+    decoded) and then removes them, so the folder ends in the official layout, PNGs equal to the npz."""
+    import sample_c2i_ddp
+
+    real_read = sample_c2i_ddp.read_png_rgb
+    monkeypatch.setattr(sample_c2i_ddp, "read_png_rgb", lambda path: pytest.fail(f"packing decoded {path}"))
+    run_inline(flags(digits_ckpt, tmp_path / "s", num=10))
+    arr, _ = the_npz(tmp_path / "s")
+    [folder] = [p for p in (tmp_path / "s").iterdir() if p.is_dir()]
+    assert sorted(path.name for path in folder.iterdir()) == [f"{i:06d}.png" for i in range(10)]
+    assert all(np.array_equal(real_read(str(folder / f"{i:06d}.png")), arr[i]) for i in range(10))
 
 
 def test_packing_refuses_a_folder_of_mixed_sizes(tmp_path):
