@@ -111,9 +111,9 @@ def condition_suffix(args) -> str:
     return "-condition-" + os.path.basename(os.path.normpath(source)).replace(".npy", "")
 
 
-# zlib level 1, not Pillow's 6: the pixels are the same (PNG is lossless), the files about a tenth larger,
-# and encoding takes well under half the CPU time, which bounds the PNG writers that keep up with the GPU
-# (scripts/bench_sample_ddp.py measures the run, tests/test_sample_ddp.py the encoding).
+# zlib level 1, not Pillow's 6: the same pixels (PNG is lossless; tests/test_sample_ddp.py checks them) in
+# files about a tenth larger, for well under half the encoding time. Encoding is the work of the PNG
+# writers, which must keep up with the GPU (scripts/bench_sample_ddp.py measures whether they do).
 PNG_COMPRESS_LEVEL = 1
 
 
@@ -168,9 +168,10 @@ def pack_npz(folder: str, labels: np.ndarray, keep_batch_files: bool = True) -> 
         list(readers.map(fill_png, png_indices))
     path = f"{folder}.npz"
     write_atomic(path, lambda tmp: np.savez(tmp, arr_0=arr, labels=labels))
-    for first, end in batches.items() if not keep_batch_files else ():
-        if all(os.path.exists(png_path(folder, index)) for index in range(first, end)):
-            os.remove(batch_path(folder, first, end))
+    if not keep_batch_files:
+        for first, end in batches.items():
+            if all(os.path.exists(png_path(folder, index)) for index in range(first, end)):
+                os.remove(batch_path(folder, first, end))
     return path
 
 
