@@ -136,9 +136,9 @@ def test_pipeline_samples_images_from_cached_weights(hub, monkeypatch):
     put_in_cache(hub, "FoundationVision/LlamaGen", "vq_ds16_c2i.pt", {"model": VQ_models["VQ-16"]().state_dict()})
     monkeypatch.setitem(pretrained.RELEASED, "ARPG-tiny", HubFile("test-owner/tiny", "tiny.pt"))
     pipe = ARPGPipeline.from_pretrained("ARPG-tiny")
-    images = pipe.sample([1, 2], num_steps=4, cfg_scale=2.0)
-    assert images.shape == (2, 3, 256, 256) and 0 <= images.min() and images.max() <= 1
-    assert torch.equal(images, pipe.sample([1, 2], num_steps=4, cfg_scale=2.0))  # seeded
+    images = pipe.sample([2], num_steps=4, cfg_scale=2.0)  # one image: the VQ decoder is most of the CPU time
+    assert images.shape == (1, 3, 256, 256) and 0 <= images.min() and images.max() <= 1
+    assert torch.equal(images, pipe.sample([2], num_steps=4, cfg_scale=2.0))  # seeded
     with pytest.raises(ValueError, match="out of range"):
         pipe.sample([1000])
 
