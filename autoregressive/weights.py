@@ -38,7 +38,15 @@ def read_checkpoint(path: str):
                             "or incomplete; download or copy it again") from error
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            # Memory-mapped: only the tensors used are read, so the weights of a training checkpoint load
+            # without its optimizer state, and the processes of a node share the pages. Files in the
+            # pre-1.6 format cannot be mapped and are read whole.
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as error:
+                if "mmap can only be used" not in str(error):
+                    raise
+                return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError, ValueError) as error:
         raise UserError(f"{path} is not a readable PyTorch checkpoint ({first_line(error)}): it is corrupt or "
                         "incomplete; download or copy it again") from error

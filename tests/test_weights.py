@@ -32,6 +32,22 @@ def test_loads_checkpoints_carrying_argparse_args_and_safetensors(tmp_path):
         assert torch.equal(target.head.weight, source.head.weight)
 
 
+def test_checkpoints_are_memory_mapped_and_old_format_files_read_whole(tmp_path, monkeypatch):
+    """A training checkpoint's optimizer state is never read for sampling: the file is mapped and only the
+    tensors used are paged in. Files of the pre-1.6 format cannot be mapped and still load, read whole."""
+    loads, real_load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda path, **kwargs: loads.append(kwargs.get("mmap", False)) or
+                        real_load(path, **kwargs))
+    source = build_tiny(seed=1)
+    payload = {"model": source.state_dict(), "optimizer": {"state": {0: {"exp_avg": torch.zeros(1000)}}}}
+    torch.save(payload, tmp_path / "train.pt")
+    torch.save(payload, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    for name, tries in (("train.pt", [True]), ("legacy.pt", [True, False])):
+        loads.clear()
+        target = load_model_weights(build_tiny(seed=2), str(tmp_path / name))
+        assert torch.equal(target.head.weight, source.head.weight) and loads == tries, name
+
+
 def test_wrong_size_names_the_keys_and_the_size(tmp_path):
     with torch.device("meta"):
         xl_keys = ARPG_models["ARPG-XL"]().state_dict()
