@@ -151,14 +151,14 @@ def test_the_quick_start_of_the_readme_runs(hub, monkeypatch, tmp_path):
     put_in_cache(hub, "FoundationVision/LlamaGen", "vq_ds16_c2i.pt", {"model": VQ_models["VQ-16"]().state_dict()})
     monkeypatch.setitem(pretrained.RELEASED, "ARPG-tiny", HubFile("test-owner/tiny", "tiny.pt"))
     replacements = {'"ARPG-XL"': '"ARPG-tiny"', 'device="cuda"': 'device="cpu"', "seed=0)": "seed=0, num_steps=4)",
-                    "[207, 360, 388, 113, 355, 980, 323, 979]": "[207, 360]",
+                    "[207, 360, 388, 113, 355, 980, 323, 979]": "[207]",  # one image: the VQ decoder's CPU time
                     '"samples.png"': repr(str(tmp_path / "samples.png"))}
     for old, new in replacements.items():
         assert old in block, old
         block = block.replace(old, new)
     scope = {}
     exec(compile(block, "README.md", "exec"), scope)
-    assert scope["images"].shape == (2, 3, 256, 256) and (tmp_path / "samples.png").is_file()
+    assert scope["images"].shape == (1, 3, 256, 256) and (tmp_path / "samples.png").is_file()
 
 
 def test_ddp_sampler_fetches_by_hub_path_and_names_its_folder_after_the_file(hub, tmp_path):
