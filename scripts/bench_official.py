@@ -21,12 +21,10 @@ side's own state plus its step's transient peak (bench_train's count); a samplin
 paths hold).
 """
 import argparse
-import gc
 import importlib.util
 import os
 import statistics
 import sys
-import time
 import types
 from typing import Callable, Dict, List
 
@@ -41,7 +39,7 @@ from autoregressive.utils.cli import InputNotFound, RenamedFlag, UserError, chec
 from autoregressive.utils.device import enable_tf32, resolve_device, synchronize
 from autoregressive.utils.dist import cleanup, init_distributed
 from scripts.bench_common import alone_peak_gib, model_bytes, parse_kv_caches, random_model, timed
-from scripts.bench_train import PolicyRun, ready, start_run, time_steps, variant_name, warm_up
+from scripts.bench_train import PolicyRun, release, start_run, time_interleaved, variant_name, warm_up
 from scripts.kernel_profile import profile_calls, report, write_report
 from scripts.sampling_floor import decoding_work
 
@@ -138,30 +136,17 @@ def bench_training(official, name: str, batch: int, args, info) -> List[dict]:
 
 def time_training_sides(sides: List[Callable[[], PolicyRun]], name: str, batch: int, args, info) -> List[dict]:
     """Build the sides' trainers, time them with interleaved repetitions, free them; a row per side."""
-    runs = []
-    for side in sides:
-        start = time.perf_counter()
-        runs.append(ready(side(), name, batch, start))
-    for rep in range(args.reps):
-        for run in runs:
-            if run.trainer is not None:
-                time_steps(run, args.steps, batch, info.device)
-        rates = ", ".join(f"{run.result['side']} {run.rates[-1]:.1f}" for run in runs if run.trainer is not None)
-        print(f"{name} b{batch} training repetition {rep + 1}: img/s {rates}", flush=True)
-    rows = []
-    for run in runs:
-        row = {"model": name, "batch": batch, "side": run.result["side"]}
-        if "skipped" in run.result:
-            row["side"] += f" (not run: {run.result['skipped']})"
-        row["img_s"] = statistics.median(run.rates) if run.rates else None
-        row["peak_gib"] = max(run.peaks) / 2**30 if run.peaks else None
-        rows.append(row)
+    runs = time_interleaved(sides, name, batch, "training", args, info.device)
+    rows = [training_row(run, name, batch) for run in runs]
     del runs
-    gc.collect()
-    torch._dynamo.reset()
-    if info.device.type == "cuda":
-        torch.cuda.empty_cache()
+    release(info.device)
     return rows
+
+
+def training_row(run: PolicyRun, name: str, batch: int) -> dict:
+    side = run.result["side"] + (f" (not run: {run.result['skipped']})" if "skipped" in run.result else "")
+    return {"model": name, "batch": batch, "side": side, "img_s": statistics.median(run.rates) if run.rates else None,
+            "peak_gib": max(run.peaks) / 2**30 if run.peaks else None}
 
 
 def bench_sampling(official, name: str, batches: List[int], kv_caches: List[str], args, device) -> List[dict]:

@@ -27,7 +27,7 @@ import argparse
 import gc
 import statistics
 import time
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -108,29 +108,51 @@ def bench_group(name: str, batch: int, mode: str, policies: List[str], args, inf
     return time_group(name, batch, mode, variants, args, info)
 
 
+def side_name(run: PolicyRun) -> str:
+    return run.result.get("side") or variant_name(run.result)
+
+
 def ready(run: PolicyRun, name: str, batch: int, start: float) -> PolicyRun:
     """Say that a side is built and compiled, and how long that took: the compilations before the first
     timed step are most of a short run, so a run cut off by a time limit still shows how far it got."""
     state = f"not run: {run.result['skipped']}" if "skipped" in run.result else "compiled and warmed up"
-    side = run.result.get("side") or variant_name(run.result)
-    print(f"{name} b{batch} {side}: {state} in {time.perf_counter() - start:.0f} s", flush=True)
+    print(f"{name} b{batch} {side_name(run)}: {state} in {time.perf_counter() - start:.0f} s", flush=True)
     return run
+
+
+def time_interleaved(builders: Sequence[Callable[[], PolicyRun]], name: str, batch: int, what: str, args,
+                     device: torch.device) -> List[PolicyRun]:
+    """Build each run (saying when it is ready), then time them all with interleaved repetitions, so a slow
+    spell of the machine hits them alike; each repetition is printed as it ends, so a run cut short by a
+    time limit keeps what it measured. The caller reads the runs, then calls release()."""
+    runs = []
+    for build in builders:
+        start = time.perf_counter()
+        runs.append(ready(build(), name, batch, start))
+    for rep in range(args.reps):
+        for run in runs:
+            if run.trainer is not None:
+                time_steps(run, args.steps, batch, device)
+        rates = ", ".join(f"{side_name(run)} {run.rates[-1]:.1f}" for run in runs if run.trainer is not None)
+        print(f"{name} b{batch} {what} repetition {rep + 1}: img/s {rates}", flush=True)
+    return runs
+
+
+def release(device: torch.device) -> None:
+    """Free what timed runs left behind (the caller has dropped them): memory and compiled graphs."""
+    gc.collect()
+    torch._dynamo.reset()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
 
 
 def time_group(name: str, batch: int, mode: str, variants: List[Tuple[str, str]], args, info: DistInfo) -> List[dict]:
     """Build the variants' trainers, time them with interleaved repetitions, free them."""
     device = info.device
-    runs = []
-    for policy, kernels in variants:
-        start = time.perf_counter()
-        runs.append(ready(start_run(name, batch, mode, policy, args, info, kernels), name, batch, start))
-    for rep in range(args.reps):
-        for run in runs:
-            if run.trainer is not None:
-                time_steps(run, args.steps, batch, device)
-        # each repetition as it ends: a run cut short by a time limit keeps what it measured
-        rates = ", ".join(f"{variant_name(run.result)} {run.rates[-1]:.1f}" for run in runs if run.trainer is not None)
-        print(f"{name} b{batch} {mode} repetition {rep + 1}: img/s {rates}", flush=True)
+    builders = [(lambda p, k: lambda: start_run(name, batch, mode, p, args, info, k))(policy, kernels)
+                for policy, kernels in variants]
+    runs = time_interleaved(builders, name, batch, mode, args, device)
     for run in runs:
         if run.trainer is not None:
             run.result["img_s"] = statistics.median(run.rates)
@@ -139,11 +161,7 @@ def time_group(name: str, batch: int, mode: str, variants: List[Tuple[str, str]]
                 write_profile(run, batch, args.profile, device)
     results = [run.result for run in runs]
     del runs
-    gc.collect()
-    torch._dynamo.reset()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+    release(device)
     return results
 
 

@@ -117,12 +117,14 @@ def test_a_paths_peak_alone_counts_what_it_allocates_and_reserves_above_the_othe
 def test_one_at_a_time_builds_times_and_frees_each_training_side_in_turn(tmp_path, capsys, monkeypatch):
     """--one-at-a-time: each side is compiled, timed over every repetition and freed before the next is
     built (so sides that do not fit together still get their rows), in the interleaved order of sides."""
+    from scripts import bench_train
+
     events = []
-    real_time_steps = bench_official.time_steps
-    monkeypatch.setattr(bench_official, "ready", lambda run, *a: events.append(("built", run.result["side"])) or run)
-    monkeypatch.setattr(bench_official, "time_steps",
+    real_time_steps = bench_train.time_steps
+    monkeypatch.setattr(bench_train, "ready", lambda run, *a: events.append(("built", run.result["side"])) or run)
+    monkeypatch.setattr(bench_train, "time_steps",
                         lambda run, *a: events.append(("timed", run.result["side"])) or real_time_steps(run, *a))
-    monkeypatch.setattr(bench_official.gc, "collect", lambda: events.append(("freed", None)))
+    monkeypatch.setattr(bench_train.gc, "collect", lambda: events.append(("freed", None)))
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "arpg.py").write_text(STAND_IN)
     bench_official.main(["--official-repo", str(tmp_path), "--device", "cpu", "--train-models", "ARPG-tiny",

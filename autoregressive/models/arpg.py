@@ -126,10 +126,10 @@ class ARPGConfig:
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float, liger: bool = False):
+    def __init__(self, config: ARPGConfig):
         super().__init__()
-        self.eps, self.liger = eps, liger
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps, self.liger = config.norm_eps, config.kernels == "liger"
+        self.weight = nn.Parameter(torch.ones(config.dim))
 
     def forward(self, x):
         if self.liger and self.training:
@@ -170,8 +170,8 @@ class DecoderLayer(nn.Module):
         self.attn = attention
         self.drop_path = drop_path or nn.Identity()  # holds no tensors: the state dict is unchanged
         self.ffn = FeedForward(config)
-        self.attn_norm = RMSNorm(config.dim, config.norm_eps, config.kernels == "liger")
-        self.ffn_norm = RMSNorm(config.dim, config.norm_eps, config.kernels == "liger")
+        self.attn_norm = RMSNorm(config)
+        self.ffn_norm = RMSNorm(config)
         self.resid_dropout_p = config.resid_dropout_p
         self.ffn_dropout_p = config.ffn_dropout_p
         self.recompute = recompute
@@ -210,7 +210,7 @@ class TwoPassDecoder(nn.Module):
         self.cross_dec = nn.ModuleList([DecoderLayer(config, CrossAttention(dim, heads), recompute(num_each + i),
                                                      drop[num_each + i])
                                         for i in range(num_each)])
-        self.norm = RMSNorm(config.dim, config.norm_eps, config.kernels == "liger")
+        self.norm = RMSNorm(config)
         self.to_kv = nn.Linear(config.dim, 2 * config.dim, bias=False)  # the shared set's to_k, to_v
         keep_official_names(self, "to_kv", ("to_k", "to_v"))
 
@@ -260,7 +260,7 @@ class ARPG(nn.Module):
         if config.condition_vocab_size:
             self.condition_embeddings = nn.Embedding(config.condition_vocab_size + 1, config.dim)
         self.layers = TwoPassDecoder(config, drop_path_layer)
-        self.norm = RMSNorm(config.dim, config.norm_eps, config.kernels == "liger")
+        self.norm = RMSNorm(config)
         self.head = nn.Linear(config.dim, config.vocab_size, bias=False)
         # the head's mean cross-entropy, logits never kept; Liger's outside the compiled graph (kernels/liger.py)
         self.loss = (chunked_cross_entropy if config.kernels == "none"
