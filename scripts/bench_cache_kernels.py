@@ -32,6 +32,9 @@ from autoregressive.models.kv_cache import quantise
 from autoregressive.utils.cli import UserError, run_main
 
 HEAD_DIM = 64
+# FlashInfer's scratch space: its prefill plan splits the keys and keeps partial outputs there, which at batch
+# 256 takes several GB (its 128 MB default failed every shape but the smallest)
+WORKSPACE_BYTES = 8 * 2**30
 # label: decode_attention launch settings for a quantised cache (8 warps ran at half the speed of 4; 256-key
 # and 32-key blocks, and codes read as int16 pairs widened by bit moves, were slower, on an H100, 2026-11-28)
 ATTENTION_SETTINGS = {
@@ -48,34 +51,46 @@ def time_graph(fn) -> float:
 
 def flashinfer_cases(q: torch.Tensor, kv: torch.Tensor, cache_bytes: int) -> dict:
     """FlashInfer's two ways to attend q (rows, H, m, d; a view of (rows, m, H, d)) over the bf16 cache
-    kv (2, rows, H, n, d) with no copy of it: one page of n keys per row, planned once (CUDA-graph mode)."""
+    kv (2, rows, H, n, d) with no copy of it: one page of n keys per row, planned once (CUDA-graph mode).
+    Each way is planned on its own, so one that fails here (its JIT build, or a workspace it outgrows)
+    leaves the other's row."""
     import flashinfer
 
     rows, heads, queries, head_dim = q.shape
     keys, device = kv.shape[3], q.device
-    workspace = torch.zeros(128 * 2**20, dtype=torch.uint8, device=device)
     pages = torch.arange(rows + 1, dtype=torch.int32, device=device)  # row i's page is page i
     last_len = torch.full((rows,), keys, dtype=torch.int32, device=device)
     query_rows = pages * queries
     cache = (kv[0], kv[1])  # each (rows = pages, H, n = page size, d): the HND layout
-    # decode: the m queries of a row and head as m query heads of one key head (q heads h*m .. h*m + m-1)
-    decode = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
-        workspace, "HND", use_cuda_graph=True, use_tensor_cores=True, paged_kv_indptr_buffer=pages.clone(),
-        paged_kv_indices_buffer=pages[:-1].clone(), paged_kv_last_page_len_buffer=last_len.clone())
-    decode.plan(pages, pages[:-1], last_len, heads * queries, heads, head_dim, keys, q_data_type=q.dtype,
-                kv_data_type=kv.dtype)
-    prefill = flashinfer.BatchPrefillWithPagedKVCacheWrapper(
-        torch.zeros_like(workspace), "HND", use_cuda_graph=True, qo_indptr_buf=query_rows.clone(),
-        paged_kv_indptr_buf=pages.clone(), paged_kv_indices_buf=pages[:-1].clone(),
-        paged_kv_last_page_len_buf=last_len.clone())
-    prefill.plan(query_rows, pages, pages[:-1], last_len, heads, heads, head_dim, keys, causal=False,
-                 q_data_type=q.dtype, kv_data_type=kv.dtype)
+
+    def decode():  # the m queries of a row and head as m query heads of one key head (q heads h*m .. h*m + m-1)
+        wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
+            torch.zeros(WORKSPACE_BYTES, dtype=torch.uint8, device=device), "HND", use_cuda_graph=True,
+            use_tensor_cores=True, paged_kv_indptr_buffer=pages.clone(), paged_kv_indices_buffer=pages[:-1].clone(),
+            paged_kv_last_page_len_buffer=last_len.clone())
+        wrapper.plan(pages, pages[:-1], last_len, heads * queries, heads, head_dim, keys, q_data_type=q.dtype,
+                     kv_data_type=kv.dtype)
+        return lambda: wrapper.run(q.reshape(rows, heads * queries, head_dim), cache).view(rows, heads, queries, -1)
+
+    def prefill():  # the queries as a ragged batch, each row's against its own page
+        wrapper = flashinfer.BatchPrefillWithPagedKVCacheWrapper(
+            torch.zeros(WORKSPACE_BYTES, dtype=torch.uint8, device=device), "HND", use_cuda_graph=True,
+            qo_indptr_buf=query_rows.clone(), paged_kv_indptr_buf=pages.clone(),
+            paged_kv_indices_buf=pages[:-1].clone(), paged_kv_last_page_len_buf=last_len.clone())
+        wrapper.plan(query_rows, pages, pages[:-1], last_len, heads, heads, head_dim, keys, causal=False,
+                     q_data_type=q.dtype, kv_data_type=kv.dtype)
+        return lambda: wrapper.run(q.transpose(1, 2).reshape(rows * queries, heads, head_dim), cache).view(
+            rows, queries, heads, -1).transpose(1, 2)
+
     # outputs in ours' (rows, H, m, d) order; the copies the layouts need are part of the timed work
-    run_decode = lambda: decode.run(q.reshape(rows, heads * queries, head_dim), cache).view(rows, heads, queries, -1)
-    run_prefill = lambda: prefill.run(q.transpose(1, 2).reshape(rows * queries, heads, head_dim), cache).view(
-        rows, queries, heads, -1).transpose(1, 2)
-    return {"attention: flashinfer decode, queries as a head group (tensor cores)": (run_decode, cache_bytes),
-            "attention: flashinfer prefill, ragged queries": (run_prefill, cache_bytes)}
+    cases = {}
+    for label, plan in (("attention: flashinfer decode, queries as a head group (tensor cores)", decode),
+                        ("attention: flashinfer prefill, ragged queries", prefill)):
+        try:
+            cases[label] = (plan(), cache_bytes)
+        except Exception as error:  # ours' rows and the other way's still come
+            print(f"{label}: {type(error).__name__}: {(str(error).strip().splitlines() or [''])[-1][:300]}")
+    return cases
 
 
 def bench_size(name: str, batch: int, new_tokens: int, queries: int, keys: int, reps: int, flashinfer: bool = False):
@@ -117,10 +132,7 @@ def bench_size(name: str, batch: int, new_tokens: int, queries: int, keys: int, 
                     attention_kernel.decode_attention(q, k, v, ks, vs, **settings),
                 cache_bytes / 2 + 2 * k_scale.numel() * 4)
     if flashinfer:
-        try:
-            cases.update(flashinfer_cases(q, kv, cache_bytes))
-        except Exception as error:  # its JIT build or planning failed here: ours' rows still come
-            print(f"flashinfer: {type(error).__name__}: {(str(error).strip().splitlines() or [''])[-1][:300]}")
+        cases.update(flashinfer_cases(q, kv, cache_bytes))
     times = {label: [] for label in cases}
     for _ in range(reps):
         for label, (fn, _) in cases.items():
