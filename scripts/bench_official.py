@@ -12,8 +12,7 @@ goes).
 
 Training, both sides: random codes, bf16 autocast, torch.compile, gradient clipping, fused AdamW with
 weight decay on 2-D parameters (the official train_c2i.py's step); ours is `Trainer.optimizer_step` with
-train_c2i.py's defaults (chunked loss), and beside it each of --precision-policies under each of --kernels
-(autoregressive/kernels/liger.py). Sampling, both sides: random bf16 weights (the official
+train_c2i.py's defaults (chunked loss), and beside it each of --precision-policies. Sampling, both sides: random bf16 weights (the official
 --precision bf16), 64 steps, CFG 4.5 constant, arccos; theirs is `Transformer.generate`, ours the
 CUDA-graph fast path (plus `--kv-caches` variants). Tokens only, no VQ decode. Peak memory: a training
 side's own state plus its step's transient peak (bench_train's count); a sampling path's alone
@@ -33,13 +32,12 @@ import torch
 from autoregressive.fast_generate import FastSampler
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.sampling import SamplingConfig
-from autoregressive.train.kernels import parse_kernel_list
 from autoregressive.train.precision import parse_policy_list
 from autoregressive.utils.cli import InputNotFound, RenamedFlag, UserError, check_at_least, run_main
 from autoregressive.utils.device import enable_tf32, resolve_device, synchronize
 from autoregressive.utils.dist import cleanup, init_distributed
 from scripts.bench_common import alone_peak_gib, model_bytes, parse_kv_caches, random_model, timed
-from scripts.bench_train import PolicyRun, release, start_run, time_interleaved, variant_name, warm_up
+from scripts.bench_train import PolicyRun, release, start_run, time_interleaved, warm_up
 from scripts.kernel_profile import profile_calls, report, write_report
 from scripts.sampling_floor import decoding_work
 
@@ -117,18 +115,17 @@ def start_official_run(official, name: str, batch: int, device: torch.device, co
 
 
 def bench_training(official, name: str, batch: int, args, info) -> List[dict]:
-    """Official and ours (exact policy, and each other policy and kernel set asked for) on one model and
-    batch, repetitions interleaved; with --one-at-a-time each side is built, timed and freed before the
-    next (where the sides' trainers do not fit in the GPU's memory together)."""
-    def ours(policy: str, kernels: str) -> PolicyRun:
-        run = start_run(name, batch, "ddp", policy, args, info, kernels)
-        run.result["side"] = "ours" if (policy, kernels) == ("exact", "none") else f"ours, {variant_name(run.result)}"
+    """Official and ours (exact policy, and each other policy asked for) on one model and batch,
+    repetitions interleaved; with --one-at-a-time each side is built, timed and freed before the next
+    (where the sides' trainers do not fit in the GPU's memory together)."""
+    def ours(policy: str) -> PolicyRun:
+        run = start_run(name, batch, "ddp", policy, args, info)
+        run.result["side"] = "ours" if policy == "exact" else f"ours, {policy}"
         return run
 
     sides = [lambda: start_official_run(official, name, batch, info.device, not args.no_compile)]
-    sides += [(lambda p, k: lambda: ours(p, k))(policy, kernels)
-              for policy in parse_policy_list(getattr(args, "precision_policies", "exact"))
-              for kernels in parse_kernel_list(getattr(args, "kernels", "none"))]
+    sides += [(lambda p: lambda: ours(p))(policy)
+              for policy in parse_policy_list(getattr(args, "precision_policies", "exact"))]
     if args.one_at_a_time:
         return [row for side in sides for row in time_training_sides([side], name, batch, args, info)]
     return time_training_sides(sides, name, batch, args, info)
@@ -242,8 +239,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-batch", type=int, default=128, help="per GPU")
     parser.add_argument("--precision-policies", default="exact", help="comma-separated training policies of ours "
                         "(exact always): exact, bf16, fp8, fp8-rowwise")
-    parser.add_argument("--kernels", default="none", help="comma-separated kernel sets of ours (none always): none, "
-                        "liger-ce, liger; every policy runs under each")
     parser.add_argument("--sample-models", nargs="*", default=["ARPG-L"], choices=list(ARPG_models))
     parser.add_argument("--sample-batches", nargs="+", type=int, default=[64, 256])
     parser.add_argument("--kv-caches", default="weights", help="comma-separated KV caches of our path: weights "

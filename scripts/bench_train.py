@@ -11,10 +11,6 @@ compiled, against the eager float32 path.
     python -m scripts.bench_train --models ARPG-L --batch-sizes 128 --modes ddp,fsdp --precision-policies exact,bf16,fp8
     python -m scripts.bench_train --models ARPG-L --precision-policies exact,bf16 --profile results/profile
     python -m scripts.bench_train --models ARPG-XXL --batch-sizes 64 --precision-policies exact,fp8 --one-at-a-time
-    python -m scripts.bench_train --models ARPG-L --batch-sizes 128 --kernels none,liger-ce,liger
-
---kernels: each precision policy is timed under each kernel set too (autoregressive/kernels/liger.py:
-Liger-Kernel's, opt-in); a set that cannot run here or fails to compile gets a row that says why.
 
 --profile DIR: after the timing, 3 more steps of each run under torch.profiler; DIR/<model>-b<batch>-<mode>-
 <policy>.md gets the kernels' time by kind (matmul, attention, optimizer, ...), the costliest kernels and
@@ -27,13 +23,12 @@ import argparse
 import gc
 import statistics
 import time
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence
 
 import torch
 
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.train.config import TrainConfig, build_model
-from autoregressive.train.kernels import kernels_unavailable_reason, parse_kernel_list
 from autoregressive.train.loop import Trainer
 from autoregressive.train.parallel import set_activation_memory_budget
 from autoregressive.train.precision import FLOAT8_RECIPES, check_policy, fp8_unavailable_reason, parse_policy_list
@@ -67,21 +62,13 @@ def fixed_batch_loss(model, codes, labels, orders, autocast: bool) -> float:
     return loss.item()
 
 
-def unavailable_reason(policy: str, mode: str, device: torch.device, grad_checkpointing: str = "none",
-                       kernels: str = "none") -> Optional[str]:
-    """Why `policy` (under `kernels`) cannot run in `mode` here (shown in its table row), or None."""
+def unavailable_reason(policy: str, mode: str, device: torch.device, grad_checkpointing: str = "none") -> Optional[str]:
+    """Why `policy` cannot run in `mode` here (shown in its table row), or None."""
     try:
         check_policy(policy, mode, grad_checkpointing)
     except ValueError as error:
         return str(error)
-    reason = fp8_unavailable_reason(device) if policy in FLOAT8_RECIPES else None
-    return reason or kernels_unavailable_reason(kernels, device)
-
-
-def variant_name(result: dict) -> str:
-    """'exact', or 'exact + liger' for a run under a kernel set other than none."""
-    kernels = result.get("kernels", "none")
-    return result["policy"] if kernels == "none" else f"{result['policy']} + {kernels}"
+    return fp8_unavailable_reason(device) if policy in FLOAT8_RECIPES else None
 
 
 class PolicyRun:
@@ -96,20 +83,18 @@ class PolicyRun:
         self.result["img_s"], self.trainer = None, None
 
 
-def bench_group(name: str, batch: int, mode: str, policies: List[str], args, info: DistInfo,
-                kernel_sets: Sequence[str] = ("none",)) -> List[dict]:
-    """Time every precision policy of `policies` under every kernel set of `kernel_sets` on one model,
-    batch and mode, from the same weights and batch; their repetitions interleave, so a slow spell of the
-    machine hits them all alike. With --one-at-a-time each one's trainer is built, timed and freed
-    before the next (where two trainers do not fit in the GPU's memory, as ARPG-XXL's at batch 64 on 80 GB)."""
-    variants = [(policy, kernels) for policy in policies for kernels in kernel_sets]
+def bench_group(name: str, batch: int, mode: str, policies: List[str], args, info: DistInfo) -> List[dict]:
+    """Time every precision policy of `policies` on one model, batch and mode, from the same weights and
+    batch; their repetitions interleave, so a slow spell of the machine hits them all alike. With
+    --one-at-a-time each one's trainer is built, timed and freed before the next (where two trainers do not
+    fit in the GPU's memory, as ARPG-XXL's at batch 64 on 80 GB)."""
     if args.one_at_a_time:
-        return [result for variant in variants for result in time_group(name, batch, mode, [variant], args, info)]
-    return time_group(name, batch, mode, variants, args, info)
+        return [result for policy in policies for result in time_group(name, batch, mode, [policy], args, info)]
+    return time_group(name, batch, mode, policies, args, info)
 
 
 def side_name(run: PolicyRun) -> str:
-    return run.result.get("side") or variant_name(run.result)
+    return run.result.get("side") or run.result["policy"]
 
 
 def ready(run: PolicyRun, name: str, batch: int, start: float) -> PolicyRun:
@@ -147,11 +132,10 @@ def release(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def time_group(name: str, batch: int, mode: str, variants: List[Tuple[str, str]], args, info: DistInfo) -> List[dict]:
-    """Build the variants' trainers, time them with interleaved repetitions, free them."""
+def time_group(name: str, batch: int, mode: str, policies: List[str], args, info: DistInfo) -> List[dict]:
+    """Build the policies' trainers, time them with interleaved repetitions, free them."""
     device = info.device
-    builders = [(lambda p, k: lambda: start_run(name, batch, mode, p, args, info, k))(policy, kernels)
-                for policy, kernels in variants]
+    builders = [(lambda p: lambda: start_run(name, batch, mode, p, args, info))(policy) for policy in policies]
     runs = time_interleaved(builders, name, batch, mode, args, device)
     for run in runs:
         if run.trainer is not None:
@@ -188,30 +172,30 @@ def write_profile(run: PolicyRun, batch: int, out_dir: str, device: torch.device
     """Profile `steps` more optimizer steps of the run; write the report into out_dir and print it."""
     r = run.result
     result = profile_calls(lambda: run.trainer.optimizer_step(run.step), steps, device)
-    title = f"{r['model']}, batch {batch}, {r['mode']}, {variant_name(r)}"
+    title = f"{r['model']}, batch {batch}, {r['mode']}, {r['policy']}"
     notes = []
     if device.type == "cuda":
         peak = peak_tflops()
         notes.append(f"Model FLOPs of a step: {r['flops'] * batch / 1e12:.1f} TFLOP, "
                      f"{1e3 * r['flops'] * batch / (peak * 1e12):.1f} ms at {peak:.0f} TFLOP/s (dense bf16 peak): "
                      "the step's floor.")
-    stem = f"{r['model']}-b{batch}-{r['mode']}-{r['policy']}" + ("" if r["kernels"] == "none" else f"-{r['kernels']}")
+    stem = f"{r['model']}-b{batch}-{r['mode']}-{r['policy']}"
     write_report(report(result, title, notes=notes), out_dir, stem)
 
 
-def start_run(name: str, batch: int, mode: str, policy: str, args, info: DistInfo, kernels: str = "none") -> PolicyRun:
-    """Build, wrap and warm up (compile) the trainer of one policy and kernel set; the same seeded weights
-    and random batch for every one. The fixed-batch loss check runs for every run on its own compiled
-    module, and in eager float32 and bf16 once, beside the exact policy without kernels."""
+def start_run(name: str, batch: int, mode: str, policy: str, args, info: DistInfo) -> PolicyRun:
+    """Build, wrap and warm up (compile) the trainer of one policy; the same seeded weights and random
+    batch for every one. The fixed-batch loss check runs for every policy on its own compiled module, and
+    in eager float32 and bf16 once, beside exact."""
     device = info.device
-    result = {"model": name, "batch": batch, "mode": mode, "policy": policy, "kernels": kernels}
-    reason = unavailable_reason(policy, mode, device, args.grad_checkpointing, kernels)
+    result = {"model": name, "batch": batch, "mode": mode, "policy": policy}
+    reason = unavailable_reason(policy, mode, device, args.grad_checkpointing)
     if reason is not None:
         result["skipped"] = reason
         return PolicyRun(result)
     cfg = TrainConfig(code_path="", gpt_model=name, global_batch_size=batch, compile=not args.no_compile,
                       chunked_loss=args.chunked_loss, grad_checkpointing=args.grad_checkpointing,
-                      data_parallel=mode, precision_policy=policy, kernels=kernels, num_workers=0)
+                      data_parallel=mode, precision_policy=policy, num_workers=0)
     torch.manual_seed(0)
     model = build_model(cfg).to(device)
     torch.nn.init.normal_(model.head.weight, std=0.02)  # a zero head (the training init) makes every loss log V
@@ -220,7 +204,7 @@ def start_run(name: str, batch: int, mode: str, policy: str, args, info: DistInf
     labels = torch.randint(0, config.num_classes, (batch,), device=device)
     orders = torch.rand(batch, config.block_size, device=device).argsort(1)
     result["flops"] = flops_per_image(model)
-    if args.check_loss and policy == "exact" and kernels == "none":
+    if args.check_loss and policy == "exact":
         result["loss_fp32"] = fixed_batch_loss(model, codes, labels, orders, autocast=False)
         result["loss_bf16"] = fixed_batch_loss(model, codes, labels, orders, autocast=True)
     synchronize(device)
@@ -228,21 +212,8 @@ def start_run(name: str, batch: int, mode: str, policy: str, args, info: DistInf
     # Compiles and wraps (ddp) or shards (fsdp) the model as a training run does.
     trainer = Trainer(cfg, info, torch.utils.data.TensorDataset(codes, labels), model=model)
     if args.check_loss:
-        try:
-            result["loss_compiled"] = fixed_batch_loss(trainer.train_model, codes, labels, orders, autocast=True)
-        except Exception as error:
-            return failed_run(result, error)
+        result["loss_compiled"] = fixed_batch_loss(trainer.train_model, codes, labels, orders, autocast=True)
     return warm_up(PolicyRun(result, trainer, step=[(codes, labels)]), device, before)  # gradient accumulation 1
-
-
-def failed_run(result: dict, error: Exception) -> PolicyRun:
-    """A kernel set that does not compile or run here: its row says why and the others go on; without
-    kernels the error is a bug, raised."""
-    if result.get("kernels", "none") == "none":
-        raise error
-    first_line = (str(error).strip().splitlines() or [""])[0][:200]
-    result["skipped"] = f"failed: {type(error).__name__}: {first_line}"
-    return PolicyRun(result)
 
 
 def warm_up(run: PolicyRun, device: torch.device, allocated_before: int) -> PolicyRun:
@@ -253,8 +224,6 @@ def warm_up(run: PolicyRun, device: torch.device, allocated_before: int) -> Poli
         synchronize(device)
     except torch.cuda.OutOfMemoryError:
         run.out_of_memory()
-    except Exception as error:
-        run = failed_run(run.result, error)
     if device.type == "cuda":
         run.resident = torch.cuda.memory_allocated() - allocated_before
     return run
@@ -264,11 +233,11 @@ def result_table(results: List[dict], peak: float) -> List[str]:
     """The markdown table: one row per model, batch, mode and policy; "vs exact" divides by the exact
     policy's img/s in the same model, batch and mode."""
     exact = {(r["model"], r["batch"], r["mode"]): r.get("img_s") for r in results
-             if r["policy"] == "exact" and r.get("kernels", "none") == "none"}
-    lines = ["| model | batch / GPU | mode | precision policy | kernels | img/s (median) | vs exact | peak GiB | MFU |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             if r["policy"] == "exact"}
+    lines = ["| model | batch / GPU | mode | precision policy | img/s (median) | vs exact | peak GiB | MFU |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in results:
-        head = f"| {r['model']} | {r['batch']} | {r['mode']} | {r['policy']} | {r.get('kernels', 'none')} |"
+        head = f"| {r['model']} | {r['batch']} | {r['mode']} | {r['policy']} |"
         if "skipped" in r:
             lines.append(f"{head} not run: {r['skipped']} | - | - | - |")
         elif r["img_s"] is None:
@@ -298,9 +267,6 @@ def main(argv=None):
     parser.add_argument("--precision-policies", default="exact",
                         help="comma-separated: exact, bf16, fp8, fp8-rowwise (torchao, sm89+); each is timed "
                              "beside exact, repetitions interleaved")
-    parser.add_argument("--kernels", default="none",
-                        help="comma-separated kernel sets (none, liger-ce, liger: Liger-Kernel, opt-in); every "
-                             "policy is timed under each, none always")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per repetition")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--no-compile", action="store_true")
@@ -334,17 +300,16 @@ def main(argv=None):
     # it on another GPU meanwhile, as ARPG-XXL's compilations take minutes each).
     modes = args.modes.split(",")
     policies = parse_policy_list(args.precision_policies, add_exact=not args.one_at_a_time)
-    kernel_sets = parse_kernel_list(args.kernels)
     info = init_one_process_group("cuda") if "fsdp" in modes else init_distributed("cuda")
     results = []
     for name in args.models.split(","):
         for batch in batch_sizes:
             for mode in modes:
                 started = time.perf_counter()
-                group = bench_group(name, batch, mode, policies, args, info, kernel_sets)
+                group = bench_group(name, batch, mode, policies, args, info)
                 results += group
                 # Progress as each group ends: a run cut short by a time limit still reports what it measured.
-                rates = ", ".join(f"{variant_name(r)} {r.get('img_s') or r.get('skipped', 'out of memory')}" for r in group)
+                rates = ", ".join(f"{r['policy']} {r.get('img_s') or r.get('skipped', 'out of memory')}" for r in group)
                 print(f"{name} b{batch} {mode} ({time.perf_counter() - started:.0f} s): img/s {rates}", flush=True)
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, bf16 autocast, "
           f"{'eager' if args.no_compile else 'compiled'}, chunked loss {args.chunked_loss}, "
@@ -355,7 +320,7 @@ def main(argv=None):
             print(f"{r['model']} b{r['batch']} {r['mode']}: loss of a fixed batch: eager float32 {r['loss_fp32']:.5f}, "
                   f"eager bf16 {r['loss_bf16']:.5f}")
         if "loss_compiled" in r:
-            print(f"{r['model']} b{r['batch']} {r['mode']} {variant_name(r)}: the training module's loss of it "
+            print(f"{r['model']} b{r['batch']} {r['mode']} {r['policy']}: the training module's loss of it "
                   f"{r['loss_compiled']:.5f}")
     cleanup()
 

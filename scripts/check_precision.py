@@ -28,10 +28,6 @@ Pass rules (TOLERANCE = 2):
   its match share is within noise of float32's.
 
     python -m scripts.check_precision --precision-policies exact,bf16,fp8 --out-dir results/check-precision
-    python -m scripts.check_precision --precision-policies exact --kernels liger-ce,liger --sampling-modes none
-
---kernels: the exact policy also trains under each opt-in kernel set (autoregressive/kernels/liger.py),
-judged as a policy is (its run is named "exact + <set>").
 
 With --parallel N the training runs go to N processes at once, each on a GPU of its own.
 The parts live in scripts/precision_check/ (data, modes, measure, judge, run, parallel, report).
@@ -59,8 +55,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gpt-model", choices=list(ARPG_models), default="ARPG-L")
     parser.add_argument("--precision-policies", default=",".join(PRECISION_POLICIES),
                         help="comma-separated training policies, each trained beside exact")
-    parser.add_argument("--kernels", default="none", help="comma-separated opt-in kernel sets (liger-ce, liger), "
-                        "each trained under the exact policy beside exact")
     parser.add_argument("--sampling-modes", default=",".join(SAMPLING_MODES),
                         help=f"comma-separated, from {', '.join(SAMPLING_MODES)}; or none (training only)")
     parser.add_argument("--vocab-size", type=int, default=16384)

@@ -128,7 +128,7 @@ def test_pip_install_makes_every_library_package_importable():
 
 def test_the_model_and_tokenizer_import_only_torch_and_numpy():
     """With every other third-party package made unimportable once torch and numpy are loaded, the model,
-    its kernels and the tokenizer still import and build (Triton and Liger-Kernel stay optional), and
+    its kernels and the tokenizer still import and build (Triton stays optional), and
     importing them does not load torch's compiler (seconds at every start of a script)."""
     code = """
 import importlib.abc, sys

@@ -99,3 +99,14 @@ def test_trainer_steps_cross_epochs_with_the_schedule_and_continue_where_they_st
     parts = Trainer(cfg, info, dataset)
     stopped = [(loss.item(), lr) for loss, lr in parts.steps(2)] + [(loss.item(), lr) for loss, lr in parts.steps(5)]
     assert stopped == straight
+
+
+def test_a_saved_config_of_an_earlier_version_drops_retired_fields_only():
+    import dataclasses
+
+    from autoregressive.train.config import TrainConfig, saved_train_config
+
+    saved = dataclasses.asdict(TrainConfig(code_path="codes", gpt_model="ARPG-tiny", lr=1e-4))
+    assert saved_train_config({**saved, "kernels": "liger-ce"}) == TrainConfig(**saved)  # a retired field
+    with pytest.raises(TypeError, match="no_such_flag"):  # anything else is not silently dropped
+        saved_train_config({**saved, "no_such_flag": 1})

@@ -31,7 +31,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from autoregressive.kernels import liger
 from autoregressive.models.attention import CrossAttention, SelfAttention, merge_heads, split_heads
 from autoregressive.models.condition import target_queries, teacher_forced_conditions
 from autoregressive.models.kv_cache import KVCache
@@ -67,7 +66,6 @@ class ARPGConfig:
     grad_checkpointing: Union[str, bool] = "none"
     condition_vocab_size: int = 0  # controllable generation: 0 = off; else ids 0..size-1, size = "no condition"
     condition_dropout_prob: float = 0.1  # condition map dropped to "no condition" in training
-    kernels: str = "none"  # training kernels: none, liger-ce or liger (kernels/liger.py); not in the weights
 
     def __post_init__(self):
         if self.dim % self.n_head:
@@ -80,8 +78,6 @@ class ARPGConfig:
             raise ValueError(f"block_size must be a square number of tokens, got {self.block_size}")
         if self.head_dim % 4:
             raise ValueError(f"head dim {self.head_dim} must be divisible by 4 for 2-D RoPE")
-        if self.kernels not in liger.KERNEL_SETS:
-            raise ValueError(f"kernels must be one of {', '.join(liger.KERNEL_SETS)}, got {self.kernels!r}")
         spec = {True: "all", False: "none"}.get(self.grad_checkpointing, str(self.grad_checkpointing))
         if spec not in ("none", "all", "self", "cross") and not (spec.isdigit() and int(spec) <= self.n_layer):
             raise ValueError(f"grad_checkpointing must be none, all, self, cross or a number of layers "
@@ -128,12 +124,10 @@ class ARPGConfig:
 class RMSNorm(nn.Module):
     def __init__(self, config: ARPGConfig):
         super().__init__()
-        self.eps, self.liger = config.norm_eps, config.kernels == "liger"
+        self.eps = config.norm_eps
         self.weight = nn.Parameter(torch.ones(config.dim))
 
     def forward(self, x):
-        if self.liger and self.training:
-            return liger.rms_norm(x, self.weight, self.eps)
         # Normalised in float32 and rounded to x's dtype once, as released; then scaled in x's dtype.
         return F.rms_norm(x, (x.shape[-1],), eps=self.eps) * self.weight
 
@@ -145,12 +139,11 @@ class FeedForward(nn.Module):
         super().__init__()
         self.w13 = nn.Linear(config.dim, 2 * config.ffn_hidden, bias=False)
         self.w2 = nn.Linear(config.ffn_hidden, config.dim, bias=False)
-        self.liger = config.kernels == "liger"
         keep_official_names(self, "w13", ("w1", "w3"))
 
     def forward(self, x):
         gate, up = self.w13(x).chunk(2, dim=-1)
-        return self.w2(liger.silu_mul(gate, up) if self.liger and self.training else F.silu(gate) * up)
+        return self.w2(F.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):
@@ -262,9 +255,6 @@ class ARPG(nn.Module):
         self.layers = TwoPassDecoder(config, drop_path_layer)
         self.norm = RMSNorm(config)
         self.head = nn.Linear(config.dim, config.vocab_size, bias=False)
-        # the head's mean cross-entropy, logits never kept; Liger's outside the compiled graph (kernels/liger.py)
-        self.loss = (chunked_cross_entropy if config.kernels == "none"
-                     else torch.compiler.disable(liger.linear_cross_entropy))
         # A plain attribute, not a buffer: it stays float32 when the model is cast to bf16, and out of
         # the state dict, which must hold exactly the released names.
         self.rope_cpu = rope_table_2d(config.grid_size, config.head_dim, config.rope_base, config.cls_token_num)
@@ -355,7 +345,9 @@ class ARPG(nn.Module):
             logits = self.head(features).float()
             return logits, None if targets is None else F.cross_entropy(logits.flatten(0, 1),
                                                                          targets.gather(1, orders).reshape(-1))
-        return None, self.loss(features.flatten(0, 1), self.head.weight, targets.gather(1, orders).reshape(-1))
+        # the head's mean cross-entropy without keeping the logits (models/loss.py)
+        return None, chunked_cross_entropy(features.flatten(0, 1), self.head.weight,
+                                           targets.gather(1, orders).reshape(-1))
 
     def new_cache(self, batch_size: int, max_len: Optional[int] = None, dtype: Optional[torch.dtype] = None) -> KVCache:
         """An empty cache for batch_size rows and max_len tokens (default: class tokens + every image token),

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from autoregressive.train.config import TrainConfig, build_model
+from autoregressive.train.config import build_model, saved_train_config
 from autoregressive.utils.cli import InputNotFound, UserError
 from autoregressive.utils.dist import any_rank, barrier, is_distributed
 from autoregressive.utils.files import write_atomic
@@ -323,7 +323,7 @@ def convert_sharded_checkpoint(path: str, out_path: str) -> TrainingCheckpoint:
     if not is_sharded_checkpoint(path):
         raise UserError(f"{path} is not a sharded checkpoint folder (it needs {TRAINER_FILE} beside the shards)")
     trainer_state = load_checkpoint(path)
-    cfg = TrainConfig(**trainer_state.config)
+    cfg = saved_train_config(trainer_state.config)
     entries = ["model"] + (["ema"] if _has_entry(path, "ema") else [])
     models = {entry: build_model(cfg) for entry in entries}
     state = {entry: module_state_dict(model) for entry, model in models.items()}

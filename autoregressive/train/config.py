@@ -9,7 +9,6 @@ from typing import List, Optional, Tuple
 import torch
 
 from autoregressive.models.arpg import ARPG_models
-from autoregressive.train.kernels import KERNEL_SETS, check_kernels
 from autoregressive.train.precision import PRECISION_POLICIES, check_policy
 from autoregressive.train.stopping import STOP_SIGNALS, STOPPED_EXIT_CODE, parse_deadline
 from autoregressive.utils.cli import UserError, check_at_least, check_at_most
@@ -75,9 +74,6 @@ class TrainConfig:
              "compute weights over float32 master weights (DDP or FSDP; with --grad-checkpointing, FSDP only); fp8 / "
              "fp8-rowwise: torchao float8 matmuls, scaled per tensor / per row (CUDA sm89+). Checkpoints hold float32 "
              "weights")
-    kernels: str = option("none", choices=list(KERNEL_SETS),
-                          help="opt-in Liger-Kernel kernels (CUDA, pip install liger-kernel): liger-ce: fused head and "
-                               "cross-entropy; liger: also RMSNorm and SwiGLU (docs/numerics.md)")
     ckpt_every: int = option(5000)
     log_every: int = option(100)
     num_workers: int = option(24)
@@ -153,7 +149,6 @@ class TrainConfig:
         if self.data_parallel not in ("ddp", "fsdp"):
             raise UserError(f"--data-parallel must be ddp or fsdp, got {self.data_parallel!r}")
         check_policy(self.precision_policy, self.data_parallel, self.grad_checkpointing)
-        check_kernels(self.kernels)
         if not 0.0 <= self.activation_memory_budget <= 1.0:
             raise UserError(f"--activation-memory-budget must be in [0, 1], got {self.activation_memory_budget}")
         if not 0.0 <= self.drop_path_rate < 1.0:
@@ -210,6 +205,16 @@ class TrainConfig:
         return (self.image_size // self.downsample_size) ** 2
 
 
+# Fields that checkpoints of earlier versions saved and this one no longer has. Each changed only how a step
+# ran, not the weights, so a saved config drops them: kernels (the opt-in Liger-Kernel training kernels).
+RETIRED_FIELDS = ("kernels",)
+
+
+def saved_train_config(saved: dict) -> TrainConfig:
+    """The TrainConfig of a checkpoint's saved config (dataclasses.asdict of the run's), retired fields dropped."""
+    return TrainConfig(**{key: value for key, value in saved.items() if key not in RETIRED_FIELDS})
+
+
 def build_model(cfg: TrainConfig) -> torch.nn.Module:
     """The ARPG model a run with this configuration trains, freshly initialised."""
     drop_path_layer, dropout_p = None, cfg.dropout_p
@@ -222,7 +227,7 @@ def build_model(cfg: TrainConfig) -> torch.nn.Module:
                                       ffn_dropout_p=dropout_p, token_dropout_p=cfg.token_dropout_p,
                                       grad_checkpointing=cfg.grad_checkpointing, drop_path_rate=cfg.drop_path_rate,
                                       drop_path_layer=drop_path_layer, condition_vocab_size=cfg.condition_vocab_size,
-                                      condition_dropout_prob=cfg.condition_dropout_prob, kernels=cfg.kernels)
+                                      condition_dropout_prob=cfg.condition_dropout_prob)
 
 
 def field_flags(config_field: dataclasses.Field) -> List[Tuple[str, dict]]:

@@ -16,7 +16,6 @@ from autoregressive.train.checkpoint import (Progress, TrainingCheckpoint, all_f
 from autoregressive.train.config import TrainConfig, build_model
 from autoregressive.train.ema import create_ema, update_ema
 from autoregressive.train.finetune import load_initial_weights
-from autoregressive.train.kernels import check_kernels_available
 from autoregressive.train.monitor import Monitor
 from autoregressive.train.optim import build_optimizer, learning_rate_at, set_learning_rate
 from autoregressive.train.parallel import (set_activation_memory_budget, shard_model, skip_gradient_sync,
@@ -98,7 +97,6 @@ class Trainer:
         with cfg.global_seed."""
         self.cfg, self.info, self.dataset = cfg, info, dataset
         check_data_fits(cfg, info.world_size, dataset)
-        check_kernels_available(cfg.kernels, info.device)
         # Per-rank stream (token orders, dropout); restore() replaces it with a checkpoint's saved states.
         torch.manual_seed(cfg.global_seed * info.world_size + info.rank)
         self.micro_batch = cfg.global_batch_size // (info.world_size * cfg.gradient_accumulation_steps)
@@ -111,8 +109,6 @@ class Trainer:
             if cfg.init_from:
                 load_initial_weights(model, cfg.init_from)
         self.model = model.to(info.device)
-        if model.config.kernels != cfg.kernels:  # build_model(cfg) sets them; a model built otherwise may not
-            raise ValueError(f"the model's kernels are {model.config.kernels!r}, the run's {cfg.kernels!r}")
         self.ema = create_ema(self.model) if cfg.ema else None
         self.sharded = cfg.data_parallel == "fsdp"
         # Compile and wrap before the optimizer exists: FSDP replaces the parameters by sharded ones.

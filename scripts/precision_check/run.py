@@ -9,7 +9,6 @@ import torch
 from autoregressive.fast_generate import layer_parts_for
 from autoregressive.train.config import TrainConfig, build_model
 from autoregressive.train.loop import Trainer
-from autoregressive.train.kernels import kernels_unavailable_reason, parse_kernel_list
 from autoregressive.train.precision import FLOAT8_RECIPES, fp8_unavailable_reason, parse_policy_list
 from autoregressive.utils.dist import DistInfo
 from scripts.precision_check.data import PrototypeCodes, held_out_batch, learned_below
@@ -18,18 +17,10 @@ from scripts.precision_check.measure import compare_to_reference, decoding_steps
 from scripts.precision_check.modes import REFERENCE_MODE, SAMPLING_MODES, matmul_tf32, parse_modes
 
 
-def split_variant(variant: str) -> Tuple[str, str]:
-    """A run's "policy" or "policy + kernel set" -> (policy, kernel set)."""
-    policy, _, kernels = variant.partition(" + ")
-    return policy, kernels or "none"
-
-
-def policy_config(args, variant: str, seed: int) -> TrainConfig:
+def policy_config(args, policy: str, seed: int) -> TrainConfig:
     """train_c2i.py's defaults on the synthetic set: one epoch of args.steps steps, warm-up then a
-    constant learning rate; bf16 runs under FSDP (its policy needs it), the others as one process does.
-    variant: a policy, or "policy + kernel set" (split_variant)."""
-    policy, kernels = split_variant(variant)
-    return TrainConfig(kernels=kernels, code_path="", gpt_model=args.gpt_model, vocab_size=args.vocab_size, num_classes=args.num_classes,
+    constant learning rate; bf16 runs under FSDP (its policy needs it), the others as one process does."""
+    return TrainConfig(code_path="", gpt_model=args.gpt_model, vocab_size=args.vocab_size, num_classes=args.num_classes,
                        image_size=args.grid, downsample_size=1, global_batch_size=args.batch_size, epochs=1,
                        lr=args.lr, lr_schedule="constant", warmup_epochs=args.warmup_steps / args.steps,
                        compile=not args.no_compile, num_workers=0, global_seed=seed, device=args.device,
@@ -57,12 +48,10 @@ def float32_copy(cfg: TrainConfig, trained: torch.nn.Module, device: torch.devic
 
 def planned_runs(args) -> List[Tuple[str, str, int]]:
     """(name, policy, seed) of every training run: exact twice (the seed and the next one), then each
-    other policy from the seed, then exact under each opt-in kernel set ("exact + liger")."""
+    other policy from the seed."""
     runs = [("exact", "exact", args.global_seed), ("exact, next seed", "exact", args.global_seed + 1)]
-    runs += [(policy, policy, args.global_seed) for policy in parse_policy_list(args.precision_policies)
-             if policy != "exact"]
-    return runs + [(f"exact + {kernels}",) * 2 + (args.global_seed,)
-                   for kernels in parse_kernel_list(getattr(args, "kernels", "none")) if kernels != "none"]
+    return runs + [(policy, policy, args.global_seed) for policy in parse_policy_list(args.precision_policies)
+                   if policy != "exact"]
 
 
 def run_training(args, info: DistInfo, dataset: PrototypeCodes, held_out, runs: List[Tuple[str, str, int]]):
@@ -72,8 +61,7 @@ def run_training(args, info: DistInfo, dataset: PrototypeCodes, held_out, runs: 
     rows, curves, exact_model = [], {}, None
     for name, policy, seed in runs:
         row = {"run": name, "seed": seed}
-        reason = fp8_unavailable_reason(info.device) if split_variant(policy)[0] in FLOAT8_RECIPES else None
-        reason = reason or kernels_unavailable_reason(split_variant(policy)[1], info.device)
+        reason = fp8_unavailable_reason(info.device) if policy in FLOAT8_RECIPES else None
         if reason is not None:
             rows.append({**row, "pass": f"not run: {reason}"})
             continue
