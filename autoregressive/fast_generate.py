@@ -59,7 +59,7 @@ def compiled_layer_parts(model, backend: str = "inductor") -> LayerParts:
     a few fused kernels instead of dozens. The arithmetic is the same, but fused kernels keep float32
     where eager ops round to bf16 and reduce in another order: logits are close to, not equal to, the
     eager layers', and sampled tokens differ wherever two candidates nearly tie (run them inside
-    eager_rounding). Shape-generic, so the reference loop with these parts gives the fast path's tokens
+    compiling_parts). Shape-generic, so the reference loop with these parts gives the fast path's tokens
     exactly. backend="eager" runs the same plumbing uncompiled (tests)."""
     return [layer_parts(layer, backend) for layer in [*model.layers.self_dec, *model.layers.cross_dec]]
 
@@ -75,32 +75,28 @@ def layer_parts(layer, backend: str) -> Tuple[Callable, Callable]:
         if has_slot not in before:
             before[has_slot] = compiled_part(part_kind(layer, _before_attention, backend, has_slot), _before_attention,
                                              backend)
-        with _no_duck_shapes():
-            return before[has_slot](layer, x, rope, *cache_slot)
+        return before[has_slot](layer, x, rope, *cache_slot)
 
     def run_after(x, attended, training: bool):
-        with _no_duck_shapes():
-            return after(layer, x, attended, training)
+        return after(layer, x, attended, training)
     return run_before, run_after
 
 
-def _no_duck_shapes():
-    """Sizes that happen to be equal when a part is traced (rows of the batch and heads, say) stay separate
-    symbols: otherwise the batch is fixed to the head count and every other batch size compiles again."""
-    shapes = torch.fx.experimental._config
-    if not hasattr(shapes, "use_duck_shape"):  # older torch
-        return contextlib.nullcontext()
-    return shapes.patch(use_duck_shape=False)
-
-
-def eager_rounding(layer_parts: Optional[LayerParts]):
-    """With compiled parts: inductor asked to round where eager ops do (emulate_precision_casts, where
-    this torch has it), which brings the fused tokens closer to the eager ones at the same speed (see
-    docs/numerics.md). Compilation happens on the first calls, so they must run inside."""
-    inductor = torch._inductor.config
-    if not layer_parts or not hasattr(inductor, "emulate_precision_casts"):
-        return contextlib.nullcontext()
-    return inductor.patch(emulate_precision_casts=True)
+@contextlib.contextmanager
+def compiling_parts(layer_parts: Optional[LayerParts]):
+    """The compiler settings that calls of compiled layer parts run under (a part compiles again at any
+    new shape, so every call must run inside; entered once per decoding, not per call):
+    - sizes that happen to be equal when a part is traced (rows of the batch and heads, say) stay separate
+      symbols: otherwise the batch is fixed to the head count and every other batch size compiles again;
+    - inductor rounds where eager ops do (emulate_precision_casts, where this torch has it), which brings
+      the fused tokens closer to the eager ones at the same speed (see docs/numerics.md)."""
+    with contextlib.ExitStack() as settings:
+        shapes, inductor = torch.fx.experimental._config, torch._inductor.config
+        if layer_parts and hasattr(shapes, "use_duck_shape"):  # older torch lacks these
+            settings.enter_context(shapes.patch(use_duck_shape=False))
+        if layer_parts and hasattr(inductor, "emulate_precision_casts"):
+            settings.enter_context(inductor.patch(emulate_precision_casts=True))
+        yield
 
 
 def layer_parts_for(model, compile_layers: Union[bool, str]) -> Optional[LayerParts]:
@@ -139,7 +135,7 @@ class GraphedSteps:
 
     def _step(self, step: DecodingStep) -> None:
         """decode_step on the static buffers, into guided_logits[:, :step.size]: what a graph holds."""
-        with eager_rounding(self.layer_parts):
+        with compiling_parts(self.layer_parts):
             conditions = None if self.query_conditions is None else self.query_conditions[:, :step.size]
             logits = decode_step(self.model, step, self.fed_ids[:, :step.fed], self.fed_slots[:, :step.fed],
                                  self.query_slots[:, :step.size], self.cache, self.layer_parts, conditions)
@@ -232,7 +228,7 @@ def reference_sampler(model, layer_parts: Optional[LayerParts] = None):
     """The reference loop as make_sampler's function, over the model's eager layers or the given compiled
     layer parts (compiled once by the caller, who may use them elsewhere too)."""
     def decode(labels, sampling, generator, **kwargs):
-        with eager_rounding(layer_parts):
+        with compiling_parts(layer_parts):
             return generate(model, labels, sampling, generator=generator,
                             runner=lambda start: EagerSteps(model, start, layer_parts), **kwargs)
     return decode

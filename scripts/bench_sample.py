@@ -38,7 +38,7 @@ def compiled_layers_logits_check(model, device) -> str:
     ones, each against the same model in float32 (max |difference|, share of equal top-1 tokens)."""
     import copy
 
-    from autoregressive.fast_generate import compiled_layer_parts, eager_rounding
+    from autoregressive.fast_generate import compiled_layer_parts, compiling_parts
 
     config = model.config
     generator = torch.Generator(device).manual_seed(1)
@@ -49,7 +49,7 @@ def compiled_layers_logits_check(model, device) -> str:
     exact = copy.deepcopy(model).float().decode(ids, slots, slots, causal=True)
     eager = model.decode(ids, slots, slots, causal=True)
     parts = compiled_layer_parts(model)
-    with eager_rounding(parts):
+    with compiling_parts(parts):
         compiled = model.decode(ids, slots, slots, causal=True, layer_parts=parts)
 
     def against_float32(logits):

@@ -3,7 +3,7 @@ the float32 reference (KL, top-1 agreement), and the share of generated samples 
 import torch
 import torch.nn.functional as F
 
-from autoregressive.fast_generate import eager_rounding, reference_sampler
+from autoregressive.fast_generate import compiling_parts, reference_sampler
 from scripts.precision_check.data import PrototypeCodes
 from scripts.precision_check.modes import SamplingMode, mode_context
 
@@ -23,7 +23,7 @@ def next_token_log_probs(model, mode: SamplingMode, codes, labels, orders, num_s
     true_ids = codes.gather(1, orders)  # (B, N) generation order
     target_slots = orders + model.config.cls_token_num
     logits = []
-    with mode_context(mode, codes.device), eager_rounding(layer_parts):
+    with mode_context(mode, codes.device), compiling_parts(layer_parts):
         start = start_decoding(model, labels, sampling, orders=orders)
         run_step, fed_ids, fed_slots = EagerSteps(model, start, layer_parts), start.fed_ids, start.fed_slots
         for step in start.steps:
