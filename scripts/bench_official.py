@@ -12,9 +12,10 @@ goes).
 
 Training, both sides: random codes, bf16 autocast, torch.compile, gradient clipping, fused AdamW with
 weight decay on 2-D parameters (the official train_c2i.py's step); ours is `Trainer.optimizer_step` with
-train_c2i.py's defaults (chunked loss), and beside it each of --precision-policies. Sampling, both sides: random bf16 weights (the official
---precision bf16), 64 steps, CFG 4.5 constant, arccos; theirs is `Transformer.generate`, ours the
-CUDA-graph fast path (plus `--kv-caches` variants). Tokens only, no VQ decode. Peak memory: a training
+train_c2i.py's defaults (chunked loss), and beside it each of --precision-policies. Sampling, both
+sides: random bf16 weights (the official --precision bf16), 64 steps, CFG 4.5 constant, arccos; theirs
+is `Transformer.generate`, ours the CUDA-graph fast path (plus `--kv-caches` variants). Tokens only, no
+VQ decode. Peak memory: a training
 side's own state plus its step's transient peak (bench_train's count); a sampling path's alone
 (bench_common.alone_peak_gib: run anew after the timing, allocated and reserved on top of what the other
 paths hold).

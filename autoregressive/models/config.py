@@ -22,11 +22,11 @@ class ARPGConfig:
     attn_dropout_p: float = 0.0
     resid_dropout_p: float = 0.1
     ffn_dropout_p: float = 0.1
-    # Stochastic depth of the last layer, rising linearly from 0 at the first (see TwoPassDecoder); the
+    # Stochastic depth of the last layer, rising linearly from 0 at the first (arpg.TwoPassDecoder); the
     # module that drops branches is passed to ARPG, since models/ imports torch only.
     drop_path_rate: float = 0.0
     class_dropout_prob: float = 0.1  # label dropped to "no class" in training, for guidance
-    learned_pos_embed: bool = False  # absolute positions; not in the released models (see above)
+    learned_pos_embed: bool = False  # absolute positions; not in the released models (models/arpg.py)
     # Layers recomputed in the backward pass (training memory): "none", "all", "self" (the
     # self-attention layers), "cross", or a number n: the first n layers in compute order.
     grad_checkpointing: Union[str, bool] = "none"
