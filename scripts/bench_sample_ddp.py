@@ -14,9 +14,11 @@ encoding+writing = seconds busy over the whole run (ours overlaps them: the VQ d
 beside the sampling of the next, the writers on threads, so they add up to more than the wall time;
 writing is summed over the writer threads; our VQ time is GPU time, without its compilation); packing =
 the .npz. Steady img/s: images over time in the second half of the batches as their files reach the
-disk (the official script: its images after the first batch, over the time to its last PNG); "model only" is our sampler alone at that batch in this process, after the runs. The
-50,000-image column projects each run: start-up + images at the steady rate (capped at model only's:
-faster is a backlog draining) + packing scaled by the image count.
+disk (the official script: its images after the first batch, over the time to its last PNG); "model
+only" is our sampler alone at that batch in this process, after the runs. The 50,000-image column
+projects each run: its own time to the last file (start-up and every cold compilation as measured), the
+images it did not make at the steady rate (capped at model only's: faster is a backlog draining), and
+packing scaled by the image count.
 """
 import argparse
 import json
@@ -78,11 +80,13 @@ def row(name: str, batch: int, images: int, wall: float, record: dict) -> dict:
 
 
 def projected(r: dict, model_rate: Optional[float] = None) -> float:
-    """Seconds for PROJECTED images: start-up, the rest at the steady rate, packing scaled by the count.
-    The steady rate is capped at the sampler's own (model_rate): files can reach the disk faster than
-    that only while a backlog drains (batches sampled while the VQ decoder compiled), not for long."""
+    """Seconds for PROJECTED images: the run's own time to its last file (wall less packing), which holds
+    its start-up and any compilation that held files back (the VQ decoder's, for a new batch size), then
+    the images it did not make at the steady rate, then packing scaled by the count. The steady rate is
+    capped at the sampler's own (model_rate): files reach the disk faster than that only while a backlog
+    drains, not for long."""
     rate = min(r["steady"], model_rate) if model_rate else r["steady"]
-    return r["startup"] + (PROJECTED - r["batch"]) / rate + r["pack"] * PROJECTED / r["images"]
+    return r["wall"] - r["pack"] + max(PROJECTED - r["images"], 0) / rate + r["pack"] * PROJECTED / r["images"]
 
 
 def steady_rate(written: Optional[List[List[float]]]) -> Optional[float]:

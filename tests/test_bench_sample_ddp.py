@@ -10,7 +10,8 @@ def test_stages_and_projection_from_a_timings_record():
               "marks": {"first_batch_sampled": 120.0, "sampled": 140.0, "packed": 144.0}}
     r = row("ours", 100, 1100, 45.0, record)
     assert r["startup"] == 20.0 and r["steady"] == 50.0  # 1,000 images after the first batch in 20 s
-    assert projected(r) == pytest.approx(20.0 + (PROJECTED - 100) / 50.0 + 4.0 * PROJECTED / 1100)
+    # the run's 41 s to its last file, the other 48,900 images at 50 img/s, packing scaled
+    assert projected(r) == pytest.approx(41.0 + (PROJECTED - 1100) / 50.0 + 4.0 * PROJECTED / 1100)
     official = dict(r, run="official", steady=5.0)
     lines = table([official, r], official, {100: 100.0})
     assert lines[-1].startswith("| ours | 100 | 1100 | 45.0 | 20.0 | 30.0 | 10.0 | 50.0 | 4.0 | 50.0 | 50% of 100 |")
@@ -20,8 +21,8 @@ def test_stages_and_projection_from_a_timings_record():
 def test_a_steady_rate_above_the_samplers_own_is_a_backlog_and_projects_at_the_samplers():
     record = {"launch_wall": 0.0, "seconds": {"pack": 0.0}, "marks": {"first_batch_sampled": 10.0, "sampled": 12.0}}
     r = row("ours --no-png", 100, 1100, 30.0, record)  # 500 img/s: files drained faster than the sampler runs
-    assert projected(r, model_rate=200.0) == pytest.approx(10.0 + (PROJECTED - 100) / 200.0)
-    assert projected(r, model_rate=1000.0) == projected(r) == pytest.approx(10.0 + (PROJECTED - 100) / 500.0)
+    assert projected(r, model_rate=200.0) == pytest.approx(30.0 + (PROJECTED - 1100) / 200.0)
+    assert projected(r, model_rate=1000.0) == projected(r) == pytest.approx(30.0 + (PROJECTED - 1100) / 500.0)
     assert "| 250% of 200 |" in table([r], None, {100: 200.0})[-1]
 
 
