@@ -22,6 +22,25 @@ def tiny_model():
     return build_tiny()
 
 
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory):
+    """finished_run(*flags) -> (codes, results, output): test_train_c2i's tiny 2-process gloo run with these
+    extra flags, launched once a session and shared by the tests that start from the same run (a launch
+    is mostly process start-up). Read it only: copy_run (test_train_c2i) makes a copy to resume in."""
+    from test_train_c2i import finish, launch, write_codes
+
+    runs = {}
+
+    def run(*extra):
+        if extra not in runs:
+            root = tmp_path_factory.mktemp("finished-run")
+            write_codes(root / "codes")
+            output = finish(launch(root / "codes", root / "results", list(extra)))
+            runs[extra] = (root / "codes", root / "results", output)
+        return runs[extra]
+    return run
+
+
 @pytest.fixture(autouse=True)
 def few_threads():
     torch.set_num_threads(1)

@@ -1,6 +1,7 @@
 """--deterministic under DDP: gradients averaged in rank order, the same whatever DDP's bucket layout."""
 import os
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -33,8 +34,7 @@ def ddp_gradients(rank: int, bucket_cap_mb: float):
     return [p.grad.clone() for p in model.module.parameters()]
 
 
-def compare(rank: int, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{out_dir}/store", rank=rank, world_size=WORLD)
+def compare(rank: int):
     mine = local_gradients(rank)
     everyone = [[torch.empty_like(g) for _ in range(WORLD)] for g in mine]
     for gathered, grad in zip(everyone, mine):
@@ -47,14 +47,32 @@ def compare(rank: int, out_dir: str) -> None:
         expected.append(total / WORLD)
     # 0.01 MB: a bucket per layer or two; 100 MB: one bucket
     results = {cap: ddp_gradients(rank, cap) for cap in (0.01, 100.0)}
-    torch.save({"expected": expected, "results": results}, os.path.join(out_dir, f"{rank}.pt"))
+    return {"expected": expected, "results": results}
+
+
+def wrapped_hooks(rank: int):
+    info = DistInfo(rank=rank, world_size=WORLD, local_rank=rank, device=torch.device("cpu"))
+    return {flag: [hook.__name__ for hook, _ in wrap_for_training(
+        make_model(), "ddp", info, compile_model=False, deterministic=flag)._comm_hooks] for flag in (False, True)}
+
+
+def each_rank(rank: int, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{out_dir}/store", rank=rank, world_size=WORLD)
+    torch.save({**compare(rank), "hooks": wrapped_hooks(rank)}, os.path.join(out_dir, f"{rank}.pt"))
     dist.barrier()
     dist.destroy_process_group()
 
 
-def test_ddp_gradients_are_the_rank_ordered_mean_for_any_bucket_layout(tmp_path):
-    mp.spawn(compare, args=(str(tmp_path),), nprocs=WORLD, join=True)
-    reports = [torch.load(tmp_path / f"{rank}.pt") for rank in range(WORLD)]
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory):
+    """What each of the WORLD ranks saw, from one spawn that both tests read (starting the processes is
+    most of the time)."""
+    out_dir = tmp_path_factory.mktemp("ranks")
+    mp.spawn(each_rank, args=(str(out_dir),), nprocs=WORLD, join=True)
+    return [torch.load(out_dir / f"{rank}.pt") for rank in range(WORLD)]
+
+
+def test_ddp_gradients_are_the_rank_ordered_mean_for_any_bucket_layout(reports):
     for report in reports:
         for grads in report["results"].values():
             for got, want in zip(grads, report["expected"]):
@@ -63,18 +81,7 @@ def test_ddp_gradients_are_the_rank_ordered_mean_for_any_bucket_layout(tmp_path)
         assert torch.equal(got, want)
 
 
-def wrap(rank: int, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{out_dir}/store", rank=rank, world_size=2)
-    info = DistInfo(rank=rank, world_size=2, local_rank=rank, device=torch.device("cpu"))
-    hooks = {flag: [hook.__name__ for hook, _ in wrap_for_training(
-        make_model(), "ddp", info, compile_model=False, deterministic=flag)._comm_hooks] for flag in (False, True)}
-    torch.save(hooks, os.path.join(out_dir, f"{rank}.pt"))
-    dist.barrier()
-    dist.destroy_process_group()
-
-
-def test_the_training_wrapper_averages_in_rank_order_only_when_deterministic(tmp_path):
+def test_the_training_wrapper_averages_in_rank_order_only_when_deterministic(reports):
     """train_c2i.py --deterministic reaches DDP (the Trainer passes cfg.deterministic); the default keeps
     DDP's own all-reduce, the faster one."""
-    mp.spawn(wrap, args=(str(tmp_path),), nprocs=2, join=True)
-    assert torch.load(tmp_path / "0.pt") == {False: [], True: ["rank_ordered_mean"]}
+    assert reports[0]["hooks"] == {False: [], True: ["rank_ordered_mean"]}

@@ -74,12 +74,12 @@ def test_reference_loop_runs_the_fused_layers_when_asked():
     model = build_tiny()
     sampling = SamplingConfig(num_steps=5, cfg_scale=3.0, temperature=1.0)
     condition = torch.tensor([0, 4, 2])
-    seen = []
+    seen = set()  # a set, not a list: dynamo guards on a list's length, so each append compiled the part again
     for layer in [*model.layers.self_dec, *model.layers.cross_dec]:
         before = layer.before_attention
 
         def spy(*args, _before=before, **kwargs):
-            seen.append(getattr(inductor, "emulate_precision_casts", True))
+            seen.add(getattr(inductor, "emulate_precision_casts", True))
             return _before(*args, **kwargs)
 
         layer.before_attention = spy

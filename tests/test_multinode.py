@@ -11,7 +11,7 @@ import torch
 
 from conftest import free_port
 from test_sample_ddp import ROOT, digits_ckpt, flags, run_inline, the_npz  # noqa: F401 (digits_ckpt: a fixture)
-from test_train_c2i import finish, launch, write_codes
+from test_train_c2i import finish, launch
 
 
 def node_flags(node_rank: int, port: int):
@@ -28,12 +28,11 @@ def losses(output: str):
     return dict(re.findall(r"step (\d+) loss (\S+)", output))
 
 
-def test_two_nodes_train_killed_and_resumed_equal_an_uninterrupted_run(tmp_path):
+def test_two_nodes_train_killed_and_resumed_equal_an_uninterrupted_run(tmp_path, finished_run):
     """Both launchers killed after the step-3 checkpoint, the same two commands with --resume: the
-    step-6 loss and weights equal an uninterrupted two-node run's."""
-    codes = tmp_path / "codes"
-    write_codes(codes)
-    whole = [finish(node) for node in train_on_two_nodes(codes, tmp_path / "a", ["--max-steps", "6"])][0]
+    step-6 loss and weights equal an uninterrupted run's of two processes (two nodes of one process each
+    are those two ranks; the one-node run is the one the other resume tests share)."""
+    codes, uninterrupted, whole = finished_run("--max-steps", "9", "--data-parallel", "ddp")
 
     killed = train_on_two_nodes(codes, tmp_path / "b", ["--max-steps", "6"])
     checkpoints = tmp_path / "b" / "000-ARPG-tiny" / "checkpoints"
@@ -53,7 +52,7 @@ def test_two_nodes_train_killed_and_resumed_equal_an_uninterrupted_run(tmp_path)
     assert "resumed from" in resumed and "at step 3" in resumed
     assert losses(resumed)["0000006"] == losses(whole)["0000006"]
     a, b = (torch.load(run / "000-ARPG-tiny" / "checkpoints" / "0000006.pt", weights_only=True)
-            for run in (tmp_path / "a", tmp_path / "b"))
+            for run in (uninterrupted, tmp_path / "b"))
     assert len(a["rng"]) == len(b["rng"]) == 2
     for part in ("model", "ema"):
         for key in a[part]:

@@ -7,7 +7,7 @@ import torch
 from autoregressive.train.checkpoint import (Progress, TrainingCheckpoint, convert_sharded_checkpoint,
                                              latest_checkpoint, resume_random_state, rng_state)
 from autoregressive.train.loop import ResumableSampler
-from test_train_c2i import finish, launch, write_codes
+from test_train_c2i import copy_run, finish, launch
 
 CPU = torch.device("cpu")
 
@@ -90,13 +90,14 @@ def optimizer_steps(run_dir, tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
-def test_a_two_process_checkpoint_resumes_on_one_process(tmp_path, mode):
+def test_a_two_process_checkpoint_resumes_on_one_process(tmp_path, mode, finished_run):
     """Saved by 2 gloo processes at step 3, resumed by 1 to step 4: the optimizer state and the data
     position carry over (DDP: one file; FSDP: the DCP shards reshard), with the warning line."""
-    codes, results = tmp_path / "codes", tmp_path / "results"
-    write_codes(codes)  # 36 samples, global batch 8: 4 steps per epoch
     extra = ["--data-parallel", mode]
-    finish(launch(codes, results, ["--max-steps", "3", *extra]))
+    # 36 samples, global batch 8: 4 steps per epoch; the 2-process run shared with test_train_c2i, cut at step 3
+    codes, finished, _ = finished_run("--max-steps", "9" if mode == "ddp" else "6", *extra)
+    results = tmp_path / "results"
+    copy_run(finished, results, last_step=3)
     output = finish(launch(codes, results, ["--max-steps", "4", "--resume", *extra], nproc_per_node=1))
     assert "saved by 2 processes and resumes on 1" in output and "resumed from" in output
 

@@ -124,6 +124,15 @@ def final_state(results: Path, tmp_path: Path):
     return converted
 
 
+def copy_run(results: Path, copy: Path, last_step: int) -> None:
+    """A copy of a finished run's results folder without its checkpoints after last_step: the run as if it
+    had stopped there (the learning rate follows --epochs, so nothing else tells the two apart)."""
+    shutil.copytree(results, copy)
+    for checkpoint in (copy / "000-ARPG-tiny" / "checkpoints").iterdir():
+        if int(checkpoint.name[:7]) > last_step:
+            shutil.rmtree(checkpoint) if checkpoint.is_dir() else checkpoint.unlink()
+
+
 def run_killed_and_resumed(codes: Path, results: Path, extra) -> str:
     """SIGKILL the run right after its step-3 checkpoint (any later one is removed), then --resume."""
     killed = launch(codes, results, ["--max-steps", "9", *extra])
@@ -147,18 +156,17 @@ def run_killed_and_resumed(codes: Path, results: Path, extra) -> str:
 
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
-def test_two_process_run_killed_and_resumed_equals_uninterrupted(tmp_path, mode):
+def test_two_process_run_killed_and_resumed_equals_uninterrupted(tmp_path, mode, finished_run):
     """9 steps of 2 gloo processes: uninterrupted vs SIGKILL after the step-3 checkpoint and --resume.
     fsdp: sharded checkpoints, converted to one file at the end."""
-    codes = tmp_path / "codes"
-    write_codes(codes)  # 36 samples, 8 per step: 4 steps per epoch, so the kill lands mid-epoch
     # fsdp also runs with --deterministic, as the GPU resume check (scripts/check_multigpu.sh) does
     extra = ["--data-parallel", mode] + (["--deterministic"] if mode == "fsdp" else [])
-    finish(launch(codes, tmp_path / "a", ["--max-steps", "9", *extra]))
+    # 36 samples, 8 per step: 4 steps per epoch, so the kill lands mid-epoch
+    codes, uninterrupted, _ = finished_run("--max-steps", "9", *extra)
     output = run_killed_and_resumed(codes, tmp_path / "b", extra)
     assert "resumed from" in output and "step 3" in output
 
-    a, b = final_state(tmp_path / "a", tmp_path), final_state(tmp_path / "b", tmp_path)
+    a, b = final_state(uninterrupted, tmp_path), final_state(tmp_path / "b", tmp_path)
     assert a.progress.step == 9 and a.progress == b.progress
     for part in ("model", "ema"):
         for key in getattr(a, part):
@@ -169,20 +177,20 @@ def test_two_process_run_killed_and_resumed_equals_uninterrupted(tmp_path, mode)
     assert len(a.rng) == 2
 
 
-def test_fsdp_trains_what_ddp_trains_and_converts_to_a_strictly_loading_file(tmp_path):
+def test_fsdp_trains_what_ddp_trains_and_converts_to_a_strictly_loading_file(tmp_path, finished_run):
     from autoregressive.models.arpg import ARPG_models
     from autoregressive.weights import load_model_weights
 
-    codes = tmp_path / "codes"
-    write_codes(codes)
-    finish(launch(codes, tmp_path / "ddp", ["--max-steps", "6"]))
-    finish(launch(codes, tmp_path / "fsdp", ["--max-steps", "6", "--data-parallel", "fsdp"]))
-    sharded = tmp_path / "fsdp" / "000-ARPG-tiny" / "checkpoints" / "0000006"
+    # The step-6 checkpoints: the ddp run's is that of a 9-step run, shared with the resume tests (the
+    # learning rate follows --epochs, not --max-steps, so its first 6 steps are a 6-step run's).
+    ddp_run = finished_run("--max-steps", "9", "--data-parallel", "ddp")[1]
+    fsdp_run = finished_run("--max-steps", "6", "--data-parallel", "fsdp")[1]
+    sharded = fsdp_run / "000-ARPG-tiny" / "checkpoints" / "0000006"
     converted = tmp_path / "converted.pt"
     result = subprocess.run([sys.executable, "-m", "scripts.convert_checkpoint", str(sharded), str(converted)],
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    ddp = torch.load(tmp_path / "ddp" / "000-ARPG-tiny" / "checkpoints" / "0000006.pt", weights_only=True)
+    ddp = torch.load(ddp_run / "000-ARPG-tiny" / "checkpoints" / "0000006.pt", weights_only=True)
     fsdp = torch.load(converted, weights_only=True)
     assert fsdp["model"].keys() == ddp["model"].keys() and "layers.self_dec.0.attn.to_q.weight" in fsdp["model"]
     for part in ("model", "ema"):
@@ -193,10 +201,9 @@ def test_fsdp_trains_what_ddp_trains_and_converts_to_a_strictly_loading_file(tmp
     assert torch.equal(model.state_dict()["head.weight"], fsdp["ema"]["head.weight"])
 
 
-def test_a_checkpoint_resumes_only_with_the_data_parallel_mode_that_wrote_it(tmp_path):
-    codes = tmp_path / "codes"
-    write_codes(codes)
-    finish(launch(codes, tmp_path / "a", ["--max-steps", "3", "--data-parallel", "fsdp"]))
+def test_a_checkpoint_resumes_only_with_the_data_parallel_mode_that_wrote_it(tmp_path, finished_run):
+    codes, results, _ = finished_run("--max-steps", "6", "--data-parallel", "fsdp")
+    copy_run(results, tmp_path / "a", last_step=3)
     output, _ = launch(codes, tmp_path / "a", ["--max-steps", "6", "--resume"]).communicate(timeout=240)
     assert "resume it with --data-parallel fsdp" in output
 

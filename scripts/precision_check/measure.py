@@ -8,7 +8,10 @@ from scripts.precision_check.data import PrototypeCodes
 from scripts.precision_check.modes import SamplingMode, mode_context
 
 
-@torch.no_grad()
+# Inference mode, as generate() samples: the compiled layer parts are guarded on their inputs' dispatch keys,
+# which differ between inference and no_grad tensors; under no_grad these distributions compiled every part
+# a second time, beside the samples' entries.
+@torch.inference_mode()
 def next_token_log_probs(model, mode: SamplingMode, codes, labels, orders, num_steps: int,
                          layer_parts=None) -> torch.Tensor:
     """(B, N, V) float32 log-probabilities of the tokens at orders' positions, in generation order, read
