@@ -74,14 +74,17 @@ def test_missing_or_mismatched_condition_files_are_explained(tmp_path):
         build_dataset("imagenet_code", str(codes), condition_path=str(conditions))
 
 
-def train(codes: Path, results: Path, *extra):
-    command = [sys.executable, str(ROOT / "train_c2i.py"), "--gpt-model", "ARPG-tiny", "--code-path", str(codes),
-               "--results-dir", str(results), "--vocab-size", "32", "--num-classes", "3", "--image-size", "64",
-               "--global-batch-size", "8", "--epochs", "2", "--warmup-epochs", "1", "--lr", "1e-2", "--max-steps", "3",
-               "--ckpt-every", "3", "--num-workers", "0", "--num-threads", "1", "--device", "cpu", *extra]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return load_checkpoint(latest_checkpoint(str(results / "000-ARPG-tiny"))), result.stdout
+def train(capsys, codes: Path, results: Path, *extra):
+    """train_c2i.py in this process (the command line's own path is run by the torchrun tests); returns the
+    last checkpoint and what the run printed."""
+    import train_c2i
+    from autoregressive.utils.cli import run_main
+
+    run_main(train_c2i.cli, ["--gpt-model", "ARPG-tiny", "--code-path", str(codes), "--results-dir", str(results),
+                             "--vocab-size", "32", "--num-classes", "3", "--image-size", "64", "--global-batch-size", "8",
+                             "--epochs", "2", "--warmup-epochs", "1", "--lr", "1e-2", "--max-steps", "3",
+                             "--ckpt-every", "3", "--num-workers", "0", "--num-threads", "1", "--device", "cpu", *extra])
+    return load_checkpoint(latest_checkpoint(str(results / "000-ARPG-tiny"))), capsys.readouterr().out
 
 
 def test_condition_flags_reach_the_config(tmp_path):
@@ -93,17 +96,17 @@ def test_condition_flags_reach_the_config(tmp_path):
     assert config_from_args(get_args_parser().parse_args(["--code-path", "x"])).condition_vocab_size == 0
 
 
-def test_fine_tuning_a_class_only_run_with_conditions(tmp_path):
+def test_fine_tuning_a_class_only_run_with_conditions(tmp_path, capsys):
     """A class-only run, then a controllable run initialised from it: the condition table is trained
     from copies of the [MASK] row, and the checkpoint loads strictly into a controllable model."""
     from autoregressive.models.arpg import ARPG_models
     from autoregressive.weights import load_model_weights
 
     codes, conditions = write_pair(tmp_path)
-    class_only, _ = train(codes, tmp_path / "class_only")
+    class_only, _ = train(capsys, codes, tmp_path / "class_only")
     assert not any(key.startswith("condition") for key in class_only.model)
     start = tmp_path / "class_only" / "000-ARPG-tiny" / "checkpoints" / "0000003.pt"
-    controlled, output = train(codes, tmp_path / "controlled", "--condition-path", str(conditions),
+    controlled, output = train(capsys, codes, tmp_path / "controlled", "--condition-path", str(conditions),
                                "--init-from", str(start))
     assert "fresh condition parameters" in output
     table, mask_row = controlled.model["condition_embeddings.weight"], class_only.model["embeddings.weight"][32]
