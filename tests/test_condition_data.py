@@ -1,7 +1,5 @@
 """Condition maps beside the codes: the digits builder, the conditioned dataset, training with them."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +12,6 @@ from dataset.codes import augmentation_index
 from dataset.conditions import ConditionInfo, write_condition_info
 from dataset.digits import SHAPE_INFO, digit_shapes, load_digits_split, write_digits
 from train_c2i import config_from_args, get_args_parser
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_pair(root: Path, num_per_class=8, num_classes=3, augmentations=2, tokens=16, vocab=4):
@@ -150,11 +146,14 @@ def test_sample_c2i_samples_under_the_condition_map(tmp_path):
     shape = np.zeros((8, 8), dtype=np.int64)
     shape[:, 3:5] = 1
     np.save(tmp_path / "shape.npy", shape)
-    command = [sys.executable, "sample_c2i.py", "--gpt-model", "ARPG-digits", "--gpt-ckpt", str(tmp_path / "model.pt"),
-               "--condition-vocab-size", "2", "--condition-map", str(tmp_path / "shape.npy"), "--class-labels", "1", "4",
-               "--step", "4", "--device", "cpu", "--out", str(tmp_path / "sampled.png")]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
+    import sample_c2i
+    from autoregressive.utils.cli import run_main
+
+    # in this process, as sample_c2i.py's command line runs it (test_pretrained starts the script itself)
+    run_main(lambda argv: sample_c2i.main(sample_c2i.get_args_parser().parse_args(argv)),
+             ["--gpt-model", "ARPG-digits", "--gpt-ckpt", str(tmp_path / "model.pt"), "--condition-vocab-size", "2",
+              "--condition-map", str(tmp_path / "shape.npy"), "--class-labels", "1", "4", "--step", "4",
+              "--device", "cpu", "--out", str(tmp_path / "sampled.png")])
     model.eval()
     labels, maps = torch.tensor([1, 4]), torch.from_numpy(shape.reshape(1, -1)).expand(2, -1)
     expected = model.generate(labels, num_steps=4, generator=torch.Generator().manual_seed(0), condition_map=maps)
