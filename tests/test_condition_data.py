@@ -1,7 +1,5 @@
 """Condition maps beside the codes: the digits builder, the conditioned dataset, training with them."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +12,6 @@ from dataset.codes import augmentation_index
 from dataset.conditions import ConditionInfo, write_condition_info
 from dataset.digits import SHAPE_INFO, digit_shapes, load_digits_split, write_digits
 from train_c2i import config_from_args, get_args_parser
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_pair(root: Path, num_per_class=8, num_classes=3, augmentations=2, tokens=16, vocab=4):
@@ -74,14 +70,17 @@ def test_missing_or_mismatched_condition_files_are_explained(tmp_path):
         build_dataset("imagenet_code", str(codes), condition_path=str(conditions))
 
 
-def train(codes: Path, results: Path, *extra):
-    command = [sys.executable, str(ROOT / "train_c2i.py"), "--gpt-model", "ARPG-tiny", "--code-path", str(codes),
-               "--results-dir", str(results), "--vocab-size", "32", "--num-classes", "3", "--image-size", "64",
-               "--global-batch-size", "8", "--epochs", "2", "--warmup-epochs", "1", "--lr", "1e-2", "--max-steps", "3",
-               "--ckpt-every", "3", "--num-workers", "0", "--num-threads", "1", "--device", "cpu", *extra]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return load_checkpoint(latest_checkpoint(str(results / "000-ARPG-tiny"))), result.stdout
+def train(capsys, codes: Path, results: Path, *extra):
+    """train_c2i.py in this process (the command line's own path is run by the torchrun tests); returns the
+    last checkpoint and what the run printed."""
+    import train_c2i
+    from autoregressive.utils.cli import run_main
+
+    run_main(train_c2i.cli, ["--gpt-model", "ARPG-tiny", "--code-path", str(codes), "--results-dir", str(results),
+                             "--vocab-size", "32", "--num-classes", "3", "--image-size", "64", "--global-batch-size", "8",
+                             "--epochs", "2", "--warmup-epochs", "1", "--lr", "1e-2", "--max-steps", "3",
+                             "--ckpt-every", "3", "--num-workers", "0", "--num-threads", "1", "--device", "cpu", *extra])
+    return load_checkpoint(latest_checkpoint(str(results / "000-ARPG-tiny"))), capsys.readouterr().out
 
 
 def test_condition_flags_reach_the_config(tmp_path):
@@ -93,17 +92,17 @@ def test_condition_flags_reach_the_config(tmp_path):
     assert config_from_args(get_args_parser().parse_args(["--code-path", "x"])).condition_vocab_size == 0
 
 
-def test_fine_tuning_a_class_only_run_with_conditions(tmp_path):
+def test_fine_tuning_a_class_only_run_with_conditions(tmp_path, capsys):
     """A class-only run, then a controllable run initialised from it: the condition table is trained
     from copies of the [MASK] row, and the checkpoint loads strictly into a controllable model."""
     from autoregressive.models.arpg import ARPG_models
     from autoregressive.weights import load_model_weights
 
     codes, conditions = write_pair(tmp_path)
-    class_only, _ = train(codes, tmp_path / "class_only")
+    class_only, _ = train(capsys, codes, tmp_path / "class_only")
     assert not any(key.startswith("condition") for key in class_only.model)
     start = tmp_path / "class_only" / "000-ARPG-tiny" / "checkpoints" / "0000003.pt"
-    controlled, output = train(codes, tmp_path / "controlled", "--condition-path", str(conditions),
+    controlled, output = train(capsys, codes, tmp_path / "controlled", "--condition-path", str(conditions),
                                "--init-from", str(start))
     assert "fresh condition parameters" in output
     table, mask_row = controlled.model["condition_embeddings.weight"], class_only.model["embeddings.weight"][32]
@@ -147,11 +146,14 @@ def test_sample_c2i_samples_under_the_condition_map(tmp_path):
     shape = np.zeros((8, 8), dtype=np.int64)
     shape[:, 3:5] = 1
     np.save(tmp_path / "shape.npy", shape)
-    command = [sys.executable, "sample_c2i.py", "--gpt-model", "ARPG-digits", "--gpt-ckpt", str(tmp_path / "model.pt"),
-               "--condition-vocab-size", "2", "--condition-map", str(tmp_path / "shape.npy"), "--class-labels", "1", "4",
-               "--step", "4", "--device", "cpu", "--out", str(tmp_path / "sampled.png")]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
+    import sample_c2i
+    from autoregressive.utils.cli import run_main
+
+    # in this process, as sample_c2i.py's command line runs it (test_pretrained starts the script itself)
+    run_main(lambda argv: sample_c2i.main(sample_c2i.get_args_parser().parse_args(argv)),
+             ["--gpt-model", "ARPG-digits", "--gpt-ckpt", str(tmp_path / "model.pt"), "--condition-vocab-size", "2",
+              "--condition-map", str(tmp_path / "shape.npy"), "--class-labels", "1", "4", "--step", "4",
+              "--device", "cpu", "--out", str(tmp_path / "sampled.png")])
     model.eval()
     labels, maps = torch.tensor([1, 4]), torch.from_numpy(shape.reshape(1, -1)).expand(2, -1)
     expected = model.generate(labels, num_steps=4, generator=torch.Generator().manual_seed(0), condition_map=maps)

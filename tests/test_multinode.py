@@ -11,7 +11,7 @@ import torch
 
 from conftest import free_port
 from test_sample_ddp import ROOT, digits_ckpt, flags, run_inline, the_npz  # noqa: F401 (digits_ckpt: a fixture)
-from test_train_c2i import finish, launch
+from test_train_c2i import DDP_RUN, finish, launch
 
 
 def node_flags(node_rank: int, port: int):
@@ -30,11 +30,12 @@ def losses(output: str):
 
 def test_two_nodes_train_killed_and_resumed_equal_an_uninterrupted_run(tmp_path, finished_run):
     """Both launchers killed after the step-3 checkpoint, the same two commands with --resume: the
-    step-6 loss and weights equal an uninterrupted run's of two processes (two nodes of one process each
-    are those two ranks; the one-node run is the one the other resume tests share)."""
-    codes, uninterrupted, whole = finished_run("--max-steps", "9", "--data-parallel", "ddp")
+    losses of steps 4 to 6 and the step-6 weights equal an uninterrupted run's of two processes (two nodes
+    of one process each are those two ranks; the one-node run is the one the other resume tests share)."""
+    codes, uninterrupted, whole = finished_run(*DDP_RUN)
+    flags = ["--max-steps", "6", "--log-every", "1"]
 
-    killed = train_on_two_nodes(codes, tmp_path / "b", ["--max-steps", "6"])
+    killed = train_on_two_nodes(codes, tmp_path / "b", flags)
     checkpoints = tmp_path / "b" / "000-ARPG-tiny" / "checkpoints"
     deadline = time.time() + 240
     while not (checkpoints / "0000003.pt").exists() and time.time() < deadline and killed[0].poll() is None:
@@ -47,10 +48,10 @@ def test_two_nodes_train_killed_and_resumed_equal_an_uninterrupted_run(tmp_path,
     assert (checkpoints / "0000003.pt").exists()
     for later in checkpoints.glob("000000[4-9]*"):
         later.unlink()  # as if killed right after step 3
-    resumed = [finish(node) for node in train_on_two_nodes(codes, tmp_path / "b", ["--max-steps", "6", "--resume"])][0]
+    resumed = [finish(node) for node in train_on_two_nodes(codes, tmp_path / "b", [*flags, "--resume"])][0]
 
     assert "resumed from" in resumed and "at step 3" in resumed
-    assert losses(resumed)["0000006"] == losses(whole)["0000006"]
+    assert losses(resumed) == {step: losses(whole)[step] for step in ("0000004", "0000005", "0000006")}
     a, b = (torch.load(run / "000-ARPG-tiny" / "checkpoints" / "0000006.pt", weights_only=True)
             for run in (uninterrupted, tmp_path / "b"))
     assert len(a["rng"]) == len(b["rng"]) == 2

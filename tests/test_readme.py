@@ -180,12 +180,13 @@ def test_the_from_python_block_runs(tmp_path):
     torch.save({"model": VQ_models["VQ-16"]().state_dict()}, vq)
     block = replaced(block, {'"ARPG-L"': '"ARPG-tiny"', '"arpg_300m.pt"': repr(str(gpt)), '"vq_ds16_c2i.pt"': repr(str(vq)),
                              'device = "cuda"': 'device = "cpu"', 'precision="bf16"': 'precision="none"',
-                             "num_steps=64": "num_steps=8"})
+                             "num_steps=64": "num_steps=8",
+                             "[207, 360]": "[207]"})  # one image: the VQ decoder's CPU time (as the quick start's test)
     scope = {}
     exec(compile(block, "docs/sampling.md", "exec"), scope)
-    assert scope["tokens"].shape == (2, 256)
-    assert scope["images"].shape == (2, 256, 256, 3) and scope["images"].dtype == torch.uint8
-    assert scope["logits"].shape == (2, 256, 16384) and torch.isfinite(scope["loss"])
+    assert scope["tokens"].shape == (1, 256)
+    assert scope["images"].shape == (1, 256, 256, 3) and scope["images"].dtype == torch.uint8
+    assert scope["logits"].shape == (1, 256, 16384) and torch.isfinite(scope["loss"])
 
 
 def test_the_readme_stays_short():

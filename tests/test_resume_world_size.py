@@ -7,7 +7,7 @@ import torch
 from autoregressive.train.checkpoint import (Progress, TrainingCheckpoint, convert_sharded_checkpoint,
                                              latest_checkpoint, resume_random_state, rng_state)
 from autoregressive.train.loop import ResumableSampler
-from test_train_c2i import copy_run, finish, launch
+from test_train_c2i import DDP_RUN, FSDP_RUN, copy_run, finish, launch
 
 CPU = torch.device("cpu")
 
@@ -95,7 +95,7 @@ def test_a_two_process_checkpoint_resumes_on_one_process(tmp_path, mode, finishe
     position carry over (DDP: one file; FSDP: the DCP shards reshard), with the warning line."""
     extra = ["--data-parallel", mode]
     # 36 samples, global batch 8: 4 steps per epoch; the 2-process run shared with test_train_c2i, cut at step 3
-    codes, finished, _ = finished_run("--max-steps", "9" if mode == "ddp" else "6", *extra)
+    codes, finished, _ = finished_run(*(DDP_RUN if mode == "ddp" else FSDP_RUN))
     results = tmp_path / "results"
     copy_run(finished, results, last_step=3)
     output = finish(launch(codes, results, ["--max-steps", "4", "--resume", *extra], nproc_per_node=1))

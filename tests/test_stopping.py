@@ -17,7 +17,7 @@ from autoregressive.train.checkpoint import CheckpointWriteFailed, load_checkpoi
 from autoregressive.train.stopping import (DIVERGED_EXIT_CODE, STOPPED_EXIT_CODE, Diverged, StopAgreement,
                                            parse_deadline)
 from autoregressive.utils.cli import run_main
-from test_train_c2i import finish, launch, train_flags, write_codes
+from test_train_c2i import DDP_RUN, finish, launch, train_flags, write_codes
 from test_watchdog import children_of, drain
 
 CPU = torch.device("cpu")
@@ -242,15 +242,14 @@ def sigusr1_to_rank_1(process):
     os.kill(max(workers), signal.SIGUSR1)  # the later-started worker: rank 1
 
 
-def test_stop_signals_checkpoint_all_ranks_and_the_resumes_equal_the_uninterrupted_run(tmp_path):
+def test_stop_signals_checkpoint_all_ranks_and_the_resumes_equal_the_uninterrupted_run(tmp_path, finished_run):
     """Two gloo processes, 12 steps: SIGTERM to torchrun (which forwards it to both workers), then after a
     --resume SIGUSR1 to rank 1 alone. Each time both ranks stop after the same step with one complete
     checkpoint; the second --resume reaches step 12 with the uninterrupted run's weights, EMA, AdamW state
-    and logged losses, bit for bit."""
-    codes = tmp_path / "codes"
-    write_codes(codes)
-    whole_output = finish(launch(codes, tmp_path / "whole", STEPS))
-    whole = load_checkpoint(str(tmp_path / "whole" / RUN / "checkpoints" / "0000012.pt"))
+    and logged losses, bit for bit. The uninterrupted run is the one other tests share (it also writes a
+    checkpoint every 3 steps, which must change nothing)."""
+    codes, uninterrupted, whole_output = finished_run(*DDP_RUN)
+    whole = load_checkpoint(str(uninterrupted / RUN / "checkpoints" / "0000012.pt"))
 
     results = tmp_path / "results"
     first = stop_after(launch(codes, results, STEPS), 2, sigterm_to_the_launcher)

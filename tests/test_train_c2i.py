@@ -7,6 +7,7 @@ import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -111,17 +112,26 @@ def finish(process, timeout=240):
     return output
 
 
-def final_state(results: Path, tmp_path: Path):
-    """The last checkpoint of the run; a sharded one is converted to a file first (and keeps its RNG states)."""
+def final_state(results: Path, tmp_path: Path, step: Optional[int] = None):
+    """The last checkpoint of the run (or that of `step`); a sharded one is converted to a file first (and
+    keeps its RNG states)."""
     from autoregressive.train.checkpoint import convert_sharded_checkpoint, latest_checkpoint, load_checkpoint
 
     path = latest_checkpoint(str(results / "000-ARPG-tiny"))
+    if step is not None:
+        [path] = [str(path) for path in (results / "000-ARPG-tiny" / "checkpoints").glob(f"{step:07d}*")]
     if path.endswith(".pt"):
         return load_checkpoint(path)
     converted = convert_sharded_checkpoint(path, str(tmp_path / f"{results.name}.pt"))
     assert load_checkpoint(str(tmp_path / f"{results.name}.pt")).progress == converted.progress
     converted.rng = load_checkpoint(path).rng
     return converted
+
+
+# The uninterrupted 2-process runs (finished_run) that several tests compare with or resume from a copy of.
+# ddp: every loss logged, a checkpoint every 3 steps (train_flags' --ckpt-every).
+DDP_RUN = ("--max-steps", "12", "--log-every", "1")
+FSDP_RUN = ("--max-steps", "6", "--data-parallel", "fsdp")
 
 
 def copy_run(results: Path, copy: Path, last_step: int) -> None:
@@ -162,11 +172,11 @@ def test_two_process_run_killed_and_resumed_equals_uninterrupted(tmp_path, mode,
     # fsdp also runs with --deterministic, as the GPU resume check (scripts/check_multigpu.sh) does
     extra = ["--data-parallel", mode] + (["--deterministic"] if mode == "fsdp" else [])
     # 36 samples, 8 per step: 4 steps per epoch, so the kill lands mid-epoch
-    codes, uninterrupted, _ = finished_run("--max-steps", "9", *extra)
+    codes, uninterrupted, _ = finished_run(*DDP_RUN) if mode == "ddp" else finished_run("--max-steps", "9", *extra)
     output = run_killed_and_resumed(codes, tmp_path / "b", extra)
     assert "resumed from" in output and "step 3" in output
 
-    a, b = final_state(uninterrupted, tmp_path), final_state(tmp_path / "b", tmp_path)
+    a, b = final_state(uninterrupted, tmp_path, step=9), final_state(tmp_path / "b", tmp_path)
     assert a.progress.step == 9 and a.progress == b.progress
     for part in ("model", "ema"):
         for key in getattr(a, part):
@@ -181,10 +191,9 @@ def test_fsdp_trains_what_ddp_trains_and_converts_to_a_strictly_loading_file(tmp
     from autoregressive.models.arpg import ARPG_models
     from autoregressive.weights import load_model_weights
 
-    # The step-6 checkpoints: the ddp run's is that of a 9-step run, shared with the resume tests (the
+    # The step-6 checkpoints: the ddp run's is that of a longer run, shared with the resume tests (the
     # learning rate follows --epochs, not --max-steps, so its first 6 steps are a 6-step run's).
-    ddp_run = finished_run("--max-steps", "9", "--data-parallel", "ddp")[1]
-    fsdp_run = finished_run("--max-steps", "6", "--data-parallel", "fsdp")[1]
+    ddp_run, fsdp_run = finished_run(*DDP_RUN)[1], finished_run(*FSDP_RUN)[1]
     sharded = fsdp_run / "000-ARPG-tiny" / "checkpoints" / "0000006"
     converted = tmp_path / "converted.pt"
     result = subprocess.run([sys.executable, "-m", "scripts.convert_checkpoint", str(sharded), str(converted)],
@@ -202,7 +211,7 @@ def test_fsdp_trains_what_ddp_trains_and_converts_to_a_strictly_loading_file(tmp
 
 
 def test_a_checkpoint_resumes_only_with_the_data_parallel_mode_that_wrote_it(tmp_path, finished_run):
-    codes, results, _ = finished_run("--max-steps", "6", "--data-parallel", "fsdp")
+    codes, results, _ = finished_run(*FSDP_RUN)
     copy_run(results, tmp_path / "a", last_step=3)
     output, _ = launch(codes, tmp_path / "a", ["--max-steps", "6", "--resume"]).communicate(timeout=240)
     assert "resume it with --data-parallel fsdp" in output
