@@ -32,9 +32,9 @@ from autoregressive.models.kv_cache import quantise
 from autoregressive.utils.cli import UserError, run_main
 
 HEAD_DIM = 64
-# FlashInfer's scratch space: its prefill plan splits the keys and keeps partial outputs there, which at batch
-# 256 takes several GB (its 128 MB default failed every shape but the smallest)
-WORKSPACE_BYTES = 8 * 2**30
+# FlashInfer's scratch space: decode fits its 128 MB default; the prefill plan splits the keys and keeps partial
+# outputs there, which at batch 256 takes several GB (the default failed every shape but the smallest)
+DECODE_WORKSPACE_BYTES, PREFILL_WORKSPACE_BYTES = 128 * 2**20, 8 * 2**30
 # label: decode_attention launch settings for a quantised cache (8 warps ran at half the speed of 4; 256-key
 # and 32-key blocks, and codes read as int16 pairs widened by bit moves, were slower, on an H100, 2026-11-28)
 ATTENTION_SETTINGS = {
@@ -65,7 +65,7 @@ def flashinfer_cases(q: torch.Tensor, kv: torch.Tensor, cache_bytes: int) -> dic
 
     def decode():  # the m queries of a row and head as m query heads of one key head (q heads h*m .. h*m + m-1)
         wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
-            torch.zeros(WORKSPACE_BYTES, dtype=torch.uint8, device=device), "HND", use_cuda_graph=True,
+            torch.zeros(DECODE_WORKSPACE_BYTES, dtype=torch.uint8, device=device), "HND", use_cuda_graph=True,
             use_tensor_cores=True, paged_kv_indptr_buffer=pages.clone(), paged_kv_indices_buffer=pages[:-1].clone(),
             paged_kv_last_page_len_buffer=last_len.clone())
         wrapper.plan(pages, pages[:-1], last_len, heads * queries, heads, head_dim, keys, q_data_type=q.dtype,
@@ -74,7 +74,7 @@ def flashinfer_cases(q: torch.Tensor, kv: torch.Tensor, cache_bytes: int) -> dic
 
     def prefill():  # the queries as a ragged batch, each row's against its own page
         wrapper = flashinfer.BatchPrefillWithPagedKVCacheWrapper(
-            torch.zeros(WORKSPACE_BYTES, dtype=torch.uint8, device=device), "HND", use_cuda_graph=True,
+            torch.zeros(PREFILL_WORKSPACE_BYTES, dtype=torch.uint8, device=device), "HND", use_cuda_graph=True,
             qo_indptr_buf=query_rows.clone(), paged_kv_indptr_buf=pages.clone(),
             paged_kv_indices_buf=pages[:-1].clone(), paged_kv_last_page_len_buf=last_len.clone())
         wrapper.plan(query_rows, pages, pages[:-1], last_len, heads, heads, head_dim, keys, causal=False,
