@@ -17,9 +17,10 @@ import json
 import math
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Optional
+from typing import Deque, Optional, Tuple
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ from autoregressive.image_output import (DecoderThread, ImageWriter, StageClock,
                                          render_function, stored_batches)
 from autoregressive.model_args import add_model_args, check_model_args, model_from_args
 from autoregressive.pretrained import with_checkpoints_fetched
+from autoregressive.sampler_pool import SamplerPool
 from autoregressive.sampling import SamplingConfig, add_sampling_args, batch_generator
 from autoregressive.utils.cli import RenamedFlag, UserError, check_at_least, check_at_most, run_main
 from autoregressive.utils.device import enable_tf32
@@ -40,6 +42,9 @@ from autoregressive.weights import PRECISIONS
 from dataset.conditions import ConditionFolder, add_condition_args, check_condition_args, load_condition_map
 
 DEFAULT_NUM_SAMPLES = 50000  # ImageNet's val set, the FID reference
+# Batches of the official 32 leave most of the GPU idle in each kernel; several at once on their own
+# streams fill it (autoregressive/sampler_pool.py; scripts/bench_sample.py --concurrent-batches measures).
+DEFAULT_CONCURRENT_BATCHES = 2
 LAUNCHED = time.time()  # the start of this process's wall time in --timings
 
 
@@ -63,6 +68,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-size-eval", type=int, default=None, help="resize (bicubic) before saving")
     parser.add_argument("--sample-dir", default="samples")
     parser.add_argument("--per-proc-batch-size", type=int, default=32)
+    parser.add_argument("--concurrent-batches", type=int, default=None,
+                        help=f"batches each process samples at once, each on a CUDA stream with its own graphs and "
+                             f"KV cache (default {DEFAULT_CONCURRENT_BATCHES} on CUDA, 1 on the CPU): the same images, "
+                             "faster at small batches (docs/speed.md); lower it if the GPU runs out of memory")
     parser.add_argument("--num-fid-samples", type=int, default=None,
                         help=f"default: {DEFAULT_NUM_SAMPLES}, or the number of maps in --condition-path")
     parser.add_argument("--global-seed", type=int, default=0)
@@ -227,7 +236,8 @@ def sample_inputs(args, config) -> SampleInputs:
 def check_args(args) -> int:
     """Refuse bad flags before any model is built or folder made; returns the condition vocabulary."""
     check_model_args(args)
-    for flag in ("--per-proc-batch-size", "--num-fid-samples", "--codebook-embed-dim", "--image-size-eval"):
+    for flag in ("--per-proc-batch-size", "--num-fid-samples", "--codebook-embed-dim", "--image-size-eval",
+                 "--concurrent-batches"):
         check_at_least(flag, getattr(args, flag[2:].replace("-", "_")), 1)
     return check_condition_args(args)
 
@@ -251,7 +261,9 @@ def main(args) -> None:
     image_size_eval = args.image_size_eval or image_size
     folder = os.path.join(args.sample_dir, folder_name(args, image_size, image_size_eval))
     check_at_most("--step", args.step, config.block_size, "the number of tokens of an image")
-    sampler = make_sampler(model, use_fast=args.compile, compile_layers=args.compile_layers)
+    concurrent = args.concurrent_batches or (DEFAULT_CONCURRENT_BATCHES if info.device.type == "cuda" else 1)
+    pool = SamplerPool(lambda: make_sampler(model, use_fast=args.compile, compile_layers=args.compile_layers),
+                          concurrent, info.device)
     clock = StageClock()
     with output_folder(folder):
         if info.is_main:  # before any rank writes: check_shared_folder's collectives wait for it
@@ -259,7 +271,11 @@ def main(args) -> None:
             if removed:
                 logger.info(f"removed {removed} partial files of a killed run from {folder}")
         check_shared_folder(folder)  # rank 0 packs every rank's images
-        sample_into(folder, inputs, model, vq, sampler, sampling, image_size_eval, info, args, clock)
+        try:
+            sample_into(folder, inputs, model, vq, pool, sampling, image_size_eval, info, args, clock)
+        finally:
+            pool.close()
+    clock.add("model", pool.busy_seconds)
     clock.mark("sampled")
     barrier()
     if info.is_main:
@@ -274,10 +290,10 @@ def main(args) -> None:
     cleanup()
 
 
-def sample_into(folder: str, inputs: SampleInputs, model, vq, sampler, sampling: SamplingConfig, image_size_eval: int,
+def sample_into(folder: str, inputs: SampleInputs, model, vq, pool: SamplerPool, sampling: SamplingConfig, image_size_eval: int,
                 info, args, clock: StageClock) -> None:
-    """This rank's batches into folder (PNGs, or one .npy per batch with --no-png); finished batches of an
-    earlier run are skipped."""
+    """This rank's batches into folder (PNGs, or one .npy per batch with --no-png), pool.size of them sampling
+    at once; finished batches of an earlier run are skipped."""
     logger, config = get_logger("arpg.sample", rank=info.rank), model.config
     batch, total = args.per_proc_batch_size, inputs.num_samples
     my_batches = range(info.rank, math.ceil(total / batch), info.world_size)
@@ -295,6 +311,13 @@ def sample_into(folder: str, inputs: SampleInputs, model, vq, sampler, sampling:
                          default_workers(local_processes))
     decoder = DecoderThread(render, writer, clock)
     stored = stored_batches(folder)
+    in_flight: Deque[Tuple[int, int, Future]] = deque()  # (first sample, count, tokens) in batch order
+
+    def hand_over(keep: int) -> None:
+        while len(in_flight) > keep:
+            first, count, tokens = in_flight.popleft()
+            decoder.put(first, count, tokens.result())
+
     try:
         for k in progress:
             first = k * batch
@@ -304,29 +327,33 @@ def sample_into(folder: str, inputs: SampleInputs, model, vq, sampler, sampling:
             batch_indices = torch.arange(first, first + batch, device=info.device)
             condition_map = inputs.condition_maps(batch_indices)
             extra = {} if condition_map is None else {"condition_map": condition_map}
-            try:
-                start = time.perf_counter()
-                tokens = sampler(inputs.labels(batch_indices), sampling,
-                                 batch_generator(info.device, args.global_seed, first), **extra)
-                if tokens.is_cuda:
-                    torch.cuda.current_stream().synchronize()  # the side stream's decoding goes on meanwhile
-                clock.add("model", time.perf_counter() - start)
-                decoder.put(first, len(indices), tokens)
-            except torch.cuda.OutOfMemoryError as error:
-                raise out_of_memory(batch, progress if info.is_main else None) from error
-            clock.mark("first_batch_sampled")
+            in_flight.append((first, len(indices), pool.submit(
+                inputs.labels(batch_indices), sampling, batch_generator(info.device, args.global_seed, first), **extra)))
+            # A worker captures its graphs in its first batch, which must have the GPU to itself: until every
+            # worker has, batches run one at a time and the decoder waits (DecoderThread).
+            if not pool.warm:
+                in_flight[-1][2].result()
+                clock.mark("first_batch_sampled")
+            if pool.warm:
+                hand_over(pool.size - 1)
+        hand_over(0)
+    except torch.cuda.OutOfMemoryError as error:
+        raise out_of_memory(batch, pool.size, progress if info.is_main else None) from error
     finally:
         try:
             decoder.close()
         except torch.cuda.OutOfMemoryError as error:  # in the VQ decoder
-            raise out_of_memory(batch, progress if info.is_main else None) from error
+            raise out_of_memory(batch, pool.size, progress if info.is_main else None) from error
         finally:
             writer.close()
 
 
-def out_of_memory(batch: int, progress) -> UserError:
+def out_of_memory(batch: int, concurrent: int, progress) -> UserError:
     if progress is not None:
         progress.close()  # the error's line must not land on the bar's line
+    if concurrent > 1:
+        return UserError(f"out of GPU memory with {concurrent} batches of {batch} at once: pass --concurrent-batches "
+                         f"{concurrent - 1} (the same images); the finished images are kept and skipped on the rerun")
     return UserError(f"out of GPU memory at --per-proc-batch-size {batch}: lower it; the finished images are kept and "
                      "skipped on the rerun (the samples still to come are drawn under the new batch size)")
 

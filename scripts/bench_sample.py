@@ -7,11 +7,16 @@ timing, the memory it allocates and reserves on top of what the others hold, plu
 weights are not counted). End-to-end adds the VQ-16 decode of the tokens as sample_c2i_ddp.py runs it by
 default (float32 with TF32, decoder compiled; --vq-precision fp16 for the faster one).
 
+--concurrent-batches 1 2 4 times instead several batches sampled at once, each on a CUDA stream with a
+sampler of its own (autoregressive/sampler_pool.py, sample_c2i_ddp.py's flag of that name), tokens only,
+and checks that every batch's tokens equal those of one batch at a time.
+
 --kv-caches weights,int8,fp8 adds the fast path over a quantised KV cache (--kv-cache int8 / fp8), timed
 interleaved with the others (the "KV cache GiB" column is each path's own cache).
 
     python -m scripts.bench_sample --models ARPG-L ARPG-XL ARPG-XXL --batch-sizes 64 256
     python -m scripts.bench_sample --models ARPG-L --batch-sizes 256 --kv-caches weights,int8,fp8
+    python -m scripts.bench_sample --models ARPG-L ARPG-XXL --batch-sizes 32 --concurrent-batches 1 2 3 4
 """
 import argparse
 import dataclasses
@@ -25,7 +30,8 @@ from autoregressive.kernels.codes import KV_CODES
 from autoregressive.kernels.decode_attention import has_fp8
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.models.kv_cache import ScaledCodes, quantise
-from autoregressive.sampling import KV_CACHE_DTYPES, SamplingConfig, add_sampling_args
+from autoregressive.sampler_pool import SamplerPool
+from autoregressive.sampling import KV_CACHE_DTYPES, SamplingConfig, add_sampling_args, batch_generator
 from autoregressive.utils.cli import RenamedFlag, UserError, check_at_least, run_main
 from autoregressive.utils.device import enable_tf32
 from autoregressive.weights import PRECISIONS, prepare_vq
@@ -100,6 +106,44 @@ def check_greedy(title: str, key: str, fast: FastSampler, reference, labels, sam
     print(f"{title}: greedy {key} == its reference loop: {bool(equal.all())} "
           f"({100 * equal.float().mean():.2f}% of tokens equal)", flush=True)
     return tokens
+
+
+def bench_concurrent(name, batch_sizes, counts, sampling, reps, device):
+    """Rows (model, batch, batches at once, img/s, x one at a time, same tokens, peak GiB allocated) of the
+    sampler pool at each count: the same batches (seeded by their first sample, as sample_c2i_ddp.py)
+    through each pool, repetitions interleaved across the pools."""
+    model = random_model(name, device)
+    rows = []
+    for batch in batch_sizes:
+        num_batches = 4 * max(counts)
+        batches = [(torch.arange(k * batch, (k + 1) * batch, device=device) % model.config.num_classes, k * batch)
+                   for k in range(num_batches)]
+
+        def run(pool):
+            futures = [pool.submit(labels, sampling, batch_generator(device, 0, first)) for labels, first in batches]
+            return [future.result() for future in futures]
+
+        pools, peaks = {}, {}
+        for count in counts:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+            pools[count] = SamplerPool(lambda: FastSampler(model), count, device)
+            for labels, first in batches[:count]:  # each worker captures its graphs alone
+                pools[count].submit(labels, sampling, batch_generator(device, 0, first)).result()
+            peaks[count] = (torch.cuda.max_memory_allocated() - before + model_bytes(model)) / 2**30  # as if alone
+        tokens = {count: run(pools[count]) for count in counts}
+        times = {count: [] for count in counts}
+        for _ in range(reps):
+            for count in counts:
+                times[count].append(timed(lambda: run(pools[count]))[1])
+        base = num_batches * batch / statistics.median(times[counts[0]])
+        for count in counts:
+            rate = num_batches * batch / statistics.median(times[count])
+            same = all(torch.equal(a, b) for a, b in zip(tokens[count], tokens[counts[0]]))
+            rows.append((name, batch, count, rate, rate / base, same, peaks[count]))
+            pools[count].close()
+    return rows
 
 
 def bench_model(name, batch_sizes, sampling, reps, vq, device, compile_layers=False, kv_caches=("weights",)):
@@ -186,10 +230,13 @@ def main(argv=None):
                         "(close to, not equal to, the reference loop) instead of the exact one")
     parser.add_argument("--fused", dest="compile_layers", action=RenamedFlag, new_flag="--compile-layers", nargs=0,
                         const=True)
+    parser.add_argument("--concurrent-batches", nargs="+", type=int, default=None,
+                        help="time the sampler pool at these counts of batches at once instead (first: the baseline)")
     parser.add_argument("--kv-caches", default="weights", help="comma-separated KV cache kinds of the fast path, timed "
                         f"side by side (from {', '.join(KV_CACHE_DTYPES)}; weights always runs, as the baseline)")
     args = add_sampling_args(parser, cfg_scale=4.5, cfg_schedule="constant").parse_args(argv)
-    for flag, values in (("--batch-sizes", args.batch_sizes), ("--step", [args.step]), ("--reps", [args.reps])):
+    for flag, values in (("--batch-sizes", args.batch_sizes), ("--step", [args.step]), ("--reps", [args.reps]),
+                         ("--concurrent-batches", args.concurrent_batches or [])):
         for value in values:
             check_at_least(flag, value, 1)
     sampling, kv_caches = SamplingConfig.from_args(args), parse_kv_caches(args.kv_caches)
@@ -200,6 +247,16 @@ def main(argv=None):
         raise UserError("bench_sample.py times the CUDA paths and needs a CUDA GPU; none is visible")
     device = torch.device("cuda")
     enable_tf32()
+    if args.concurrent_batches:
+        rows = [row for name in args.models
+                for row in bench_concurrent(name, args.batch_sizes, args.concurrent_batches, sampling, args.reps, device)]
+        print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, {args.step} steps, CFG {args.cfg_scale} "
+              f"{args.cfg_schedule}, {args.sample_schedule}, bf16, tokens only, medians of {args.reps}")
+        print("| model | batch | batches at once | img/s | x one at a time | same tokens | peak GiB allocated |")
+        print("|---|---|---|---|---|---|---|")
+        for name, batch, count, rate, ratio, same, peak in rows:
+            print(f"| {name} | {batch} | {count} | {rate:.1f} | {ratio:.2f}x | {same} | {peak:.2f} |")
+        return
     vq = None
     if not args.no_decode:
         from tokenizer.vq_model import VQ_models

@@ -83,6 +83,8 @@ def test_bad_inputs_are_explained(digits_ckpt, tmp_path):
         run_inline(flags(tiny, tmp_path / "x"))
     with pytest.raises(ValueError, match="NaN"):
         tokens_to_images(torch.zeros(1, 4, dtype=torch.long), 2, vq=NaNDecoder(), vocab_size=17)
+    with pytest.raises(ValueError, match="--concurrent-batches must be >= 1, got 0"):
+        run_inline(flags(digits_ckpt, tmp_path / "x", extra=("--concurrent-batches", "0")))
 
 
 class NaNDecoder:
@@ -186,7 +188,23 @@ def test_non_default_numerics_get_their_own_folder():
                 name("--precision", "fp16", "--kv-cache", "fp8")}) == 4
 
 
-def test_a_batch_out_of_gpu_memory_says_what_to_do_and_keeps_the_pngs(digits_ckpt, tmp_path, monkeypatch, capsys):
+def test_batches_sampled_at_once_give_the_images_of_one_at_a_time(digits_ckpt, tmp_path):
+    """--concurrent-batches: each batch on a sampler of its own (the CUDA default is 2; here on the CPU)."""
+    import json
+
+    run_inline(flags(digits_ckpt, tmp_path / "one", extra=("--no-png",)))
+    timings = tmp_path / "timings.json"
+    run_inline(flags(digits_ckpt, tmp_path / "three", extra=("--no-png", "--concurrent-batches", "3", "--timings",
+                                                               str(timings))))
+    assert np.array_equal(the_npz(tmp_path / "one")[0], the_npz(tmp_path / "three")[0])
+    assert sorted(samples for _, samples in json.loads(timings.read_text())["written"]) == [2] + [4] * 6
+
+
+@pytest.mark.parametrize("concurrent, advice", [
+    (1, "out of GPU memory at --per-proc-batch-size 4: lower it"),
+    (2, "out of GPU memory with 2 batches of 4 at once: pass --concurrent-batches 1 (the same images)")])
+def test_a_batch_out_of_gpu_memory_says_what_to_do_and_keeps_the_pngs(digits_ckpt, tmp_path, monkeypatch, capsys,
+                                                                      concurrent, advice):
     import sample_c2i_ddp
     from autoregressive.utils.cli import run_main
 
@@ -204,11 +222,11 @@ def test_a_batch_out_of_gpu_memory_says_what_to_do_and_keeps_the_pngs(digits_ckp
 
     monkeypatch.setattr(sample_c2i_ddp, "make_sampler", sampler_out_of_memory_on_the_third_batch)
     with pytest.raises(SystemExit) as exit_info:
-        run_main(lambda argv: main(get_args_parser().parse_args(argv)), flags(digits_ckpt, tmp_path / "out"))
+        run_main(lambda argv: main(get_args_parser().parse_args(argv)),
+                 flags(digits_ckpt, tmp_path / "out", extra=("--concurrent-batches", str(concurrent))))
     assert exit_info.value.code == 2
     stderr = capsys.readouterr().err
-    assert "Traceback" not in stderr and stderr.rstrip().splitlines()[-1].startswith(
-        "error: out of GPU memory at --per-proc-batch-size 4: lower it")
+    assert "Traceback" not in stderr and stderr.rstrip().splitlines()[-1].startswith(f"error: {advice}")
     assert len(list((tmp_path / "out").glob("*/*.png"))) >= 4  # the first batches' PNGs stay
 
 
