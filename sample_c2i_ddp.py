@@ -9,8 +9,10 @@ takes the folder's i-th map and that file's class, as ControlAR evaluates. Batch
 [k*B, (k+1)*B) (B = --per-proc-batch-size) and runs on rank k mod world size with randomness drawn
 from (--global-seed, k*B): at a fixed B the images do not depend on the number of processes. Each PNG
 (or, with --no-png, each batch's .npy file) is written atomically and a rerun skips finished batches,
-so a killed run resumes. Rank 0 finally packs arr_0 (N, H, W, 3) uint8 and labels. The VQ decoding
-and the writing of a batch overlap the sampling of the next (autoregressive/image_output.py).
+so a killed run resumes. Rank 0 finally packs arr_0 (N, H, W, 3) uint8 and labels. On CUDA each process
+samples --concurrent-batches batches at once, each on a stream and sampler of its own
+(autoregressive/sampler_pool.py), and the VQ decoding and the writing of a batch overlap the sampling of
+the next (autoregressive/image_output.py); neither changes an image.
 """
 import argparse
 import json
@@ -44,7 +46,7 @@ from dataset.conditions import ConditionFolder, add_condition_args, check_condit
 DEFAULT_NUM_SAMPLES = 50000  # ImageNet's val set, the FID reference
 # Batches of the official 32 leave most of the GPU idle in each kernel; several at once on their own
 # streams fill it (autoregressive/sampler_pool.py; scripts/bench_sample.py --concurrent-batches measures).
-DEFAULT_CONCURRENT_BATCHES = 2
+DEFAULT_CONCURRENT_BATCHES = 4
 LAUNCHED = time.time()  # the start of this process's wall time in --timings
 
 
@@ -290,8 +292,8 @@ def main(args) -> None:
     cleanup()
 
 
-def sample_into(folder: str, inputs: SampleInputs, model, vq, pool: SamplerPool, sampling: SamplingConfig, image_size_eval: int,
-                info, args, clock: StageClock) -> None:
+def sample_into(folder: str, inputs: SampleInputs, model, vq, pool: SamplerPool, sampling: SamplingConfig,
+                image_size_eval: int, info, args, clock: StageClock) -> None:
     """This rank's batches into folder (PNGs, or one .npy per batch with --no-png), pool.size of them sampling
     at once; finished batches of an earlier run are skipped."""
     logger, config = get_logger("arpg.sample", rank=info.rank), model.config

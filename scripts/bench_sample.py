@@ -128,7 +128,7 @@ def bench_concurrent(name, batch_sizes, counts, sampling, reps, device):
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             before = torch.cuda.memory_allocated()
-            pools[count] = SamplerPool(lambda: FastSampler(model), count, device)
+            pools[count] = SamplerPool(lambda: make_sampler(model), count, device)
             for labels, first in batches[:count]:  # each worker captures its graphs alone
                 pools[count].submit(labels, sampling, batch_generator(device, 0, first)).result()
             peaks[count] = (torch.cuda.max_memory_allocated() - before + model_bytes(model)) / 2**30  # as if alone

@@ -15,7 +15,8 @@ beside the sampling of the next, the writers on threads, so they add up to more 
 writing is summed over the writer threads; our VQ time is GPU time, without its compilation); packing =
 the .npz. Steady img/s: images over time in the second half of the batches as their files reach the
 disk (the official script: its images after the first batch, over the time to its last PNG); "model
-only" is our sampler alone at that batch in this process, after the runs. The 50,000-image column
+only" is our sampler alone at that batch in this process, after the runs, with sample_c2i_ddp.py's
+default count of batches at once. The 50,000-image column
 projects each run: its own time to the last file (start-up and every cold compilation as measured), the
 images it did not make at the steady rate (capped at model only's: faster is a backlog draining), and
 packing scaled by the image count.
@@ -99,17 +100,29 @@ def steady_rate(written: Optional[List[List[float]]]) -> Optional[float]:
 
 
 def model_only(batch: int, device) -> float:
-    """Our sampler alone (random bf16 ARPG-L, the flags above), img/s at batch: median of 3 after a warm-up."""
-    from autoregressive.fast_generate import FastSampler
-    from autoregressive.sampling import SamplingConfig
+    """Our sampler alone as sample_c2i_ddp.py runs it by default (random bf16 ARPG-L, the flags above, its
+    default count of batches at once): img/s at batch, median of 3 after a warm-up."""
+    from autoregressive.fast_generate import make_sampler
+    from autoregressive.sampler_pool import SamplerPool
+    from autoregressive.sampling import SamplingConfig, batch_generator
+    from sample_c2i_ddp import DEFAULT_CONCURRENT_BATCHES
     from scripts.bench_sample import random_model, timed
 
     model = random_model("ARPG-L", device)
-    sampler = FastSampler(model)
+    pool = SamplerPool(lambda: make_sampler(model), DEFAULT_CONCURRENT_BATCHES, device)
     sampling = SamplingConfig(num_steps=64, cfg_scale=5.0, sample_schedule="arccos")
     labels = torch.arange(batch, device=device) % model.config.num_classes
-    sampler.generate(labels, sampling)
-    return batch / float(np.median([timed(lambda: sampler.generate(labels, sampling))[1] for _ in range(3)]))
+    batches = 4 * pool.size
+    for k in range(pool.size):  # each worker captures its graphs alone
+        pool.submit(labels, sampling, batch_generator(device, 0, k)).result()
+
+    def run():
+        futures = [pool.submit(labels, sampling, batch_generator(device, 0, k)) for k in range(batches)]
+        return [future.result() for future in futures]
+    try:
+        return batches * batch / float(np.median([timed(run)[1] for _ in range(3)]))
+    finally:
+        pool.close()
 
 
 def table(rows: List[dict], official: Optional[dict], model_rates: dict) -> List[str]:
