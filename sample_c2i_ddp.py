@@ -33,7 +33,7 @@ from autoregressive.image_output import (DecoderThread, ImageWriter, StageClock,
                                          render_function, stored_batches)
 from autoregressive.model_args import add_model_args, check_model_args, model_from_args
 from autoregressive.pretrained import with_checkpoints_fetched
-from autoregressive.sampler_pool import SamplerPool
+from autoregressive.sampler_pool import DEFAULT_CONCURRENT_BATCHES, SamplerPool
 from autoregressive.sampling import SamplingConfig, add_sampling_args, batch_generator
 from autoregressive.utils.cli import RenamedFlag, UserError, check_at_least, check_at_most, run_main
 from autoregressive.utils.device import enable_tf32
@@ -44,9 +44,6 @@ from autoregressive.weights import PRECISIONS
 from dataset.conditions import ConditionFolder, add_condition_args, check_condition_args, load_condition_map
 
 DEFAULT_NUM_SAMPLES = 50000  # ImageNet's val set, the FID reference
-# Batches of the official 32 leave most of the GPU idle in each kernel; several at once on their own
-# streams fill it (autoregressive/sampler_pool.py; scripts/bench_sample.py --concurrent-batches measures).
-DEFAULT_CONCURRENT_BATCHES = 4
 LAUNCHED = time.time()  # the start of this process's wall time in --timings
 
 

@@ -174,7 +174,8 @@ class DecoderThread:
     sampling thread never waits for the VQ decoder, not even while it compiles on the first batch: that
     runs beside the sampling of the next batches, whose tokens queue up meanwhile (small: B x N ids).
     A sampler must not capture CUDA graphs while this thread works; the fast sampler captures its
-    graphs in its first call only, before there is anything to decode."""
+    graphs in its first call only, and sample_c2i_ddp.py hands this thread nothing until every sampler of
+    its pool has made that call."""
 
     def __init__(self, render: Callable, writer: "ImageWriter", clock: StageClock, max_batches: int = 256):
         self.render, self.writer, self.clock = render, writer, clock

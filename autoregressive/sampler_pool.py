@@ -14,6 +14,10 @@ from typing import Callable, List, Optional
 
 import torch
 
+# Batches of the official 32 leave most of the GPU idle in each kernel; four at once fill much of it at
+# a KV cache each (scripts/bench_sample.py --concurrent-batches measures both).
+DEFAULT_CONCURRENT_BATCHES = 4
+
 Sampler = Callable[..., torch.Tensor]  # make_sampler's function: (labels, sampling, generator, **kw) -> tokens
 
 
@@ -88,6 +92,8 @@ class _Worker:
         self.jobs.put(None)
 
     def _run(self) -> None:
+        if self.stream is not None:
+            torch.cuda.set_device(self.stream.device)  # a new thread starts on device 0, not on this rank's
         while (job := self.jobs.get()) is not None:
             future, args, kwargs = job
             if not future.set_running_or_notify_cancel():

@@ -33,6 +33,7 @@ from typing import List, Optional
 import numpy as np
 import torch
 
+from autoregressive.sampler_pool import DEFAULT_CONCURRENT_BATCHES
 from autoregressive.utils.cli import UserError, check_at_least, run_main
 from autoregressive.utils.dist import free_port
 
@@ -99,17 +100,16 @@ def steady_rate(written: Optional[List[List[float]]]) -> Optional[float]:
     return sum(samples for _, samples in half[1:]) / max(half[-1][0] - half[0][0], 1e-9)
 
 
-def model_only(batch: int, device) -> float:
-    """Our sampler alone as sample_c2i_ddp.py runs it by default (random bf16 ARPG-L, the flags above, its
-    default count of batches at once): img/s at batch, median of 3 after a warm-up."""
+def model_only(batch: int, concurrent: int, device) -> float:
+    """Our sampler alone as sample_c2i_ddp.py runs it (random bf16 ARPG-L, the flags above, `concurrent`
+    batches at once): img/s at batch, median of 3 after a warm-up."""
     from autoregressive.fast_generate import make_sampler
     from autoregressive.sampler_pool import SamplerPool
     from autoregressive.sampling import SamplingConfig, batch_generator
-    from sample_c2i_ddp import DEFAULT_CONCURRENT_BATCHES
     from scripts.bench_sample import random_model, timed
 
     model = random_model("ARPG-L", device)
-    pool = SamplerPool(lambda: make_sampler(model), DEFAULT_CONCURRENT_BATCHES, device)
+    pool = SamplerPool(lambda: make_sampler(model), concurrent, device)
     sampling = SamplingConfig(num_steps=64, cfg_scale=5.0, sample_schedule="arccos")
     labels = torch.arange(batch, device=device) % model.config.num_classes
     batches = 4 * pool.size
@@ -148,6 +148,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--official-images", type=int, default=10000, help="images of the official run")
     parser.add_argument("--batches", nargs="*", type=int, default=[32, 250], help="our runs with PNGs")
     parser.add_argument("--no-png-batches", nargs="*", type=int, default=[250], help="our runs with --no-png")
+    parser.add_argument("--concurrent-batches", type=int, default=None,
+                        help="our runs' --concurrent-batches (default: sample_c2i_ddp.py's)")
     parser.add_argument("--work-dir", default="bench_sample_ddp", help="checkpoints and samples (emptied first)")
     parser.add_argument("--keep-samples", action="store_true", help="leave the sample folders in --work-dir")
     return parser
@@ -156,6 +158,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> None:
     args = get_args_parser().parse_args(argv)
     check_at_least("--num-images", args.num_images, 1)
+    check_at_least("--concurrent-batches", args.concurrent_batches, 1)
+    concurrent = args.concurrent_batches or DEFAULT_CONCURRENT_BATCHES
     if args.official_images % 1000:
         raise UserError("--official-images must be a multiple of 1000: the official script samples every class "
                         "equally often")
@@ -186,7 +190,8 @@ def main(argv=None) -> None:
         times = os.path.join(work, f"ours-{batch}-{pngs}.json")
         out = os.path.join(work, f"ours-{batch}-{'png' if pngs else 'npy'}")
         flags = [*common, "--num-fid-samples", str(args.num_images), "--sample-dir", out,
-                 "--per-proc-batch-size", str(batch), "--timings", times, *([] if pngs else ["--no-png"])]
+                 "--per-proc-batch-size", str(batch), "--concurrent-batches", str(concurrent), "--timings", times,
+                 *([] if pngs else ["--no-png"])]
         try:
             wall, record = launch(os.path.join(ROOT, "sample_c2i_ddp.py"), flags, times, env, ROOT)
         except RuntimeError as error:  # the other runs still give their rows
@@ -201,9 +206,9 @@ def main(argv=None) -> None:
                 same = np.array_equal(a["arr_0"], b["arr_0"]) and np.array_equal(a["labels"], b["labels"])
             print(f"batch {batch}: the --no-png .npz {'equals' if same else 'DIFFERS FROM'} the PNG run's", flush=True)
     device = torch.device("cuda")
-    model_rates = {batch: model_only(batch, device) for batch in sorted({b for b, _ in runs})}
+    model_rates = {batch: model_only(batch, concurrent, device) for batch in sorted({b for b, _ in runs})}
     print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}; "
-          f"flags {' '.join(OFFICIAL_FLAGS)}, random weights")
+          f"flags {' '.join(OFFICIAL_FLAGS)}, random weights; ours {concurrent} batches at once")
     print("\n".join(table(rows, official, model_rates)))
     if not args.keep_samples:
         for entry in os.listdir(work):

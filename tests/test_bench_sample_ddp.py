@@ -31,6 +31,8 @@ def test_the_official_run_needs_whole_thousands_of_images(tmp_path):
     assert get_args_parser().parse_args(args).official_images == 1500
     with pytest.raises(ValueError, match="multiple of 1000"):
         main(args)
+    with pytest.raises(ValueError, match="--concurrent-batches must be >= 1"):
+        main([*args[:2], "--concurrent-batches", "0", *args[4:]])
 
 
 def test_the_steady_rate_is_that_of_the_second_half_of_the_batches():
