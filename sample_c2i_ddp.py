@@ -261,8 +261,6 @@ def main(args) -> None:
     folder = os.path.join(args.sample_dir, folder_name(args, image_size, image_size_eval))
     check_at_most("--step", args.step, config.block_size, "the number of tokens of an image")
     concurrent = args.concurrent_batches or (DEFAULT_CONCURRENT_BATCHES if info.device.type == "cuda" else 1)
-    pool = SamplerPool(lambda: make_sampler(model, use_fast=args.compile, compile_layers=args.compile_layers),
-                          concurrent, info.device)
     clock = StageClock()
     with output_folder(folder):
         if info.is_main:  # before any rank writes: check_shared_folder's collectives wait for it
@@ -270,6 +268,8 @@ def main(args) -> None:
             if removed:
                 logger.info(f"removed {removed} partial files of a killed run from {folder}")
         check_shared_folder(folder)  # rank 0 packs every rank's images
+        pool = SamplerPool(lambda: make_sampler(model, use_fast=args.compile, compile_layers=args.compile_layers),
+                           concurrent, info.device)
         try:
             sample_into(folder, inputs, model, vq, pool, sampling, image_size_eval, info, args, clock)
         finally:
@@ -296,7 +296,8 @@ def sample_into(folder: str, inputs: SampleInputs, model, vq, pool: SamplerPool,
     logger, config = get_logger("arpg.sample", rank=info.rank), model.config
     batch, total = args.per_proc_batch_size, inputs.num_samples
     my_batches = range(info.rank, math.ceil(total / batch), info.world_size)
-    logger.info(f"sampling {total} images into {folder} ({len(my_batches)} batches of {batch} on rank 0)")
+    logger.info(f"sampling {total} images into {folder} ({len(my_batches)} batches of {batch} on rank 0, "
+                f"{pool.size} at once)")
     progress = my_batches
     if info.is_main:
         from tqdm import tqdm
