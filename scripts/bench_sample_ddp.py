@@ -7,7 +7,8 @@ one GPU with the same random weights and flags, split into stages.
 Both scripts run under torchrun --nproc_per_node=1 with the official README's flags (--gpt-model ARPG-L
 --cfg-scale 5.0 --step 64 --sample-schedule arccos) on one random ARPG-L checkpoint in the official
 layout and one random VQ-16 checkpoint (written first into --work-dir). The official script runs from its
-own tree through scripts/time_official_sample.py (its stages timed), ours with --timings. Columns:
+own tree through scripts/time_official_sample.py (its stages timed), ours with --timings and
+--concurrent-batches (default: sample_c2i_ddp.py's). Columns:
 start-up = launch until the first batch's tokens are sampled (loading, compilation, graph capture; our
 VQ decoder compiles after that, on its own thread beside the next batches); model, VQ decoding and
 encoding+writing = seconds busy over the whole run (ours overlaps them: the VQ decoder of a batch runs
