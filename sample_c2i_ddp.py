@@ -33,7 +33,7 @@ from autoregressive.image_output import (DecoderThread, ImageWriter, StageClock,
                                          render_function, stored_batches)
 from autoregressive.model_args import add_model_args, check_model_args, model_from_args
 from autoregressive.pretrained import with_checkpoints_fetched
-from autoregressive.sampler_pool import DEFAULT_CONCURRENT_BATCHES, SamplerPool
+from autoregressive.sampler_pool import SamplerPool, default_concurrent_batches
 from autoregressive.sampling import SamplingConfig, add_sampling_args, batch_generator
 from autoregressive.utils.cli import RenamedFlag, UserError, check_at_least, check_at_most, run_main
 from autoregressive.utils.device import enable_tf32
@@ -68,9 +68,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sample-dir", default="samples")
     parser.add_argument("--per-proc-batch-size", type=int, default=32)
     parser.add_argument("--concurrent-batches", type=int, default=None,
-                        help=f"batches each process samples at once, each on a CUDA stream with its own graphs and "
-                             f"KV cache (default {DEFAULT_CONCURRENT_BATCHES} on CUDA, 1 on the CPU): the same images, "
-                             "faster at small batches (docs/speed.md); lower it if the GPU runs out of memory")
+                        help="batches each process samples at once, each on a CUDA stream with its own graphs and "
+                             "KV cache (default on CUDA: enough for 128 images, at most 4: 4 at batch 32, 1 from 128 "
+                             "on; 1 on the CPU): the same images, faster at small batches (docs/speed.md); lower it "
+                             "if the GPU runs out of memory")
     parser.add_argument("--num-fid-samples", type=int, default=None,
                         help=f"default: {DEFAULT_NUM_SAMPLES}, or the number of maps in --condition-path")
     parser.add_argument("--global-seed", type=int, default=0)
@@ -260,7 +261,8 @@ def main(args) -> None:
     image_size_eval = args.image_size_eval or image_size
     folder = os.path.join(args.sample_dir, folder_name(args, image_size, image_size_eval))
     check_at_most("--step", args.step, config.block_size, "the number of tokens of an image")
-    concurrent = args.concurrent_batches or (DEFAULT_CONCURRENT_BATCHES if info.device.type == "cuda" else 1)
+    concurrent = args.concurrent_batches or (default_concurrent_batches(args.per_proc_batch_size)
+                                             if info.device.type == "cuda" else 1)
     clock = StageClock()
     with output_folder(folder):
         if info.is_main:  # before any rank writes: check_shared_folder's collectives wait for it

@@ -10,13 +10,21 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
-from typing import Callable, List, Optional
+from typing import Callable, Optional
 
 import torch
 
-# Batches of the official 32 leave most of the GPU idle in each kernel; four at once fill much of it at
-# a KV cache each (scripts/bench_sample.py --concurrent-batches measures both).
-DEFAULT_CONCURRENT_BATCHES = 4
+IMAGES_IN_FLIGHT = 128  # the default aim of default_concurrent_batches
+MAX_CONCURRENT_BATCHES = 4
+
+
+def default_concurrent_batches(batch: int) -> int:
+    """Batches at once unless told otherwise: enough for IMAGES_IN_FLIGHT images, at most 4 (4 at the
+    official 32, 2 at 64, 1 from 128 on). Small batches leave most of the GPU idle in each kernel, and each
+    batch at once costs a KV cache, so large batches keep the memory of one (scripts/bench_sample.py
+    --concurrent-batches measures speed and memory)."""
+    return max(1, min(MAX_CONCURRENT_BATCHES, IMAGES_IN_FLIGHT // batch))
+
 
 Sampler = Callable[..., torch.Tensor]  # make_sampler's function: (labels, sampling, generator, **kw) -> tokens
 

@@ -34,7 +34,7 @@ from typing import List, Optional
 import numpy as np
 import torch
 
-from autoregressive.sampler_pool import DEFAULT_CONCURRENT_BATCHES
+from autoregressive.sampler_pool import default_concurrent_batches
 from autoregressive.utils.cli import UserError, check_at_least, run_main
 from autoregressive.utils.dist import free_port
 
@@ -160,7 +160,7 @@ def main(argv=None) -> None:
     args = get_args_parser().parse_args(argv)
     check_at_least("--num-images", args.num_images, 1)
     check_at_least("--concurrent-batches", args.concurrent_batches, 1)
-    concurrent = args.concurrent_batches or DEFAULT_CONCURRENT_BATCHES
+    concurrent = lambda batch: args.concurrent_batches or default_concurrent_batches(batch)
     if args.official_images % 1000:
         raise UserError("--official-images must be a multiple of 1000: the official script samples every class "
                         "equally often")
@@ -187,11 +187,12 @@ def main(argv=None) -> None:
     runs = [(batch, False) for batch in args.no_png_batches] + [(batch, True) for batch in args.batches]
     npz = {}
     for batch, pngs in runs:
-        name = "ours" if pngs else "ours --no-png"
+        at_once = concurrent(batch)
+        name = ("ours" if pngs else "ours --no-png") + (f", {at_once} at once" if at_once > 1 else "")
         times = os.path.join(work, f"ours-{batch}-{pngs}.json")
         out = os.path.join(work, f"ours-{batch}-{'png' if pngs else 'npy'}")
         flags = [*common, "--num-fid-samples", str(args.num_images), "--sample-dir", out,
-                 "--per-proc-batch-size", str(batch), "--concurrent-batches", str(concurrent), "--timings", times,
+                 "--per-proc-batch-size", str(batch), "--concurrent-batches", str(at_once), "--timings", times,
                  *([] if pngs else ["--no-png"])]
         try:
             wall, record = launch(os.path.join(ROOT, "sample_c2i_ddp.py"), flags, times, env, ROOT)
@@ -207,9 +208,10 @@ def main(argv=None) -> None:
                 same = np.array_equal(a["arr_0"], b["arr_0"]) and np.array_equal(a["labels"], b["labels"])
             print(f"batch {batch}: the --no-png .npz {'equals' if same else 'DIFFERS FROM'} the PNG run's", flush=True)
     device = torch.device("cuda")
-    model_rates = {batch: model_only(batch, concurrent, device) for batch in sorted({b for b, _ in runs})}
+    model_rates = {batch: model_only(batch, concurrent(batch), device) for batch in sorted({b for b, _ in runs})}
     print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}; "
-          f"flags {' '.join(OFFICIAL_FLAGS)}, random weights; ours {concurrent} batches at once")
+          f"flags {' '.join(OFFICIAL_FLAGS)}, random weights; ours with "
+          f"{', '.join(f'{concurrent(b)} at once at batch {b}' for b in sorted(model_rates))}")
     print("\n".join(table(rows, official, model_rates)))
     if not args.keep_samples:
         for entry in os.listdir(work):

@@ -189,7 +189,7 @@ def test_non_default_numerics_get_their_own_folder():
 
 
 def test_batches_sampled_at_once_give_the_images_of_one_at_a_time(digits_ckpt, tmp_path):
-    """--concurrent-batches: each batch on a sampler of its own (the CUDA default is 4; here on the CPU)."""
+    """--concurrent-batches: each batch on a sampler of its own (the CUDA default at batch 32 is 4; here on the CPU)."""
     import json
 
     run_inline(flags(digits_ckpt, tmp_path / "one", extra=("--no-png",)))

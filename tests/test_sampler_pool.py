@@ -6,7 +6,7 @@ import torch
 
 from autoregressive.fast_generate import make_sampler
 from autoregressive.models.arpg import ARPG_models
-from autoregressive.sampler_pool import SamplerPool
+from autoregressive.sampler_pool import SamplerPool, default_concurrent_batches
 from autoregressive.sampling import SamplingConfig, batch_generator
 
 
@@ -70,3 +70,7 @@ def test_close_finishes_the_batch_under_way_and_drops_the_queued_ones():
     threading.Timer(0.2, release.set).start()
     pool.close()
     assert int(running.result()) == 0 and queued.cancelled()
+
+
+def test_the_default_keeps_about_128_images_in_flight_and_at_most_4_batches():
+    assert [default_concurrent_batches(b) for b in (1, 16, 32, 50, 64, 100, 128, 250)] == [4, 4, 4, 2, 2, 1, 1, 1]
