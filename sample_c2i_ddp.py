@@ -19,10 +19,9 @@ import json
 import math
 import os
 import time
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Deque, Optional, Tuple
+from typing import Optional
 
 import numpy as np
 import torch
@@ -313,14 +312,8 @@ def sample_into(folder: str, inputs: SampleInputs, model, vq, pool: SamplerPool,
                          default_workers(local_processes))
     decoder = DecoderThread(render, writer, clock)
     stored = stored_batches(folder)
-    in_flight: Deque[Tuple[int, int, Future]] = deque()  # (first sample, count, tokens) in batch order
 
-    def hand_over(keep: int) -> None:
-        while len(in_flight) > keep:
-            first, count, tokens = in_flight.popleft()
-            decoder.put(first, count, tokens.result())
-
-    try:
+    def jobs():  # (first sample, count) and the sampler's arguments of each batch still to make
         for k in progress:
             first = k * batch
             indices = [i for i in range(first, first + batch) if i < total]
@@ -329,16 +322,13 @@ def sample_into(folder: str, inputs: SampleInputs, model, vq, pool: SamplerPool,
             batch_indices = torch.arange(first, first + batch, device=info.device)
             condition_map = inputs.condition_maps(batch_indices)
             extra = {} if condition_map is None else {"condition_map": condition_map}
-            in_flight.append((first, len(indices), pool.submit(
-                inputs.labels(batch_indices), sampling, batch_generator(info.device, args.global_seed, first), **extra)))
-            # A worker captures its graphs in its first batch, which must have the GPU to itself: until every
-            # worker has, batches run one at a time and the decoder waits (DecoderThread).
-            if not pool.warm:
-                in_flight[-1][2].result()
-                clock.mark("first_batch_sampled")
-            if pool.warm:
-                hand_over(pool.size - 1)
-        hand_over(0)
+            yield ((first, len(indices)), (inputs.labels(batch_indices), sampling,
+                                           batch_generator(info.device, args.global_seed, first)), extra)
+
+    try:
+        for (first, count), tokens in pool.imap(jobs()):
+            clock.mark("first_batch_sampled")
+            decoder.put(first, count, tokens)
     except torch.cuda.OutOfMemoryError as error:
         raise out_of_memory(batch, pool.size, progress if info.is_main else None) from error
     finally:

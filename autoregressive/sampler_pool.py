@@ -9,8 +9,9 @@ are the ones a sampler gives it alone: the same graphs replayed over the same in
 import queue
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future
-from typing import Callable, Optional
+from typing import Any, Callable, Deque, Iterable, Iterator, Optional, Tuple
 
 import torch
 
@@ -31,8 +32,7 @@ Sampler = Callable[..., torch.Tensor]  # make_sampler's function: (labels, sampl
 
 class SamplerPool:
     """submit() hands batch j to worker j mod size and returns a Future of its tokens, complete on the
-    GPU when the Future is done. A worker captures its CUDA graphs in its first batch, and a capture
-    wants the GPU to itself: callers run batches one at a time until `warm` (see sample_c2i_ddp.py)."""
+    GPU when the Future is done; imap() runs a sequence of batches, `size` at a time."""
 
     def __init__(self, make_sampler: Callable[[], Sampler], size: int, device: torch.device):
         self.workers = [_Worker(make_sampler(), device, self, index) for index in range(size)]
@@ -53,6 +53,23 @@ class SamplerPool:
         worker = self.workers[self.submitted % self.size]
         self.submitted += 1
         return worker.submit(args, kwargs)
+
+    def imap(self, jobs: Iterable[Tuple[Any, tuple, dict]]) -> Iterator[Tuple[Any, torch.Tensor]]:
+        """(tag, tokens) of each job (tag, sampler args, sampler kwargs), in job order, with `size` batches
+        sampling at once; jobs are drawn as room frees up. A worker captures its CUDA graphs in its first
+        batch, and a capture wants the GPU to itself: until every worker has, batches run one at a time and
+        nothing is yielded, so the caller's own GPU work (a VQ decoder) cannot run beside a capture."""
+        in_flight: Deque[Tuple[Any, Future]] = deque()
+        for tag, args, kwargs in jobs:
+            in_flight.append((tag, self.submit(*args, **kwargs)))
+            if not self.warm:
+                in_flight[-1][1].result()
+            while self.warm and len(in_flight) >= self.size:
+                tag, tokens = in_flight.popleft()
+                yield tag, tokens.result()
+        while in_flight:
+            tag, tokens = in_flight.popleft()
+            yield tag, tokens.result()
 
     def close(self) -> None:
         """Finish the batches under way, drop the queued ones, stop the threads."""

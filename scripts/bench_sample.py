@@ -111,28 +111,24 @@ def check_greedy(title: str, key: str, fast: FastSampler, reference, labels, sam
 def bench_concurrent(name, batch_sizes, counts, sampling, reps, device):
     """Rows (model, batch, batches at once, img/s, x one at a time, same tokens, peak GiB allocated) of the
     sampler pool at each count: the same batches (seeded by their first sample, as sample_c2i_ddp.py)
-    through each pool, repetitions interleaved across the pools."""
+    through each pool, repetitions interleaved across the pools; the first run of each (graph capture
+    included) gives its tokens and peak."""
     model = random_model(name, device)
     rows = []
     for batch in batch_sizes:
         num_batches = 4 * max(counts)
-        batches = [(torch.arange(k * batch, (k + 1) * batch, device=device) % model.config.num_classes, k * batch)
-                   for k in range(num_batches)]
-
-        def run(pool):
-            futures = [pool.submit(labels, sampling, batch_generator(device, 0, first)) for labels, first in batches]
-            return [future.result() for future in futures]
-
-        pools, peaks = {}, {}
+        labels = lambda first: torch.arange(first, first + batch, device=device) % model.config.num_classes
+        run = lambda pool: [tokens for _, tokens in pool.imap(
+            (first, (labels(first), sampling, batch_generator(device, 0, first)), {})
+            for first in range(0, num_batches * batch, batch))]
+        pools, peaks, tokens = {}, {}, {}
         for count in counts:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             before = torch.cuda.memory_allocated()
             pools[count] = SamplerPool(lambda: make_sampler(model), count, device)
-            for labels, first in batches[:count]:  # each worker captures its graphs alone
-                pools[count].submit(labels, sampling, batch_generator(device, 0, first)).result()
+            tokens[count] = run(pools[count])
             peaks[count] = (torch.cuda.max_memory_allocated() - before + model_bytes(model)) / 2**30  # as if alone
-        tokens = {count: run(pools[count]) for count in counts}
         times = {count: [] for count in counts}
         for _ in range(reps):
             for count in counts:

@@ -9,8 +9,8 @@ Both scripts run under torchrun --nproc_per_node=1 with the official README's fl
 layout and one random VQ-16 checkpoint (written first into --work-dir). The official script runs from its
 own tree through scripts/time_official_sample.py (its stages timed), ours with --timings and
 --concurrent-batches (default: sample_c2i_ddp.py's). Columns:
-start-up = launch until the first batch's tokens are sampled (loading, compilation, graph capture; our
-VQ decoder compiles after that, on its own thread beside the next batches); model, VQ decoding and
+start-up = launch until the first batch's tokens are sampled (loading, compilation, every sampler's graph
+capture; our VQ decoder compiles after that, on its own thread beside the next batches); model, VQ decoding and
 encoding+writing = seconds busy over the whole run (ours overlaps them: the VQ decoder of a batch runs
 beside the sampling of the next, the writers on threads, so they add up to more than the wall time;
 writing is summed over the writer threads; our VQ time is GPU time, without its compilation); packing =
@@ -114,13 +114,9 @@ def model_only(batch: int, concurrent: int, device) -> float:
     sampling = SamplingConfig(num_steps=64, cfg_scale=5.0, sample_schedule="arccos")
     labels = torch.arange(batch, device=device) % model.config.num_classes
     batches = 4 * pool.size
-    for k in range(pool.size):  # each worker captures its graphs alone
-        pool.submit(labels, sampling, batch_generator(device, 0, k)).result()
-
-    def run():
-        futures = [pool.submit(labels, sampling, batch_generator(device, 0, k)) for k in range(batches)]
-        return [future.result() for future in futures]
+    run = lambda: list(pool.imap((k, (labels, sampling, batch_generator(device, 0, k)), {}) for k in range(batches)))
     try:
+        run()  # the warm-up: each worker captures its graphs
         return batches * batch / float(np.median([timed(run)[1] for _ in range(3)]))
     finally:
         pool.close()

@@ -1,5 +1,6 @@
 """autoregressive/sampler_pool.py on CPU: several workers give each batch the tokens of one sampler alone."""
 import threading
+import time
 
 import pytest
 import torch
@@ -74,3 +75,29 @@ def test_close_finishes_the_batch_under_way_and_drops_the_queued_ones():
 
 def test_the_default_keeps_about_128_images_in_flight_and_at_most_4_batches():
     assert [default_concurrent_batches(b) for b in (1, 16, 32, 50, 64, 100, 128, 250)] == [4, 4, 4, 2, 2, 1, 1, 1]
+
+
+def test_imap_runs_batches_alone_until_every_worker_has_captured_then_size_at_once_in_order():
+    lock, running, seen = threading.Lock(), [0], []  # seen: (job, batches running when it started)
+
+    def make():
+        def sample(j):
+            with lock:
+                running[0] += 1
+                seen.append((j, running[0]))
+            time.sleep(0.2)  # long enough for the batches submitted together to overlap on a busy machine
+            with lock:
+                running[0] -= 1
+            return torch.tensor([j])
+        return sample
+
+    pool = SamplerPool(make, 3, torch.device("cpu"))
+    try:
+        results = []
+        for tag, tokens in pool.imap((j, (j,), {}) for j in range(9)):
+            results.append((tag, int(tokens), pool.warm))
+    finally:
+        pool.close()
+    assert results == [(j, j, True) for j in range(9)]  # in job order, none before every worker had a batch
+    assert seen[:3] == [(0, 1), (1, 1), (2, 1)]  # the captures ran alone
+    assert max(count for _, count in seen[3:]) == 3
