@@ -1,0 +1,115 @@
+"""VQ-16 decoding throughput (tokens -> uint8 images, as sample_c2i_ddp.py renders them), variant by variant.
+
+Random VQ-16 weights and random tokens (throughput does not depend on them). Each variant decodes the same
+tokens; repetitions of the variants are interleaved and the medians reported, with each variant's pixels
+against the first variant's (eager float32 with TF32, as the official scripts decode): the largest
+difference in grey levels and the share of pixels that differ at all.
+
+Variants (--variants, comma-separated):
+  eager       float32, TF32 on
+  eager-cl    the same in channels_last (NHWC) memory layout
+  compiled    torch.compile of the decoder (sample_c2i_ddp.py's default)
+  compiled-cl the compiled decoder fed and built in channels_last
+  fp16        the compiled decoder in float16 (--vq-precision fp16, opt-in)
+--cudnn-benchmark lets cuDNN time its convolution algorithms first (all variants).
+
+    python -m scripts.bench_vq_decode --batch-sizes 32 128 250
+"""
+import argparse
+import copy
+import statistics
+from typing import Optional
+
+import torch
+
+from autoregressive.render import tokens_to_pixels
+from autoregressive.utils.cli import UserError, check_at_least, run_main
+from autoregressive.utils.device import enable_tf32
+from autoregressive.weights import prepare_vq
+from scripts.bench_common import timed
+from tokenizer.vq_model import VQConfig, VQModel
+
+VARIANTS = ("eager", "eager-cl", "compiled", "compiled-cl", "fp16")
+
+
+def build(name: str, base, device):
+    vq = copy.deepcopy(base)
+    dtype = torch.float16 if name == "fp16" else torch.float32
+    vq = prepare_vq(vq, device, dtype, compile_decoder=name.startswith("compiled") or name == "fp16")
+    if name.endswith("-cl"):
+        vq = vq.to(memory_format=torch.channels_last)
+    return vq
+
+
+def decoder(vq, channels_last: bool):
+    def run(tokens):
+        if channels_last:  # the latents in NHWC too, as the codebook lookup lays them out
+            weight = vq.post_quant_conv.weight
+            vectors = vq.quantize.codebook()[tokens].to(weight.dtype)
+            latents = vectors.view(tokens.shape[0], 16, 16, -1).permute(0, 3, 1, 2)
+            pixels = vq.decode(latents).float()
+            return torch.clamp(127.5 * pixels + 128.0, 0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+        return tokens_to_pixels(tokens, 16, vq, vq.config.codebook_size)[0]
+    return run
+
+
+def parse_variants(text: str):
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in VARIANTS]
+    if unknown or not names:
+        raise UserError(f"--variants: unknown {', '.join(unknown) or '(none)'}; choose from {', '.join(VARIANTS)}")
+    return names
+
+
+@torch.inference_mode()
+def bench(batch_sizes, variants, reps, device, config: Optional[VQConfig] = None):
+    """Rows (batch, variant, img/s, max grey-level difference to the first variant, share of pixels differing)
+    for a random VQ model of config (VQ-16's by default) on a 16 x 16 grid of random codes."""
+    torch.manual_seed(0)
+    base = VQModel(config or VQConfig())
+    models = {name: build(name, base, device) for name in variants}
+    runs = {name: decoder(models[name], name.endswith("-cl")) for name in variants}
+    rows = []
+    for batch in batch_sizes:
+        tokens = torch.randint(0, base.config.codebook_size, (batch, 256), device=device, generator=torch.Generator(device).manual_seed(batch))
+        images = {}
+        for name in variants:  # warm-up: compilation at this shape, cuDNN's choices
+            images[name], seconds = timed(lambda: runs[name](tokens))
+            print(f"b{batch} {name}: first call {seconds:.1f} s", flush=True)
+        times = {name: [] for name in variants}
+        for _ in range(reps):
+            for name in variants:
+                times[name].append(timed(lambda: runs[name](tokens))[1])
+        reference = images[variants[0]].int()
+        for name in variants:
+            diff = (images[name].int() - reference).abs()
+            seconds = statistics.median(times[name])
+            rows.append((batch, name, batch / seconds, diff.max().item(), (diff > 0).float().mean().item()))
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128, 250])
+    parser.add_argument("--variants", type=parse_variants, default=list(VARIANTS))
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--cudnn-benchmark", action="store_true")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    check_at_least("--reps", args.reps, 1)
+    for batch in args.batch_sizes:
+        check_at_least("--batch-sizes", batch, 1)
+    enable_tf32()
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    rows = bench(args.batch_sizes, args.variants, args.reps, torch.device(args.device))
+    name = torch.cuda.get_device_name() if torch.device(args.device).type == "cuda" else "CPU"
+    print(f"\n{name}, torch {torch.__version__}, cudnn.benchmark {args.cudnn_benchmark}, medians of {args.reps}")
+    print(f"| batch | variant | img/s | x {args.variants[0]} | max grey-level difference | pixels differing |")
+    print("|---|---|---|---|---|---|")
+    for batch, variant, rate, worst, share in rows:
+        base = next(r for b, v, r, _, _ in rows if b == batch and v == args.variants[0])
+        print(f"| {batch} | {variant} | {rate:.1f} | {rate / base:.2f}x | {worst} | {share:.2%} |")
+
+
+if __name__ == "__main__":
+    run_main(main)

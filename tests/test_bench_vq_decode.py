@@ -1,0 +1,24 @@
+"""scripts/bench_vq_decode.py on the CPU with a tiny VQ model: every variant decodes the same codes, and each
+row compares its pixels with the first variant's."""
+import pytest
+
+from scripts import bench_vq_decode
+from autoregressive.utils.cli import UserError
+from tokenizer.vq_model import VQConfig
+
+TINY = VQConfig(codebook_size=64, codebook_embed_dim=4, z_channels=16, base_channels=8, norm_groups=4,
+                encoder_ch_mult=(1, 2), decoder_ch_mult=(1, 2), num_res_blocks=1, usage_buffer_size=8)
+
+
+def test_rows_compare_each_variant_with_the_first():
+    rows = bench_vq_decode.bench([2, 3], ["eager", "eager-cl"], 2, "cpu", TINY)
+    assert [(batch, name) for batch, name, *_ in rows] == [(2, "eager"), (2, "eager-cl"), (3, "eager"), (3, "eager-cl")]
+    assert all(rate > 0 for _, _, rate, _, _ in rows)
+    assert rows[0][3:] == (0, 0.0)  # the reference against itself
+    # channels_last reorders the convolutions' sums: at most a grey level apart, never another image
+    assert all(worst <= 1 and share < 0.01 for _, name, _, worst, share in rows if name == "eager-cl")
+
+
+def test_unknown_variants_are_refused():
+    with pytest.raises(UserError, match="unknown fast; choose from eager"):
+        bench_vq_decode.parse_variants("eager,fast")
