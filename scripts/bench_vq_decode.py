@@ -5,13 +5,13 @@ tokens; repetitions of the variants are interleaved and the medians reported, wi
 against the first variant's (eager float32 with TF32, as the official scripts decode): the largest
 difference in grey levels and the share of pixels that differ at all.
 
-Variants (--variants, comma-separated):
-  eager       float32, TF32 on
-  eager-cl    the same in channels_last (NHWC) memory layout
-  compiled    torch.compile of the decoder (sample_c2i_ddp.py's default)
-  compiled-cl the compiled decoder fed and built in channels_last
-  fp16        the compiled decoder in float16 (--vq-precision fp16, opt-in)
---cudnn-benchmark lets cuDNN time its convolution algorithms first (all variants).
+Variants (--variants, comma-separated): a base, then any of its options joined by "+":
+  eager        float32, TF32 on (what the official scripts decode with)
+  compiled     torch.compile of the decoder (sample_c2i_ddp.py's default)
+  fp16         the compiled decoder in float16 (--vq-precision fp16, opt-in)
+  +cl          channels_last (NHWC) weights and latents
+  +bm          cuDNN times its convolution algorithms first (torch.backends.cudnn.benchmark)
+e.g. eager,eager+cl,eager+bm,compiled,compiled+cl+bm.
 
     python -m scripts.bench_vq_decode --batch-sizes 32 128 250
 """
@@ -29,20 +29,24 @@ from autoregressive.weights import prepare_vq
 from scripts.bench_common import timed
 from tokenizer.vq_model import VQConfig, VQModel
 
-VARIANTS = ("eager", "eager-cl", "compiled", "compiled-cl", "fp16")
+BASES, OPTIONS = ("eager", "compiled", "fp16"), ("cl", "bm")
+DEFAULT_VARIANTS = "eager,eager+cl,eager+bm,eager+cl+bm,compiled,compiled+bm,compiled+cl+bm,fp16+bm"
 
 
 def build(name: str, base, device):
-    vq = copy.deepcopy(base)
-    dtype = torch.float16 if name == "fp16" else torch.float32
-    vq = prepare_vq(vq, device, dtype, compile_decoder=name.startswith("compiled") or name == "fp16")
-    if name.endswith("-cl"):
+    kind, *options = name.split("+")
+    dtype = torch.float16 if kind == "fp16" else torch.float32
+    vq = prepare_vq(copy.deepcopy(base), device, dtype, compile_decoder=kind != "eager")
+    if "cl" in options:
         vq = vq.to(memory_format=torch.channels_last)
     return vq
 
 
-def decoder(vq, channels_last: bool):
+def decoder(vq, options):
+    channels_last, benchmark = "cl" in options, "bm" in options
+
     def run(tokens):
+        torch.backends.cudnn.benchmark = benchmark
         if channels_last:  # the latents in NHWC too, as the codebook lookup lays them out
             weight = vq.post_quant_conv.weight
             vectors = vq.quantize.codebook()[tokens].to(weight.dtype)
@@ -55,9 +59,11 @@ def decoder(vq, channels_last: bool):
 
 def parse_variants(text: str):
     names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in VARIANTS]
+    unknown = [name for name in names if name.split("+")[0] not in BASES or
+               any(option not in OPTIONS for option in name.split("+")[1:])]
     if unknown or not names:
-        raise UserError(f"--variants: unknown {', '.join(unknown) or '(none)'}; choose from {', '.join(VARIANTS)}")
+        raise UserError(f"--variants: unknown {', '.join(unknown) or '(none)'}; a base of {', '.join(BASES)}, "
+                        f"then options joined by '+': {', '.join(OPTIONS)}")
     return names
 
 
@@ -68,7 +74,7 @@ def bench(batch_sizes, variants, reps, device, config: Optional[VQConfig] = None
     torch.manual_seed(0)
     base = VQModel(config or VQConfig())
     models = {name: build(name, base, device) for name in variants}
-    runs = {name: decoder(models[name], name.endswith("-cl")) for name in variants}
+    runs = {name: decoder(models[name], name.split("+")[1:]) for name in variants}
     rows = []
     for batch in batch_sizes:
         tokens = torch.randint(0, base.config.codebook_size, (batch, 256), device=device, generator=torch.Generator(device).manual_seed(batch))
@@ -91,23 +97,23 @@ def bench(batch_sizes, variants, reps, device, config: Optional[VQConfig] = None
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128, 250])
-    parser.add_argument("--variants", type=parse_variants, default=list(VARIANTS))
+    parser.add_argument("--variants", default=DEFAULT_VARIANTS, help="comma-separated (see above)")
     parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--cudnn-benchmark", action="store_true")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
+    variants = parse_variants(args.variants)
     check_at_least("--reps", args.reps, 1)
     for batch in args.batch_sizes:
         check_at_least("--batch-sizes", batch, 1)
     enable_tf32()
-    torch.backends.cudnn.benchmark = args.cudnn_benchmark
-    rows = bench(args.batch_sizes, args.variants, args.reps, torch.device(args.device))
+    torch._dynamo.config.cache_size_limit = 64  # one compiled decoder per variant and batch size
+    rows = bench(args.batch_sizes, variants, args.reps, torch.device(args.device))
     name = torch.cuda.get_device_name() if torch.device(args.device).type == "cuda" else "CPU"
-    print(f"\n{name}, torch {torch.__version__}, cudnn.benchmark {args.cudnn_benchmark}, medians of {args.reps}")
-    print(f"| batch | variant | img/s | x {args.variants[0]} | max grey-level difference | pixels differing |")
+    print(f"\n{name}, torch {torch.__version__}, medians of {args.reps}")
+    print(f"| batch | variant | img/s | x {variants[0]} | max grey-level difference | pixels differing |")
     print("|---|---|---|---|---|---|")
     for batch, variant, rate, worst, share in rows:
-        base = next(r for b, v, r, _, _ in rows if b == batch and v == args.variants[0])
+        base = next(r for b, v, r, _, _ in rows if b == batch and v == variants[0])
         print(f"| {batch} | {variant} | {rate:.1f} | {rate / base:.2f}x | {worst} | {share:.2%} |")
 
 

@@ -11,14 +11,14 @@ TINY = VQConfig(codebook_size=64, codebook_embed_dim=4, z_channels=16, base_chan
 
 
 def test_rows_compare_each_variant_with_the_first():
-    rows = bench_vq_decode.bench([2, 3], ["eager", "eager-cl"], 2, "cpu", TINY)
-    assert [(batch, name) for batch, name, *_ in rows] == [(2, "eager"), (2, "eager-cl"), (3, "eager"), (3, "eager-cl")]
+    rows = bench_vq_decode.bench([2, 3], ["eager", "eager+cl+bm"], 2, "cpu", TINY)
+    assert [(batch, name) for batch, name, *_ in rows] == [(2, "eager"), (2, "eager+cl+bm"), (3, "eager"), (3, "eager+cl+bm")]
     assert all(rate > 0 for _, _, rate, _, _ in rows)
     assert rows[0][3:] == (0, 0.0)  # the reference against itself
     # channels_last reorders the convolutions' sums: at most a grey level apart, never another image
-    assert all(worst <= 1 and share < 0.01 for _, name, _, worst, share in rows if name == "eager-cl")
+    assert all(worst <= 1 and share < 0.01 for _, name, _, worst, share in rows if name == "eager+cl+bm")
 
 
 def test_unknown_variants_are_refused():
-    with pytest.raises(UserError, match="unknown fast; choose from eager"):
-        bench_vq_decode.parse_variants("eager,fast")
+    with pytest.raises(UserError, match=r"unknown fast, eager\+nhwc; a base of eager"):
+        bench_vq_decode.parse_variants("eager,fast,eager+nhwc")
