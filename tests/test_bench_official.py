@@ -1,12 +1,14 @@
 """scripts/bench_official.py's plumbing on the CPU. The official repository is not part of this project,
 so a stand-in with its interface (models/arpg.py exposing ARPG_models; forward(ids, labels, targets) ->
 (logits, loss); generate(labels, guidance_scale=..., num_iter=...)) wraps our tiny model."""
+import functools
 import sys
 import textwrap
 
 import pytest
 
 from autoregressive import fast_generate
+from autoregressive.models import arpg
 from scripts import bench_official
 from autoregressive.utils.cli import InputNotFound
 
@@ -44,6 +46,8 @@ def test_the_harness_times_both_sides_and_tabulates_ratios(tmp_path, capsys, mon
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(fast_generate, "GraphedSteps", CountedSteps)
+    # both sides build ARPG-tiny from this table; a small vocabulary keeps the head's matmuls short
+    monkeypatch.setitem(arpg.ARPG_models, "ARPG-tiny", functools.partial(arpg.ARPG_tiny, vocab_size=512))
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "arpg.py").write_text(STAND_IN)
     bench_official.main(["--official-repo", str(tmp_path), "--device", "cpu", "--train-models", "ARPG-tiny",
