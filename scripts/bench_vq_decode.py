@@ -9,7 +9,7 @@ Variants (--variants, comma-separated): a base, then any of its options joined b
   eager        float32, TF32 on (what the official scripts decode with)
   compiled     torch.compile of the decoder (sample_c2i_ddp.py's default)
   fp16         the compiled decoder in float16 (--vq-precision fp16, opt-in)
-  +cl          channels_last (NHWC) weights and latents
+  +cl          channels_last (NHWC) weights, and so latents (VQModel.decode_code keeps them NHWC)
   +bm          cuDNN times its convolution algorithms first (torch.backends.cudnn.benchmark)
 e.g. eager,eager+cl,eager+bm,compiled,compiled+cl+bm.
 
@@ -43,16 +43,10 @@ def build(name: str, base, device):
 
 
 def decoder(vq, options):
-    channels_last, benchmark = "cl" in options, "bm" in options
+    benchmark = "bm" in options
 
     def run(tokens):
         torch.backends.cudnn.benchmark = benchmark
-        if channels_last:  # the latents in NHWC too, as the codebook lookup lays them out
-            weight = vq.post_quant_conv.weight
-            vectors = vq.quantize.codebook()[tokens].to(weight.dtype)
-            latents = vectors.view(tokens.shape[0], 16, 16, -1).permute(0, 3, 1, 2)
-            pixels = vq.decode(latents).float()
-            return torch.clamp(127.5 * pixels + 128.0, 0, 255).to(torch.uint8).permute(0, 2, 3, 1)
         return tokens_to_pixels(tokens, 16, vq, vq.config.codebook_size)[0]
     return run
 

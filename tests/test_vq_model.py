@@ -61,3 +61,16 @@ def test_strict_load_round_trip_and_bf16_decode():
         VQModel(TINY).load_state_dict(state, strict=True)
     images = fresh.to(torch.bfloat16).decode_code(torch.randint(0, 64, (1, 16)))
     assert images.dtype == torch.bfloat16 and torch.isfinite(images.float()).all()
+
+
+def test_a_channels_last_decoder_gets_channels_last_latents_and_the_same_images(monkeypatch):
+    vq, codes = tiny_vq(), torch.randint(0, 64, (2, 16))
+    layouts = []
+    monkeypatch.setattr(vq.decoder.conv_in, "forward", lambda x, conv=vq.decoder.conv_in.forward: (
+        layouts.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()), conv(x))[1])
+    with torch.no_grad():
+        plain = vq.decode_code(codes)
+        vq.to(memory_format=torch.channels_last)
+        nhwc = vq.decode_code(codes)
+    assert layouts == [False, True]  # the default layout gets contiguous latents, as it decodes them fastest
+    assert torch.allclose(nhwc, plain, atol=1e-5)

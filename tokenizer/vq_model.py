@@ -215,8 +215,10 @@ class VQModel(nn.Module):
             raise ValueError(f"decode shape {tuple(shape)} does not hold {num} codes per image")
         weight = self.post_quant_conv.weight
         vectors = self.quantize.codebook()[indices].to(weight.dtype)  # (B, N, C)
-        quant = vectors.view(batch, shape[2], shape[3], shape[1]).permute(0, 3, 1, 2)
-        return self.decode(quant.contiguous())  # contiguous: channels-last input decodes slower eagerly
+        quant = vectors.view(batch, shape[2], shape[3], shape[1]).permute(0, 3, 1, 2)  # channels-last strides
+        if not self.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last):
+            quant = quant.contiguous()  # a decoder in the default layout decodes channels-last input slower eagerly
+        return self.decode(quant)
 
 
 def VQ_16(**overrides) -> VQModel:
