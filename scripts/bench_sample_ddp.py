@@ -21,10 +21,14 @@ default count of batches at once. The 50,000-image column
 projects each run: its own time to the last file (start-up and every cold compilation as measured), the
 images it did not make at the steady rate (capped at model only's: faster is a backlog draining), and
 packing scaled by the image count.
+
+--our-flags adds sample_c2i_ddp.py flags to our runs (an opt-in such as "--vq-precision fp16"); the rows
+name them.
 """
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -41,6 +45,10 @@ from autoregressive.utils.dist import free_port
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OFFICIAL_FLAGS = ["--gpt-model", "ARPG-L", "--cfg-scale", "5.0", "--step", "64", "--sample-schedule", "arccos"]
 PROJECTED = 50000
+# What the benchmark sets on our runs itself; --our-flags may not set them again.
+SET_BY_THE_BENCHMARK = ("--gpt-model", "--cfg-scale", "--step", "--sample-schedule", "--gpt-ckpt", "--vq-ckpt",
+                        "--num-fid-samples", "--sample-dir", "--per-proc-batch-size", "--concurrent-batches",
+                        "--timings", "--no-png")
 
 
 def random_checkpoints(work_dir: str, official_repo: str):
@@ -147,13 +155,37 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-png-batches", nargs="*", type=int, default=[250], help="our runs with --no-png")
     parser.add_argument("--concurrent-batches", type=int, default=None,
                         help="our runs' --concurrent-batches (default: sample_c2i_ddp.py's)")
+    parser.add_argument("--our-flags", default="", help="more sample_c2i_ddp.py flags for our runs, as one string "
+                        "(e.g. \"--vq-precision fp16\"); the model-only rate stays the default sampler's")
     parser.add_argument("--work-dir", default="bench_sample_ddp", help="checkpoints and samples (emptied first)")
     parser.add_argument("--keep-samples", action="store_true", help="leave the sample folders in --work-dir")
     return parser
 
 
+def parse_our_flags(text: str) -> List[str]:
+    """--our-flags split as a shell would, refused where sample_c2i_ddp.py does not know a flag or the
+    benchmark sets it itself."""
+    flags = shlex.split(text)
+    names = [flag.split("=")[0] for flag in flags if flag.startswith("--")]
+    taken = [name for name in names if name in SET_BY_THE_BENCHMARK]
+    if taken:
+        raise UserError(f"--our-flags: {', '.join(taken)} is set by the benchmark itself; use its own flags instead")
+    from sample_c2i_ddp import get_args_parser as ours
+
+    parser = ours()
+    parser.exit_on_error = False  # a bad value raises here instead of exiting with the usage text
+    try:
+        _, unknown = parser.parse_known_args(flags)
+    except argparse.ArgumentError as error:
+        raise UserError(f"--our-flags: {error}") from None
+    if unknown:
+        raise UserError(f"--our-flags: sample_c2i_ddp.py does not take {' '.join(unknown)}; see its --help")
+    return flags
+
+
 def main(argv=None) -> None:
     args = get_args_parser().parse_args(argv)
+    our_flags = parse_our_flags(args.our_flags)
     check_at_least("--num-images", args.num_images, 1)
     check_at_least("--concurrent-batches", args.concurrent_batches, 1)
     concurrent = lambda batch: args.concurrent_batches or default_concurrent_batches(batch)
@@ -185,11 +217,12 @@ def main(argv=None) -> None:
     for batch, pngs in runs:
         at_once = concurrent(batch)
         name = ("ours" if pngs else "ours --no-png") + (f", {at_once} at once" if at_once > 1 else "")
+        name += f", {' '.join(our_flags)}" if our_flags else ""
         times = os.path.join(work, f"ours-{batch}-{pngs}.json")
         out = os.path.join(work, f"ours-{batch}-{'png' if pngs else 'npy'}")
         flags = [*common, "--num-fid-samples", str(args.num_images), "--sample-dir", out,
                  "--per-proc-batch-size", str(batch), "--concurrent-batches", str(at_once), "--timings", times,
-                 *([] if pngs else ["--no-png"])]
+                 *([] if pngs else ["--no-png"]), *our_flags]
         try:
             wall, record = launch(os.path.join(ROOT, "sample_c2i_ddp.py"), flags, times, env, ROOT)
         except RuntimeError as error:  # the other runs still give their rows

@@ -2,6 +2,7 @@
 themselves need a GPU and the official code)."""
 import pytest
 
+from autoregressive.utils.cli import UserError
 from scripts.bench_sample_ddp import PROJECTED, get_args_parser, main, projected, row, steady_rate, table
 
 
@@ -39,3 +40,16 @@ def test_the_steady_rate_is_that_of_the_second_half_of_the_batches():
     written = [[0.0, 10], [50.0, 10], [51.0, 10], [52.0, 10], [53.0, 10], [55.0, 10]]  # a slow start
     assert steady_rate(written) == pytest.approx(20 / 3.0)
     assert steady_rate(written[:3]) is None
+
+
+def test_our_flags_reach_our_runs_and_bad_ones_are_refused():
+    from scripts.bench_sample_ddp import parse_our_flags
+
+    assert parse_our_flags("--vq-precision fp16 --kv-cache=int8") == ["--vq-precision", "fp16", "--kv-cache=int8"]
+    assert parse_our_flags("") == []
+    with pytest.raises(UserError, match="--per-proc-batch-size is set by the benchmark itself"):
+        parse_our_flags("--per-proc-batch-size 64")
+    with pytest.raises(UserError, match="does not take --vq-dtype-typo fp16"):
+        parse_our_flags("--vq-dtype-typo fp16")
+    with pytest.raises(UserError, match="--our-flags: argument --vq-precision: invalid choice: 'fp17'"):
+        parse_our_flags("--vq-precision fp17")
