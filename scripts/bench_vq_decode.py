@@ -24,7 +24,7 @@ import torch
 
 from autoregressive.render import tokens_to_pixels
 from autoregressive.utils.cli import UserError, check_at_least, run_main
-from autoregressive.utils.device import enable_tf32
+from autoregressive.utils.device import enable_tf32, resolve_device
 from autoregressive.weights import prepare_vq
 from scripts.bench_common import timed
 from tokenizer.vq_model import VQConfig, VQModel
@@ -71,7 +71,8 @@ def bench(batch_sizes, variants, reps, device, config: Optional[VQConfig] = None
     runs = {name: decoder(models[name], name.split("+")[1:]) for name in variants}
     rows = []
     for batch in batch_sizes:
-        tokens = torch.randint(0, base.config.codebook_size, (batch, 256), device=device, generator=torch.Generator(device).manual_seed(batch))
+        generator = torch.Generator(device).manual_seed(batch)
+        tokens = torch.randint(0, base.config.codebook_size, (batch, 256), device=device, generator=generator)
         images = {}
         for name in variants:  # warm-up: compilation at this shape, cuDNN's choices
             images[name], seconds = timed(lambda: runs[name](tokens))
@@ -93,7 +94,7 @@ def main(argv=None):
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128, 250])
     parser.add_argument("--variants", default=DEFAULT_VARIANTS, help="comma-separated (see above)")
     parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cuda or cpu")
     args = parser.parse_args(argv)
     variants = parse_variants(args.variants)
     check_at_least("--reps", args.reps, 1)
@@ -101,8 +102,9 @@ def main(argv=None):
         check_at_least("--batch-sizes", batch, 1)
     enable_tf32()
     torch._dynamo.config.cache_size_limit = 64  # one compiled decoder per variant and batch size
-    rows = bench(args.batch_sizes, variants, args.reps, torch.device(args.device))
-    name = torch.cuda.get_device_name() if torch.device(args.device).type == "cuda" else "CPU"
+    device = resolve_device(args.device)
+    rows = bench(args.batch_sizes, variants, args.reps, device)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     print(f"\n{name}, torch {torch.__version__}, medians of {args.reps}")
     print(f"| batch | variant | img/s | x {variants[0]} | max grey-level difference | pixels differing |")
     print("|---|---|---|---|---|---|")
