@@ -1,6 +1,7 @@
-"""What the benchmark scripts share (bench_sample.py, bench_official.py, bench_train.py, sampling_floor.py):
-the hardware rates their floors are computed against, timing and memory helpers, the random-weights model
-they time and the --kv-caches list. A script imports shared helpers from here, not from another script."""
+"""What the benchmark scripts share (bench_sample.py, bench_sample_ddp.py, bench_official.py, bench_train.py,
+sampling_floor.py, bench_vq_decode.py): the hardware rates their floors are computed against, timing and
+memory helpers, the random-weights model they time, a run of seeded batches through a sampler pool and the
+--kv-caches list. A script imports shared helpers from here, not from another script."""
 import gc
 import time
 from typing import Callable, NamedTuple, Optional
@@ -74,6 +75,19 @@ def random_model(name: str, device, builder=None):
     model = (builder or ARPG_models[name])().to(device=device, dtype=torch.bfloat16).eval()
     torch.nn.init.normal_(model.head.weight, std=0.02)
     return model
+
+
+def pool_batches(pool, model, batch: int, num_batches: int, sampling, device) -> list:
+    """The tokens of num_batches batches of `batch` through pool.imap, each labelled and seeded by its first
+    sample as sample_c2i_ddp.py seeds it (global seed 0)."""
+    from autoregressive.sampling import batch_generator
+
+    def labels(first: int) -> torch.Tensor:
+        return torch.arange(first, first + batch, device=device) % model.config.num_classes
+
+    jobs = ((first, (labels(first), sampling, batch_generator(device, 0, first)), {})
+            for first in range(0, num_batches * batch, batch))
+    return [tokens for _, tokens in pool.imap(jobs)]
 
 
 def parse_kv_caches(text: str):

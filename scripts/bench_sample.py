@@ -31,11 +31,11 @@ from autoregressive.kernels.decode_attention import has_fp8
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.models.kv_cache import ScaledCodes, quantise
 from autoregressive.sampler_pool import SamplerPool
-from autoregressive.sampling import KV_CACHE_DTYPES, SamplingConfig, add_sampling_args, batch_generator
+from autoregressive.sampling import KV_CACHE_DTYPES, SamplingConfig, add_sampling_args
 from autoregressive.utils.cli import RenamedFlag, UserError, check_at_least, run_main
 from autoregressive.utils.device import enable_tf32
 from autoregressive.weights import PRECISIONS, prepare_vq
-from scripts.bench_common import alone_peak_gib, model_bytes, parse_kv_caches, random_model, timed
+from scripts.bench_common import alone_peak_gib, model_bytes, parse_kv_caches, pool_batches, random_model, timed
 
 
 @torch.inference_mode()
@@ -117,10 +117,7 @@ def bench_concurrent(name, batch_sizes, counts, sampling, reps, device):
     rows = []
     for batch in batch_sizes:
         num_batches = 4 * max(counts)
-        labels = lambda first: torch.arange(first, first + batch, device=device) % model.config.num_classes
-        run = lambda pool: [tokens for _, tokens in pool.imap(
-            (first, (labels(first), sampling, batch_generator(device, 0, first)), {})
-            for first in range(0, num_batches * batch, batch))]
+        run = lambda pool: pool_batches(pool, model, batch, num_batches, sampling, device)
         pools, peaks, tokens = {}, {}, {}
         for count in counts:
             torch.cuda.synchronize()

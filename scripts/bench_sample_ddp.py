@@ -114,15 +114,14 @@ def model_only(batch: int, concurrent: int, device) -> float:
     batches at once): img/s at batch, median of 3 after a warm-up."""
     from autoregressive.fast_generate import make_sampler
     from autoregressive.sampler_pool import SamplerPool
-    from autoregressive.sampling import SamplingConfig, batch_generator
-    from scripts.bench_sample import random_model, timed
+    from autoregressive.sampling import SamplingConfig
+    from scripts.bench_common import pool_batches, random_model, timed
 
     model = random_model("ARPG-L", device)
     pool = SamplerPool(lambda: make_sampler(model), concurrent, device)
     sampling = SamplingConfig(num_steps=64, cfg_scale=5.0, sample_schedule="arccos")
-    labels = torch.arange(batch, device=device) % model.config.num_classes
     batches = 4 * pool.size
-    run = lambda: list(pool.imap((k, (labels, sampling, batch_generator(device, 0, k)), {}) for k in range(batches)))
+    run = lambda: pool_batches(pool, model, batch, batches, sampling, device)
     try:
         run()  # the warm-up: each worker captures its graphs
         return batches * batch / float(np.median([timed(run)[1] for _ in range(3)]))

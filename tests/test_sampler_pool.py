@@ -101,3 +101,18 @@ def test_imap_runs_batches_alone_until_every_worker_has_captured_then_size_at_on
     assert results == [(j, j, True) for j in range(9)]  # in job order, none before every worker had a batch
     assert seen[:3] == [(0, 1), (1, 1), (2, 1)]  # the captures ran alone
     assert max(count for _, count in seen[3:]) == 3
+
+
+def test_the_benchmarks_batches_are_labelled_and_seeded_by_their_first_sample():
+    from scripts.bench_common import pool_batches
+
+    model, sampling = digits_model(), SamplingConfig(num_steps=8, cfg_scale=2.0)
+    one = make_sampler(model)
+    expected = [one(torch.arange(first, first + 4) % 10, sampling, batch_generator("cpu", 0, first))
+                for first in range(0, 12, 4)]
+    pool = SamplerPool(lambda: make_sampler(model), 2, torch.device("cpu"))
+    try:
+        got = pool_batches(pool, model, 4, 3, sampling, torch.device("cpu"))
+    finally:
+        pool.close()
+    assert len(got) == 3 and all(torch.equal(a, b) for a, b in zip(got, expected))
