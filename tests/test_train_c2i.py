@@ -129,9 +129,10 @@ def final_state(results: Path, tmp_path: Path, step: Optional[int] = None):
 
 
 # The uninterrupted 2-process runs (finished_run) that several tests compare with or resume from a copy of.
-# ddp: every loss logged, a checkpoint every 3 steps (train_flags' --ckpt-every).
+# ddp: every loss logged, a checkpoint every 3 steps (train_flags' --ckpt-every). fsdp: with --deterministic,
+# as the GPU resume check (scripts/check_multigpu.sh) runs it.
 DDP_RUN = ("--max-steps", "12", "--log-every", "1")
-FSDP_RUN = ("--max-steps", "6", "--data-parallel", "fsdp")
+FSDP_RUN = ("--max-steps", "9", "--data-parallel", "fsdp", "--deterministic")
 
 
 def copy_run(results: Path, copy: Path, last_step: int) -> None:
@@ -169,10 +170,10 @@ def run_killed_and_resumed(codes: Path, results: Path, extra) -> str:
 def test_two_process_run_killed_and_resumed_equals_uninterrupted(tmp_path, mode, finished_run):
     """9 steps of 2 gloo processes: uninterrupted vs SIGKILL after the step-3 checkpoint and --resume.
     fsdp: sharded checkpoints, converted to one file at the end."""
-    # fsdp also runs with --deterministic, as the GPU resume check (scripts/check_multigpu.sh) does
-    extra = ["--data-parallel", mode] + (["--deterministic"] if mode == "fsdp" else [])
+    run = DDP_RUN if mode == "ddp" else FSDP_RUN
+    extra = list(run[2:]) if mode == "fsdp" else ["--data-parallel", mode]  # fsdp: the run's flags but --max-steps
     # 36 samples, 8 per step: 4 steps per epoch, so the kill lands mid-epoch
-    codes, uninterrupted, _ = finished_run(*DDP_RUN) if mode == "ddp" else finished_run("--max-steps", "9", *extra)
+    codes, uninterrupted, _ = finished_run(*run)
     output = run_killed_and_resumed(codes, tmp_path / "b", extra)
     assert "resumed from" in output and "step 3" in output
 
