@@ -179,7 +179,7 @@ def test_a_small_check_learns_the_set_and_reports_every_policy_and_mode(tmp_path
     """ARPG-digits: learned absolute positions, so fixed prototypes (the tiny relative-only models learn the
     shifted grids too slowly for a test)."""
     args = check.get_args_parser().parse_args(
-        ["--gpt-model", "ARPG-digits", "--vocab-size", "32", "--num-classes", "5", "--grid", "4", "--steps", "60",
+        ["--gpt-model", "ARPG-digits", "--vocab-size", "32", "--num-classes", "5", "--grid", "4", "--steps", "40",
          "--batch-size", "8", "--lr", "3e-3", "--warmup-steps", "4", "--eval-batch", "16", "--samples-per-class", "4",
          "--sample-batch", "20", "--num-steps", "4", "--device", "cpu", "--compile-layers-backend", "eager",
          "--out-dir", str(tmp_path / "out")])
