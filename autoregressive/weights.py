@@ -178,11 +178,17 @@ def load_gpt(name: str, ckpt: Optional[str], device, precision: str = "none", we
     return model.to(device=device, dtype=PRECISIONS[precision]).eval()
 
 
-def prepare_vq(vq, device, dtype=torch.float32, compile_decoder: bool = False):
+def prepare_vq(vq, device, dtype=torch.float32, compile_decoder: bool = False,
+               channels_last: Optional[bool] = None):
     """Move and cast the VQ tokenizer for decoding; compile its decoder on CUDA if asked. Float32 with
-    TF32 is what the official scripts decode with; docs/sampling.md compares the dtypes."""
+    TF32 is what the official scripts decode with; docs/sampling.md compares the dtypes.
+    channels_last: the convolutions' layout; by default channels-last exactly where the decoder is
+    compiled (faster so at large batches compiled, slower eagerly: scripts/bench_vq_decode measures both)."""
+    compiled = compile_decoder and torch.device(device).type == "cuda"
     vq = vq.to(device=device, dtype=dtype).eval()
-    if compile_decoder and torch.device(device).type == "cuda":
+    if compiled if channels_last is None else channels_last:
+        vq = vq.to(memory_format=torch.channels_last)  # 4-D weights only; decode_code follows the layout
+    if compiled:
         vq.decoder.compile()  # in place: the state dict keeps its names
     return vq
 

@@ -5,11 +5,13 @@ tokens; repetitions of the variants are interleaved and the medians reported, wi
 against the first variant's (eager float32 with TF32, as the official scripts decode): the largest
 difference in grey levels and the share of pixels that differ at all.
 
-Variants (--variants, comma-separated): a base, then any of its options joined by "+":
+Variants (--variants, comma-separated): a base, then any of its options joined by "+"; the layout is
+the default NCHW unless +cl:
   eager        float32, TF32 on (what the official scripts decode with)
-  compiled     torch.compile of the decoder (sample_c2i_ddp.py's default)
+  compiled     torch.compile of the decoder
   fp16         the compiled decoder in float16 (--vq-precision fp16, opt-in)
-  +cl          channels_last (NHWC) weights, and so latents (VQModel.decode_code keeps them NHWC)
+  +cl          channels_last (NHWC) weights, and so latents (VQModel.decode_code keeps them NHWC);
+               compiled+cl is sample_c2i_ddp.py's default (prepare_vq)
   +bm          cuDNN times its convolution algorithms first (torch.backends.cudnn.benchmark)
 e.g. eager,eager+cl,eager+bm,compiled,compiled+cl+bm.
 
@@ -36,10 +38,8 @@ DEFAULT_VARIANTS = "eager,eager+cl,eager+bm,eager+cl+bm,compiled,compiled+bm,com
 def build(name: str, base, device):
     kind, *options = name.split("+")
     dtype = torch.float16 if kind == "fp16" else torch.float32
-    vq = prepare_vq(copy.deepcopy(base), device, dtype, compile_decoder=kind != "eager")
-    if "cl" in options:
-        vq = vq.to(memory_format=torch.channels_last)
-    return vq
+    return prepare_vq(copy.deepcopy(base), device, dtype, compile_decoder=kind != "eager",
+                      channels_last="cl" in options)
 
 
 def decoder(vq, options):

@@ -74,3 +74,19 @@ def test_a_channels_last_decoder_gets_channels_last_latents_and_the_same_images(
         nhwc = vq.decode_code(codes)
     assert layouts == [False, True]  # the default layout gets contiguous latents, as it decodes them fastest
     assert torch.allclose(nhwc, plain, atol=1e-5)
+
+
+def test_prepare_vq_lays_out_the_decoder_as_asked_and_decodes_the_same_images():
+    """channels_last=True: the 4-D weights channels-last (the default only where the decoder is compiled,
+    on CUDA); on the CPU nothing is compiled, so the default keeps the plain layout."""
+    from autoregressive.weights import prepare_vq
+
+    codes = torch.randint(0, 64, (2, 16))
+    plain = prepare_vq(tiny_vq(), "cpu", compile_decoder=True)
+    nhwc = prepare_vq(tiny_vq(), "cpu", channels_last=True)
+    assert plain.decoder.conv_in.weight.is_contiguous() and not plain.training
+    assert nhwc.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not nhwc.decoder.conv_in.weight.is_contiguous()
+    assert nhwc.post_quant_conv.weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert torch.allclose(nhwc.decode_code(codes), plain.decode_code(codes), atol=1e-5)
