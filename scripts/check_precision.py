@@ -81,7 +81,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cfg-scale", type=float, default=4.0)
     parser.add_argument("--no-compile", action="store_true", help="train eagerly (CUDA compiles by default)")
     parser.add_argument("--compile-layers-backend", default="inductor",
-                        help="torch.compile backend of the bf16-compiled-layers sampling mode (the CPU tests: eager or aot_eager)")
+                        help="torch.compile backend of the bf16-compiled-layers sampling mode "
+                             "(the CPU tests: eager or aot_eager)")
     parser.add_argument("--fuse-backend", dest="compile_layers_backend", action=RenamedFlag,
                         new_flag="--compile-layers-backend")
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
