@@ -21,11 +21,9 @@ side's own state plus its step's transient peak (bench_train's count); a samplin
 paths hold).
 """
 import argparse
-import importlib.util
 import os
 import statistics
 import sys
-import types
 from typing import Callable, Dict, List
 
 import torch
@@ -34,50 +32,14 @@ from autoregressive.fast_generate import FastSampler
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.sampling import SamplingConfig
 from autoregressive.train.precision import parse_policy_list
-from autoregressive.utils.cli import InputNotFound, RenamedFlag, UserError, check_at_least, run_main
+from autoregressive.utils.cli import RenamedFlag, UserError, check_at_least, run_main
 from autoregressive.utils.device import enable_tf32, resolve_device, synchronize
 from autoregressive.utils.dist import cleanup, init_distributed
 from scripts.bench_common import alone_peak_gib, model_bytes, parse_kv_caches, random_model, timed
 from scripts.bench_train import PolicyRun, release, start_run, time_interleaved, warm_up
 from scripts.kernel_profile import profile_calls, report, write_report
+from scripts.official_code import load_official
 from scripts.sampling_floor import decoding_work
-
-OFFICIAL_MODULE = "arpg_official_model"
-
-
-def load_official(repo: str):
-    """The official models/arpg.py as a module of its own name (our `autoregressive` is not shadowed)."""
-    path = os.path.join(repo, "models", "arpg.py")
-    if not os.path.isfile(path):
-        raise InputNotFound(f"--official-repo {repo}: no models/arpg.py there; pass a clone of "
-                            "https://github.com/hp-l33/ARPG")
-    spec = importlib.util.spec_from_file_location(OFFICIAL_MODULE, path)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        try:
-            spec.loader.exec_module(module)
-        except ModuleNotFoundError as error:
-            if not (error.name or "").startswith("transformers"):
-                raise
-            install_config_base_stand_in()
-            spec.loader.exec_module(module)
-    except ImportError as error:
-        raise UserError(f"the official model needs a package that is missing here: {error} "
-                        "(it imports einops)") from error
-    return module
-
-
-def install_config_base_stand_in() -> None:
-    """The official model imports transformers for one thing: PretrainedConfig, the base class of its
-    ModelArgs, whose own __init__ sets every field and never calls the base's. Where transformers is
-    missing (the GPU machine has no package registry), a plain class stands in for it."""
-    package, configuration_utils = types.ModuleType("transformers"), types.ModuleType("transformers.configuration_utils")
-    configuration_utils.PretrainedConfig = type("PretrainedConfig", (), {})
-    package.configuration_utils = configuration_utils
-    sys.modules.update({"transformers": package, "transformers.configuration_utils": configuration_utils})
-    print("transformers is not installed: the official ModelArgs gets a plain base class instead of "
-          "transformers' PretrainedConfig (it uses nothing of it)", flush=True)
-
 
 class OfficialTrainer:
     """The official train_c2i.py's optimizer step on its own model, behind Trainer's `optimizer_step`."""

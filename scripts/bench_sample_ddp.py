@@ -53,7 +53,7 @@ SET_BY_THE_BENCHMARK = ("--gpt-model", "--cfg-scale", "--step", "--sample-schedu
 
 def random_checkpoints(work_dir: str, official_repo: str):
     """A random ARPG-L in the official layout (head drawn, not zero) and a random VQ-16, as files."""
-    from scripts.bench_official import load_official
+    from scripts.official_code import load_official
     from tokenizer.vq_model import VQ_models
 
     gpt, vq = os.path.join(work_dir, "arpg_l_random.pt"), os.path.join(work_dir, "vq_random.pt")

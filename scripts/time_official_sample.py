@@ -13,21 +13,8 @@ import os
 import runpy
 import sys
 import time
-import types
 
 LAUNCHED = time.time()
-
-
-def install_transformers_stand_in() -> None:
-    """The official model takes only PretrainedConfig from transformers, as a base class whose __init__
-    it never calls (see scripts/bench_official.py); a plain class stands in where transformers is missing."""
-    try:
-        import transformers.configuration_utils  # noqa: F401
-    except ImportError:
-        package, configuration = types.ModuleType("transformers"), types.ModuleType("transformers.configuration_utils")
-        configuration.PretrainedConfig = type("PretrainedConfig", (), {})
-        package.configuration_utils = configuration
-        sys.modules.update({"transformers": package, "transformers.configuration_utils": configuration})
 
 
 def timed(function, stage: str, seconds: dict, marks: dict, cuda: bool):
@@ -49,6 +36,8 @@ def timed(function, stage: str, seconds: dict, marks: dict, cuda: bool):
 
 def main() -> None:
     repo, out = os.environ["ARPG_OFFICIAL_REPO"], os.environ["ARPG_STAGE_TIMES"]
+    from scripts.official_code import install_transformers_stand_in  # PYTHONPATH: this project's root
+
     sys.path.insert(0, repo)
     install_transformers_stand_in()
     import models.arpg

@@ -9,7 +9,7 @@ import pytest
 
 from autoregressive import fast_generate
 from autoregressive.models import arpg
-from scripts import bench_official
+from scripts import bench_official, official_code
 from autoregressive.utils.cli import InputNotFound
 
 STAND_IN = textwrap.dedent('''
@@ -78,7 +78,7 @@ def test_the_harness_times_both_sides_and_tabulates_ratios(tmp_path, capsys, mon
 
 def test_a_folder_without_the_official_model_is_refused(tmp_path):
     with pytest.raises(InputNotFound, match="models/arpg.py"):
-        bench_official.load_official(str(tmp_path))
+        official_code.load_official(str(tmp_path))
 
 
 def test_a_missing_transformers_gets_a_stand_in_config_base(tmp_path, monkeypatch):
@@ -93,7 +93,7 @@ def test_a_missing_transformers_gets_a_stand_in_config_base(tmp_path, monkeypatc
     '''))
     monkeypatch.setitem(sys.modules, "transformers", None)  # None: "not installed" to the import system
     monkeypatch.setitem(sys.modules, "transformers.configuration_utils", None)
-    official = bench_official.load_official(str(tmp_path))
+    official = official_code.load_official(str(tmp_path))
     assert official.ModelArgs(dim=3).dim == 3
 
 
