@@ -59,8 +59,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fused", dest="compile_layers", action=RenamedFlag, new_flag="--compile-layers", nargs=0,
                         const=True)
     parser.add_argument("--vq-precision", choices=list(PRECISIONS), default="none",
-                        help="decoder dtype: none = float32 as the official scripts (TF32 on); fp16 is about as "
-                             "close (at most 2 levels of 255) and faster; bf16 moves pixels by up to 24 levels")
+                        help="decoder dtype: none = float32 as the official scripts (TF32 on); fp16 moves pixels by at "
+                             "most 3 levels of 255 and is faster (docs/speed.md); bf16 moves them by up to 24 levels")
     parser.add_argument("--compile-vq", action=argparse.BooleanOptionalAction, default=True,
                         help="compile the VQ decoder on CUDA (faster decoding; about a minute to compile)")
     parser.add_argument("--image-size-eval", type=int, default=None, help="resize (bicubic) before saving")
