@@ -77,9 +77,11 @@ def random_model(name: str, device, builder=None):
     return model
 
 
-def pool_batches(pool, model, batch: int, num_batches: int, sampling, device) -> list:
+def pool_batches(pool, model, batch: int, num_batches: int, sampling, device,
+                 each: Optional[Callable[[int, torch.Tensor], None]] = None) -> list:
     """The tokens of num_batches batches of `batch` through pool.imap, each labelled and seeded by its first
-    sample as sample_c2i_ddp.py seeds it (global seed 0)."""
+    sample as sample_c2i_ddp.py seeds it (global seed 0); each(first sample, tokens) is called on every
+    batch as it comes, as sample_c2i_ddp.py hands batches to its VQ decoder."""
     from autoregressive.sampling import batch_generator
 
     def labels(first: int) -> torch.Tensor:
@@ -87,7 +89,12 @@ def pool_batches(pool, model, batch: int, num_batches: int, sampling, device) ->
 
     jobs = ((first, (labels(first), sampling, batch_generator(device, 0, first)), {})
             for first in range(0, num_batches * batch, batch))
-    return [tokens for _, tokens in pool.imap(jobs)]
+    out = []
+    for first, tokens in pool.imap(jobs):
+        if each is not None:
+            each(first, tokens)
+        out.append(tokens)
+    return out
 
 
 def parse_kv_caches(text: str):

@@ -15,12 +15,12 @@ encoding+writing = seconds busy over the whole run (ours overlaps them: the VQ d
 beside the sampling of the next, the writers on threads, so they add up to more than the wall time;
 writing is summed over the writer threads; our VQ time is GPU time, without its compilation); packing =
 the .npz. Steady img/s: images over time in the second half of the batches as their files reach the
-disk (the official script: its images after the first batch, over the time to its last PNG); "model
-only" is our sampler alone at that batch in this process, after the runs, with sample_c2i_ddp.py's
-default count of batches at once. The 50,000-image column
-projects each run: its own time to the last file (start-up and every cold compilation as measured), the
-images it did not make at the steady rate (capped at model only's: faster is a backlog draining), and
-packing scaled by the image count.
+disk (the official script: its images after the first batch, over the time to its last PNG). After the
+runs, this process measures our parts warm at each batch (a second table): the sampler alone ("model
+only", with the runs' count of batches at once), the VQ decoder alone, and both together as
+sample_c2i_ddp.py --no-png runs them. The 50,000-image column projects each run: its own time to the last
+file (start-up and every cold compilation as measured), the images it did not make at the steady rate
+(capped at both together's: faster is a backlog draining), and packing scaled by the image count.
 
 --our-flags adds sample_c2i_ddp.py flags to our runs (an opt-in such as "--vq-precision fp16"); the rows
 name them.
@@ -32,12 +32,14 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
-from typing import List, Optional
+from typing import Callable, Dict, List, NamedTuple, Optional
 
 import numpy as np
 import torch
 
+from autoregressive.image_output import DecoderThread, ImageWriter, StageClock, default_workers, render_function
 from autoregressive.sampler_pool import default_concurrent_batches
 from autoregressive.utils.cli import UserError, check_at_least, run_main
 from autoregressive.utils.dist import free_port
@@ -90,13 +92,14 @@ def row(name: str, batch: int, images: int, wall: float, record: dict) -> dict:
             "write": seconds.get("write", 0.0), "pack": seconds.get("pack", 0.0), "steady": steady}
 
 
-def projected(r: dict, model_rate: Optional[float] = None) -> float:
+def projected(r: dict, cap: Optional[float] = None) -> float:
     """Seconds for PROJECTED images: the run's own time to its last file (wall less packing), which holds
     its start-up and any compilation that held files back (the VQ decoder's, for a new batch size), then
     the images it did not make at the steady rate, then packing scaled by the count. The steady rate is
-    capped at the sampler's own (model_rate): files reach the disk faster than that only while a backlog
-    drains, not for long."""
-    rate = min(r["steady"], model_rate) if model_rate else r["steady"]
+    capped at `cap`, the rate at which the sampler and the VQ decoder make whole images together on this
+    GPU (InProcess.both): files reach the disk faster than that only while a backlog drains (the
+    decoder's, queued behind its compilation), not for long."""
+    rate = min(r["steady"], cap) if cap else r["steady"]
     return r["wall"] - r["pack"] + max(PROJECTED - r["images"], 0) / rate + r["pack"] * PROJECTED / r["images"]
 
 
@@ -109,38 +112,105 @@ def steady_rate(written: Optional[List[List[float]]]) -> Optional[float]:
     return sum(samples for _, samples in half[1:]) / max(half[-1][0] - half[0][0], 1e-9)
 
 
-def model_only(batch: int, concurrent: int, device) -> float:
-    """Our sampler alone as sample_c2i_ddp.py runs it (random bf16 ARPG-L, the flags above, `concurrent`
-    batches at once): img/s at batch, median of 3 after a warm-up."""
+class InProcess(NamedTuple):
+    """img/s of our pipeline's parts in one process, warm (no compilation, no start-up)."""
+    model: float  # the sampler alone, its batches at once
+    vq: float  # the VQ decoder alone on the same tokens
+    both: float  # the two together as sample_c2i_ddp.py --no-png runs them: the GPU's rate for whole images
+
+
+def pipeline_rates(model, vq, pool, batch: int, sampling, device, reps: int = 3) -> InProcess:
+    """Medians of reps after a warm-up, repetitions interleaved: 4 x pool.size batches through the sampler
+    pool alone, through the VQ decoder alone (vq None: the grey-level rendering of the digits models), and
+    through both as sample_c2i_ddp.py runs them (the decoder on its thread and CUDA stream beside the
+    sampling, writer threads saving one .npy per batch into a temporary folder)."""
+    from scripts.bench_common import pool_batches, timed
+
+    batches = 4 * pool.size
+    render = render_function(model.config.grid_size, vq, model.config.vocab_size, None)
+    sample = lambda each=None: pool_batches(pool, model, batch, batches, sampling, device, each)
+
+    def decode(tokens: list) -> None:
+        for batch_tokens in tokens:
+            render(batch_tokens)[0].cpu()
+
+    def both() -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            clock = StageClock()
+            writer = ImageWriter(folder, False, None, clock, default_workers(1))
+            decoder = DecoderThread(render, writer, clock)
+            try:
+                sample(lambda first, tokens: decoder.put(first, batch, tokens))
+            finally:
+                decoder.close()
+                writer.close()
+
+    tokens = sample()  # the warm-up: each worker captures its graphs, the decoder compiles for this batch
+    decode(tokens)
+    both()
+    seconds = {"model": [], "vq": [], "both": []}
+    for _ in range(reps):
+        seconds["model"].append(timed(sample)[1])
+        seconds["vq"].append(timed(lambda: decode(tokens))[1])
+        seconds["both"].append(timed(both)[1])
+    return InProcess(**{part: batches * batch / float(np.median(times)) for part, times in seconds.items()})
+
+
+def in_process_rates(batch: int, concurrent: int, device, vq_ckpt: str, our_flags: List[str]) -> InProcess:
+    """pipeline_rates for a random bf16 ARPG-L with the flags above, `concurrent` batches at once, and the
+    VQ-16 of vq_ckpt as our runs decode with it (--vq-precision and --compile-vq from --our-flags)."""
     from autoregressive.fast_generate import make_sampler
     from autoregressive.sampler_pool import SamplerPool
     from autoregressive.sampling import SamplingConfig
-    from scripts.bench_common import pool_batches, random_model, timed
+    from autoregressive.weights import PRECISIONS, load_vq
+    from sample_c2i_ddp import get_args_parser as ours
+    from scripts.bench_common import random_model
 
+    flags = ours().parse_known_args(our_flags)[0]
     model = random_model("ARPG-L", device)
+    vq = load_vq("VQ-16", vq_ckpt, device, PRECISIONS[flags.vq_precision], compile_decoder=flags.compile_vq)
     pool = SamplerPool(lambda: make_sampler(model), concurrent, device)
-    sampling = SamplingConfig(num_steps=64, cfg_scale=5.0, sample_schedule="arccos")
-    batches = 4 * pool.size
-    run = lambda: pool_batches(pool, model, batch, batches, sampling, device)
     try:
-        run()  # the warm-up: each worker captures its graphs
-        return batches * batch / float(np.median([timed(run)[1] for _ in range(3)]))
+        return pipeline_rates(model, vq, pool, batch, SamplingConfig(num_steps=64, cfg_scale=5.0,
+                                                                     sample_schedule="arccos"), device)
     finally:
         pool.close()
 
 
-def table(rows: List[dict], official: Optional[dict], model_rates: dict) -> List[str]:
+def table(rows: List[dict], official: Optional[dict], rates: Dict[int, InProcess]) -> List[str]:
     lines = ["| run | batch | images | wall s | start-up s | model s | VQ decoding s | encoding+writing s | "
              "packing s | steady img/s | steady / model only | end to end img/s | 50k projected s | x official (50k) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        rate = model_rates.get(r["batch"]) if r["run"] != "official" else None
-        share = f"{100 * r['steady'] / rate:.0f}% of {rate:.0f}" if rate else "-"
-        ratio = f"{projected(official) / projected(r, rate):.1f}x" if official else "-"
+        rate = rates.get(r["batch"]) if r["run"] != "official" else None
+        share = f"{100 * r['steady'] / rate.model:.0f}% of {rate.model:.0f}" if rate else "-"
+        cap = rate.both if rate else None
+        ratio = f"{projected(official) / projected(r, cap):.1f}x" if official else "-"
         lines.append(f"| {r['run']} | {r['batch']} | {r['images']} | {r['wall']:.1f} | {r['startup']:.1f} | "
                      f"{r['model']:.1f} | {r['vq']:.1f} | {r['write']:.1f} | {r['pack']:.1f} | {r['steady']:.1f} | "
-                     f"{share} | {r['images'] / r['wall']:.1f} | {projected(r, rate):.0f} | {ratio} |")
+                     f"{share} | {r['images'] / r['wall']:.1f} | {projected(r, cap):.0f} | {ratio} |")
     return lines
+
+
+def rates_table(rates: Dict[int, InProcess], concurrent: Callable[[int], int]) -> List[str]:
+    lines = ["| batch | batches at once | model only img/s | VQ decoder only img/s | both together img/s | "
+             "together / model only |", "|---|---|---|---|---|---|"]
+    for batch, rate in sorted(rates.items()):
+        lines.append(f"| {batch} | {concurrent(batch)} | {rate.model:.1f} | {rate.vq:.1f} | {rate.both:.1f} | "
+                     f"{100 * rate.both / rate.model:.0f}% |")
+    return lines
+
+
+def compare_samples(images, labels, other_images, other_labels) -> str:
+    """Whether two runs' samples are the same, and if not, by how much (NHWC uint8 arrays)."""
+    if images.shape != other_images.shape or not np.array_equal(labels, other_labels):
+        return f"DIFFERENT samples ({images.shape[0]} and {other_images.shape[0]} images, or other labels)"
+    differ = images != other_images
+    if not differ.any():
+        return "equal"
+    levels = int(np.abs(images.astype(np.int16) - other_images).max())
+    return (f"DIFFERENT pixels: {differ.any(axis=(1, 2, 3)).sum()} of {len(images)} images, "
+            f"{100 * differ.mean():.3f}% of values, at most {levels} levels")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -155,7 +225,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrent-batches", type=int, default=None,
                         help="our runs' --concurrent-batches (default: sample_c2i_ddp.py's)")
     parser.add_argument("--our-flags", default="", help="more sample_c2i_ddp.py flags for our runs, as one string "
-                        "(e.g. \"--vq-precision fp16\"); the model-only rate stays the default sampler's")
+                        "(e.g. \"--vq-precision fp16\"); the in-process rates take their VQ flags, the sampler stays the "
+                        "default one")
     parser.add_argument("--work-dir", default="bench_sample_ddp", help="checkpoints and samples (emptied first)")
     parser.add_argument("--keep-samples", action="store_true", help="leave the sample folders in --work-dir")
     return parser
@@ -233,14 +304,17 @@ def main(argv=None) -> None:
     for batch in {b for b, _ in runs}:  # the same samples whichever way they were stored
         if (batch, True) in npz and (batch, False) in npz:
             with np.load(npz[(batch, True)]) as a, np.load(npz[(batch, False)]) as b:
-                same = np.array_equal(a["arr_0"], b["arr_0"]) and np.array_equal(a["labels"], b["labels"])
-            print(f"batch {batch}: the --no-png .npz {'equals' if same else 'DIFFERS FROM'} the PNG run's", flush=True)
+                print(f"batch {batch}: the --no-png .npz against the PNG run's: "
+                      f"{compare_samples(a['arr_0'], a['labels'], b['arr_0'], b['labels'])}", flush=True)
     device = torch.device("cuda")
-    model_rates = {batch: model_only(batch, concurrent(batch), device) for batch in sorted({b for b, _ in runs})}
+    rates = {batch: in_process_rates(batch, concurrent(batch), device, vq, our_flags)
+             for batch in sorted({b for b, _ in runs})}
     print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}; "
           f"flags {' '.join(OFFICIAL_FLAGS)}, random weights; ours with "
-          f"{', '.join(f'{concurrent(b)} at once at batch {b}' for b in sorted(model_rates))}")
-    print("\n".join(table(rows, official, model_rates)))
+          f"{', '.join(f'{concurrent(b)} at once at batch {b}' for b in sorted(rates))}")
+    print("\n".join(table(rows, official, rates)))
+    print("\nIn one process, warm (the cap of the 50k projection: both together):")
+    print("\n".join(rates_table(rates, concurrent)))
     if not args.keep_samples:
         for entry in os.listdir(work):
             path = os.path.join(work, entry)

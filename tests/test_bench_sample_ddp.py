@@ -3,7 +3,11 @@ themselves need a GPU and the official code)."""
 import pytest
 
 from autoregressive.utils.cli import UserError
-from scripts.bench_sample_ddp import PROJECTED, get_args_parser, main, projected, row, steady_rate, table
+import numpy as np
+import torch
+
+from scripts.bench_sample_ddp import (PROJECTED, InProcess, compare_samples, get_args_parser, main, pipeline_rates,
+                                      projected, row, steady_rate, table)
 
 
 def test_stages_and_projection_from_a_timings_record():
@@ -14,17 +18,18 @@ def test_stages_and_projection_from_a_timings_record():
     # the run's 41 s to its last file, the other 48,900 images at 50 img/s, packing scaled
     assert projected(r) == pytest.approx(41.0 + (PROJECTED - 1100) / 50.0 + 4.0 * PROJECTED / 1100)
     official = dict(r, run="official", steady=5.0)
-    lines = table([official, r], official, {100: 100.0})
+    lines = table([official, r], official, {100: InProcess(model=100.0, vq=300.0, both=80.0)})
     assert lines[-1].startswith("| ours | 100 | 1100 | 45.0 | 20.0 | 30.0 | 10.0 | 50.0 | 4.0 | 50.0 | 50% of 100 |")
     assert lines[-1].endswith(f"| {projected(official) / projected(r):.1f}x |")
 
 
-def test_a_steady_rate_above_the_samplers_own_is_a_backlog_and_projects_at_the_samplers():
+def test_a_steady_rate_above_the_pipelines_own_is_a_backlog_and_projects_at_the_pipelines():
     record = {"launch_wall": 0.0, "seconds": {"pack": 0.0}, "marks": {"first_batch_sampled": 10.0, "sampled": 12.0}}
-    r = row("ours --no-png", 100, 1100, 30.0, record)  # 500 img/s: files drained faster than the sampler runs
-    assert projected(r, model_rate=200.0) == pytest.approx(30.0 + (PROJECTED - 1100) / 200.0)
-    assert projected(r, model_rate=1000.0) == projected(r) == pytest.approx(30.0 + (PROJECTED - 1100) / 500.0)
-    assert "| 250% of 200 |" in table([r], None, {100: 200.0})[-1]
+    r = row("ours --no-png", 100, 1100, 30.0, record)  # 500 img/s: files drained faster than the GPU makes them
+    assert projected(r, cap=200.0) == pytest.approx(30.0 + (PROJECTED - 1100) / 200.0)
+    assert projected(r, cap=1000.0) == projected(r) == pytest.approx(30.0 + (PROJECTED - 1100) / 500.0)
+    line = table([r], None, {100: InProcess(model=250.0, vq=600.0, both=200.0)})[-1]
+    assert "| 200% of 250 |" in line and f"| {projected(r, cap=200.0):.0f} |" in line  # capped at both together
 
 
 def test_the_official_run_needs_whole_thousands_of_images(tmp_path):
@@ -53,3 +58,48 @@ def test_our_flags_reach_our_runs_and_bad_ones_are_refused():
         parse_our_flags("--vq-dtype-typo fp16")
     with pytest.raises(UserError, match="--our-flags: argument --vq-precision: invalid choice: 'fp17'"):
         parse_our_flags("--vq-precision fp17")
+
+
+def test_compare_samples_says_how_far_two_runs_differ():
+    images = np.zeros((4, 2, 2, 3), dtype=np.uint8)
+    labels = np.arange(4)
+    assert compare_samples(images, labels, images.copy(), labels) == "equal"
+    other = images.copy()
+    other[1, 0, 0, 0] = 2
+    other[3, 1, 1, 2] = 1
+    assert compare_samples(images, labels, other, labels) == \
+        "DIFFERENT pixels: 2 of 4 images, 4.167% of values, at most 2 levels"
+    assert compare_samples(images, labels, images, labels[::-1]).startswith("DIFFERENT samples")
+
+
+class CountingDecoder:
+    """A VQ decoder stand-in (grey images) that counts the batches it decodes."""
+
+    class config:
+        codebook_embed_dim = 8
+
+    def __init__(self):
+        self.batches = 0
+
+    def decode_code(self, tokens, shape):
+        self.batches += 1
+        return torch.zeros(shape[0], 3, 4 * shape[2], 4 * shape[3])
+
+
+def test_the_in_process_rates_time_the_sampler_the_decoder_and_both_on_every_batch():
+    from autoregressive.fast_generate import make_sampler
+    from autoregressive.models.arpg import ARPG_models
+    from autoregressive.sampler_pool import SamplerPool
+    from autoregressive.sampling import SamplingConfig
+
+    torch.manual_seed(0)
+    model = ARPG_models["ARPG-digits"]().eval()
+    vq, device = CountingDecoder(), torch.device("cpu")
+    pool = SamplerPool(lambda: make_sampler(model), 2, device)
+    try:
+        rates = pipeline_rates(model, vq, pool, 4, SamplingConfig(num_steps=4, cfg_scale=2.0), device, reps=2)
+    finally:
+        pool.close()
+    assert all(rate > 0 for rate in rates)
+    # 8 batches (4 x 2 at once), decoded alone and beside the sampling, in the warm-up and each repetition
+    assert vq.batches == (1 + 2) * 2 * 8
