@@ -189,8 +189,18 @@ def prepare_vq(vq, device, dtype=torch.float32, compile_decoder: bool = False,
     if compiled if channels_last is None else channels_last:
         vq = vq.to(memory_format=torch.channels_last)  # 4-D weights only; decode_code follows the layout
     if compiled:
-        vq.decoder.compile()  # in place: the state dict keeps its names
+        compile_repeatably(vq.decoder)
     return vq
+
+
+def compile_repeatably(module: torch.nn.Module) -> None:
+    """torch.compile `module` in place (its state dict keeps its names) so that every process computes the
+    same numbers: outside its deterministic mode, Inductor picks some reductions' block sizes by timing
+    them at the first call, and each choice sums in its own order, so two runs of one seed could decode
+    slightly different pixels. A torch without that mode compiles as before."""
+    import torch._inductor.config as inductor_config
+
+    module.compile(options={"deterministic": True} if hasattr(inductor_config, "deterministic") else None)
 
 
 def load_vq(name: str, ckpt: str, device, dtype=torch.float32, compile_decoder: bool = False):

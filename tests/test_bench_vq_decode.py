@@ -1,5 +1,6 @@
 """scripts/bench_vq_decode.py on the CPU with a tiny VQ model: every variant decodes the same codes, and each
 row compares its pixels with the first variant's."""
+import numpy as np
 import pytest
 
 from scripts import bench_vq_decode
@@ -22,3 +23,22 @@ def test_rows_compare_each_variant_with_the_first():
 def test_unknown_variants_are_refused():
     with pytest.raises(UserError, match=r"unknown fast, eager\+nhwc; a base of eager"):
         bench_vq_decode.parse_variants("eager,fast,eager+nhwc")
+
+
+def test_saved_pixels_compare_with_another_runs(tmp_path, capsys):
+    saved = str(tmp_path / "first")
+    bench_vq_decode.bench([2], ["eager", "eager+cl"], 1, "cpu", TINY, save_pixels=saved)
+    first = np.load(tmp_path / "first" / "b2-eager.npy")
+    assert first.shape == (2, 32, 32, 3) and first.dtype == np.uint8  # TINY upsamples the 16 x 16 codes twice
+    bench_vq_decode.bench([2], ["eager", "eager+cl"], 1, "cpu", TINY, compare_pixels=saved)
+    out = capsys.readouterr().out
+    assert f"b2 eager: the same pixels as {saved}/b2-eager.npy" in out
+    np.save(tmp_path / "first" / "b2-eager.npy", first ^ 1)  # every value a level off
+    bench_vq_decode.bench([2], ["eager"], 1, "cpu", TINY, compare_pixels=saved)
+    assert f"b2 eager: DIFFERENT from {saved}/b2-eager.npy: 100.000% of values, at most 1 levels" in capsys.readouterr().out
+
+
+def test_a_tuned_compiled_variant_is_known_and_builds_on_the_cpu():
+    assert bench_vq_decode.parse_variants("compiled+cl+tuned") == ["compiled+cl+tuned"]
+    rows = bench_vq_decode.bench([2], ["eager", "compiled+tuned"], 1, "cpu", TINY)
+    assert rows[1][3:] == (0, 0.0)  # nothing is compiled on the CPU: the eager pixels

@@ -90,3 +90,17 @@ def test_prepare_vq_lays_out_the_decoder_as_asked_and_decodes_the_same_images():
     assert nhwc.post_quant_conv.weight.is_contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         assert torch.allclose(nhwc.decode_code(codes), plain.decode_code(codes), atol=1e-5)
+
+
+def test_the_decoder_compiles_in_inductors_deterministic_mode(monkeypatch):
+    """Inductor otherwise picks some reductions' block sizes by timing them in each process, and two runs of
+    one seed could decode different pixels; this torch knows the option (an unknown one raises here)."""
+    from autoregressive.weights import compile_repeatably
+
+    vq = tiny_vq()
+    compile_repeatably(vq.decoder)  # torch validates the options as it wraps the module
+    assert vq.decoder._compiled_call_impl is not None
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: seen.append(kwargs) or fn)
+    compile_repeatably(tiny_vq().decoder)
+    assert seen == [{"options": {"deterministic": True}}]
