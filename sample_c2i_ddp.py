@@ -246,6 +246,7 @@ def main(args) -> None:
     sampling = SamplingConfig.from_args(args)
     args = with_checkpoints_fetched(args)  # hf:// paths and omitted checkpoints -> local files
     info = init_distributed(args.device)
+    clock = StageClock()
     logger = get_logger("arpg.sample", rank=info.rank)
     if info.device.type == "cuda":
         enable_tf32()
@@ -253,6 +254,7 @@ def main(args) -> None:
                                 vq_dtype=PRECISIONS[args.vq_precision], compile_vq=args.compile_vq)
     config = model.config
     inputs = sample_inputs(args, config)
+    clock.mark("loaded")  # start-up's first part: imports, CUDA, checkpoints (the samplers' graphs come next)
     if vq is None and config.vocab_size > 256:
         raise UserError("--vq-ckpt is required to turn image tokens into pixels (LlamaGen's vq_ds16_c2i.pt)")
     scale = args.downsample_size if vq is not None else 1
@@ -262,7 +264,6 @@ def main(args) -> None:
     check_at_most("--step", args.step, config.block_size, "the number of tokens of an image")
     concurrent = args.concurrent_batches or (default_concurrent_batches(args.per_proc_batch_size)
                                              if info.device.type == "cuda" else 1)
-    clock = StageClock()
     with output_folder(folder):
         if info.is_main:  # before any rank writes: check_shared_folder's collectives wait for it
             removed = remove_stale_temporaries(folder)

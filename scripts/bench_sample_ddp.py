@@ -9,8 +9,10 @@ Both scripts run under torchrun --nproc_per_node=1 with the official README's fl
 layout and one random VQ-16 checkpoint (written first into --work-dir). The official script runs from its
 own tree through scripts/time_official_sample.py (its stages timed), ours with --timings and
 --concurrent-batches (default: sample_c2i_ddp.py's). Columns:
-start-up = launch until the first batch's tokens are sampled (loading, compilation, every sampler's graph
-capture; our VQ decoder compiles after that, on its own thread beside the next batches); model, VQ decoding and
+start-up = launch until the first batch's tokens are sampled, split into loading (imports, CUDA,
+checkpoints: until the first sampling starts) and first batches (ours: every sampler's first batch, which
+captures its graphs; the official: its first batch); our VQ decoder compiles after that, on its own
+thread beside the next batches; model, VQ decoding and
 encoding+writing = seconds busy over the whole run (ours overlaps them: the VQ decoder of a batch runs
 beside the sampling of the next, the writers on threads, so they add up to more than the wall time;
 writing is summed over the writer threads; our VQ time is GPU time, without its compilation); packing =
@@ -85,9 +87,10 @@ def launch(script: str, flags: List[str], times: str, env: dict, cwd: str) -> fl
 def row(name: str, batch: int, images: int, wall: float, record: dict) -> dict:
     seconds, marks = record["seconds"], record["marks"]
     startup = marks["first_batch_sampled"] - record["launch_wall"]
+    loading = marks["loaded"] - record["launch_wall"] if "loaded" in marks else None
     steady = steady_rate(record.get("written")) or (images - batch) / max(marks["sampled"] - marks["first_batch_sampled"],
                                                                           1e-9)
-    return {"run": name, "batch": batch, "images": images, "wall": wall, "startup": startup,
+    return {"run": name, "batch": batch, "images": images, "wall": wall, "startup": startup, "loading": loading,
             "model": seconds.get("model", 0.0), "vq": seconds.get("vq_decode", 0.0),
             "write": seconds.get("write", 0.0), "pack": seconds.get("pack", 0.0), "steady": steady}
 
@@ -178,15 +181,19 @@ def in_process_rates(batch: int, concurrent: int, device, vq_ckpt: str, our_flag
 
 
 def table(rows: List[dict], official: Optional[dict], rates: Dict[int, InProcess]) -> List[str]:
-    lines = ["| run | batch | images | wall s | start-up s | model s | VQ decoding s | encoding+writing s | "
-             "packing s | steady img/s | steady / model only | end to end img/s | 50k projected s | x official (50k) |",
+    lines = ["| run | batch | images | wall s | start-up s (loading + first batches) | model s | VQ decoding s | "
+             "encoding+writing s | packing s | steady img/s | steady / model only | end to end img/s | "
+             "50k projected s | x official (50k) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         rate = rates.get(r["batch"]) if r["run"] != "official" else None
         share = f"{100 * r['steady'] / rate.model:.0f}% of {rate.model:.0f}" if rate else "-"
         cap = rate.both if rate else None
         ratio = f"{projected(official) / projected(r, cap):.1f}x" if official else "-"
-        lines.append(f"| {r['run']} | {r['batch']} | {r['images']} | {r['wall']:.1f} | {r['startup']:.1f} | "
+        startup = f"{r['startup']:.1f}"
+        if r.get("loading") is not None:
+            startup += f" ({r['loading']:.1f} + {r['startup'] - r['loading']:.1f})"
+        lines.append(f"| {r['run']} | {r['batch']} | {r['images']} | {r['wall']:.1f} | {startup} | "
                      f"{r['model']:.1f} | {r['vq']:.1f} | {r['write']:.1f} | {r['pack']:.1f} | {r['steady']:.1f} | "
                      f"{share} | {r['images'] / r['wall']:.1f} | {projected(r, cap):.0f} | {ratio} |")
     return lines
@@ -225,8 +232,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrent-batches", type=int, default=None,
                         help="our runs' --concurrent-batches (default: sample_c2i_ddp.py's)")
     parser.add_argument("--our-flags", default="", help="more sample_c2i_ddp.py flags for our runs, as one string "
-                        "(e.g. \"--vq-precision fp16\"); the in-process rates take their VQ flags, the sampler stays the "
-                        "default one")
+                        "(e.g. \"--vq-precision fp16\"); the in-process rates take their VQ flags, the sampler "
+                        "stays the default one")
     parser.add_argument("--work-dir", default="bench_sample_ddp", help="checkpoints and samples (emptied first)")
     parser.add_argument("--keep-samples", action="store_true", help="leave the sample folders in --work-dir")
     return parser

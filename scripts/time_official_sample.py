@@ -23,6 +23,7 @@ def timed(function, stage: str, seconds: dict, marks: dict, cuda: bool):
     def run(*args, **kwargs):
         if cuda:
             torch.cuda.synchronize()
+        marks.setdefault(f"start_{stage}", time.time())
         start = time.perf_counter()
         result = function(*args, **kwargs)
         if cuda:
@@ -54,7 +55,8 @@ def main() -> None:
     end = time.time()
     # The official script packs right after its last PNG (and a barrier): that stretch is its packing.
     seconds["pack"] = end - marks["last_write"]
-    marks.update(first_batch_sampled=marks["first_model"], sampled=marks["last_write"], packed=end)
+    marks.update(loaded=marks["start_model"], first_batch_sampled=marks["first_model"], sampled=marks["last_write"],
+                 packed=end)
     with open(out, "w") as file:
         json.dump({"launched": LAUNCHED, "seconds": seconds, "marks": marks}, file, indent=1)
 

@@ -247,7 +247,8 @@ def test_without_pngs_the_npz_is_the_same_and_a_killed_run_resumes(digits_ckpt, 
     assert np.array_equal(arr, reference) and np.array_equal(npy_labels, labels)
     stages = json.loads(timings.read_text())
     assert {"model", "vq_decode", "write", "pack"} <= set(stages["seconds"])
-    assert stages["launched"] <= stages["marks"]["first_batch_sampled"] <= stages["marks"]["sampled"]
+    marks = stages["marks"]
+    assert stages["launched"] <= marks["loaded"] <= marks["first_batch_sampled"] <= marks["sampled"]
     assert sorted(samples for _, samples in stages["written"]) == [2] + [4] * 6  # each batch once on disk
 
     (folder / "batch-000008-000012.npy").unlink()  # as if the run died before this batch was written
