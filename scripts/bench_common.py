@@ -4,8 +4,9 @@ memory helpers, the random-weights model they time, a run of seeded batches thro
 --kv-caches list. A script imports shared helpers from here, not from another script."""
 import gc
 import time
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional, Tuple
 
+import numpy as np
 import torch
 
 from autoregressive.models.arpg import ARPG_models
@@ -27,6 +28,14 @@ def timed(fn):
     if cuda:
         torch.cuda.synchronize()
     return result, time.perf_counter() - start
+
+
+def pixel_difference(images, other) -> Tuple[int, float]:
+    """(largest difference in grey levels, share of values that differ) between two uint8 image arrays of
+    one shape, numpy or torch."""
+    a, b = (np.asarray(x.cpu() if isinstance(x, torch.Tensor) else x, dtype=np.int16) for x in (images, other))
+    diff = np.abs(a - b)
+    return int(diff.max(initial=0)), float((diff > 0).mean())
 
 
 def model_bytes(model) -> int:

@@ -212,12 +212,14 @@ def compare_samples(images, labels, other_images, other_labels) -> str:
     """Whether two runs' samples are the same, and if not, by how much (NHWC uint8 arrays)."""
     if images.shape != other_images.shape or not np.array_equal(labels, other_labels):
         return f"DIFFERENT samples ({images.shape[0]} and {other_images.shape[0]} images, or other labels)"
-    differ = images != other_images
-    if not differ.any():
+    from scripts.bench_common import pixel_difference
+
+    levels, share = pixel_difference(images, other_images)
+    if not levels:
         return "equal"
-    levels = int(np.abs(images.astype(np.int16) - other_images).max())
-    return (f"DIFFERENT pixels: {differ.any(axis=(1, 2, 3)).sum()} of {len(images)} images, "
-            f"{100 * differ.mean():.3f}% of values, at most {levels} levels")
+    images_differing = (images != other_images).any(axis=(1, 2, 3)).sum()
+    return (f"DIFFERENT pixels: {images_differing} of {len(images)} images, {100 * share:.3f}% of values, "
+            f"at most {levels} levels")
 
 
 def get_args_parser() -> argparse.ArgumentParser:

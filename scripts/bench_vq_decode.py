@@ -41,7 +41,7 @@ from autoregressive.render import tokens_to_pixels
 from autoregressive.utils.cli import UserError, check_at_least, run_main
 from autoregressive.utils.device import enable_tf32, resolve_device
 from autoregressive.weights import prepare_vq
-from scripts.bench_common import timed
+from scripts.bench_common import pixel_difference, timed
 from tokenizer.vq_model import VQConfig, VQModel
 
 BASES, OPTIONS = ("eager", "compiled", "fp16"), ("cl", "bm", "tuned")
@@ -108,11 +108,9 @@ def bench(batch_sizes, variants, reps, device, config: Optional[VQConfig] = None
         if compare_pixels:
             for name in variants:
                 print(f"b{batch} {name}: {against_saved(images[name], compare_pixels, batch, name)}", flush=True)
-        reference = images[variants[0]].int()
         for name in variants:
-            diff = (images[name].int() - reference).abs()
-            seconds = statistics.median(times[name])
-            rows.append((batch, name, batch / seconds, diff.max().item(), (diff > 0).float().mean().item()))
+            worst, share = pixel_difference(images[name], images[variants[0]])
+            rows.append((batch, name, batch / statistics.median(times[name]), worst, share))
     return rows
 
 
@@ -120,12 +118,10 @@ def against_saved(pixels: torch.Tensor, folder: str, batch: int, name: str) -> s
     path = os.path.join(folder, f"b{batch}-{name}.npy")
     if not os.path.exists(path):
         return f"nothing to compare with ({path} not found)"
-    saved = torch.from_numpy(np.load(path)).int()
-    diff = (pixels.cpu().int() - saved).abs()
-    if not diff.any():
+    worst, share = pixel_difference(pixels, np.load(path))
+    if not worst:
         return f"the same pixels as {path}"
-    share = (diff > 0).float().mean().item()
-    return f"DIFFERENT from {path}: {share:.3%} of values, at most {diff.max().item()} levels"
+    return f"DIFFERENT from {path}: {share:.3%} of values, at most {worst} levels"
 
 
 def main(argv=None):
