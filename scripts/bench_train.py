@@ -183,10 +183,12 @@ def write_profile(run: PolicyRun, batch: int, out_dir: str, device: torch.device
     write_report(report(result, title, notes=notes), out_dir, stem)
 
 
-def start_run(name: str, batch: int, mode: str, policy: str, args, info: DistInfo) -> PolicyRun:
+def start_run(name: str, batch: int, mode: str, policy: str, args, info: DistInfo,
+              prepare: Optional[Callable[[torch.nn.Module], None]] = None) -> PolicyRun:
     """Build, wrap and warm up (compile) the trainer of one policy; the same seeded weights and random
     batch for every one. The fixed-batch loss check runs for every policy on its own compiled module, and
-    in eager float32 and bf16 once, beside exact."""
+    in eager float32 and bf16 once, beside exact. prepare: changes the built model in place before the
+    trainer compiles it (after the eager checks), as scripts/bench_quack.py swaps in other kernels."""
     device = info.device
     result = {"model": name, "batch": batch, "mode": mode, "policy": policy}
     reason = unavailable_reason(policy, mode, device, args.grad_checkpointing)
@@ -209,6 +211,8 @@ def start_run(name: str, batch: int, mode: str, policy: str, args, info: DistInf
         result["loss_bf16"] = fixed_batch_loss(model, codes, labels, orders, autocast=True)
     synchronize(device)
     before = torch.cuda.memory_allocated() if device.type == "cuda" else 0
+    if prepare is not None:
+        prepare(model)
     # Compiles and wraps (ddp) or shards (fsdp) the model as a training run does.
     trainer = Trainer(cfg, info, torch.utils.data.TensorDataset(codes, labels), model=model)
     if args.check_loss:

@@ -1,0 +1,172 @@
+"""Training throughput with quack-kernels (github Dao-AILab/quack) in our step: its SwiGLU MLP, whose GEMMs
+apply the activation and its derivative in their epilogues, and its RMSNorm, each swapped into the model
+in place of ours, beside our exact step: bench_train's trainer, compilation and timing, repetitions
+interleaved, the fixed-batch loss of each side's compiled module beside exact's eager losses.
+
+    python -m scripts.bench_quack --models ARPG-L --batch-sizes 128 --variants exact,mlp,mlp+norm
+    python -m scripts.bench_quack --models ARPG-XXL --batch-sizes 64 --variants exact,mlp --one-at-a-time
+
+quack needs a Hopper or Blackwell GPU and NVIDIA's CUTLASS DSL (`pip install quack-kernels
+nvidia-cutlass-dsl[cu13]`, or [cu12]); it is not a dependency of this project. quack 0.6.5's GEMMs stopped
+under CUTLASS DSL 4.8.1 ([training](../docs/training.md#other-libraries-kernels) says what ran). Its GEMMs
+are used untuned (one default configuration each) unless --tuned, which autotunes them at the first call of
+each shape.
+"""
+import argparse
+import statistics
+import time
+import types
+from typing import Callable, List, Sequence
+
+import torch
+
+from autoregressive.models.arpg import ARPG_models, FeedForward, RMSNorm
+from autoregressive.utils.cli import UserError, check_at_least, run_main
+from autoregressive.utils.device import enable_tf32
+from autoregressive.utils.dist import DistInfo, cleanup, init_distributed
+from scripts import bench_train
+
+PARTS = ("mlp", "norm")
+
+
+def parse_variants(text: str) -> List[frozenset]:
+    """'exact,mlp,mlp+norm' -> [set(), {mlp}, {mlp, norm}]: which of PARTS each side takes from quack."""
+    variants = []
+    for item in text.split(","):
+        parts = frozenset() if item == "exact" else frozenset(item.split("+"))
+        if not parts <= set(PARTS) or item == "":
+            raise UserError(f"--variants: {item!r} is not 'exact' or a '+'-joined set of {', '.join(PARTS)}")
+        variants.append(parts)
+    return variants
+
+
+def variant_name(parts: frozenset) -> str:
+    return "+".join(part for part in PARTS if part in parts) or "exact"
+
+
+def load_quack() -> types.SimpleNamespace:
+    """quack's MLP and RMSNorm functions, or one line saying how to get them."""
+    try:
+        from quack.mlp import mlp_func
+        from quack.rmsnorm import rmsnorm
+    except ImportError as error:
+        raise UserError(f"quack-kernels does not import ({error}); install it with its CUTLASS DSL: "
+                        "pip install quack-kernels 'nvidia-cutlass-dsl[cu13]'") from error
+    return types.SimpleNamespace(mlp_func=mlp_func, rmsnorm=rmsnorm)
+
+
+def use_quack(model: torch.nn.Module, parts: frozenset, kernels, tuned: bool = False) -> int:
+    """Route the model's FeedForward (w13 holds gate then up: quack's concatenated layout) and RMSNorm
+    modules in `parts` through quack's functions, in place; returns how many modules were changed."""
+
+    def mlp_forward(ffn, x):
+        return kernels.mlp_func(x, ffn.w13.weight, ffn.w2.weight, activation="swiglu", concat_layout=True,
+                                tuned=tuned)
+
+    def norm_forward(norm, x):
+        # rounded once to the matmul's dtype, as ours is when autocast casts it for the next Linear
+        out_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        return kernels.rmsnorm(x, norm.weight, eps=norm.eps, out_dtype=out_dtype)
+
+    changed = 0
+    for module in model.modules():
+        forward = {FeedForward: mlp_forward if "mlp" in parts else None,
+                   RMSNorm: norm_forward if "norm" in parts else None}.get(type(module))
+        if forward is not None:
+            module.forward = types.MethodType(forward, module)
+            changed += 1
+    return changed
+
+
+def run_variants(name: str, batch: int, variants: Sequence[frozenset], args, info: DistInfo, kernels) -> List[dict]:
+    """Build every variant's trainer from the same weights and batch, time them with interleaved
+    repetitions (one after another with --one-at-a-time), free them; one result per variant."""
+    def builder(parts: frozenset) -> Callable[[], bench_train.PolicyRun]:
+        def build():
+            run = bench_train.start_run(name, batch, "ddp", "exact", args, info,
+                                        prepare=lambda model: use_quack(model, parts, kernels, args.tuned))
+            run.result["side"] = variant_name(parts)
+            return run
+        return build
+
+    groups = [[parts] for parts in variants] if args.one_at_a_time else [list(variants)]
+    results = []
+    for group in groups:
+        runs = bench_train.time_interleaved([builder(parts) for parts in group], name, batch, "ddp", args,
+                                            info.device)
+        for run in runs:
+            if run.trainer is not None:
+                run.result["img_s"] = statistics.median(run.rates)
+                run.result["peak_gib"] = max(run.peaks) / 2**30 if run.peaks else None
+            results.append(run.result)
+        del runs
+        bench_train.release(info.device)
+    return results
+
+
+def result_table(results: List[dict], peak: float) -> List[str]:
+    """One row per model, batch and variant; "vs exact" against the exact side of the same model and batch."""
+    exact = {(r["model"], r["batch"]): r.get("img_s") for r in results if r["side"] == "exact"}
+    lines = ["| model | batch | variant | img/s (median) | vs exact | peak GiB | MFU | fixed-batch loss, compiled |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        head = f"| {r['model']} | {r['batch']} | {r['side']} |"
+        if r.get("img_s") is None:
+            lines.append(f"{head} out of memory | - | - | - | - |")
+            continue
+        reference = exact.get((r["model"], r["batch"]))
+        ratio = f"{r['img_s'] / reference:.2f}x" if reference else "-"
+        peak_gib = "-" if r["peak_gib"] is None else f"{r['peak_gib']:.1f}"
+        loss = f"{r['loss_compiled']:.5f}" if "loss_compiled" in r else "-"
+        lines.append(f"{head} {r['img_s']:.1f} | {ratio} | {peak_gib} | "
+                     f"{100 * r['img_s'] * r['flops'] / (peak * 1e12):.1f}% | {loss} |")
+    return lines
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="ARPG-L", help="comma-separated, from " + ", ".join(ARPG_models))
+    parser.add_argument("--batch-sizes", default="128", help="comma-separated batch sizes")
+    parser.add_argument("--variants", default="exact,mlp,mlp+norm",
+                        help="comma-separated: exact, or quack's parts joined by '+': " + ", ".join(PARTS))
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per repetition")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--tuned", action="store_true", help="let quack autotune its GEMMs at each new shape")
+    parser.add_argument("--one-at-a-time", action="store_true",
+                        help="build, time and free one variant after another (models whose trainers do not fit "
+                             "in memory together)")
+    parser.add_argument("--no-check-loss", dest="check_loss", action="store_false",
+                        help="skip the fixed-batch loss check (saves the memory of the float32 forward)")
+    args = parser.parse_args(argv)
+    variants = parse_variants(args.variants)
+    batch_sizes = bench_train.positive_ints("--batch-sizes", args.batch_sizes)
+    check_at_least("--steps", args.steps, 1)
+    check_at_least("--reps", args.reps, 1)
+    unknown = [name for name in args.models.split(",") if name not in ARPG_models]
+    if unknown:
+        raise UserError(f"unknown --models {unknown}; models: {', '.join(ARPG_models)}")
+    if not torch.cuda.is_available():
+        raise UserError("bench_quack.py times training with quack's CUDA kernels; no CUDA GPU is visible")
+    kernels = load_quack()
+    # bench_train's options that this benchmark keeps at the training defaults
+    args.no_compile, args.chunked_loss, args.grad_checkpointing, args.profile = False, False, "none", None
+    enable_tf32()
+    info = init_distributed("cuda")
+    results = []
+    for name in args.models.split(","):
+        for batch in batch_sizes:
+            started = time.perf_counter()
+            results += run_variants(name, batch, variants, args, info, kernels)
+            print(f"{name} b{batch}: done in {time.perf_counter() - started:.0f} s", flush=True)
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, bf16 autocast, compiled, quack "
+          f"{'tuned' if args.tuned else 'untuned'}")
+    print("\n".join(result_table(results, bench_train.peak_tflops())))
+    for r in results:
+        if r["side"] == "exact" and "loss_fp32" in r:
+            print(f"{r['model']} b{r['batch']}: loss of the fixed batch, eager float32 {r['loss_fp32']:.5f}, "
+                  f"eager bf16 {r['loss_bf16']:.5f}")
+    cleanup()
+
+
+if __name__ == "__main__":
+    run_main(main)

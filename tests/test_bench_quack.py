@@ -1,0 +1,106 @@
+"""scripts/bench_quack.py swaps quack's MLP and RMSNorm into our model and times each variant beside exact
+with bench_train's machinery; here with stand-ins for quack's functions (plain torch, the same math) on the
+CPU, since quack itself needs a Hopper GPU."""
+import argparse
+import functools
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from autoregressive.models.arpg import ARPG_models, FeedForward, RMSNorm
+from autoregressive.train.config import TrainConfig
+from autoregressive.utils.cli import UserError
+from autoregressive.utils.dist import init_distributed
+from scripts import bench_quack, bench_train
+
+ARGS = dict(steps=1, reps=2, no_compile=True, chunked_loss=False, grad_checkpointing="none", check_loss=True,
+            profile=None, one_at_a_time=False, tuned=False)
+
+
+class StandIn:
+    """quack's mlp_func and rmsnorm in plain torch, counting their calls and checking what they are given."""
+
+    def __init__(self):
+        self.calls = {"mlp": 0, "norm": 0}
+
+    def mlp_func(self, x, weight1, weight2, activation, concat_layout, tuned):
+        assert activation == "swiglu" and concat_layout and weight1.shape[0] == 2 * weight2.shape[1]
+        self.calls["mlp"] += 1
+        gate, up = F.linear(x, weight1).chunk(2, dim=-1)
+        return F.linear(F.silu(gate) * up, weight2)
+
+    def rmsnorm(self, x, weight, eps, out_dtype):
+        self.calls["norm"] += 1
+        return (F.rms_norm(x, (x.shape[-1],), eps=eps) * weight).to(out_dtype)
+
+
+@pytest.fixture(autouse=True)
+def small_vocabulary(monkeypatch):
+    monkeypatch.setattr(bench_train, "TrainConfig", functools.partial(TrainConfig, vocab_size=512))
+
+
+def test_variants_are_parsed_and_bad_ones_refused():
+    assert bench_quack.parse_variants("exact,mlp,norm+mlp") == [frozenset(), {"mlp"}, {"mlp", "norm"}]
+    assert [bench_quack.variant_name(v) for v in bench_quack.parse_variants("exact,norm+mlp")] == ["exact", "mlp+norm"]
+    for bad in ("mlp,loss", "exact,", "mlp+"):
+        with pytest.raises(UserError, match="--variants"):
+            bench_quack.parse_variants(bad)
+
+
+@pytest.mark.parametrize("parts", [{"mlp"}, {"norm"}, {"mlp", "norm"}])
+def test_swapped_modules_compute_what_ours_do(parts):
+    torch.manual_seed(0)
+    model = ARPG_models["ARPG-tiny"](vocab_size=64).eval()
+    codes, labels = torch.randint(0, 64, (2, model.config.block_size)), torch.tensor([1, 2])
+    orders = torch.rand(2, model.config.block_size).argsort(1)
+    expected, _ = model(codes, labels, orders=orders)
+    kernels = StandIn()
+    changed = bench_quack.use_quack(model, frozenset(parts), kernels)
+    ffns = sum(isinstance(m, FeedForward) for m in model.modules())
+    norms = sum(isinstance(m, RMSNorm) for m in model.modules())
+    assert changed == ffns * ("mlp" in parts) + norms * ("norm" in parts) > 0
+    got, _ = model(codes, labels, orders=orders)
+    assert torch.equal(got, expected)
+    assert kernels.calls == {"mlp": ffns if "mlp" in parts else 0, "norm": norms if "norm" in parts else 0}
+
+
+def test_variants_are_timed_beside_exact(capsys):
+    kernels = StandIn()
+    args = argparse.Namespace(**ARGS)
+    results = bench_quack.run_variants("ARPG-tiny", 2, bench_quack.parse_variants("exact,mlp+norm"), args,
+                                       init_distributed("cpu"), kernels)
+    assert [r["side"] for r in results] == ["exact", "mlp+norm"]
+    assert all(r["img_s"] > 0 for r in results)
+    assert kernels.calls["mlp"] > 0 and kernels.calls["norm"] > 0  # the timed steps went through them
+    # the stand-ins compute what ours do, so the swapped model's loss of the fixed batch is exact's
+    assert results[1]["loss_compiled"] == results[0]["loss_compiled"] == results[0]["loss_fp32"]
+    out = capsys.readouterr().out
+    assert "ARPG-tiny b2 mlp+norm: compiled and warmed up" in out and "repetition 2" in out
+    table = bench_quack.result_table(results, peak=1.0)
+    assert table[2].startswith("| ARPG-tiny | 2 | exact |") and "| 1.00x |" in table[2]
+    assert table[3].startswith("| ARPG-tiny | 2 | mlp+norm |") and table[3].count("|") == table[0].count("|")
+
+
+def test_one_at_a_time_builds_each_variant_alone(monkeypatch):
+    groups = []
+    real = bench_train.time_interleaved
+    monkeypatch.setattr(bench_train, "time_interleaved",
+                        lambda builders, *rest: groups.append(len(builders)) or real(builders, *rest))
+    args = argparse.Namespace(**{**ARGS, "one_at_a_time": True, "check_loss": False})
+    results = bench_quack.run_variants("ARPG-tiny", 2, bench_quack.parse_variants("exact,mlp"), args,
+                                       init_distributed("cpu"), StandIn())
+    assert groups == [1, 1] and [r["side"] for r in results] == ["exact", "mlp"]
+
+
+def test_refusals_are_one_line(monkeypatch):
+    with pytest.raises(UserError, match="--variants"):
+        bench_quack.main(["--variants", "exact,fused"])
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no CUDA GPU"):
+            bench_quack.main([])
+    monkeypatch.setitem(sys.modules, "quack", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "quack.mlp", None)
+    with pytest.raises(UserError, match="pip install quack-kernels"):
+        bench_quack.load_quack()
