@@ -16,6 +16,7 @@ import torch
 from autoregressive.generate import DecodingStart, DecodingStep, EagerSteps, decode_step, generate
 from autoregressive.models.kv_cache import KVCache
 from autoregressive.sampling import SamplingConfig
+from autoregressive.utils.device import repeatable_compile_options
 
 LayerParts = List[Tuple[Callable, Callable]]
 
@@ -45,11 +46,13 @@ def compiled_part(kind: Tuple, part: Callable, backend: str) -> Callable:
     entries, and counts them against its recompile limit, per code object: with one code object for
     every layer kind, model size and cache option, a process that samples two models (or a quantised
     and a plain cache) ran out of that limit and fell back to eager layers. Here each kind compiles
-    once per shape (a sequence of one token, and any other length)."""
+    once per shape (a sequence of one token, and any other length). Inductor compiles it in its
+    deterministic mode, so every process samples the same tokens (as the VQ decoder, weights.py)."""
     if kind not in _compiled_parts:
         code = part.__code__.replace(co_name=f"{part.__name__}_{len(_compiled_parts)}")
         copy = types.FunctionType(code, part.__globals__, code.co_name)
-        _compiled_parts[kind] = torch.compile(copy, dynamic=True, backend=backend)
+        options = repeatable_compile_options() if backend == "inductor" else None
+        _compiled_parts[kind] = torch.compile(copy, dynamic=True, backend=backend, options=options)
     return _compiled_parts[kind]
 
 

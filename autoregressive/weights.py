@@ -14,6 +14,7 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from autoregressive.utils.cli import InputNotFound, UserError
+from autoregressive.utils.device import repeatable_compile_options
 from autoregressive.utils.logger import get_logger
 
 STATE_DICT_ENTRIES = ("model", "ema", "module", "state_dict")
@@ -195,12 +196,8 @@ def prepare_vq(vq, device, dtype=torch.float32, compile_decoder: bool = False,
 
 def compile_repeatably(module: torch.nn.Module) -> None:
     """torch.compile `module` in place (its state dict keeps its names) so that every process computes the
-    same numbers: outside its deterministic mode, Inductor picks some reductions' block sizes by timing
-    them at the first call, and each choice sums in its own order, so two runs of one seed could decode
-    slightly different pixels. A torch without that mode compiles as before."""
-    import torch._inductor.config as inductor_config
-
-    module.compile(options={"deterministic": True} if hasattr(inductor_config, "deterministic") else None)
+    same numbers (utils/device.py, repeatable_compile_options): two runs of one seed decode the same pixels."""
+    module.compile(options=repeatable_compile_options())
 
 
 def load_vq(name: str, ckpt: str, device, dtype=torch.float32, compile_decoder: bool = False):

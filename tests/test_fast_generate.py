@@ -188,3 +188,19 @@ def test_fused_parts_compile_once_per_kind_and_shape_for_two_models_and_every_ca
     check(samplers[1], models[1], "weights", 5)
     check(FastSampler(models[0], use_graphs=False, compile_layers="eager"), models[0], "weights", 3)  # a second sampler
     assert entries() == first
+
+
+def test_inductor_compiles_the_layer_parts_in_its_deterministic_mode(monkeypatch, tiny_model):
+    """Outside it, Inductor times some reductions' launch configurations in each process, and two processes
+    sampling one seed with --compile-layers could round differently; other backends take no options."""
+    from autoregressive import fast_generate
+
+    seen = []
+    monkeypatch.setattr(fast_generate, "_compiled_parts", {})
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: seen.append(kwargs) or fn)
+    layer = tiny_model.layers.self_dec[0]
+    for backend in ("inductor", "eager"):
+        kind = fast_generate.part_kind(layer, fast_generate._after_attention, backend)
+        fast_generate.compiled_part(kind, fast_generate._after_attention, backend)
+    assert seen == [{"dynamic": True, "backend": "inductor", "options": {"deterministic": True}},
+                    {"dynamic": True, "backend": "eager", "options": None}]

@@ -1,4 +1,6 @@
-"""Device choice and the matmul precision of the entry scripts."""
+"""Device choice, the matmul precision of the entry scripts, and repeatable kernels."""
+from typing import Optional
+
 import torch
 
 from autoregressive.utils.cli import UserError
@@ -44,3 +46,13 @@ def use_deterministic_kernels() -> None:
 
     if hasattr(inductor_config, "deterministic"):  # torch >= 2.10: fixed reduction configs, no autotuning
         inductor_config.deterministic = True
+
+
+def repeatable_compile_options() -> Optional[dict]:
+    """torch.compile options under which every process compiles a graph to the same numbers: outside
+    Inductor's deterministic mode it picks some reductions' launch configurations by timing them at the
+    first call, and each choice may sum in its own order, so two processes (or two runs with empty compile
+    caches) could round differently. None on a torch without the mode (it compiles as before)."""
+    from torch._inductor import config as inductor_config
+
+    return {"deterministic": True} if hasattr(inductor_config, "deterministic") else None
