@@ -36,7 +36,7 @@ from autoregressive.utils.cli import RenamedFlag, UserError, check_at_least, run
 from autoregressive.utils.device import enable_tf32, resolve_device, synchronize
 from autoregressive.utils.dist import cleanup, init_distributed
 from scripts.bench_common import alone_peak_gib, model_bytes, parse_kv_caches, random_model, timed
-from scripts.bench_train import PolicyRun, release, start_run, time_interleaved, warm_up
+from scripts.bench_train import PolicyRun, start_run, time_sides, warm_up
 from scripts.kernel_profile import profile_calls, report, write_report
 from scripts.official_code import load_official
 from scripts.sampling_floor import decoding_work
@@ -89,18 +89,7 @@ def bench_training(official, name: str, batch: int, args, info) -> List[dict]:
     sides = [lambda: start_official_run(official, name, batch, info.device, not args.no_compile)]
     sides += [(lambda p: lambda: ours(p))(policy)
               for policy in parse_policy_list(getattr(args, "precision_policies", "exact"))]
-    if args.one_at_a_time:
-        return [row for side in sides for row in time_training_sides([side], name, batch, args, info)]
-    return time_training_sides(sides, name, batch, args, info)
-
-
-def time_training_sides(sides: List[Callable[[], PolicyRun]], name: str, batch: int, args, info) -> List[dict]:
-    """Build the sides' trainers, time them with interleaved repetitions, free them; a row per side."""
-    runs = time_interleaved(sides, name, batch, "training", args, info.device)
-    rows = [training_row(run, name, batch) for run in runs]
-    del runs
-    release(info.device)
-    return rows
+    return time_sides(sides, name, batch, "training", args, info.device, lambda run: training_row(run, name, batch))
 
 
 def training_row(run: PolicyRun, name: str, batch: int) -> dict:

@@ -13,7 +13,6 @@ are used untuned (one default configuration each) unless --tuned, which autotune
 each shape.
 """
 import argparse
-import statistics
 import time
 import types
 from typing import Callable, List, Sequence
@@ -79,8 +78,8 @@ def use_quack(model: torch.nn.Module, parts: frozenset, kernels, tuned: bool = F
 
 
 def run_variants(name: str, batch: int, variants: Sequence[frozenset], args, info: DistInfo, kernels) -> List[dict]:
-    """Build every variant's trainer from the same weights and batch, time them with interleaved
-    repetitions (one after another with --one-at-a-time), free them; one result per variant."""
+    """Every variant's trainer from the same weights and batch, timed with interleaved repetitions (one
+    after another with --one-at-a-time), then freed; one result per variant (bench_train.time_sides)."""
     def builder(parts: frozenset) -> Callable[[], bench_train.PolicyRun]:
         def build():
             run = bench_train.start_run(name, batch, "ddp", "exact", args, info,
@@ -89,38 +88,8 @@ def run_variants(name: str, batch: int, variants: Sequence[frozenset], args, inf
             return run
         return build
 
-    groups = [[parts] for parts in variants] if args.one_at_a_time else [list(variants)]
-    results = []
-    for group in groups:
-        runs = bench_train.time_interleaved([builder(parts) for parts in group], name, batch, "ddp", args,
-                                            info.device)
-        for run in runs:
-            if run.trainer is not None:
-                run.result["img_s"] = statistics.median(run.rates)
-                run.result["peak_gib"] = max(run.peaks) / 2**30 if run.peaks else None
-            results.append(run.result)
-        del runs
-        bench_train.release(info.device)
-    return results
-
-
-def result_table(results: List[dict], peak: float) -> List[str]:
-    """One row per model, batch and variant; "vs exact" against the exact side of the same model and batch."""
-    exact = {(r["model"], r["batch"]): r.get("img_s") for r in results if r["side"] == "exact"}
-    lines = ["| model | batch | variant | img/s (median) | vs exact | peak GiB | MFU | fixed-batch loss, compiled |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        head = f"| {r['model']} | {r['batch']} | {r['side']} |"
-        if r.get("img_s") is None:
-            lines.append(f"{head} out of memory | - | - | - | - |")
-            continue
-        reference = exact.get((r["model"], r["batch"]))
-        ratio = f"{r['img_s'] / reference:.2f}x" if reference else "-"
-        peak_gib = "-" if r["peak_gib"] is None else f"{r['peak_gib']:.1f}"
-        loss = f"{r['loss_compiled']:.5f}" if "loss_compiled" in r else "-"
-        lines.append(f"{head} {r['img_s']:.1f} | {ratio} | {peak_gib} | "
-                     f"{100 * r['img_s'] * r['flops'] / (peak * 1e12):.1f}% | {loss} |")
-    return lines
+    return bench_train.time_sides([builder(parts) for parts in variants], name, batch, "ddp", args, info.device,
+                                  bench_train.measured)
 
 
 def main(argv=None):
@@ -160,11 +129,8 @@ def main(argv=None):
             print(f"{name} b{batch}: done in {time.perf_counter() - started:.0f} s", flush=True)
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, bf16 autocast, compiled, quack "
           f"{'tuned' if args.tuned else 'untuned'}")
-    print("\n".join(result_table(results, bench_train.peak_tflops())))
-    for r in results:
-        if r["side"] == "exact" and "loss_fp32" in r:
-            print(f"{r['model']} b{r['batch']}: loss of the fixed batch, eager float32 {r['loss_fp32']:.5f}, "
-                  f"eager bf16 {r['loss_bf16']:.5f}")
+    print("\n".join(bench_train.result_table(results, bench_train.peak_tflops(), side_title="quack's parts")
+                    + bench_train.loss_lines(results)))
     cleanup()
 
 

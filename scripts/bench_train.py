@@ -88,13 +88,23 @@ def bench_group(name: str, batch: int, mode: str, policies: List[str], args, inf
     batch; their repetitions interleave, so a slow spell of the machine hits them all alike. With
     --one-at-a-time each one's trainer is built, timed and freed before the next (where two trainers do not
     fit in the GPU's memory, as ARPG-XXL's at batch 64 on 80 GB)."""
-    if args.one_at_a_time:
-        return [result for policy in policies for result in time_group(name, batch, mode, [policy], args, info)]
-    return time_group(name, batch, mode, policies, args, info)
+    def read(run: PolicyRun) -> dict:
+        result = measured(run)
+        if run.trainer is not None and args.profile:
+            write_profile(run, batch, args.profile, info.device)
+        return result
+
+    builders = [(lambda p: lambda: start_run(name, batch, mode, p, args, info))(policy) for policy in policies]
+    return time_sides(builders, name, batch, mode, args, info.device, read)
 
 
 def side_name(run: PolicyRun) -> str:
-    return run.result.get("side") or run.result["policy"]
+    return side_of(run.result)
+
+
+def side_of(result: dict) -> str:
+    """What a row is timed as: its precision policy, or the side a caller named (scripts/bench_quack.py)."""
+    return result.get("side") or result["policy"]
 
 
 def ready(run: PolicyRun, name: str, batch: int, start: float) -> PolicyRun:
@@ -132,21 +142,26 @@ def release(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def time_group(name: str, batch: int, mode: str, policies: List[str], args, info: DistInfo) -> List[dict]:
-    """Build the policies' trainers, time them with interleaved repetitions, free them."""
-    device = info.device
-    builders = [(lambda p: lambda: start_run(name, batch, mode, p, args, info))(policy) for policy in policies]
-    runs = time_interleaved(builders, name, batch, mode, args, device)
-    for run in runs:
-        if run.trainer is not None:
-            run.result["img_s"] = statistics.median(run.rates)
-            run.result["peak_gib"] = max(run.peaks) / 2**30 if run.peaks else None
-            if args.profile:
-                write_profile(run, batch, args.profile, device)
-    results = [run.result for run in runs]
-    del runs
-    release(device)
-    return results
+def time_sides(builders: Sequence[Callable[[], PolicyRun]], name: str, batch: int, what: str, args,
+               device: torch.device, read: Callable[[PolicyRun], dict]) -> List[dict]:
+    """Build the sides, time them with interleaved repetitions (with args.one_at_a_time, each side built,
+    timed and freed before the next), turn each run into its row with `read`, free them."""
+    groups = [[build] for build in builders] if args.one_at_a_time else [list(builders)]
+    rows = []
+    for group in groups:
+        runs = time_interleaved(group, name, batch, what, args, device)
+        rows += [read(run) for run in runs]
+        del runs
+        release(device)
+    return rows
+
+
+def measured(run: PolicyRun) -> dict:
+    """The run's result with its median img/s and peak GiB (none where it was skipped or ran out of memory)."""
+    if run.trainer is not None:
+        run.result["img_s"] = statistics.median(run.rates)
+        run.result["peak_gib"] = max(run.peaks) / 2**30 if run.peaks else None
+    return run.result
 
 
 def time_steps(run: PolicyRun, steps: int, batch: int, device: torch.device) -> None:
@@ -233,18 +248,17 @@ def warm_up(run: PolicyRun, device: torch.device, allocated_before: int) -> Poli
     return run
 
 
-def result_table(results: List[dict], peak: float) -> List[str]:
-    """The markdown table: one row per model, batch, mode and policy; "vs exact" divides by the exact
-    policy's img/s in the same model, batch and mode."""
-    exact = {(r["model"], r["batch"], r["mode"]): r.get("img_s") for r in results
-             if r["policy"] == "exact"}
-    lines = ["| model | batch / GPU | mode | precision policy | img/s (median) | vs exact | peak GiB | MFU |",
+def result_table(results: List[dict], peak: float, side_title: str = "precision policy") -> List[str]:
+    """The markdown table: one row per model, batch, mode and side (side_of); "vs exact" divides by the
+    exact side's img/s in the same model, batch and mode."""
+    exact = {(r["model"], r["batch"], r["mode"]): r.get("img_s") for r in results if side_of(r) == "exact"}
+    lines = [f"| model | batch / GPU | mode | {side_title} | img/s (median) | vs exact | peak GiB | MFU |",
              "|---|---|---|---|---|---|---|---|"]
     for r in results:
-        head = f"| {r['model']} | {r['batch']} | {r['mode']} | {r['policy']} |"
+        head = f"| {r['model']} | {r['batch']} | {r['mode']} | {side_of(r)} |"
         if "skipped" in r:
             lines.append(f"{head} not run: {r['skipped']} | - | - | - |")
-        elif r["img_s"] is None:
+        elif r.get("img_s") is None:
             lines.append(f"{head} out of memory | - | - | - |")
         else:
             reference = exact.get((r["model"], r["batch"], r["mode"]))
@@ -252,6 +266,19 @@ def result_table(results: List[dict], peak: float) -> List[str]:
             peak_gib = "-" if r["peak_gib"] is None else f"{r['peak_gib']:.1f}"
             mfu = r["img_s"] * r["flops"] / (peak * 1e12)
             lines.append(f"{head} {r['img_s']:.0f} | {ratio} | {peak_gib} | {100 * mfu:.1f}% |")
+    return lines
+
+
+def loss_lines(results: List[dict]) -> List[str]:
+    """The fixed-batch losses: eager float32 and bf16 once (the exact side), each side's compiled module."""
+    lines = []
+    for r in results:
+        where = f"{r['model']} b{r['batch']} {r['mode']}"
+        if side_of(r) == "exact" and "loss_fp32" in r:
+            lines.append(f"{where}: loss of a fixed batch: eager float32 {r['loss_fp32']:.5f}, "
+                         f"eager bf16 {r['loss_bf16']:.5f}")
+        if "loss_compiled" in r:
+            lines.append(f"{where} {side_of(r)}: the training module's loss of it {r['loss_compiled']:.5f}")
     return lines
 
 
@@ -318,14 +345,7 @@ def main(argv=None):
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, bf16 autocast, "
           f"{'eager' if args.no_compile else 'compiled'}, chunked loss {args.chunked_loss}, "
           f"grad checkpointing {args.grad_checkpointing}, activation memory budget {args.activation_memory_budget}")
-    print("\n".join(result_table(results, peak_tflops())))
-    for r in results:
-        if "loss_fp32" in r:
-            print(f"{r['model']} b{r['batch']} {r['mode']}: loss of a fixed batch: eager float32 {r['loss_fp32']:.5f}, "
-                  f"eager bf16 {r['loss_bf16']:.5f}")
-        if "loss_compiled" in r:
-            print(f"{r['model']} b{r['batch']} {r['mode']} {r['policy']}: the training module's loss of it "
-                  f"{r['loss_compiled']:.5f}")
+    print("\n".join(result_table(results, peak_tflops()) + loss_lines(results)))
     cleanup()
 
 

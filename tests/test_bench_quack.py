@@ -78,9 +78,12 @@ def test_variants_are_timed_beside_exact(capsys):
     assert results[1]["loss_compiled"] == results[0]["loss_compiled"] == results[0]["loss_fp32"]
     out = capsys.readouterr().out
     assert "ARPG-tiny b2 mlp+norm: compiled and warmed up" in out and "repetition 2" in out
-    table = bench_quack.result_table(results, peak=1.0)
-    assert table[2].startswith("| ARPG-tiny | 2 | exact |") and "| 1.00x |" in table[2]
-    assert table[3].startswith("| ARPG-tiny | 2 | mlp+norm |") and table[3].count("|") == table[0].count("|")
+    table = bench_train.result_table(results, peak=1.0, side_title="quack's parts")
+    assert table[2].startswith("| ARPG-tiny | 2 | ddp | exact |") and "| 1.00x |" in table[2]
+    assert table[3].startswith("| ARPG-tiny | 2 | ddp | mlp+norm |") and table[3].count("|") == table[0].count("|")
+    losses = bench_train.loss_lines(results)  # eager float32 / bf16 once, then each side's compiled module
+    assert [line.split(":")[0] for line in losses] == ["ARPG-tiny b2 ddp", "ARPG-tiny b2 ddp exact",
+                                                       "ARPG-tiny b2 ddp mlp+norm"]
 
 
 def test_one_at_a_time_builds_each_variant_alone(monkeypatch):

@@ -44,15 +44,16 @@ def use_deterministic_kernels() -> None:
     torch.backends.cudnn.deterministic = True
     from torch._inductor import config as inductor_config
 
-    if hasattr(inductor_config, "deterministic"):  # torch >= 2.10: fixed reduction configs, no autotuning
-        inductor_config.deterministic = True
+    for option, value in (repeatable_compile_options() or {}).items():  # every later compilation, not one
+        setattr(inductor_config, option, value)
 
 
 def repeatable_compile_options() -> Optional[dict]:
     """torch.compile options under which every process compiles a graph to the same numbers: outside
     Inductor's deterministic mode it picks some reductions' launch configurations by timing them at the
     first call, and each choice may sum in its own order, so two processes (or two runs with empty compile
-    caches) could round differently. None on a torch without the mode (it compiles as before)."""
+    caches) could round differently (torch >= 2.10 fixes the reductions' configurations and tunes none).
+    None on a torch without the mode (it compiles as before)."""
     from torch._inductor import config as inductor_config
 
     return {"deterministic": True} if hasattr(inductor_config, "deterministic") else None
