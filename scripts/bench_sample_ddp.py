@@ -159,20 +159,27 @@ def pipeline_rates(model, vq, pool, batch: int, sampling, device, reps: int = 3)
     return InProcess(**{part: batches * batch / float(np.median(times)) for part, times in seconds.items()})
 
 
+def our_options(our_flags: List[str]) -> argparse.Namespace:
+    """sample_c2i_ddp.py's options with --our-flags set: what our runs sample and decode with."""
+    from sample_c2i_ddp import get_args_parser as ours
+    return ours().parse_known_args(our_flags)[0]
+
+
 def in_process_rates(batch: int, concurrent: int, device, vq_ckpt: str, our_flags: List[str]) -> InProcess:
-    """pipeline_rates for a random bf16 ARPG-L with the flags above, `concurrent` batches at once, and the
-    VQ-16 of vq_ckpt as our runs decode with it (--vq-precision and --compile-vq from --our-flags)."""
+    """pipeline_rates for a random bf16 ARPG-L with the flags above, `concurrent` batches at once, the
+    sampler and the VQ-16 of vq_ckpt as our runs use them (--compile, --compile-layers, --vq-precision and
+    --compile-vq from --our-flags)."""
     from autoregressive.fast_generate import make_sampler
     from autoregressive.sampler_pool import SamplerPool
     from autoregressive.sampling import SamplingConfig
     from autoregressive.weights import PRECISIONS, load_vq
-    from sample_c2i_ddp import get_args_parser as ours
     from scripts.bench_common import random_model
 
-    flags = ours().parse_known_args(our_flags)[0]
+    flags = our_options(our_flags)
     model = random_model("ARPG-L", device)
     vq = load_vq("VQ-16", vq_ckpt, device, PRECISIONS[flags.vq_precision], compile_decoder=flags.compile_vq)
-    pool = SamplerPool(lambda: make_sampler(model), concurrent, device)
+    pool = SamplerPool(lambda: make_sampler(model, use_fast=flags.compile, compile_layers=flags.compile_layers),
+                       concurrent, device)
     try:
         return pipeline_rates(model, vq, pool, batch, SamplingConfig(num_steps=64, cfg_scale=5.0,
                                                                      sample_schedule="arccos"), device)
@@ -234,8 +241,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrent-batches", type=int, default=None,
                         help="our runs' --concurrent-batches (default: sample_c2i_ddp.py's)")
     parser.add_argument("--our-flags", default="", help="more sample_c2i_ddp.py flags for our runs, as one string "
-                        "(e.g. \"--vq-precision fp16\"); the in-process rates take their VQ flags, the sampler "
-                        "stays the default one")
+                        "(e.g. \"--vq-precision fp16\"); the in-process rates take their sampler and VQ flags "
+                        "too")
     parser.add_argument("--work-dir", default="bench_sample_ddp", help="checkpoints and samples (emptied first)")
     parser.add_argument("--keep-samples", action="store_true", help="leave the sample folders in --work-dir")
     return parser

@@ -6,8 +6,8 @@ from autoregressive.utils.cli import UserError
 import numpy as np
 import torch
 
-from scripts.bench_sample_ddp import (PROJECTED, InProcess, compare_samples, get_args_parser, main, pipeline_rates,
-                                      projected, row, steady_rate, table)
+from scripts.bench_sample_ddp import (PROJECTED, InProcess, compare_samples, get_args_parser, main, our_options,
+                                      pipeline_rates, projected, row, steady_rate, table)
 
 
 def test_stages_and_projection_from_a_timings_record():
@@ -105,3 +105,11 @@ def test_the_in_process_rates_time_the_sampler_the_decoder_and_both_on_every_bat
     assert all(rate > 0 for rate in rates)
     # 8 batches (4 x 2 at once), decoded alone and beside the sampling, in the warm-up and each repetition
     assert vq.batches == (1 + 2) * 2 * 8
+
+
+def test_the_in_process_rates_use_the_sampler_and_decoder_of_our_flags():
+    default = our_options([])
+    assert (default.compile, default.compile_layers, default.vq_precision) == (True, False, "none")
+    opted = our_options(["--compile-layers", "--vq-precision", "fp16"])
+    assert (opted.compile, opted.compile_layers, opted.vq_precision) == (True, True, "fp16")
+    assert our_options(["--no-compile"]).compile is False
