@@ -7,10 +7,11 @@ interleaved, the fixed-batch loss of each side's compiled module beside exact's 
     python -m scripts.bench_quack --models ARPG-XXL --batch-sizes 64 --variants exact,mlp --one-at-a-time
 
 quack needs a Hopper or Blackwell GPU and NVIDIA's CUTLASS DSL (`pip install quack-kernels
-nvidia-cutlass-dsl[cu13]`, or [cu12]); it is not a dependency of this project. quack 0.6.5's GEMMs stopped
-under CUTLASS DSL 4.8.1 ([training](../docs/training.md#other-libraries-kernels) says what ran). Its GEMMs
-are used untuned (one default configuration each) unless --tuned, which autotunes them at the first call of
-each shape.
+nvidia-cutlass-dsl[cu13]`, or [cu12]), installed in a site-packages folder
+(autoregressive/kernels/quack_mlp.py says why); it is not a dependency of this project. The MLP is the one
+training uses with `--mlp-kernel quack`; the RMSNorm swap is this benchmark's alone. Its GEMMs are used
+untuned (one default configuration each) unless --tuned, which autotunes them at the first call of each
+shape, as training does.
 """
 import argparse
 import time
@@ -19,6 +20,7 @@ from typing import Callable, List, Sequence
 
 import torch
 
+from autoregressive.kernels import quack_mlp
 from autoregressive.models.arpg import ARPG_models, FeedForward, RMSNorm
 from autoregressive.utils.cli import UserError, check_at_least, run_main
 from autoregressive.utils.device import enable_tf32
@@ -43,24 +45,25 @@ def variant_name(parts: frozenset) -> str:
     return "+".join(part for part in PARTS if part in parts) or "exact"
 
 
-def load_quack() -> types.SimpleNamespace:
-    """quack's MLP and RMSNorm functions, or one line saying how to get them."""
+def load_quack(device: torch.device) -> types.SimpleNamespace:
+    """quack's MLP (as training calls it) and RMSNorm functions, or one line saying what is missing."""
+    reason = quack_mlp.unavailable_reason(device)
+    if reason is not None:
+        raise UserError(f"bench_quack.py {reason}")
     try:
-        from quack.mlp import mlp_func
         from quack.rmsnorm import rmsnorm
     except ImportError as error:
         raise UserError(f"quack-kernels does not import ({error}); install it with its CUTLASS DSL: "
-                        "pip install quack-kernels 'nvidia-cutlass-dsl[cu13]'") from error
-    return types.SimpleNamespace(mlp_func=mlp_func, rmsnorm=rmsnorm)
+                        f"{quack_mlp.INSTALL}") from error
+    return types.SimpleNamespace(swiglu_mlp=quack_mlp.swiglu_mlp, rmsnorm=rmsnorm)
 
 
 def use_quack(model: torch.nn.Module, parts: frozenset, kernels, tuned: bool = False) -> int:
-    """Route the model's FeedForward (w13 holds gate then up: quack's concatenated layout) and RMSNorm
-    modules in `parts` through quack's functions, in place; returns how many modules were changed."""
+    """Route the model's FeedForward and RMSNorm modules in `parts` through quack's functions (`kernels`:
+    load_quack's), in place, in every mode; returns how many modules were changed."""
 
     def mlp_forward(ffn, x):
-        return kernels.mlp_func(x, ffn.w13.weight, ffn.w2.weight, activation="swiglu", concat_layout=True,
-                                tuned=tuned)
+        return kernels.swiglu_mlp(x, ffn.w13.weight, ffn.w2.weight, tuned=tuned)
 
     def norm_forward(norm, x):
         # rounded once to the matmul's dtype, as ours is when autocast casts it for the next Linear
@@ -116,7 +119,7 @@ def main(argv=None):
         raise UserError(f"unknown --models {unknown}; models: {', '.join(ARPG_models)}")
     if not torch.cuda.is_available():
         raise UserError("bench_quack.py times training with quack's CUDA kernels; no CUDA GPU is visible")
-    kernels = load_quack()
+    kernels = load_quack(torch.device("cuda", torch.cuda.current_device()))
     # bench_train's options that this benchmark keeps at the training defaults
     args.no_compile, args.chunked_loss, args.grad_checkpointing, args.profile = False, False, "none", None
     enable_tf32()

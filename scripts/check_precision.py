@@ -28,6 +28,10 @@ Pass rules (TOLERANCE = 2):
   its match share is within noise of float32's.
 
     python -m scripts.check_precision --precision-policies exact,bf16,fp8 --out-dir results/check-precision
+    python -m scripts.check_precision --precision-policies exact --mlp-kernels quack --sampling-modes none
+
+--mlp-kernels: exact also trains with each opt-in MLP kernel (train_c2i.py's --mlp-kernel), judged as a
+policy is (its run is named "exact + quack MLP").
 
 With --parallel N the training runs go to N processes at once, each on a GPU of its own.
 The parts live in scripts/precision_check/ (data, modes, measure, judge, run, parallel, report).
@@ -47,7 +51,7 @@ from autoregressive.utils.dist import cleanup, init_distributed, init_one_proces
 from scripts.precision_check.modes import SAMPLING_MODES
 from scripts.precision_check.parallel import run_in_parallel
 from scripts.precision_check.report import report
-from scripts.precision_check.run import run_check
+from scripts.precision_check.run import parse_mlp_kernels, run_check
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -55,6 +59,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gpt-model", choices=list(ARPG_models), default="ARPG-L")
     parser.add_argument("--precision-policies", default=",".join(PRECISION_POLICIES),
                         help="comma-separated training policies, each trained beside exact")
+    parser.add_argument("--mlp-kernels", default="", help="comma-separated opt-in MLP kernels (quack), each trained "
+                        "under the exact policy beside exact")
     parser.add_argument("--sampling-modes", default=",".join(SAMPLING_MODES),
                         help=f"comma-separated, from {', '.join(SAMPLING_MODES)}; or none (training only)")
     parser.add_argument("--vocab-size", type=int, default=16384)
@@ -108,6 +114,7 @@ def check_args(args) -> None:
     if args.vocab_size < regions ** 2:
         raise UserError(f"--vocab-size {args.vocab_size} is smaller than the {regions ** 2} distinct codes of a "
                         f"--regions {regions} prototype")
+    parse_mlp_kernels(args.mlp_kernels)
     if args.warmup_steps > args.steps:
         raise UserError(f"--warmup-steps {args.warmup_steps} is more than --steps {args.steps}")
 

@@ -3,7 +3,7 @@ with bench_train's machinery; here with stand-ins for quack's functions (plain t
 CPU, since quack itself needs a Hopper GPU."""
 import argparse
 import functools
-import sys
+import importlib.util
 
 import pytest
 import torch
@@ -20,16 +20,17 @@ ARGS = dict(steps=1, reps=2, no_compile=True, chunked_loss=False, grad_checkpoin
 
 
 class StandIn:
-    """quack's mlp_func and rmsnorm in plain torch, counting their calls and checking what they are given."""
+    """load_quack's MLP (quack_mlp.swiglu_mlp) and quack's rmsnorm in plain torch, counting their calls and
+    checking what they are given."""
 
     def __init__(self):
         self.calls = {"mlp": 0, "norm": 0}
 
-    def mlp_func(self, x, weight1, weight2, activation, concat_layout, tuned):
-        assert activation == "swiglu" and concat_layout and weight1.shape[0] == 2 * weight2.shape[1]
+    def swiglu_mlp(self, x, w13, w2, tuned):
+        assert w13.shape[0] == 2 * w2.shape[1]
         self.calls["mlp"] += 1
-        gate, up = F.linear(x, weight1).chunk(2, dim=-1)
-        return F.linear(F.silu(gate) * up, weight2)
+        gate, up = F.linear(x, w13).chunk(2, dim=-1)
+        return F.linear(F.silu(gate) * up, w2)
 
     def rmsnorm(self, x, weight, eps, out_dtype):
         self.calls["norm"] += 1
@@ -103,7 +104,6 @@ def test_refusals_are_one_line(monkeypatch):
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="no CUDA GPU"):
             bench_quack.main([])
-    monkeypatch.setitem(sys.modules, "quack", None)  # as if not installed
-    monkeypatch.setitem(sys.modules, "quack.mlp", None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)  # as if not installed
     with pytest.raises(UserError, match="pip install quack-kernels"):
-        bench_quack.load_quack()
+        bench_quack.load_quack(torch.device("cuda", 0))

@@ -211,9 +211,10 @@ def test_training_alone_when_sampling_modes_is_none(tmp_path, one_process_group)
         ["--gpt-model", "ARPG-digits", "--vocab-size", "32", "--num-classes", "5", "--grid", "4", "--steps", "10",
          "--batch-size", "8", "--lr", "3e-3", "--warmup-steps", "2", "--eval-batch", "8", "--samples-per-class", "2",
          "--sample-batch", "10", "--num-steps", "4", "--device", "cpu", "--precision-policies", "exact",
-         "--sampling-modes", "none", "--out-dir", str(tmp_path / "out")])
+         "--mlp-kernels", "quack", "--sampling-modes", "none", "--out-dir", str(tmp_path / "out")])
     training, sampling, curves = run.run_check(args, init_distributed("cpu"))
-    assert [row["run"] for row in training] == ["exact", "exact, next seed"] and sampling == []
+    assert [row["run"] for row in training] == ["exact", "exact, next seed", "exact + quack MLP"] and sampling == []
+    assert training[2]["pass"].startswith("not run: needs")  # quack: a package and a CUDA GPU
     files.report(args, training, sampling, curves)
     out = tmp_path / "out"
     assert {path.name for path in out.iterdir()} == {"report.md", "training.csv", "losses.png"}

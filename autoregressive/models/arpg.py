@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from autoregressive.kernels import quack_mlp
 from autoregressive.models.attention import CrossAttention, SelfAttention, merge_heads, split_heads
 from autoregressive.models.condition import target_queries, teacher_forced_conditions
 from autoregressive.models.config import ARPGConfig
@@ -56,9 +57,12 @@ class FeedForward(nn.Module):
         super().__init__()
         self.w13 = nn.Linear(config.dim, 2 * config.ffn_hidden, bias=False)
         self.w2 = nn.Linear(config.ffn_hidden, config.dim, bias=False)
+        self.quack = config.mlp_kernel == "quack"
         keep_official_names(self, "w13", ("w1", "w3"))
 
     def forward(self, x):
+        if self.quack and self.training:
+            return quack_mlp.swiglu_mlp(x, self.w13.weight, self.w2.weight)
         gate, up = self.w13(x).chunk(2, dim=-1)
         return self.w2(F.silu(gate) * up)
 

@@ -4,6 +4,8 @@ import math
 from dataclasses import dataclass
 from typing import Union
 
+MLP_KERNELS = ("torch", "quack")  # ARPGConfig.mlp_kernel
+
 
 @dataclass(frozen=True)
 class ARPGConfig:
@@ -32,6 +34,9 @@ class ARPGConfig:
     grad_checkpointing: Union[str, bool] = "none"
     condition_vocab_size: int = 0  # controllable generation: 0 = off; else ids 0..size-1, size = "no condition"
     condition_dropout_prob: float = 0.1  # condition map dropped to "no condition" in training
+    # The MLP's kernels in training: "torch" (FeedForward's own code) or "quack" (kernels/quack_mlp.py, opt-in);
+    # evaluation and sampling always run FeedForward's own code. Not in the weights.
+    mlp_kernel: str = "torch"
 
     def __post_init__(self):
         if self.dim % self.n_head:
@@ -44,6 +49,8 @@ class ARPGConfig:
             raise ValueError(f"block_size must be a square number of tokens, got {self.block_size}")
         if self.head_dim % 4:
             raise ValueError(f"head dim {self.head_dim} must be divisible by 4 for 2-D RoPE")
+        if self.mlp_kernel not in MLP_KERNELS:
+            raise ValueError(f"mlp_kernel must be one of {', '.join(MLP_KERNELS)}, got {self.mlp_kernel!r}")
         spec = {True: "all", False: "none"}.get(self.grad_checkpointing, str(self.grad_checkpointing))
         if spec not in ("none", "all", "self", "cross") and not (spec.isdigit() and int(spec) <= self.n_layer):
             raise ValueError(f"grad_checkpointing must be none, all, self, cross or a number of layers "

@@ -9,7 +9,8 @@ from typing import List, Optional, Tuple
 import torch
 
 from autoregressive.models.arpg import ARPG_models
-from autoregressive.train.precision import PRECISION_POLICIES, check_policy
+from autoregressive.models.config import MLP_KERNELS
+from autoregressive.train.precision import PRECISION_POLICIES, check_policy, check_quack_mlp
 from autoregressive.train.stopping import STOP_SIGNALS, STOPPED_EXIT_CODE, parse_deadline
 from autoregressive.utils.cli import UserError, check_at_least, check_at_most
 
@@ -74,6 +75,9 @@ class TrainConfig:
              "compute weights over float32 master weights (DDP or FSDP; with --grad-checkpointing, FSDP only); fp8 / "
              "fp8-rowwise: torchao float8 matmuls, scaled per tensor / per row (CUDA sm89+). Checkpoints hold float32 "
              "weights")
+    mlp_kernel: str = option("torch", choices=list(MLP_KERNELS),
+                             help="opt-in quack: quack-kernels' SwiGLU MLP in training, the activation fused into its "
+                                  "GEMMs (Hopper or Blackwell, pip install quack-kernels; docs/numerics.md)")
     ckpt_every: int = option(5000)
     log_every: int = option(100)
     num_workers: int = option(24)
@@ -149,6 +153,8 @@ class TrainConfig:
         if self.data_parallel not in ("ddp", "fsdp"):
             raise UserError(f"--data-parallel must be ddp or fsdp, got {self.data_parallel!r}")
         check_policy(self.precision_policy, self.data_parallel, self.grad_checkpointing)
+        if self.mlp_kernel == "quack":
+            check_quack_mlp(self.precision_policy, self.mixed_precision, self.deterministic)
         if not 0.0 <= self.activation_memory_budget <= 1.0:
             raise UserError(f"--activation-memory-budget must be in [0, 1], got {self.activation_memory_budget}")
         if not 0.0 <= self.drop_path_rate < 1.0:
@@ -227,7 +233,7 @@ def build_model(cfg: TrainConfig) -> torch.nn.Module:
                                       ffn_dropout_p=dropout_p, token_dropout_p=cfg.token_dropout_p,
                                       grad_checkpointing=cfg.grad_checkpointing, drop_path_rate=cfg.drop_path_rate,
                                       drop_path_layer=drop_path_layer, condition_vocab_size=cfg.condition_vocab_size,
-                                      condition_dropout_prob=cfg.condition_dropout_prob)
+                                      condition_dropout_prob=cfg.condition_dropout_prob, mlp_kernel=cfg.mlp_kernel)
 
 
 def field_flags(config_field: dataclasses.Field) -> List[Tuple[str, dict]]:

@@ -9,6 +9,7 @@ from typing import Iterator, Optional, Tuple
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from autoregressive.kernels import quack_mlp
 from autoregressive.train.checkpoint import (Progress, TrainingCheckpoint, all_finite, checkpoint_path,
                                              earlier_checkpoints, gather_rng_states, is_sharded_checkpoint,
                                              latest_checkpoint, load_checkpoint, load_sharded, pack, prune_checkpoints,
@@ -89,6 +90,14 @@ def check_data_fits(cfg: TrainConfig, world_size: int, dataset) -> None:
                         "pass the sizes the codes were extracted with")
 
 
+def check_mlp_kernel_available(model: torch.nn.Module, device: torch.device) -> None:
+    """One line, before any compilation, where the model's MLP kernel (ARPGConfig.mlp_kernel) cannot run here."""
+    if model.config.mlp_kernel == "quack":
+        reason = quack_mlp.unavailable_reason(device)
+        if reason is not None:
+            raise UserError(f"--mlp-kernel quack {reason}; or train without --mlp-kernel")
+
+
 class Trainer:
     """Holds the model, optimizer, EMA, data and progress of one run."""
 
@@ -109,6 +118,7 @@ class Trainer:
             if cfg.init_from:
                 load_initial_weights(model, cfg.init_from)
         self.model = model.to(info.device)
+        check_mlp_kernel_available(self.model, info.device)
         self.ema = create_ema(self.model) if cfg.ema else None
         self.sharded = cfg.data_parallel == "fsdp"
         # Compile and wrap before the optimizer exists: FSDP replaces the parameters by sharded ones.

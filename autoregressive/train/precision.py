@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from autoregressive.utils.cli import UserError
+from autoregressive.utils.device import gpu_unavailable_reason
 
 PRECISION_POLICIES = ("exact", "bf16", "fp8", "fp8-rowwise")
 FLOAT8_RECIPES = {"fp8": None, "fp8-rowwise": "rowwise"}  # policy -> torchao recipe (None: its default, tensor-wise)
@@ -39,6 +40,19 @@ def check_policy(policy: str, data_parallel: str, grad_checkpointing: str = "non
         # The recomputation runs after Bf16Compute's pass has put the float32 parameters back.
         raise UserError("--precision-policy bf16 with --grad-checkpointing needs --data-parallel fsdp (on one GPU: "
                         "torchrun --nproc_per_node=1); without FSDP use --activation-memory-budget to save memory")
+
+
+def check_quack_mlp(policy: str, mixed_precision: str, deterministic: bool) -> None:
+    """A clear error where --mlp-kernel quack cannot run beside the other numerics flags."""
+    if policy in FLOAT8_RECIPES:
+        raise UserError(f"--mlp-kernel quack computes the MLP's matmuls that --precision-policy {policy} would run in "
+                        "float8; use one of the two")
+    if mixed_precision == "none":
+        raise UserError("--mlp-kernel quack runs its matmuls in bf16 or fp16: it needs --mixed-precision bf16 (the "
+                        "default) or fp16")
+    if deterministic:
+        raise UserError("--mlp-kernel quack chooses its GEMMs' configurations by timing them, so a second run may "
+                        "sum in another order: drop --deterministic or --mlp-kernel quack")
 
 
 def parse_policy_list(text: str, add_exact: bool = True) -> List[str]:
@@ -58,13 +72,7 @@ def fp8_unavailable_reason(device: torch.device) -> Optional[str]:
     """Why float8 training cannot run on `device` here, or None when it can."""
     if importlib.util.find_spec("torchao") is None:
         return "needs the optional torchao package (pip install torchao)"
-    if device.type != "cuda":
-        return f"needs a CUDA GPU (this run is on {device.type})"
-    capability = torch.cuda.get_device_capability(device)
-    if capability < FP8_MIN_CAPABILITY:
-        return (f"needs a GPU of compute capability {'.'.join(map(str, FP8_MIN_CAPABILITY))} or newer (Ada, Hopper); "
-                f"this one is {capability[0]}.{capability[1]}")
-    return None
+    return gpu_unavailable_reason(device, FP8_MIN_CAPABILITY, "Ada, Hopper")
 
 
 def converts_to_float8(module: nn.Module, name: str) -> bool:

@@ -1,5 +1,5 @@
 """Device choice, the matmul precision of the entry scripts, and repeatable kernels."""
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -57,3 +57,15 @@ def repeatable_compile_options() -> Optional[dict]:
     from torch._inductor import config as inductor_config
 
     return {"deterministic": True} if hasattr(inductor_config, "deterministic") else None
+
+
+def gpu_unavailable_reason(device: torch.device, min_capability: Tuple[int, int], gpus: str) -> Optional[str]:
+    """Why a kernel for CUDA GPUs of min_capability or newer (`gpus` names them, as "Ada, Hopper") cannot
+    run on `device`, or None when it can."""
+    if device.type != "cuda":
+        return f"needs a CUDA GPU (this run is on {device.type})"
+    capability = torch.cuda.get_device_capability(device)
+    if capability < min_capability:
+        return (f"needs a GPU of compute capability {'.'.join(map(str, min_capability))} or newer ({gpus}); "
+                f"this one is {capability[0]}.{capability[1]}")
+    return None

@@ -47,7 +47,7 @@ def run_in_parallel(args, argv: List[str]):
             if use_cuda:
                 env["CUDA_VISIBLE_DEVICES"] = gpus[slot]
             command = [sys.executable, "-m", "scripts.check_precision", *argv, "--parallel", "1",
-                       "--only-run", run[0], "--run-file", result_file]
+                       "--only-run", run.name, "--run-file", result_file]
             running[slot] = (index, run, subprocess.Popen(command, env=env), result_file)
         time.sleep(0.2)
         for slot, (index, run, process, result_file) in list(running.items()):
@@ -61,9 +61,9 @@ def run_in_parallel(args, argv: List[str]):
                 finished[index] = (run, process.returncode)
     training, sampling, curves = [], [], {}
     for index in sorted(finished):
-        (name, _, seed), result = finished[index]
+        run, result = finished[index]
         if isinstance(result, int):
-            training.append({"run": name, "seed": seed, "pass": f"failed: its process exited with code {result} "
+            training.append({"run": run.name, "seed": run.seed, "pass": f"failed: its process exited with code {result} "
                                                                   "(its output is above)"})
             continue
         training += result["training"]

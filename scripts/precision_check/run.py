@@ -2,14 +2,17 @@
 the exact run's weights in every sampling mode."""
 import copy
 import time
-from typing import List, Optional, Tuple
+from typing import List, NamedTuple, Optional
 
 import torch
 
 from autoregressive.fast_generate import layer_parts_for
+from autoregressive.kernels import quack_mlp
+from autoregressive.models.config import MLP_KERNELS
 from autoregressive.train.config import TrainConfig, build_model
 from autoregressive.train.loop import Trainer
 from autoregressive.train.precision import FLOAT8_RECIPES, fp8_unavailable_reason, parse_policy_list
+from autoregressive.utils.cli import UserError
 from autoregressive.utils.dist import DistInfo
 from scripts.precision_check.data import PrototypeCodes, held_out_batch, learned_below
 from scripts.precision_check.judge import judge_modes, judge_policies
@@ -17,14 +20,22 @@ from scripts.precision_check.measure import compare_to_reference, decoding_steps
 from scripts.precision_check.modes import REFERENCE_MODE, SAMPLING_MODES, matmul_tf32, parse_modes
 
 
-def policy_config(args, policy: str, seed: int) -> TrainConfig:
+class PlannedRun(NamedTuple):
+    name: str
+    policy: str  # --precision-policy
+    seed: int
+    mlp_kernel: str = "torch"  # --mlp-kernel
+
+
+def policy_config(args, policy: str, seed: int, mlp_kernel: str = "torch") -> TrainConfig:
     """train_c2i.py's defaults on the synthetic set: one epoch of args.steps steps, warm-up then a
     constant learning rate; bf16 runs under FSDP (its policy needs it), the others as one process does."""
     return TrainConfig(code_path="", gpt_model=args.gpt_model, vocab_size=args.vocab_size, num_classes=args.num_classes,
                        image_size=args.grid, downsample_size=1, global_batch_size=args.batch_size, epochs=1,
                        lr=args.lr, lr_schedule="constant", warmup_epochs=args.warmup_steps / args.steps,
                        compile=not args.no_compile, num_workers=0, global_seed=seed, device=args.device,
-                       data_parallel="fsdp" if policy == "bf16" else "ddp", precision_policy=policy)
+                       data_parallel="fsdp" if policy == "bf16" else "ddp", precision_policy=policy,
+                       mlp_kernel=mlp_kernel)
 
 
 def train_policy(cfg: TrainConfig, info: DistInfo, dataset, steps: int):
@@ -46,27 +57,46 @@ def float32_copy(cfg: TrainConfig, trained: torch.nn.Module, device: torch.devic
     return model.eval()
 
 
-def planned_runs(args) -> List[Tuple[str, str, int]]:
-    """(name, policy, seed) of every training run: exact twice (the seed and the next one), then each
-    other policy from the seed."""
-    runs = [("exact", "exact", args.global_seed), ("exact, next seed", "exact", args.global_seed + 1)]
-    return runs + [(policy, policy, args.global_seed) for policy in parse_policy_list(args.precision_policies)
-                   if policy != "exact"]
+def planned_runs(args) -> List[PlannedRun]:
+    """Every training run: exact twice (the seed and the next one), then each other policy from the seed,
+    then exact with each opt-in MLP kernel of args.mlp_kernels ("exact + quack MLP")."""
+    runs = [PlannedRun("exact", "exact", args.global_seed), PlannedRun("exact, next seed", "exact", args.global_seed + 1)]
+    runs += [PlannedRun(policy, policy, args.global_seed) for policy in parse_policy_list(args.precision_policies)
+             if policy != "exact"]
+    return runs + [PlannedRun(f"exact + {kernel} MLP", "exact", args.global_seed, kernel)
+                   for kernel in parse_mlp_kernels(getattr(args, "mlp_kernels", ""))]
 
 
-def run_training(args, info: DistInfo, dataset: PrototypeCodes, held_out, runs: List[Tuple[str, str, int]]):
-    """Train and evaluate `runs` (planned_runs' entries) one after the other; returns the table rows
+def parse_mlp_kernels(text: str) -> List[str]:
+    """--mlp-kernels: a comma-separated list of opt-in MLP kernels ("torch", the default, is exact's)."""
+    kernels = list(dict.fromkeys(kernel for kernel in text.split(",") if kernel and kernel != "torch"))
+    unknown = [kernel for kernel in kernels if kernel not in MLP_KERNELS]
+    if unknown:
+        raise UserError(f"--mlp-kernels: unknown {', '.join(unknown)}; choose from {', '.join(MLP_KERNELS[1:])}")
+    return kernels
+
+
+def unavailable_reason(run: PlannedRun, device: torch.device) -> Optional[str]:
+    """Why `run` cannot train here (its policy's or its MLP kernel's needs), or None."""
+    if run.policy in FLOAT8_RECIPES:
+        return fp8_unavailable_reason(device)
+    return quack_mlp.unavailable_reason(device) if run.mlp_kernel == "quack" else None
+
+
+def run_training(args, info: DistInfo, dataset: PrototypeCodes, held_out, runs: List[PlannedRun]):
+    """Train and evaluate `runs` (planned_runs') one after the other; returns the table rows
     (not judged), the per-step losses by run, and the exact run's float32 model (None if not among them)."""
     codes, labels, orders = held_out
     rows, curves, exact_model = [], {}, None
-    for name, policy, seed in runs:
-        row = {"run": name, "seed": seed}
-        reason = fp8_unavailable_reason(info.device) if policy in FLOAT8_RECIPES else None
+    for run in runs:
+        name = run.name
+        row = {"run": name, "seed": run.seed}
+        reason = unavailable_reason(run, info.device)
         if reason is not None:
             rows.append({**row, "pass": f"not run: {reason}"})
             continue
         started = time.perf_counter()
-        cfg = policy_config(args, policy, seed)
+        cfg = policy_config(args, run.policy, run.seed, run.mlp_kernel)
         trainer, curves[name] = train_policy(cfg, info, dataset, args.steps)
         trained = time.perf_counter()
         model = float32_copy(cfg, trainer.model, info.device)
@@ -120,7 +150,7 @@ def run_check(args, info: DistInfo, only_run: Optional[str] = None):
     """Both comparisons in this process; returns the training rows, the sampling rows and the loss curves.
     only_run: that one training run (and the sampling modes if it is the exact one), rows not judged."""
     dataset, held_out = prepare_data(args, info.device)
-    runs = [run for run in planned_runs(args) if only_run in (None, run[0])]
+    runs = [run for run in planned_runs(args) if only_run in (None, run.name)]
     with matmul_tf32(True):  # train_c2i.py trains with TF32 (enable_tf32)
         training, curves, exact_model = run_training(args, info, dataset, held_out, runs)
     modes = parse_modes(args.sampling_modes)
