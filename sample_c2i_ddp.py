@@ -43,7 +43,7 @@ from autoregressive.weights import PRECISIONS
 from dataset.conditions import ConditionFolder, add_condition_args, check_condition_args, load_condition_map
 
 DEFAULT_NUM_SAMPLES = 50000  # ImageNet's val set, the FID reference
-LAUNCHED = time.time()  # the start of this process's wall time in --timings
+LAUNCHED = time.time()  # the start of this process's wall time in --timings, its imports done
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -247,6 +247,7 @@ def main(args) -> None:
     args = with_checkpoints_fetched(args)  # hf:// paths and omitted checkpoints -> local files
     info = init_distributed(args.device)
     clock = StageClock()
+    clock.marks.update(imported=LAUNCHED, distributed=time.time())  # start-up's steps (bench_sample_ddp splits it)
     logger = get_logger("arpg.sample", rank=info.rank)
     if info.device.type == "cuda":
         enable_tf32()

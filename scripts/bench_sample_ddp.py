@@ -10,7 +10,7 @@ layout and one random VQ-16 checkpoint (written first into --work-dir). The offi
 own tree through scripts/time_official_sample.py (its stages timed), ours with --timings and
 --concurrent-batches (default: sample_c2i_ddp.py's). Columns:
 start-up = launch until the first batch's tokens are sampled, split into loading (imports, CUDA,
-checkpoints: until the first sampling starts) and first batches (ours: every sampler's first batch, which
+checkpoints: until the first sampling starts; its steps are printed after the tables) and first batches (ours: every sampler's first batch, which
 captures its graphs; the official: its first batch); our VQ decoder compiles after that, on its own
 thread beside the next batches; model, VQ decoding and
 encoding+writing = seconds busy over the whole run (ours overlaps them: the VQ decoder of a batch runs
@@ -92,7 +92,24 @@ def row(name: str, batch: int, images: int, wall: float, record: dict) -> dict:
                                                                           1e-9)
     return {"run": name, "batch": batch, "images": images, "wall": wall, "startup": startup, "loading": loading,
             "model": seconds.get("model", 0.0), "vq": seconds.get("vq_decode", 0.0),
-            "write": seconds.get("write", 0.0), "pack": seconds.get("pack", 0.0), "steady": steady}
+            "write": seconds.get("write", 0.0), "pack": seconds.get("pack", 0.0), "steady": steady,
+            "loading_steps": loading_steps(record)}
+
+
+# The steps of loading, as the scripts mark them: (mark, what ends with it); the official script has no
+# "distributed" mark (its process group comes with its loading).
+LOADING_STEPS = (("imported", "torchrun, Python and imports"), ("distributed", "process group"),
+                 ("loaded", "checkpoints onto the GPU"))
+
+
+def loading_steps(record: dict) -> str:
+    """Loading split at the marks of LOADING_STEPS the run made: "torchrun, Python and imports 3.0 s, ..."."""
+    marks, previous, parts = record["marks"], record["launch_wall"], []
+    for mark, what in LOADING_STEPS:
+        if mark in marks:
+            parts.append(f"{what} {marks[mark] - previous:.1f} s")
+            previous = marks[mark]
+    return ", ".join(parts)
 
 
 def projected(r: dict, cap: Optional[float] = None) -> float:
@@ -329,6 +346,8 @@ def main(argv=None) -> None:
           f"flags {' '.join(OFFICIAL_FLAGS)}, random weights; ours with "
           f"{', '.join(f'{concurrent(b)} at once at batch {b}' for b in sorted(rates))}")
     print("\n".join(table(rows, official, rates)))
+    print("\nLoading, step by step:")
+    print("\n".join(f"- {r['run']}, batch {r['batch']}: {r['loading_steps']}" for r in rows))
     print("\nIn one process, warm (the cap of the 50k projection: both together):")
     print("\n".join(rates_table(rates, concurrent)))
     if not args.keep_samples:

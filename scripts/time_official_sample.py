@@ -45,7 +45,7 @@ def main() -> None:
     import models.vq_model
     from PIL import Image
 
-    seconds, marks = {}, {}
+    seconds, marks = {}, {"imported": time.time()}
     models.arpg.Transformer.generate = timed(models.arpg.Transformer.generate, "model", seconds, marks, True)
     models.vq_model.VQModel.decode_code = timed(models.vq_model.VQModel.decode_code, "vq_decode", seconds, marks,
                                                 True)

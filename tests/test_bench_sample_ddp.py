@@ -6,8 +6,8 @@ from autoregressive.utils.cli import UserError
 import numpy as np
 import torch
 
-from scripts.bench_sample_ddp import (PROJECTED, InProcess, compare_samples, get_args_parser, main, our_options,
-                                      pipeline_rates, projected, row, steady_rate, table)
+from scripts.bench_sample_ddp import (PROJECTED, InProcess, compare_samples, get_args_parser, loading_steps, main,
+                                      our_options, pipeline_rates, projected, row, steady_rate, table)
 
 
 def test_stages_and_projection_from_a_timings_record():
@@ -23,6 +23,14 @@ def test_stages_and_projection_from_a_timings_record():
     assert lines[-1].startswith("| ours | 100 | 1100 | 45.0 | 20.0 (8.0 + 12.0) | 30.0 | 10.0 | 50.0 | 4.0 | 50.0 | "
                                 "50% of 100 |")
     assert lines[-1].endswith(f"| {projected(official) / projected(r):.1f}x |")
+
+
+def test_loading_is_split_at_the_marks_each_script_makes():
+    ours = {"launch_wall": 100.0, "marks": {"imported": 103.0, "distributed": 103.5, "loaded": 110.0}}
+    assert loading_steps(ours) == ("torchrun, Python and imports 3.0 s, process group 0.5 s, "
+                                   "checkpoints onto the GPU 6.5 s")
+    official = {"launch_wall": 100.0, "marks": {"imported": 104.0, "loaded": 111.0}}  # no process-group mark
+    assert loading_steps(official) == "torchrun, Python and imports 4.0 s, checkpoints onto the GPU 7.0 s"
 
 
 def test_a_steady_rate_above_the_pipelines_own_is_a_backlog_and_projects_at_the_pipelines():
