@@ -33,8 +33,10 @@ Pass rules (TOLERANCE = 2):
 --mlp-kernels: exact also trains with each opt-in MLP kernel (train_c2i.py's --mlp-kernel), judged as a
 policy is (its run is named "exact + quack MLP").
 
-With --parallel N the training runs go to N processes at once, each on a GPU of its own.
-The parts live in scripts/precision_check/ (data, modes, measure, judge, run, parallel, report).
+With --parallel N the training runs go to N processes at once, each on a GPU of its own. Every finished
+run is saved under <out-dir>/finished/; --resume reads those saved under the same settings instead of
+training them again (a check cut short by a time limit goes on where it stopped).
+The parts live in scripts/precision_check/ (data, modes, measure, judge, run, finished, parallel, report).
 """
 import argparse
 import json
@@ -94,6 +96,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     parser.add_argument("--num-threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out-dir", default="results/check-precision")
+    parser.add_argument("--resume", action="store_true", help="read the training runs that an earlier check with "
+                        "the same settings finished (<out-dir>/finished/) instead of training them again")
     parser.add_argument("--parallel", type=int, default=1, help="training runs at once, each in a process of its "
                         "own on a GPU of its own (a 4-GPU machine runs exact, its next seed, bf16 and fp8 together)")
     parser.add_argument("--only-run", default=None, help=argparse.SUPPRESS)  # a --parallel child: this run alone

@@ -197,7 +197,8 @@ def test_a_small_check_learns_the_set_and_reports_every_policy_and_mode(tmp_path
 
     files.report(args, training, sampling, curves)
     out = tmp_path / "out"
-    assert {path.name for path in out.iterdir()} == {"report.md", "training.csv", "sampling.csv", "losses.png"}
+    assert {path.name for path in out.iterdir()} == {"report.md", "training.csv", "sampling.csv", "losses.png",
+                                                     "finished"}
     with open(out / "sampling.csv") as file:
         assert [row["mode"] for row in csv.DictReader(file)] == list(modes.SAMPLING_MODES)
     assert "| bf16 | 0 |" in (out / "report.md").read_text()
@@ -217,7 +218,7 @@ def test_training_alone_when_sampling_modes_is_none(tmp_path, one_process_group)
     assert training[2]["pass"].startswith("not run: needs")  # quack: a package and a CUDA GPU
     files.report(args, training, sampling, curves)
     out = tmp_path / "out"
-    assert {path.name for path in out.iterdir()} == {"report.md", "training.csv", "losses.png"}
+    assert {path.name for path in out.iterdir()} == {"report.md", "training.csv", "losses.png", "finished"}
     assert "Sampling" not in (out / "report.md").read_text()
 
 
@@ -267,3 +268,26 @@ def test_bad_arguments_are_refused():
         check.check_args(parse("--regions", "5"))
     with pytest.raises(ValueError, match="--warmup-steps 40 is more than --steps 30"):
         check.check_args(parse("--steps", "30", "--warmup-steps", "40"))
+
+
+def test_resume_reads_the_runs_a_check_finished_under_the_same_settings(tmp_path, one_process_group, monkeypatch):
+    """Each run is saved as it ends; --resume reads the ones saved under the same settings (a check cut short
+    goes on where it stopped), trains the others, and trains exact again when the sampling modes need it."""
+    argv = ["--gpt-model", "ARPG-digits", "--vocab-size", "32", "--num-classes", "5", "--grid", "4", "--steps", "6",
+            "--batch-size", "8", "--lr", "3e-3", "--warmup-steps", "2", "--eval-batch", "8", "--samples-per-class", "2",
+            "--sample-batch", "10", "--num-steps", "4", "--device", "cpu", "--precision-policies", "exact",
+            "--sampling-modes", "none", "--out-dir", str(tmp_path / "out")]
+    parse = lambda *extra: check.get_args_parser().parse_args(argv + list(extra))
+    first, _, first_curves = run.run_check(parse(), init_distributed("cpu"))
+    assert sorted(p.name for p in (tmp_path / "out" / "finished").iterdir()) == ["exact-next-seed.json", "exact.json"]
+
+    trained = []
+    real = run.train_policy
+    monkeypatch.setattr(run, "train_policy", lambda cfg, *rest: trained.append(cfg.global_seed) or real(cfg, *rest))
+    again, _, curves = run.run_check(parse("--resume"), init_distributed("cpu"))
+    assert trained == [] and again == first and curves == first_curves  # both read back
+    run.run_check(parse("--resume", "--lr", "1e-3"), init_distributed("cpu"))
+    assert trained == [0, 1]  # other settings: both trained again
+    trained.clear()
+    run.run_check(parse("--resume", "--lr", "1e-3", "--sampling-modes", "bf16"), init_distributed("cpu"))
+    assert trained == [0]  # exact again, for the sampling modes' weights; the next seed read

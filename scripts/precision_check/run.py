@@ -14,6 +14,7 @@ from autoregressive.train.loop import Trainer
 from autoregressive.train.precision import FLOAT8_RECIPES, fp8_unavailable_reason, parse_policy_list
 from autoregressive.utils.cli import UserError
 from autoregressive.utils.dist import DistInfo
+from scripts.precision_check import finished
 from scripts.precision_check.data import PrototypeCodes, held_out_batch, learned_below
 from scripts.precision_check.judge import judge_modes, judge_policies
 from scripts.precision_check.measure import compare_to_reference, decoding_steps, next_token_log_probs, sample_match_share
@@ -83,9 +84,12 @@ def unavailable_reason(run: PlannedRun, device: torch.device) -> Optional[str]:
     return quack_mlp.unavailable_reason(device) if run.mlp_kernel == "quack" else None
 
 
-def run_training(args, info: DistInfo, dataset: PrototypeCodes, held_out, runs: List[PlannedRun]):
-    """Train and evaluate `runs` (planned_runs') one after the other; returns the table rows
-    (not judged), the per-step losses by run, and the exact run's float32 model (None if not among them)."""
+def run_training(args, info: DistInfo, dataset: PrototypeCodes, held_out, runs: List[PlannedRun],
+                 keep_exact_model: bool = False):
+    """Train and evaluate `runs` (planned_runs') one after the other, each saved as it ends (finished.py);
+    with args.resume, a run saved under the same settings is read instead, except the exact run when
+    keep_exact_model (the sampling modes read its weights). Returns the table rows (not judged), the
+    per-step losses by run, and the exact run's float32 model (None if not trained here)."""
     codes, labels, orders = held_out
     rows, curves, exact_model = [], {}, None
     for run in runs:
@@ -94,6 +98,13 @@ def run_training(args, info: DistInfo, dataset: PrototypeCodes, held_out, runs: 
         reason = unavailable_reason(run, info.device)
         if reason is not None:
             rows.append({**row, "pass": f"not run: {reason}"})
+            continue
+        saved = finished.load(args, run) if args.resume and not (keep_exact_model and name == "exact") else None
+        if saved is not None:
+            rows.append(saved[0])
+            curves[name] = saved[1]
+            print(f"read {name} from {finished.path_of(args, run)}: held-out loss {saved[0]['held-out loss']:.4f}",
+                  flush=True)
             continue
         started = time.perf_counter()
         cfg = policy_config(args, run.policy, run.seed, run.mlp_kernel)
@@ -108,6 +119,7 @@ def run_training(args, info: DistInfo, dataset: PrototypeCodes, held_out, runs: 
         rows.append({**row, "train loss (last 10%)": sum(tail) / len(tail), "held-out loss": loss.item(),
                      "match share": sample_match_share(model, SAMPLING_MODES[REFERENCE_MODE], dataset, args, info.device)})
         exact_model = model if name == "exact" else exact_model
+        finished.save(args, run, rows[-1], curves[name])
         # As each run ends: a run cut short by a time limit still shows what it measured.
         print(f"trained {name}: held-out loss {loss.item():.4f}, match share {rows[-1]['match share']:.3f} "
               f"(training {trained - started:.0f} s, compilation included; evaluation {time.perf_counter() - trained:.0f} s)",
@@ -151,9 +163,9 @@ def run_check(args, info: DistInfo, only_run: Optional[str] = None):
     only_run: that one training run (and the sampling modes if it is the exact one), rows not judged."""
     dataset, held_out = prepare_data(args, info.device)
     runs = [run for run in planned_runs(args) if only_run in (None, run.name)]
-    with matmul_tf32(True):  # train_c2i.py trains with TF32 (enable_tf32)
-        training, curves, exact_model = run_training(args, info, dataset, held_out, runs)
     modes = parse_modes(args.sampling_modes)
+    with matmul_tf32(True):  # train_c2i.py trains with TF32 (enable_tf32)
+        training, curves, exact_model = run_training(args, info, dataset, held_out, runs, keep_exact_model=bool(modes))
     sampling = []
     if modes and exact_model is not None:
         sampling = run_sampling(args, exact_model, dataset, held_out, modes, info.device)
