@@ -5,6 +5,7 @@ interleaved, the fixed-batch loss of each side's compiled module beside exact's 
 
     python -m scripts.bench_quack --models ARPG-L --batch-sizes 128 --variants exact,mlp,mlp+norm
     python -m scripts.bench_quack --models ARPG-XXL --batch-sizes 64 --variants exact,mlp --one-at-a-time
+    python -m scripts.bench_quack --models ARPG-L --variants exact,mlp,bf16,bf16+mlp --tuned
 
 quack needs a Hopper or Blackwell GPU and NVIDIA's CUTLASS DSL (`pip install quack-kernels
 nvidia-cutlass-dsl[cu13]`, or [cu12]), installed in a site-packages folder
@@ -16,7 +17,7 @@ shape, as training does.
 import argparse
 import time
 import types
-from typing import Callable, List, Sequence
+from typing import Callable, List, NamedTuple, Sequence
 
 import torch
 
@@ -28,21 +29,34 @@ from autoregressive.utils.dist import DistInfo, cleanup, init_distributed
 from scripts import bench_train
 
 PARTS = ("mlp", "norm")
+# Training policies a side may run under beside quack's parts (tensor-wise and row-wise float8 convert the
+# MLP's Linear layers themselves).
+POLICIES = ("exact", "bf16")
 
 
-def parse_variants(text: str) -> List[frozenset]:
-    """'exact,mlp,mlp+norm' -> [set(), {mlp}, {mlp, norm}]: which of PARTS each side takes from quack."""
+class Variant(NamedTuple):
+    policy: str  # --precision-policy of the side
+    parts: frozenset  # which of PARTS it takes from quack
+
+
+def parse_variants(text: str) -> List[Variant]:
+    """'exact,mlp,bf16+mlp+norm' -> each side's policy (exact unless a token names another of POLICIES) and
+    the PARTS it takes from quack."""
     variants = []
     for item in text.split(","):
-        parts = frozenset() if item == "exact" else frozenset(item.split("+"))
-        if not parts <= set(PARTS) or item == "":
-            raise UserError(f"--variants: {item!r} is not 'exact' or a '+'-joined set of {', '.join(PARTS)}")
-        variants.append(parts)
+        tokens = [token for token in item.split("+") if token != "exact"]
+        policies = [token for token in tokens if token in POLICIES]
+        parts = frozenset(token for token in tokens if token not in POLICIES)
+        if item == "" or "" in tokens or len(policies) > 1 or not parts <= set(PARTS):
+            raise UserError(f"--variants: {item!r} is not 'exact' or a '+'-joined set of {', '.join(PARTS)}, with "
+                            f"at most one policy of {', '.join(POLICIES)}")
+        variants.append(Variant(policies[0] if policies else "exact", parts))
     return variants
 
 
-def variant_name(parts: frozenset) -> str:
-    return "+".join(part for part in PARTS if part in parts) or "exact"
+def variant_name(variant: Variant) -> str:
+    tokens = ([variant.policy] if variant.policy != "exact" else []) + [part for part in PARTS if part in variant.parts]
+    return "+".join(tokens) or "exact"
 
 
 def load_quack(device: torch.device) -> types.SimpleNamespace:
@@ -80,18 +94,18 @@ def use_quack(model: torch.nn.Module, parts: frozenset, kernels, tuned: bool = F
     return changed
 
 
-def run_variants(name: str, batch: int, variants: Sequence[frozenset], args, info: DistInfo, kernels) -> List[dict]:
+def run_variants(name: str, batch: int, variants: Sequence[Variant], args, info: DistInfo, kernels) -> List[dict]:
     """Every variant's trainer from the same weights and batch, timed with interleaved repetitions (one
     after another with --one-at-a-time), then freed; one result per variant (bench_train.time_sides)."""
-    def builder(parts: frozenset) -> Callable[[], bench_train.PolicyRun]:
+    def builder(variant: Variant) -> Callable[[], bench_train.PolicyRun]:
         def build():
-            run = bench_train.start_run(name, batch, "ddp", "exact", args, info,
-                                        prepare=lambda model: use_quack(model, parts, kernels, args.tuned))
-            run.result["side"] = variant_name(parts)
+            run = bench_train.start_run(name, batch, "ddp", variant.policy, args, info,
+                                        prepare=lambda model: use_quack(model, variant.parts, kernels, args.tuned))
+            run.result["side"] = variant_name(variant)
             return run
         return build
 
-    return bench_train.time_sides([builder(parts) for parts in variants], name, batch, "ddp", args, info.device,
+    return bench_train.time_sides([builder(variant) for variant in variants], name, batch, "ddp", args, info.device,
                                   bench_train.measured)
 
 
@@ -100,7 +114,8 @@ def main(argv=None):
     parser.add_argument("--models", default="ARPG-L", help="comma-separated, from " + ", ".join(ARPG_models))
     parser.add_argument("--batch-sizes", default="128", help="comma-separated batch sizes")
     parser.add_argument("--variants", default="exact,mlp,mlp+norm",
-                        help="comma-separated: exact, or quack's parts joined by '+': " + ", ".join(PARTS))
+                        help="comma-separated: exact, or quack's parts joined by '+' (" + ", ".join(PARTS) + "), "
+                             "with a policy other than exact if one is named: " + ", ".join(POLICIES[1:]))
     parser.add_argument("--steps", type=int, default=10, help="timed steps per repetition")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--tuned", action="store_true", help="let quack autotune its GEMMs at each new shape")
@@ -132,7 +147,7 @@ def main(argv=None):
             print(f"{name} b{batch}: done in {time.perf_counter() - started:.0f} s", flush=True)
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, bf16 autocast, compiled, quack "
           f"{'tuned' if args.tuned else 'untuned'}")
-    print("\n".join(bench_train.result_table(results, bench_train.peak_tflops(), side_title="quack's parts")
+    print("\n".join(bench_train.result_table(results, bench_train.peak_tflops(), side_title="side (policy+quack's parts)")
                     + bench_train.loss_lines(results)))
     cleanup()
 

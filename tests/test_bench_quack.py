@@ -43,9 +43,13 @@ def small_vocabulary(monkeypatch):
 
 
 def test_variants_are_parsed_and_bad_ones_refused():
-    assert bench_quack.parse_variants("exact,mlp,norm+mlp") == [frozenset(), {"mlp"}, {"mlp", "norm"}]
-    assert [bench_quack.variant_name(v) for v in bench_quack.parse_variants("exact,norm+mlp")] == ["exact", "mlp+norm"]
-    for bad in ("mlp,loss", "exact,", "mlp+"):
+    Variant = bench_quack.Variant
+    assert bench_quack.parse_variants("exact,mlp,norm+mlp,bf16,mlp+bf16") == [
+        Variant("exact", frozenset()), Variant("exact", {"mlp"}), Variant("exact", {"mlp", "norm"}),
+        Variant("bf16", frozenset()), Variant("bf16", {"mlp"})]
+    names = [bench_quack.variant_name(v) for v in bench_quack.parse_variants("exact,norm+mlp,mlp+bf16,exact+mlp")]
+    assert names == ["exact", "mlp+norm", "bf16+mlp", "mlp"]
+    for bad in ("mlp,loss", "exact,", "mlp+", "bf16+fp8", "bf16+exact+bf16", "fp8+mlp"):
         with pytest.raises(UserError, match="--variants"):
             bench_quack.parse_variants(bad)
 
@@ -79,7 +83,7 @@ def test_variants_are_timed_beside_exact(capsys):
     assert results[1]["loss_compiled"] == results[0]["loss_compiled"] == results[0]["loss_fp32"]
     out = capsys.readouterr().out
     assert "ARPG-tiny b2 mlp+norm: compiled and warmed up" in out and "repetition 2" in out
-    table = bench_train.result_table(results, peak=1.0, side_title="quack's parts")
+    table = bench_train.result_table(results, peak=1.0, side_title="side (policy+quack's parts)")
     assert table[2].startswith("| ARPG-tiny | 2 | ddp | exact |") and "| 1.00x |" in table[2]
     assert table[3].startswith("| ARPG-tiny | 2 | ddp | mlp+norm |") and table[3].count("|") == table[0].count("|")
     losses = bench_train.loss_lines(results)  # eager float32 / bf16 once, then each side's compiled module
@@ -107,3 +111,12 @@ def test_refusals_are_one_line(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)  # as if not installed
     with pytest.raises(UserError, match="pip install quack-kernels"):
         bench_quack.load_quack(torch.device("cuda", 0))
+
+
+def test_a_variant_may_train_under_the_bf16_policy():
+    kernels = StandIn()
+    args = argparse.Namespace(**{**ARGS, "check_loss": False})
+    results = bench_quack.run_variants("ARPG-tiny", 2, bench_quack.parse_variants("exact,bf16+mlp"), args,
+                                       init_distributed("cpu"), kernels)
+    assert [(r["policy"], r["side"]) for r in results] == [("exact", "exact"), ("bf16", "bf16+mlp")]
+    assert all(r["img_s"] > 0 for r in results) and kernels.calls["mlp"] > 0
