@@ -12,7 +12,8 @@ goes).
 
 Training, both sides: random codes, bf16 autocast, torch.compile, gradient clipping, fused AdamW with
 weight decay on 2-D parameters (the official train_c2i.py's step); ours is `Trainer.optimizer_step` with
-train_c2i.py's defaults (chunked loss), and beside it each of --precision-policies. Sampling, both
+train_c2i.py's defaults (chunked loss), and beside it each of --precision-policies and of --mlp-kernels
+(train_c2i.py's --mlp-kernel, under the exact policy). Sampling, both
 sides: random bf16 weights (the official --precision bf16), 64 steps, CFG 4.5 constant, arccos; theirs
 is `Transformer.generate`, ours the CUDA-graph fast path (plus `--kv-caches` variants). Tokens only, no
 VQ decode. Peak memory: a training
@@ -31,7 +32,7 @@ import torch
 from autoregressive.fast_generate import FastSampler
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.sampling import SamplingConfig
-from autoregressive.train.precision import parse_policy_list
+from autoregressive.train.precision import parse_mlp_kernels, parse_policy_list
 from autoregressive.utils.cli import RenamedFlag, UserError, check_at_least, run_main
 from autoregressive.utils.device import enable_tf32, resolve_device, synchronize
 from autoregressive.utils.dist import cleanup, init_distributed
@@ -81,14 +82,17 @@ def bench_training(official, name: str, batch: int, args, info) -> List[dict]:
     """Official and ours (exact policy, and each other policy asked for) on one model and batch,
     repetitions interleaved; with --one-at-a-time each side is built, timed and freed before the next
     (where the sides' trainers do not fit in the GPU's memory together)."""
-    def ours(policy: str) -> PolicyRun:
-        run = start_run(name, batch, "ddp", policy, args, info)
-        run.result["side"] = "ours" if policy == "exact" else f"ours, {policy}"
+    def ours(policy: str, mlp_kernel: str = "torch") -> PolicyRun:
+        run = start_run(name, batch, "ddp", policy, args, info, mlp_kernel=mlp_kernel)
+        run.result["side"] = ", ".join(["ours"] + [policy] * (policy != "exact") +
+                                       [f"{mlp_kernel} MLP"] * (mlp_kernel != "torch"))
         return run
 
     sides = [lambda: start_official_run(official, name, batch, info.device, not args.no_compile)]
     sides += [(lambda p: lambda: ours(p))(policy)
               for policy in parse_policy_list(getattr(args, "precision_policies", "exact"))]
+    sides += [(lambda k: lambda: ours("exact", k))(kernel)
+              for kernel in parse_mlp_kernels(getattr(args, "mlp_kernels", ""))]
     return time_sides(sides, name, batch, "training", args, info.device, lambda run: training_row(run, name, batch))
 
 
@@ -191,6 +195,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-batch", type=int, default=128, help="per GPU")
     parser.add_argument("--precision-policies", default="exact", help="comma-separated training policies of ours "
                         "(exact always): exact, bf16, fp8, fp8-rowwise")
+    parser.add_argument("--mlp-kernels", default="", help="comma-separated opt-in MLP kernels of ours (quack), "
+                        "each trained under the exact policy beside the official code")
     parser.add_argument("--sample-models", nargs="*", default=["ARPG-L"], choices=list(ARPG_models))
     parser.add_argument("--sample-batches", nargs="+", type=int, default=[64, 256])
     parser.add_argument("--kv-caches", default="weights", help="comma-separated KV caches of our path: weights "
@@ -221,6 +227,7 @@ def main(argv=None) -> None:
                         ("--reps", args.reps), *(("--sample-batches", b) for b in args.sample_batches)):
         check_at_least(flag, value, 1)
     kv_caches = parse_kv_caches(args.kv_caches)
+    parse_policy_list(args.precision_policies), parse_mlp_kernels(args.mlp_kernels)  # refused before any loading
     official = load_official(args.official_repo)
     device = resolve_device(args.device)
     if device.type == "cuda":

@@ -27,6 +27,7 @@ from typing import Callable, List, Optional, Sequence
 
 import torch
 
+from autoregressive.kernels import quack_mlp
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.train.config import TrainConfig, build_model
 from autoregressive.train.loop import Trainer
@@ -62,13 +63,16 @@ def fixed_batch_loss(model, codes, labels, orders, autocast: bool) -> float:
     return loss.item()
 
 
-def unavailable_reason(policy: str, mode: str, device: torch.device, grad_checkpointing: str = "none") -> Optional[str]:
-    """Why `policy` cannot run in `mode` here (shown in its table row), or None."""
+def unavailable_reason(policy: str, mode: str, device: torch.device, grad_checkpointing: str = "none",
+                       mlp_kernel: str = "torch") -> Optional[str]:
+    """Why `policy` (with `mlp_kernel`) cannot run in `mode` here (shown in its table row), or None."""
     try:
         check_policy(policy, mode, grad_checkpointing)
     except ValueError as error:
         return str(error)
-    return fp8_unavailable_reason(device) if policy in FLOAT8_RECIPES else None
+    if policy in FLOAT8_RECIPES:
+        return fp8_unavailable_reason(device)
+    return quack_mlp.unavailable_reason(device) if mlp_kernel == "quack" else None
 
 
 class PolicyRun:
@@ -199,20 +203,22 @@ def write_profile(run: PolicyRun, batch: int, out_dir: str, device: torch.device
 
 
 def start_run(name: str, batch: int, mode: str, policy: str, args, info: DistInfo,
-              prepare: Optional[Callable[[torch.nn.Module], None]] = None) -> PolicyRun:
+              prepare: Optional[Callable[[torch.nn.Module], None]] = None, mlp_kernel: str = "torch") -> PolicyRun:
     """Build, wrap and warm up (compile) the trainer of one policy; the same seeded weights and random
     batch for every one. The fixed-batch loss check runs for every policy on its own compiled module, and
     in eager float32 and bf16 once, beside exact. prepare: changes the built model in place before the
-    trainer compiles it (after the eager checks), as scripts/bench_quack.py swaps in other kernels."""
+    trainer compiles it (after the eager checks), as scripts/bench_quack.py swaps in other kernels.
+    mlp_kernel: train_c2i.py's --mlp-kernel (training mode only, so the fixed-batch losses, read in
+    evaluation mode, do not see it)."""
     device = info.device
     result = {"model": name, "batch": batch, "mode": mode, "policy": policy}
-    reason = unavailable_reason(policy, mode, device, args.grad_checkpointing)
+    reason = unavailable_reason(policy, mode, device, args.grad_checkpointing, mlp_kernel)
     if reason is not None:
         result["skipped"] = reason
         return PolicyRun(result)
     cfg = TrainConfig(code_path="", gpt_model=name, global_batch_size=batch, compile=not args.no_compile,
                       chunked_loss=args.chunked_loss, grad_checkpointing=args.grad_checkpointing,
-                      data_parallel=mode, precision_policy=policy, num_workers=0)
+                      data_parallel=mode, precision_policy=policy, num_workers=0, mlp_kernel=mlp_kernel)
     torch.manual_seed(0)
     model = build_model(cfg).to(device)
     torch.nn.init.normal_(model.head.weight, std=0.02)  # a zero head (the training init) makes every loss log V

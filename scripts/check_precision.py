@@ -47,13 +47,13 @@ from typing import List, Optional
 import torch
 
 from autoregressive.models.arpg import ARPG_models
-from autoregressive.train.precision import PRECISION_POLICIES, parse_policy_list
+from autoregressive.train.precision import PRECISION_POLICIES, parse_mlp_kernels, parse_policy_list
 from autoregressive.utils.cli import RenamedFlag, UserError, check_at_least, run_main
 from autoregressive.utils.dist import cleanup, init_distributed, init_one_process_group
 from scripts.precision_check.modes import SAMPLING_MODES
 from scripts.precision_check.parallel import run_in_parallel
 from scripts.precision_check.report import report
-from scripts.precision_check.run import parse_mlp_kernels, run_check
+from scripts.precision_check.run import run_check
 
 
 def get_args_parser() -> argparse.ArgumentParser:

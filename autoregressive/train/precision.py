@@ -22,6 +22,7 @@ from typing import List, Optional
 import torch
 import torch.nn as nn
 
+from autoregressive.models.config import MLP_KERNELS
 from autoregressive.utils.cli import UserError
 from autoregressive.utils.device import gpu_unavailable_reason
 
@@ -66,6 +67,16 @@ def parse_policy_list(text: str, add_exact: bool = True) -> List[str]:
     if not add_exact:
         return ordered
     return ["exact"] + [policy for policy in ordered if policy != "exact"]
+
+
+def parse_mlp_kernels(text: str) -> List[str]:
+    """--mlp-kernels of the benchmarks and the quality check: a comma-separated list of opt-in MLP kernels
+    to run beside the default ("torch", left out of the list)."""
+    kernels = list(dict.fromkeys(kernel for kernel in text.split(",") if kernel and kernel != "torch"))
+    unknown = [kernel for kernel in kernels if kernel not in MLP_KERNELS]
+    if unknown:
+        raise UserError(f"--mlp-kernels: unknown {', '.join(unknown)}; choose from {', '.join(MLP_KERNELS[1:])}")
+    return kernels
 
 
 def fp8_unavailable_reason(device: torch.device) -> Optional[str]:

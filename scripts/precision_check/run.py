@@ -8,11 +8,9 @@ import torch
 
 from autoregressive.fast_generate import layer_parts_for
 from autoregressive.kernels import quack_mlp
-from autoregressive.models.config import MLP_KERNELS
 from autoregressive.train.config import TrainConfig, build_model
 from autoregressive.train.loop import Trainer
-from autoregressive.train.precision import FLOAT8_RECIPES, fp8_unavailable_reason, parse_policy_list
-from autoregressive.utils.cli import UserError
+from autoregressive.train.precision import FLOAT8_RECIPES, fp8_unavailable_reason, parse_mlp_kernels, parse_policy_list
 from autoregressive.utils.dist import DistInfo
 from scripts.precision_check import finished
 from scripts.precision_check.data import PrototypeCodes, held_out_batch, learned_below
@@ -66,15 +64,6 @@ def planned_runs(args) -> List[PlannedRun]:
              if policy != "exact"]
     return runs + [PlannedRun(f"exact + {kernel} MLP", "exact", args.global_seed, kernel)
                    for kernel in parse_mlp_kernels(getattr(args, "mlp_kernels", ""))]
-
-
-def parse_mlp_kernels(text: str) -> List[str]:
-    """--mlp-kernels: a comma-separated list of opt-in MLP kernels ("torch", the default, is exact's)."""
-    kernels = list(dict.fromkeys(kernel for kernel in text.split(",") if kernel and kernel != "torch"))
-    unknown = [kernel for kernel in kernels if kernel not in MLP_KERNELS]
-    if unknown:
-        raise UserError(f"--mlp-kernels: unknown {', '.join(unknown)}; choose from {', '.join(MLP_KERNELS[1:])}")
-    return kernels
 
 
 def unavailable_reason(run: PlannedRun, device: torch.device) -> Optional[str]:
