@@ -33,7 +33,7 @@ from autoregressive.fast_generate import FastSampler
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.sampling import SamplingConfig
 from autoregressive.train.precision import parse_mlp_kernels, parse_policy_list
-from autoregressive.utils.cli import RenamedFlag, UserError, check_at_least, run_main
+from autoregressive.utils.cli import RenamedFlag, check_at_least, run_main
 from autoregressive.utils.device import enable_tf32, resolve_device, synchronize
 from autoregressive.utils.dist import cleanup, init_distributed
 from scripts.bench_common import alone_peak_gib, model_bytes, parse_kv_caches, random_model, timed

@@ -27,12 +27,12 @@ from typing import Callable, List, Optional, Sequence
 
 import torch
 
-from autoregressive.kernels import quack_mlp
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.train.config import TrainConfig, build_model
 from autoregressive.train.loop import Trainer
 from autoregressive.train.parallel import set_activation_memory_budget
-from autoregressive.train.precision import FLOAT8_RECIPES, check_policy, fp8_unavailable_reason, parse_policy_list
+from autoregressive.train.precision import check_policy, parse_policy_list
+from autoregressive.train.precision import unavailable_reason as training_unavailable_reason
 from autoregressive.utils.cli import UserError, check_at_least, run_main
 from autoregressive.utils.device import enable_tf32, synchronize
 from autoregressive.utils.dist import DistInfo, cleanup, init_distributed, init_one_process_group
@@ -70,9 +70,7 @@ def unavailable_reason(policy: str, mode: str, device: torch.device, grad_checkp
         check_policy(policy, mode, grad_checkpointing)
     except ValueError as error:
         return str(error)
-    if policy in FLOAT8_RECIPES:
-        return fp8_unavailable_reason(device)
-    return quack_mlp.unavailable_reason(device) if mlp_kernel == "quack" else None
+    return training_unavailable_reason(policy, mlp_kernel, device)
 
 
 class PolicyRun:

@@ -22,6 +22,7 @@ from typing import List, Optional
 import torch
 import torch.nn as nn
 
+from autoregressive.kernels import quack_mlp
 from autoregressive.models.config import MLP_KERNELS
 from autoregressive.utils.cli import UserError
 from autoregressive.utils.device import gpu_unavailable_reason
@@ -84,6 +85,13 @@ def fp8_unavailable_reason(device: torch.device) -> Optional[str]:
     if importlib.util.find_spec("torchao") is None:
         return "needs the optional torchao package (pip install torchao)"
     return gpu_unavailable_reason(device, FP8_MIN_CAPABILITY, "Ada, Hopper")
+
+
+def unavailable_reason(policy: str, mlp_kernel: str, device: torch.device) -> Optional[str]:
+    """Why a run of `policy` with `mlp_kernel` (train_c2i.py's flags) cannot train on `device` here, or None."""
+    if policy in FLOAT8_RECIPES:
+        return fp8_unavailable_reason(device)
+    return quack_mlp.unavailable_reason(device) if mlp_kernel == "quack" else None
 
 
 def converts_to_float8(module: nn.Module, name: str) -> bool:

@@ -7,10 +7,9 @@ from typing import List, NamedTuple, Optional
 import torch
 
 from autoregressive.fast_generate import layer_parts_for
-from autoregressive.kernels import quack_mlp
 from autoregressive.train.config import TrainConfig, build_model
 from autoregressive.train.loop import Trainer
-from autoregressive.train.precision import FLOAT8_RECIPES, fp8_unavailable_reason, parse_mlp_kernels, parse_policy_list
+from autoregressive.train.precision import parse_mlp_kernels, parse_policy_list, unavailable_reason
 from autoregressive.utils.dist import DistInfo
 from scripts.precision_check import finished
 from scripts.precision_check.data import PrototypeCodes, held_out_batch, learned_below
@@ -66,13 +65,6 @@ def planned_runs(args) -> List[PlannedRun]:
                    for kernel in parse_mlp_kernels(getattr(args, "mlp_kernels", ""))]
 
 
-def unavailable_reason(run: PlannedRun, device: torch.device) -> Optional[str]:
-    """Why `run` cannot train here (its policy's or its MLP kernel's needs), or None."""
-    if run.policy in FLOAT8_RECIPES:
-        return fp8_unavailable_reason(device)
-    return quack_mlp.unavailable_reason(device) if run.mlp_kernel == "quack" else None
-
-
 def run_training(args, info: DistInfo, dataset: PrototypeCodes, held_out, runs: List[PlannedRun],
                  keep_exact_model: bool = False):
     """Train and evaluate `runs` (planned_runs') one after the other, each saved as it ends (finished.py);
@@ -84,7 +76,7 @@ def run_training(args, info: DistInfo, dataset: PrototypeCodes, held_out, runs: 
     for run in runs:
         name = run.name
         row = {"run": name, "seed": run.seed}
-        reason = unavailable_reason(run, info.device)
+        reason = unavailable_reason(run.policy, run.mlp_kernel, info.device)
         if reason is not None:
             rows.append({**row, "pass": f"not run: {reason}"})
             continue
