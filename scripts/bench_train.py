@@ -100,10 +100,6 @@ def bench_group(name: str, batch: int, mode: str, policies: List[str], args, inf
     return time_sides(builders, name, batch, mode, args, info.device, read)
 
 
-def side_name(run: PolicyRun) -> str:
-    return side_of(run.result)
-
-
 def side_of(result: dict) -> str:
     """What a row is timed as: its precision policy, or the side a caller named (scripts/bench_quack.py)."""
     return result.get("side") or result["policy"]
@@ -113,7 +109,7 @@ def ready(run: PolicyRun, name: str, batch: int, start: float) -> PolicyRun:
     """Say that a side is built and compiled, and how long that took: the compilations before the first
     timed step are most of a short run, so a run cut off by a time limit still shows how far it got."""
     state = f"not run: {run.result['skipped']}" if "skipped" in run.result else "compiled and warmed up"
-    print(f"{name} b{batch} {side_name(run)}: {state} in {time.perf_counter() - start:.0f} s", flush=True)
+    print(f"{name} b{batch} {side_of(run.result)}: {state} in {time.perf_counter() - start:.0f} s", flush=True)
     return run
 
 
@@ -130,7 +126,7 @@ def time_interleaved(builders: Sequence[Callable[[], PolicyRun]], name: str, bat
         for run in runs:
             if run.trainer is not None:
                 time_steps(run, args.steps, batch, device)
-        rates = ", ".join(f"{side_name(run)} {run.rates[-1]:.1f}" for run in runs if run.trainer is not None)
+        rates = ", ".join(f"{side_of(run.result)} {run.rates[-1]:.1f}" for run in runs if run.trainer is not None)
         print(f"{name} b{batch} {what} repetition {rep + 1}: img/s {rates}", flush=True)
     return runs
 
