@@ -13,7 +13,7 @@ goes).
 Training, both sides: random codes, bf16 autocast, torch.compile, gradient clipping, fused AdamW with
 weight decay on 2-D parameters (the official train_c2i.py's step); ours is `Trainer.optimizer_step` with
 train_c2i.py's defaults (chunked loss), and beside it each of --precision-policies and of --mlp-kernels
-(train_c2i.py's --mlp-kernel, under the exact policy). Sampling, both
+(train_c2i.py's --mlp-kernel, under each listed policy but fp8's). Sampling, both
 sides: random bf16 weights (the official --precision bf16), 64 steps, CFG 4.5 constant, arccos; theirs
 is `Transformer.generate`, ours the CUDA-graph fast path (plus `--kv-caches` variants). Tokens only, no
 VQ decode. Peak memory: a training
@@ -32,7 +32,7 @@ import torch
 from autoregressive.fast_generate import FastSampler
 from autoregressive.models.arpg import ARPG_models
 from autoregressive.sampling import SamplingConfig
-from autoregressive.train.precision import parse_mlp_kernels, parse_policy_list
+from autoregressive.train.precision import parse_mlp_kernels, parse_policy_list, with_mlp_kernels
 from autoregressive.utils.cli import RenamedFlag, check_at_least, run_main
 from autoregressive.utils.device import enable_tf32, resolve_device, synchronize
 from autoregressive.utils.dist import cleanup, init_distributed
@@ -89,10 +89,10 @@ def bench_training(official, name: str, batch: int, args, info) -> List[dict]:
         return run
 
     sides = [lambda: start_official_run(official, name, batch, info.device, not args.no_compile)]
-    sides += [(lambda p: lambda: ours(p))(policy)
-              for policy in parse_policy_list(getattr(args, "precision_policies", "exact"))]
-    sides += [(lambda k: lambda: ours("exact", k))(kernel)
-              for kernel in parse_mlp_kernels(getattr(args, "mlp_kernels", ""))]
+    policies = parse_policy_list(getattr(args, "precision_policies", "exact"))
+    sides += [(lambda p: lambda: ours(p))(policy) for policy in policies]
+    sides += [(lambda p, k: lambda: ours(p, k))(policy, kernel)
+              for policy, kernel in with_mlp_kernels(policies, parse_mlp_kernels(getattr(args, "mlp_kernels", "")))]
     return time_sides(sides, name, batch, "training", args, info.device, lambda run: training_row(run, name, batch))
 
 
@@ -196,7 +196,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision-policies", default="exact", help="comma-separated training policies of ours "
                         "(exact always): exact, bf16, fp8, fp8-rowwise")
     parser.add_argument("--mlp-kernels", default="", help="comma-separated opt-in MLP kernels of ours (quack), "
-                        "each trained under the exact policy beside the official code")
+                        "each trained under every listed policy but fp8's, beside the official code")
     parser.add_argument("--sample-models", nargs="*", default=["ARPG-L"], choices=list(ARPG_models))
     parser.add_argument("--sample-batches", nargs="+", type=int, default=[64, 256])
     parser.add_argument("--kv-caches", default="weights", help="comma-separated KV caches of our path: weights "

@@ -30,8 +30,8 @@ Pass rules (TOLERANCE = 2):
     python -m scripts.check_precision --precision-policies exact,bf16,fp8 --out-dir results/check-precision
     python -m scripts.check_precision --precision-policies exact --mlp-kernels quack --sampling-modes none
 
---mlp-kernels: exact also trains with each opt-in MLP kernel (train_c2i.py's --mlp-kernel), judged as a
-policy is (its run is named "exact + quack MLP").
+--mlp-kernels: each policy that can take it also trains with each opt-in MLP kernel (train_c2i.py's
+--mlp-kernel), judged as a policy is (runs named "exact + quack MLP", "bf16 + quack MLP"; not fp8's).
 
 With --parallel N the training runs go to N processes at once, each on a GPU of its own. Every finished
 run is saved under <out-dir>/finished/; --resume reads those saved under the same settings instead of
@@ -62,7 +62,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision-policies", default=",".join(PRECISION_POLICIES),
                         help="comma-separated training policies, each trained beside exact")
     parser.add_argument("--mlp-kernels", default="", help="comma-separated opt-in MLP kernels (quack), each trained "
-                        "under the exact policy beside exact")
+                        "under every listed policy but fp8's, beside exact")
     parser.add_argument("--sampling-modes", default=",".join(SAMPLING_MODES),
                         help=f"comma-separated, from {', '.join(SAMPLING_MODES)}; or none (training only)")
     parser.add_argument("--vocab-size", type=int, default=16384)

@@ -141,15 +141,17 @@ def test_one_at_a_time_builds_times_and_frees_each_training_side_in_turn(tmp_pat
 
 
 def test_an_opt_in_mlp_kernel_gets_its_own_training_side(tmp_path, capsys):
-    """--mlp-kernels quack: a side "ours, quack MLP" beside the official code and ours; where quack cannot
-    run (here: no Hopper GPU) its row says why instead of the run stopping."""
+    """--mlp-kernels quack: a side "ours, quack MLP" beside the official code and ours, and one with each
+    other policy asked for; where quack cannot run (here: no Hopper GPU) its row says why instead of the
+    run stopping."""
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "arpg.py").write_text(STAND_IN)
     argv = ["--official-repo", str(tmp_path), "--device", "cpu", "--train-models", "ARPG-tiny", "--train-batch", "2",
             "--steps", "1", "--reps", "1", "--no-compile", "--sample-models"]
-    bench_official.main(argv + ["--mlp-kernels", "quack"])
+    bench_official.main(argv + ["--precision-policies", "exact,bf16", "--mlp-kernels", "quack"])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ARPG-tiny |")]
-    sides = [row.split(" | ")[2] for row in rows[:3]]
-    assert sides[:2] == ["official", "ours"] and sides[2].startswith("ours, quack MLP (not run: needs")
+    sides = [row.split(" | ")[2] for row in rows[:5]]
+    assert sides[:3] == ["official", "ours", "ours, bf16"]
+    assert sides[3].startswith("ours, quack MLP (not run: needs") and sides[4].startswith("ours, bf16, quack MLP (not run")
     with pytest.raises(UserError, match="--mlp-kernels: unknown liger"):
         bench_official.main(argv + ["--mlp-kernels", "liger"])

@@ -258,6 +258,15 @@ def test_a_failed_exact_run_leaves_the_policies_inconclusive():
     assert rows[0]["pass"].startswith("failed") and rows[2]["pass"] == "inconclusive: exact did not finish"
 
 
+def test_an_mlp_kernel_joins_every_policy_train_c2i_lets_it_join():
+    """--mlp-kernels quack: a run beside exact and beside bf16, none beside fp8 (train_c2i.py refuses
+    quack with a float8 policy), each named after both."""
+    args = check.get_args_parser().parse_args(["--precision-policies", "fp8,bf16", "--mlp-kernels", "quack"])
+    assert [(r.name, r.policy, r.mlp_kernel) for r in run.planned_runs(args)] == [
+        ("exact", "exact", "torch"), ("exact, next seed", "exact", "torch"), ("fp8", "fp8", "torch"),
+        ("bf16", "bf16", "torch"), ("exact + quack MLP", "exact", "quack"), ("bf16 + quack MLP", "bf16", "quack")]
+
+
 def test_bad_arguments_are_refused():
     parse = lambda *extra: check.get_args_parser().parse_args(list(extra))
     with pytest.raises(ValueError, match="resample-fraction"):

@@ -17,7 +17,7 @@ Every policy keeps the exact model's parameter names and float32 weights, so che
 into the exact model.
 """
 import importlib.util
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -78,6 +78,12 @@ def parse_mlp_kernels(text: str) -> List[str]:
     if unknown:
         raise UserError(f"--mlp-kernels: unknown {', '.join(unknown)}; choose from {', '.join(MLP_KERNELS[1:])}")
     return kernels
+
+
+def with_mlp_kernels(policies: List[str], kernels: List[str]) -> List[Tuple[str, str]]:
+    """The (policy, MLP kernel) runs that each opt-in kernel adds: one beside every listed policy it can
+    join (train_c2i.py refuses a float8 policy with quack, whose MLP would run those matmuls itself)."""
+    return [(policy, kernel) for kernel in kernels for policy in policies if policy not in FLOAT8_RECIPES]
 
 
 def fp8_unavailable_reason(device: torch.device) -> Optional[str]:

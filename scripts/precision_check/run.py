@@ -9,7 +9,7 @@ import torch
 from autoregressive.fast_generate import layer_parts_for
 from autoregressive.train.config import TrainConfig, build_model
 from autoregressive.train.loop import Trainer
-from autoregressive.train.precision import parse_mlp_kernels, parse_policy_list, unavailable_reason
+from autoregressive.train.precision import parse_mlp_kernels, parse_policy_list, unavailable_reason, with_mlp_kernels
 from autoregressive.utils.dist import DistInfo
 from scripts.precision_check import finished
 from scripts.precision_check.data import PrototypeCodes, held_out_batch, learned_below
@@ -57,12 +57,13 @@ def float32_copy(cfg: TrainConfig, trained: torch.nn.Module, device: torch.devic
 
 def planned_runs(args) -> List[PlannedRun]:
     """Every training run: exact twice (the seed and the next one), then each other policy from the seed,
-    then exact with each opt-in MLP kernel of args.mlp_kernels ("exact + quack MLP")."""
+    then each policy it can join with each opt-in MLP kernel of args.mlp_kernels ("exact + quack MLP",
+    "bf16 + quack MLP")."""
+    policies = parse_policy_list(args.precision_policies)
     runs = [PlannedRun("exact", "exact", args.global_seed), PlannedRun("exact, next seed", "exact", args.global_seed + 1)]
-    runs += [PlannedRun(policy, policy, args.global_seed) for policy in parse_policy_list(args.precision_policies)
-             if policy != "exact"]
-    return runs + [PlannedRun(f"exact + {kernel} MLP", "exact", args.global_seed, kernel)
-                   for kernel in parse_mlp_kernels(getattr(args, "mlp_kernels", ""))]
+    runs += [PlannedRun(policy, policy, args.global_seed) for policy in policies if policy != "exact"]
+    return runs + [PlannedRun(f"{policy} + {kernel} MLP", policy, args.global_seed, kernel)
+                   for policy, kernel in with_mlp_kernels(policies, parse_mlp_kernels(getattr(args, "mlp_kernels", "")))]
 
 
 def run_training(args, info: DistInfo, dataset: PrototypeCodes, held_out, runs: List[PlannedRun],
