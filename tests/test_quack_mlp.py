@@ -3,10 +3,12 @@ the model's switch (training only), and a training run through it. quack needs a
 plain-torch stand-in with quack's signature takes its place on the CPU."""
 import importlib.util
 import sys
+import dataclasses
 import types
 
 import pytest
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from autoregressive.kernels import quack_mlp
@@ -57,9 +59,21 @@ def test_the_model_uses_quack_in_training_only(stand_in_quack, monkeypatch):
     assert len(stand_in_quack) == 1
 
 
-def test_a_training_run_goes_through_quack_and_learns_what_the_torch_mlp_learns(stand_in_quack, monkeypatch):
+@pytest.fixture
+def gloo_group(tmp_path):
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("policy, data_parallel, grad_checkpointing", [
+    ("exact", "ddp", "none"), ("bf16", "ddp", "none"), ("bf16", "fsdp", "none"), ("exact", "fsdp", "all")])
+def test_a_training_run_goes_through_quack_and_learns_what_the_torch_mlp_learns(
+        stand_in_quack, monkeypatch, gloo_group, policy, data_parallel, grad_checkpointing):
     """The same seed and data with --mlp-kernel quack (its stand-in) and without: the same losses, since
-    the stand-in computes what FeedForward does; every training forward of every MLP went through it."""
+    the stand-in computes what FeedForward does, under DDP and FSDP2 (whose unsharded weights quack
+    reads), with the bf16 policy and with recomputed layers; every training forward of every MLP (and
+    every recomputation of one) went through it."""
     from autoregressive.train.loop import Trainer
     from autoregressive.utils.dist import DistInfo
     from scripts.precision_check.data import PrototypeCodes
@@ -72,12 +86,15 @@ def test_a_training_run_goes_through_quack_and_learns_what_the_torch_mlp_learns(
     info = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
     losses = {}
     for kernel in ("torch", "quack"):
-        cfg = policy_config(args, "exact", 0, kernel)
+        cfg = dataclasses.replace(policy_config(args, policy, 0, kernel), data_parallel=data_parallel,
+                                  grad_checkpointing=grad_checkpointing)
         assert cfg.mlp_kernel == kernel
         trainer = Trainer(cfg, info, dataset)
         losses[kernel] = [loss.item() for loss, _ in trainer.steps(3)]
-    assert losses["quack"] == pytest.approx(losses["torch"], abs=1e-5)
-    assert len(stand_in_quack) == 3 * trainer.model.config.n_layer  # 3 steps, one forward each, every layer's MLP
+    assert losses["quack"] == pytest.approx(losses["torch"], abs=1e-5 if policy == "exact" else 1e-3)
+    passes = 2 if grad_checkpointing == "all" else 1  # the forward, and its recomputation in the backward
+    mlps = sum(isinstance(module, FeedForward) for module in trainer.model.modules())
+    assert mlps > 0 and len(stand_in_quack) == 3 * passes * mlps  # 3 steps, every layer's MLP
 
 
 def test_the_flag_and_its_refusals():
