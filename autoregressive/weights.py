@@ -9,7 +9,7 @@ import argparse
 import os
 import pickle
 import zipfile
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
@@ -150,14 +150,16 @@ def check_state_dict(model: torch.nn.Module, state: Dict[str, torch.Tensor]) -> 
     raise UserError(f"the checkpoint does not fit this {type(model).__name__}: " + "; ".join(parts))
 
 
-def load_model_weights(model: torch.nn.Module, path: str, weights: Optional[str] = None) -> torch.nn.Module:
+def load_model_weights(model: torch.nn.Module, path: str, weights: Optional[str] = None,
+                       assign: bool = False) -> torch.nn.Module:
     """Fill `model` from the file at `path` with strict=True (weights: see select_state_dict); returns
-    the model and logs which weights it got."""
+    the model and logs which weights it got. assign: take the file's tensors as the parameters instead
+    of copying into them (load_state_dict's assign; what a model built on the meta device needs)."""
     checkpoint = read_checkpoint(path)
     which, _ = select_state_dict(checkpoint, weights)
     state = extract_state_dict(checkpoint, which)
     check_state_dict(model, state)
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=True, assign=assign)
     # torchrun's rank, for the process group may not exist yet; other ranks stay quiet
     get_logger("arpg.weights", rank=int(os.environ.get("RANK", 0))).info(
         f"loaded the {'EMA' if which == 'ema' else 'raw model'} weights of {path}")
@@ -167,15 +169,26 @@ def load_model_weights(model: torch.nn.Module, path: str, weights: Optional[str]
 PRECISIONS = {"none": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def build_from_checkpoint(build: Callable[[], torch.nn.Module], path: str,
+                          weights: Optional[str] = None) -> torch.nn.Module:
+    """build() on the meta device, its every parameter and buffer then taken from the file at `path`
+    (strict; weights: see select_state_dict). No random initial weights are drawn only to be overwritten
+    (for ARPG-XXL that is most of a sampling run's loading time on the CPU), and the weights are not
+    copied once more on the host before they move to the GPU. Tensors a module keeps as plain attributes
+    must be built on an explicit device (ARPG's RoPE table is)."""
+    with torch.device("meta"):
+        model = build()
+    return load_model_weights(model, path, weights, assign=True)
+
+
 def load_gpt(name: str, ckpt: Optional[str], device, precision: str = "none", weights: Optional[str] = None,
              **overrides):
     """Build ARPG_models[name](**overrides), fill it strictly from ckpt (weights: "ema", "model" or None
     for EMA when present), cast, eval mode."""
     from autoregressive.models.arpg import ARPG_models
 
-    model = ARPG_models[name](**overrides)
-    if ckpt:
-        load_model_weights(model, ckpt, weights)
+    build = lambda: ARPG_models[name](**overrides)
+    model = build_from_checkpoint(build, ckpt, weights) if ckpt else build()
     return model.to(device=device, dtype=PRECISIONS[precision]).eval()
 
 
@@ -204,7 +217,7 @@ def load_vq(name: str, ckpt: str, device, dtype=torch.float32, compile_decoder: 
     """The VQ tokenizer, filled strictly from ckpt ("model" entry or bare); see prepare_vq."""
     from tokenizer.vq_model import VQ_models
 
-    return prepare_vq(load_model_weights(VQ_models[name](), ckpt), device, dtype, compile_decoder)
+    return prepare_vq(build_from_checkpoint(VQ_models[name], ckpt), device, dtype, compile_decoder)
 
 
 def module_state_dict(model: torch.nn.Module) -> Dict[str, torch.Tensor]:

@@ -5,8 +5,9 @@ import torch
 from safetensors.torch import save_file
 
 from autoregressive.models.arpg import ARPG_models
+from autoregressive.utils.cli import UserError
 from autoregressive.weights import load_model_weights
-from conftest import build_tiny
+from conftest import TINY, build_tiny
 
 
 @pytest.mark.parametrize("layout", ["bare", "model", "ema", "module", "state_dict", "ddp-prefixed"])
@@ -169,3 +170,38 @@ def test_load_gpt_takes_the_chosen_weights(tmp_path):
     for weights, wanted in ((None, ema), ("model", raw)):
         model = load_gpt("ARPG-tiny", str(path), "cpu", "none", weights, vocab_size=32, num_classes=5, block_size=16)
         assert torch.equal(model.head.weight, wanted["head.weight"])
+
+
+def test_a_model_built_from_a_checkpoint_draws_no_random_weights_and_samples_as_a_copied_one(tmp_path):
+    """load_gpt and load_vq build on the meta device and take the file's tensors: the CPU generator is
+    not advanced by an initialisation the checkpoint would overwrite, nothing stays on the meta device
+    (the RoPE table included), and the model samples the tokens of a model the weights were copied into."""
+    from autoregressive.generate import generate
+    from autoregressive.weights import load_gpt, load_vq
+    from tokenizer.vq_model import VQ_models
+
+    source = build_tiny(seed=1)
+    path = tmp_path / "arpg.pt"
+    torch.save({"model": source.state_dict()}, path)
+    before = torch.get_rng_state()
+    model = load_gpt("ARPG-tiny", str(path), "cpu", "none", **TINY)
+    assert torch.equal(torch.get_rng_state(), before)
+    tensors = [*model.parameters(), *model.buffers(), model.rope_cpu]
+    assert not any(tensor.is_meta for tensor in tensors) and not model.training
+    copied = load_model_weights(build_tiny(seed=2), str(path))
+    labels = torch.tensor([0, 3])
+    tokens = [generate(m, labels, num_steps=4, generator=torch.Generator().manual_seed(0)) for m in (model, copied)]
+    assert torch.equal(tokens[0], tokens[1])
+
+    vq_path = tmp_path / "vq.pt"
+    vq_state = VQ_models["VQ-16"]().state_dict()
+    torch.save({"model": vq_state}, vq_path)
+    before = torch.get_rng_state()
+    vq = load_vq("VQ-16", str(vq_path), "cpu")
+    assert torch.equal(torch.get_rng_state(), before)
+    assert not any(tensor.is_meta for tensor in [*vq.parameters(), *vq.buffers()])
+    assert torch.equal(vq.decoder.conv_in.weight, vq_state["decoder.conv_in.weight"])
+
+    torch.save({"model": {k: v for k, v in source.state_dict().items() if k != "head.weight"}}, path)
+    with pytest.raises(UserError, match="1 missing keys: head.weight"):
+        load_gpt("ARPG-tiny", str(path), "cpu", "none", **TINY)
