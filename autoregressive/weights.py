@@ -178,7 +178,12 @@ def build_from_checkpoint(build: Callable[[], torch.nn.Module], path: str,
     must be built on an explicit device (ARPG's RoPE table is)."""
     with torch.device("meta"):
         model = build()
-    return load_model_weights(model, path, weights, assign=True)
+    load_model_weights(model, path, weights, assign=True)
+    with torch.no_grad():  # a file's tensor may be a strided view; copying into a built model never was
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if not tensor.is_contiguous():
+                tensor.data = tensor.data.contiguous()
+    return model
 
 
 def load_gpt(name: str, ckpt: Optional[str], device, precision: str = "none", weights: Optional[str] = None,

@@ -202,6 +202,9 @@ def test_a_model_built_from_a_checkpoint_draws_no_random_weights_and_samples_as_
     assert not any(tensor.is_meta for tensor in [*vq.parameters(), *vq.buffers()])
     assert torch.equal(vq.decoder.conv_in.weight, vq_state["decoder.conv_in.weight"])
 
+    strided = {**source.state_dict(), "head.weight": source.head.weight.detach().t().contiguous().t()}
+    torch.save({"model": strided}, path)
+    assert load_gpt("ARPG-tiny", str(path), "cpu", "none", **TINY).head.weight.is_contiguous()  # as a copy was
     torch.save({"model": {k: v for k, v in source.state_dict().items() if k != "head.weight"}}, path)
     with pytest.raises(UserError, match="1 missing keys: head.weight"):
         load_gpt("ARPG-tiny", str(path), "cpu", "none", **TINY)
