@@ -174,8 +174,8 @@ def build_from_checkpoint(build: Callable[[], torch.nn.Module], path: str,
     """build() on the meta device, its every parameter and buffer then taken from the file at `path`
     (strict; weights: see select_state_dict). No random initial weights are drawn only to be overwritten
     (the bulk of building a large model on the CPU; sample_c2i_ddp.py --timings shows the loading), and
-    the weights are not copied once more on the host before they move to the GPU. Tensors a module keeps as plain attributes
-    must be built on an explicit device (ARPG's RoPE table is)."""
+    the weights are not copied once more on the host before they move to the GPU. Tensors a module keeps
+    as plain attributes must be built on an explicit device (ARPG's RoPE table is)."""
     with torch.device("meta"):
         model = build()
     load_model_weights(model, path, weights, assign=True)
