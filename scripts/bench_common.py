@@ -1,5 +1,5 @@
-"""What the benchmark scripts share (bench_sample.py, bench_sample_ddp.py, bench_official.py, bench_train.py, bench_load.py,
-sampling_floor.py, bench_vq_decode.py): the hardware rates their floors are computed against, timing and
+"""What the benchmark scripts share (bench_sample.py, bench_sample_ddp.py, bench_official.py, bench_train.py,
+bench_load.py, sampling_floor.py, bench_vq_decode.py): the hardware rates their floors are computed against, timing and
 memory helpers, the random-weights model they time, a run of seeded batches through a sampler pool and the
 --kv-caches list. A script imports shared helpers from here, not from another script."""
 import gc
