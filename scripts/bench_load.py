@@ -71,8 +71,7 @@ def main(argv=None) -> List[dict]:
     if unknown or not names:
         raise UserError(f"--models: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(BUILDERS)}")
     device = resolve_device(args.device)
-    torch.set_grad_enabled(False)
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, torch.no_grad():
         rows = [bench_model(name, folder, device, PRECISIONS[args.precision], args.reps) for name in names]
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"{where}, torch {torch.__version__}, to {device.type} in {args.precision}, medians of {args.reps}")

@@ -44,3 +44,13 @@ def finished_run(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def few_threads():
     torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def grad_mode_left_as_found():
+    """A test that leaves autograd switched off process-wide (a main() calling torch.set_grad_enabled) would
+    fail every training test after it with an unrelated error: it fails itself instead."""
+    yield
+    if not torch.is_grad_enabled():
+        torch.set_grad_enabled(True)
+        pytest.fail("the test left autograd off (torch.set_grad_enabled(False)); use torch.no_grad() instead")
