@@ -42,6 +42,7 @@ def bench_model(name: str, folder: str, device: torch.device, dtype: torch.dtype
     models = {}
     for _ in range(reps):
         for way, load in ways.items():
+            models.pop(way, None)  # the previous repetition's copy goes first: at most one of each way held
             models[way], took = timed(lambda: load().to(device=device, dtype=dtype).eval())
             seconds[way].append(took)
     first, second = (models[way].state_dict() for way in ways)
