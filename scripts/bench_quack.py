@@ -135,7 +135,8 @@ def main(argv=None):
     if not torch.cuda.is_available():
         raise UserError("bench_quack.py times training with quack's CUDA kernels; no CUDA GPU is visible")
     kernels = load_quack(torch.device("cuda", torch.cuda.current_device()))
-    # bench_train's options that this benchmark keeps at the training defaults
+    # bench_train's options, at bench_train's defaults: compiled, the plain loss (train_c2i.py's default chunked
+    # loss runs at its speed: docs/training.md), no recomputation, no profile
     args.no_compile, args.chunked_loss, args.grad_checkpointing, args.profile = False, False, "none", None
     enable_tf32()
     info = init_distributed("cuda")

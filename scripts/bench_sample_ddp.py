@@ -10,9 +10,9 @@ layout and one random VQ-16 checkpoint (written first into --work-dir). The offi
 own tree through scripts/time_official_sample.py (its stages timed), ours with --timings and
 --concurrent-batches (default: sample_c2i_ddp.py's). Columns:
 start-up = launch until the first batch's tokens are sampled, split into loading (imports, CUDA,
-checkpoints: until the first sampling starts; its steps are printed after the tables) and first batches (ours: every sampler's first batch, which
-captures its graphs; the official: its first batch); our VQ decoder compiles after that, on its own
-thread beside the next batches; model, VQ decoding and
+checkpoints: until the first sampling starts; its steps are printed after the tables) and first
+batches (ours: every sampler's first batch, which captures its graphs; the official: its first batch);
+our VQ decoder compiles after that, on its own thread beside the next batches; model, VQ decoding and
 encoding+writing = seconds busy over the whole run (ours overlaps them: the VQ decoder of a batch runs
 beside the sampling of the next, the writers on threads, so they add up to more than the wall time;
 writing is summed over the writer threads; our VQ time is GPU time, without its compilation); packing =

@@ -57,11 +57,11 @@ class FeedForward(nn.Module):
         super().__init__()
         self.w13 = nn.Linear(config.dim, 2 * config.ffn_hidden, bias=False)
         self.w2 = nn.Linear(config.ffn_hidden, config.dim, bias=False)
-        self.quack = config.mlp_kernel == "quack"
+        self.mlp_kernel = config.mlp_kernel  # "quack": quack_mlp in training mode (ARPGConfig.mlp_kernel)
         keep_official_names(self, "w13", ("w1", "w3"))
 
     def forward(self, x):
-        if self.quack and self.training:
+        if self.mlp_kernel == "quack" and self.training:
             return quack_mlp.swiglu_mlp(x, self.w13.weight, self.w2.weight)
         gate, up = self.w13(x).chunk(2, dim=-1)
         return self.w2(F.silu(gate) * up)
