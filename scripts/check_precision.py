@@ -5,8 +5,10 @@ square blocks per class, each block its own code (its prototype); a sample is it
 redrawn. No loss goes below the entropy of one token given class and shift, far below ln(V) (loss_floor).
 
 Training: the model is trained under every policy (`--precision-policies`) from the same seed and data
-order with train_c2i.py's own step (Trainer.optimizer_step), plus exact once more from another seed: the
-run-to-run difference that the policies are judged against. Per-step losses go to losses.png.
+order with train_c2i.py's own step (Trainer.optimizer_step), plus exact from the next seed (and from more
+seeds with --exact-seeds): the run-to-run difference that the policies are judged against, sqrt(2) x the
+standard deviation of the exact runs' held-out losses (with two runs, their difference). Per-step losses
+go to losses.png.
 
 Sampling: the exact run's weights, in each sampling mode (SAMPLING_MODES: float32 without TF32 as the
 reference, bf16 autocast, TF32, bf16 and fp16 weights, bf16 weights with an FP8 KV cache): next-token
@@ -79,6 +81,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=6e-4)
     parser.add_argument("--warmup-steps", type=int, default=30)
     parser.add_argument("--global-seed", type=int, default=0)
+    parser.add_argument("--exact-seeds", type=int, default=2, help="exact runs from successive seeds, whose spread "
+                        "is the run-to-run difference the policies are judged against (2: one difference, which "
+                        "varies from check to check; more steadies the yardstick)")
     parser.add_argument("--eval-batch", type=int, default=64, help="held-out samples for the next-token figures")
     parser.add_argument("--samples-per-class", type=int, default=16, help="generated samples per class")
     parser.add_argument("--sample-batch", type=int, default=64, help="samples generated at once")
@@ -108,6 +113,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def check_args(args) -> None:
     if not 0 < args.resample_fraction < 1:
         raise UserError(f"--resample-fraction must be in (0, 1), got {args.resample_fraction}")
+    check_at_least("--exact-seeds", args.exact_seeds, 2)
     for name in ("steps", "batch_size", "eval_batch", "samples_per_class", "sample_batch", "num_steps", "parallel"):
         check_at_least(f"--{name.replace('_', '-')}", getattr(args, name), 1)
     regions = args.regions or args.grid

@@ -2,6 +2,7 @@
 small run of the whole check on the CPU (every policy and sampling mode in the tables)."""
 import csv
 import math
+import statistics
 
 import pytest
 import torch
@@ -175,6 +176,35 @@ def one_process_group(tmp_path):
     dist.destroy_process_group()
 
 
+def test_more_exact_seeds_make_the_yardstick_their_spread():
+    """--exact-seeds N: the run-to-run difference is sqrt(2) x the standard deviation of the N exact runs'
+    held-out losses, which for two runs is their difference."""
+    two = [{"run": "exact", "held-out loss": 2.0}, {"run": "exact, next seed", "held-out loss": 2.05}]
+    assert judge.run_to_run(two, 2) == pytest.approx(0.05)
+    losses = [2.0, 2.05, 1.97, 2.02]
+    spread = math.sqrt(2) * statistics.stdev(losses)  # 0.0476
+    rows = [{"run": name, "held-out loss": loss, "match share": 0.9}
+            for name, loss in zip(["exact", "exact, next seed", "exact, seed +2", "exact, seed +3"], losses)]
+    rows += [{"run": "inside", "held-out loss": 2.0 + 1.95 * spread, "match share": 0.9},
+             {"run": "outside", "held-out loss": 2.0 + 2.05 * spread, "match share": 0.9}]
+    assert judge.run_to_run(rows, 4) == pytest.approx(spread)
+    judge.judge_policies(rows, count=100, learned_below=3.0, exact_runs=4)
+    assert [row["pass"] for row in rows] == ["reference"] + ["run-to-run difference"] * 3 + ["yes", "no"]
+    # judged against the first difference alone, "outside" would pass: 2.05 x 0.0476 < 2 x 0.05
+    assert judge.policy_passes(rows[5]["held-out loss"], 2.0, 0.05, 0.9, 0.9, 100)
+    # an exact run that did not finish leaves nothing to judge against
+    rows = [{**row} for row in rows[:4]] + [{"run": "bf16", "held-out loss": 2.01, "match share": 0.9}]
+    del rows[3]["held-out loss"]
+    rows[3]["pass"] = "failed: its process exited with code 1 (its output is above)"
+    assert judge.run_to_run(rows, 4) is None
+    judge.judge_policies(rows, count=100, learned_below=3.0, exact_runs=4)
+    assert rows[4]["pass"] == "inconclusive: exact, seed +3 did not finish"
+    args = check.get_args_parser().parse_args(["--precision-policies", "exact,bf16", "--exact-seeds", "4",
+                                               "--global-seed", "5"])
+    assert [(r.name, r.seed) for r in run.planned_runs(args)] == [
+        ("exact", 5), ("exact, next seed", 6), ("exact, seed +2", 7), ("exact, seed +3", 8), ("bf16", 5)]
+
+
 def test_a_small_check_learns_the_set_and_reports_every_policy_and_mode(tmp_path, one_process_group):
     """ARPG-digits: learned absolute positions, so fixed prototypes (the tiny relative-only models learn the
     shifted grids too slowly for a test)."""
@@ -201,7 +231,10 @@ def test_a_small_check_learns_the_set_and_reports_every_policy_and_mode(tmp_path
                                                      "finished"}
     with open(out / "sampling.csv") as file:
         assert [row["mode"] for row in csv.DictReader(file)] == list(modes.SAMPLING_MODES)
-    assert "| bf16 | 0 |" in (out / "report.md").read_text()
+    report_text = (out / "report.md").read_text()
+    assert "| bf16 | 0 |" in report_text
+    yardstick = abs(training[1]["held-out loss"] - training[0]["held-out loss"])
+    assert f"Run-to-run difference: {yardstick:.4g} (sqrt(2) x the standard deviation of the 2 exact runs'" in report_text
 
 
 def test_training_alone_when_sampling_modes_is_none(tmp_path, one_process_group):
@@ -277,6 +310,8 @@ def test_bad_arguments_are_refused():
         check.check_args(parse("--regions", "5"))
     with pytest.raises(ValueError, match="--warmup-steps 40 is more than --steps 30"):
         check.check_args(parse("--steps", "30", "--warmup-steps", "40"))
+    with pytest.raises(ValueError, match="--exact-seeds"):
+        check.check_args(parse("--exact-seeds", "1"))
 
 
 def test_resume_reads_the_runs_a_check_finished_under_the_same_settings(tmp_path, one_process_group, monkeypatch):
@@ -300,3 +335,6 @@ def test_resume_reads_the_runs_a_check_finished_under_the_same_settings(tmp_path
     trained.clear()
     run.run_check(parse("--resume", "--lr", "1e-3", "--sampling-modes", "bf16"), init_distributed("cpu"))
     assert trained == [0]  # exact again, for the sampling modes' weights; the next seed read
+    trained.clear()
+    more, _, _ = run.run_check(parse("--resume", "--lr", "1e-3", "--exact-seeds", "3"), init_distributed("cpu"))
+    assert trained == [2] and [row["run"] for row in more] == ["exact", "exact, next seed", "exact, seed +2"]

@@ -10,7 +10,7 @@ from autoregressive.utils.files import write_atomic
 
 # Arguments that choose which runs a check makes, or where and how it reports, not what a run computes.
 NOT_SETTINGS = {"out_dir", "parallel", "only_run", "run_file", "resume", "precision_policies", "mlp_kernels",
-                "sampling_modes", "num_threads"}
+                "sampling_modes", "num_threads", "exact_seeds"}
 
 
 def settings(args) -> dict:

@@ -1,7 +1,8 @@
 """The pass rules: a training policy against exact's run-to-run difference, a sampling mode against its
 yardstick's KL and top-1 disagreement, match shares within binomial noise."""
 import math
-from typing import List
+import statistics
+from typing import List, Optional
 
 from scripts.precision_check.modes import SAMPLING_MODES
 
@@ -26,26 +27,34 @@ def mode_passes(kl: float, top1: float, share: float, yardstick_kl: float, yards
     return close and within_noise(share, reference_share, count)
 
 
-def judge_policies(rows: List[dict], count: int, learned_below: float = math.inf) -> None:
+def run_to_run(rows: List[dict], exact_runs: int) -> Optional[float]:
+    """The yardstick of the training policies: sqrt(2) x the standard deviation of the held-out losses of the
+    first `exact_runs` rows (exact from successive seeds), the typical difference between two runs that
+    differ only in their seed; with two runs, their difference. None until every exact run has finished."""
+    losses = [row.get("held-out loss") for row in rows[:exact_runs]]
+    return None if None in losses else math.sqrt(2) * statistics.stdev(losses)
+
+
+def judge_policies(rows: List[dict], count: int, learned_below: float = math.inf, exact_runs: int = 2) -> None:
     """Fill each row's "vs exact" (held-out loss difference), "learned" (held-out loss under
-    `learned_below`) and "pass" (rows: exact, exact from the next seed, then the policies; a row that was
-    not run has its reason in "pass" already). Until both exact runs have learned the set, their
-    difference is when each left the plateau, not numerics, and no policy can be judged against it."""
-    exact, next_seed = rows[0], rows[1]
-    missing = [row["run"] for row in (exact, next_seed) if "held-out loss" not in row]
+    `learned_below`) and "pass" (rows: exact from `exact_runs` successive seeds, then the policies; a row
+    that was not run has its reason in "pass" already). Until every exact run has learned the set, their
+    differences are when each left the plateau, not numerics, and no policy can be judged against them."""
+    exact, seeds = rows[0], rows[:exact_runs]
+    missing = [row["run"] for row in seeds if "held-out loss" not in row]
     if missing:  # a failed exact run: nothing to judge against
         for row in rows:
             row["pass"] = row.pop("pass", None) or f"inconclusive: {' and '.join(missing)} did not finish"
         return
-    run_to_run = abs(next_seed["held-out loss"] - exact["held-out loss"])
-    stuck = [row["run"] for row in (exact, next_seed) if row["held-out loss"] >= learned_below]
+    yardstick = run_to_run(rows, exact_runs)
+    stuck = [row["run"] for row in seeds if row["held-out loss"] >= learned_below]
     for row in rows:
         if "held-out loss" not in row:
             row["pass"] = row.pop("pass")  # the last column
             continue
         row["vs exact"] = row["held-out loss"] - exact["held-out loss"]
         row["learned"] = "yes" if row["held-out loss"] < learned_below else "no"
-        passed = policy_passes(row["held-out loss"], exact["held-out loss"], run_to_run, row["match share"],
+        passed = policy_passes(row["held-out loss"], exact["held-out loss"], yardstick, row["match share"],
                                exact["match share"], count)
         if stuck:
             row["pass"] = f"inconclusive: {' and '.join(stuck)} did not learn the set"
@@ -53,7 +62,9 @@ def judge_policies(rows: List[dict], count: int, learned_below: float = math.inf
             row["pass"] = "no: did not learn the set"
         else:
             row["pass"] = "yes" if passed else "no"
-    exact["pass"], next_seed["pass"] = "reference", "run-to-run difference"
+    exact["pass"] = "reference"
+    for row in seeds[1:]:
+        row["pass"] = "run-to-run difference"
 
 
 def judge_modes(rows: List[dict], count: int) -> None:

@@ -69,5 +69,5 @@ def run_in_parallel(args, argv: List[str]):
         training += result["training"]
         sampling += result["sampling"]
         curves.update(result["curves"])
-    judge_policies(training, args.num_classes * args.samples_per_class, learned_below(args))
+    judge_policies(training, args.num_classes * args.samples_per_class, learned_below(args), args.exact_seeds)
     return training, sampling, curves

@@ -5,6 +5,7 @@ import os
 from typing import Dict, List
 
 from scripts.precision_check.data import learned_below, loss_floor
+from scripts.precision_check.judge import TOLERANCE, run_to_run
 
 
 def markdown_table(rows: List[dict]) -> List[str]:
@@ -46,6 +47,10 @@ def report(args, training: List[dict], sampling: List[dict], curves: Dict[str, L
              f"{args.resample_fraction:.0%} of positions redrawn: ln V = {math.log(args.vocab_size):.3f}, "
              f"lowest possible loss {floor:.3f}", "", "Training (held-out loss in float32):", "",
              *markdown_table(training)]
+    yardstick = run_to_run(training, args.exact_seeds)
+    if yardstick is not None:
+        lines += ["", f"Run-to-run difference: {yardstick:.4g} (sqrt(2) x the standard deviation of the "
+                      f"{args.exact_seeds} exact runs' held-out losses); a policy passes within {TOLERANCE:g}x it of exact's."]
     if sampling:
         lines += ["", "Sampling (next-token distributions read through the KV cache, against float32; exact run's "
                       "weights):", "", *markdown_table(sampling)]

@@ -56,11 +56,12 @@ def float32_copy(cfg: TrainConfig, trained: torch.nn.Module, device: torch.devic
 
 
 def planned_runs(args) -> List[PlannedRun]:
-    """Every training run: exact twice (the seed and the next one), then each other policy from the seed,
-    then each policy it can join with each opt-in MLP kernel of args.mlp_kernels ("exact + quack MLP",
-    "bf16 + quack MLP")."""
+    """Every training run: exact from args.exact_seeds successive seeds ("exact", "exact, next seed",
+    "exact, seed +2", ...), then each other policy from the first seed, then each policy it can join with
+    each opt-in MLP kernel of args.mlp_kernels ("exact + quack MLP", "bf16 + quack MLP")."""
     policies = parse_policy_list(args.precision_policies)
-    runs = [PlannedRun("exact", "exact", args.global_seed), PlannedRun("exact, next seed", "exact", args.global_seed + 1)]
+    names = ["exact", "exact, next seed"] + [f"exact, seed +{k}" for k in range(2, args.exact_seeds)]
+    runs = [PlannedRun(name, "exact", args.global_seed + k) for k, name in enumerate(names[:args.exact_seeds])]
     runs += [PlannedRun(policy, policy, args.global_seed) for policy in policies if policy != "exact"]
     return runs + [PlannedRun(f"{policy} + {kernel} MLP", policy, args.global_seed, kernel)
                    for policy, kernel in with_mlp_kernels(policies, parse_mlp_kernels(getattr(args, "mlp_kernels", "")))]
@@ -152,5 +153,5 @@ def run_check(args, info: DistInfo, only_run: Optional[str] = None):
     if modes and exact_model is not None:
         sampling = run_sampling(args, exact_model, dataset, held_out, modes, info.device)
     if only_run is None:
-        judge_policies(training, args.num_classes * args.samples_per_class, learned_below(args))
+        judge_policies(training, args.num_classes * args.samples_per_class, learned_below(args), args.exact_seeds)
     return training, sampling, curves
