@@ -50,7 +50,8 @@ def report(args, training: List[dict], sampling: List[dict], curves: Dict[str, L
     yardstick = run_to_run(training, args.exact_seeds)
     if yardstick is not None:
         lines += ["", f"Run-to-run difference: {yardstick:.4g} (sqrt(2) x the standard deviation of the "
-                      f"{args.exact_seeds} exact runs' held-out losses); a policy passes within {TOLERANCE:g}x it of exact's."]
+                      f"{args.exact_seeds} exact runs' held-out losses); a policy passes within "
+                      f"{TOLERANCE:g}x it of exact's."]
     if sampling:
         lines += ["", "Sampling (next-token distributions read through the KV cache, against float32; exact run's "
                       "weights):", "", *markdown_table(sampling)]
