@@ -1,10 +1,11 @@
 """What the benchmark scripts share (bench_sample.py, bench_sample_ddp.py, bench_official.py, bench_train.py,
 bench_load.py, sampling_floor.py, bench_vq_decode.py): the hardware rates their floors are computed against, timing and
-memory helpers, the random-weights model they time, a run of seeded batches through a sampler pool and the
---kv-caches list. A script imports shared helpers from here, not from another script."""
+memory helpers, the random-weights model they time, a run of seeded batches through a sampler pool, the
+--kv-caches list and a markdown table of result rows (check_precision.py's report too). A script imports
+shared helpers from here, not from another script."""
 import gc
 import time
-from typing import Callable, NamedTuple, Optional, Tuple
+from typing import Callable, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -16,6 +17,15 @@ from autoregressive.utils.cli import UserError, renamed_values
 # Datasheet peaks (SXM parts), the floors' rates: dense bf16 tensor-core TFLOP/s, and H100 HBM3 bandwidth.
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 H100_BYTES_PER_S = 3.35e12
+
+
+def markdown_table(rows: List[dict]) -> List[str]:
+    """Rows of results as a markdown table: a column per key in the order first seen, floats to 4
+    significant digits, "-" where a row lacks the key."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    cell = lambda value: f"{value:.4g}" if isinstance(value, float) else str(value)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return lines + ["| " + " | ".join(cell(row.get(column, "-")) for column in columns) + " |" for row in rows]
 
 
 def timed(fn):

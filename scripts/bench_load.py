@@ -23,7 +23,7 @@ from autoregressive.models.arpg import ARPG_models
 from autoregressive.utils.cli import UserError, check_at_least, run_main
 from autoregressive.utils.device import resolve_device
 from autoregressive.weights import PRECISIONS, build_from_checkpoint, load_model_weights
-from scripts.bench_common import timed
+from scripts.bench_common import markdown_table, timed
 from tokenizer.vq_model import VQ_models
 
 BUILDERS: Dict[str, Callable[[], torch.nn.Module]] = {**ARPG_models, **VQ_models}
@@ -76,10 +76,7 @@ def main(argv=None) -> List[dict]:
         rows = [bench_model(name, folder, device, PRECISIONS[args.precision], args.reps) for name in names]
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"{where}, torch {torch.__version__}, to {device.type} in {args.precision}, medians of {args.reps}")
-    print("| " + " | ".join(rows[0]) + " |")
-    print("|" + "---|" * len(rows[0]))
-    for row in rows:
-        print("| " + " | ".join(row.values()) + " |")
+    print("\n".join(markdown_table(rows)))
     return rows
 
 

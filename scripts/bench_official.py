@@ -227,7 +227,8 @@ def main(argv=None) -> None:
                         ("--reps", args.reps), *(("--sample-batches", b) for b in args.sample_batches)):
         check_at_least(flag, value, 1)
     kv_caches = parse_kv_caches(args.kv_caches)
-    parse_policy_list(args.precision_policies), parse_mlp_kernels(args.mlp_kernels)  # refused before any loading
+    parse_policy_list(args.precision_policies)  # bad lists are refused before any loading
+    parse_mlp_kernels(args.mlp_kernels)
     official = load_official(args.official_repo)
     device = resolve_device(args.device)
     if device.type == "cuda":

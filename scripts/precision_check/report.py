@@ -4,15 +4,9 @@ import math
 import os
 from typing import Dict, List
 
+from scripts.bench_common import markdown_table
 from scripts.precision_check.data import learned_below, loss_floor
 from scripts.precision_check.judge import TOLERANCE, run_to_run
-
-
-def markdown_table(rows: List[dict]) -> List[str]:
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    cell = lambda value: f"{value:.4g}" if isinstance(value, float) else str(value)
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    return lines + ["| " + " | ".join(cell(row.get(column, "-")) for column in columns) + " |" for row in rows]
 
 
 def write_csv(rows: List[dict], path: str) -> None:
